@@ -1,0 +1,3 @@
+"""nas: search for small fully convolutional networks under a hard parameter budget."""
+
+__version__ = "0.1.0"

@@ -1,0 +1,286 @@
+"""Architectures as data: dataclasses, their TOML form, and a per-module plan.
+
+The plan (one step per torch module) is the single source of truth for the builder, the
+analytic parameter count, the output shapes and the receptive field, so the search can prune
+an architecture on its size without building it, and the summary always matches the model.
+"""
+
+from __future__ import annotations
+
+import json
+import tomllib
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any, Union
+
+ORDERS = ("relu_bn", "bn_relu")
+POOLS = ("max", "avg")
+HEADS = ("conv_gap", "gap_conv")
+
+
+class SpecError(ValueError):
+    """A bad architecture or space file: says which file, which key and what is wrong."""
+
+    def __init__(self, where: str, key: str, problem: str):
+        self.key, self.problem = key, problem
+        super().__init__(f"{where}: {key}: {problem}")
+
+
+@dataclass
+class Conv:
+    """kxk convolution, stride 1, optionally followed by ReLU and BatchNorm in either order."""
+
+    out: int
+    kernel: int = 3
+    padding: int = 1
+    bn: bool = True
+    relu: bool = True
+    order: str = "relu_bn"
+    bias: bool = True
+
+
+@dataclass
+class Pool:
+    kind: str = "max"
+    size: int = 2
+
+
+@dataclass
+class Dropout:
+    p: float
+
+
+Layer = Union[Conv, Pool, Dropout]
+
+
+@dataclass
+class Head:
+    """Fully convolutional classifier: conv to `classes` channels then global average pool
+    ("conv_gap"), or global average pool then a 1x1 conv ("gap_conv")."""
+
+    type: str = "conv_gap"
+    kernel: int = 1
+    padding: int = 0
+
+
+@dataclass
+class Arch:
+    layers: list[Layer]
+    head: Head = field(default_factory=Head)
+    input: tuple[int, int, int] = (1, 28, 28)
+    classes: int = 10
+    name: str = ""
+    # Optional training settings that travel with the architecture (see nas.train.TrainConfig).
+    train: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Step:
+    """One torch module of the built network, with what it does to shape and size."""
+
+    module: str  # a class name in torch.nn
+    args: dict[str, Any]
+    shape: tuple[int, ...]  # output shape without the batch dimension
+    params: int
+    rf: int  # receptive field (pixels of the input seen by one output position)
+
+
+def plan(arch: Arch) -> list[Step]:
+    """Lay out the modules of `arch`; raise SpecError if the spatial size collapses."""
+    c, h, w = arch.input
+    rf, jump = 1, 1
+    steps: list[Step] = []
+
+    def add(module: str, args: dict[str, Any], params: int = 0) -> None:
+        steps.append(Step(module, args, (c, h, w) if module != "Flatten" else (c,), params, rf))
+
+    def conv(i: int, out: int, k: int, pad: int, bias: bool, key: str) -> None:
+        nonlocal c, h, w, rf
+        h, w = h + 2 * pad - k + 1, w + 2 * pad - k + 1
+        if h < 1 or w < 1:
+            raise SpecError(arch.name or "architecture", key, f"feature map shrinks below 1x1 (kernel {k}, padding {pad})")
+        rf += (k - 1) * jump
+        params = out * c * k * k + (out if bias else 0)
+        c = out
+        add("Conv2d", dict(in_channels=i, out_channels=out, kernel_size=k, padding=pad, bias=bias), params)
+
+    for n, layer in enumerate(arch.layers):
+        key = f"layers[{n}]"
+        if isinstance(layer, Conv):
+            conv(c, layer.out, layer.kernel, layer.padding, layer.bias, key)
+            post = [("relu", layer.relu), ("bn", layer.bn)]
+            for what, on in post if layer.order == "relu_bn" else post[::-1]:
+                if on and what == "relu":
+                    add("ReLU", {})
+                elif on:
+                    add("BatchNorm2d", dict(num_features=c), 2 * c)
+        elif isinstance(layer, Pool):
+            if h < layer.size or w < layer.size:
+                raise SpecError(arch.name or "architecture", key, f"pooling a {h}x{w} map by {layer.size}")
+            h, w = h // layer.size, w // layer.size
+            rf += (layer.size - 1) * jump
+            jump *= layer.size
+            add("MaxPool2d" if layer.kind == "max" else "AvgPool2d", dict(kernel_size=layer.size))
+        else:
+            add("Dropout", dict(p=layer.p))
+    if arch.head.type == "conv_gap":
+        conv(c, arch.classes, arch.head.kernel, arch.head.padding, True, "head")
+    h = w = 1
+    add("AdaptiveAvgPool2d", dict(output_size=1))
+    if arch.head.type == "gap_conv":
+        conv(c, arch.classes, 1, 0, True, "head")
+    add("Flatten", {})
+    return steps
+
+
+def param_count(arch: Arch) -> int:
+    return sum(s.params for s in plan(arch))
+
+
+def receptive_field(arch: Arch) -> int:
+    """Receptive field of one position of the last feature map before global pooling."""
+    return max(s.rf for s in plan(arch))
+
+
+# --- TOML / dict form -------------------------------------------------------------------------
+
+_LAYER_KEYS = {"conv": Conv, "pool": Pool, "dropout": Dropout}
+_PRIMARY = {Conv: "out", Pool: "kind", Dropout: "p"}
+
+
+def _check(where: str, key: str, value: Any, kind: type, ok: Any = None, what: str = "") -> Any:
+    if kind is float and isinstance(value, int) and not isinstance(value, bool):
+        value = float(value)
+    if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
+        raise SpecError(where, key, f"expected {kind.__name__}, got {value!r}")
+    if ok is not None and not ok(value):
+        raise SpecError(where, key, f"{what} (got {value!r})")
+    return value
+
+
+def _dataclass_from(cls: type, data: dict[str, Any], where: str, key: str, skip: tuple[str, ...] = ()) -> Any:
+    known = {f.name: f for f in fields(cls)}
+    for k in data:
+        if k not in known or k in skip:
+            raise SpecError(where, f"{key}.{k}", f"unknown key; expected one of {', '.join(n for n in known if n not in skip)}")
+    values = {}
+    for name, f in known.items():
+        if name in data:
+            kind = {"int": int, "float": float, "bool": bool, "str": str}[f.type]
+            values[name] = _check(where, f"{key}.{name}", data[name], kind)
+    return cls(**values)
+
+
+_RULES: list[tuple[type, str, Any, str]] = [
+    (Conv, "out", lambda v: v >= 1, "must be at least 1"),
+    (Conv, "kernel", lambda v: v >= 1 and v % 2 == 1, "must be an odd integer >= 1"),
+    (Conv, "padding", lambda v: v >= 0, "must be >= 0"),
+    (Conv, "order", lambda v: v in ORDERS, f"must be one of {', '.join(ORDERS)}"),
+    (Pool, "kind", lambda v: v in POOLS, f"must be one of {', '.join(POOLS)}"),
+    (Pool, "size", lambda v: v >= 2, "must be at least 2"),
+    (Dropout, "p", lambda v: 0.0 <= v < 1.0, "must be in [0, 1)"),
+    (Head, "type", lambda v: v in HEADS, f"must be one of {', '.join(HEADS)}"),
+    (Head, "kernel", lambda v: v >= 1 and v % 2 == 1, "must be an odd integer >= 1"),
+    (Head, "padding", lambda v: v >= 0, "must be >= 0"),
+]
+
+
+def _validate(obj: Any, where: str, key: str) -> Any:
+    for cls, name, ok, what in _RULES:
+        if isinstance(obj, cls) and not ok(getattr(obj, name)):
+            raise SpecError(where, f"{key}.{name}", f"{what} (got {getattr(obj, name)!r})")
+    return obj
+
+
+def arch_from_dict(data: dict[str, Any], where: str = "architecture") -> Arch:
+    """Build an Arch from its TOML/JSON form, naming the key of the first problem found."""
+    allowed = {"name", "input", "classes", "layers", "head", "train"}
+    for k in data:
+        if k not in allowed:
+            raise SpecError(where, k, f"unknown key; expected one of {', '.join(sorted(allowed))}")
+    if "layers" not in data:
+        raise SpecError(where, "layers", "missing; list the layers, e.g. layers = [{ conv = 8 }, { pool = \"max\" }]")
+    layers: list[Layer] = []
+    for n, raw in enumerate(_check(where, "layers", data["layers"], list)):
+        key = f"layers[{n}]"
+        raw = _check(where, key, raw, dict)
+        kinds = [k for k in raw if k in _LAYER_KEYS]
+        if len(kinds) != 1:
+            raise SpecError(where, key, "needs exactly one of conv = <channels>, pool = \"max\"|\"avg\", dropout = <p>")
+        cls = _LAYER_KEYS[kinds[0]]
+        rest = {k: v for k, v in raw.items() if k != kinds[0]}
+        rest[_PRIMARY[cls]] = raw[kinds[0]]
+        layers.append(_validate(_dataclass_from(cls, rest, where, key), where, key))
+    head = _validate(_dataclass_from(Head, _check(where, "head", data.get("head", {}), dict), where, "head"), where, "head")
+    if head.type == "gap_conv" and (head.kernel, head.padding) != (1, 0):
+        raise SpecError(where, "head.kernel", "a gap_conv head is a 1x1 conv after pooling; drop kernel/padding or use type = \"conv_gap\"")
+    shape = _check(where, "input", data.get("input", [1, 28, 28]), list)
+    if len(shape) != 3 or not all(isinstance(v, int) and v >= 1 for v in shape):
+        raise SpecError(where, "input", f"expected [channels, height, width] of positive integers (got {shape!r})")
+    arch = Arch(
+        layers=layers,
+        head=head,
+        input=tuple(shape),  # type: ignore[arg-type]
+        classes=_check(where, "classes", data.get("classes", 10), int, lambda v: v >= 2, "must be at least 2"),
+        name=_check(where, "name", data.get("name", Path(where).stem), str),
+        train=_check(where, "train", data.get("train", {}), dict),
+    )
+    try:
+        plan(arch)
+    except SpecError as e:  # shape errors name the file, not the architecture
+        raise SpecError(where, e.key, e.problem) from None
+    return arch
+
+
+def arch_to_dict(arch: Arch) -> dict[str, Any]:
+    """Inverse of arch_from_dict; only non-default fields are written, so files stay short."""
+
+    def short(obj: Any, primary: str | None = None) -> dict[str, Any]:
+        default = type(obj)(**{primary: getattr(obj, primary)}) if primary else type(obj)()
+        out = {primary: getattr(obj, primary)} if primary else {}
+        out.update({k: v for k, v in asdict(obj).items() if k != primary and v != getattr(default, k)})
+        return out
+
+    layers = []
+    for layer in arch.layers:
+        d = short(layer, _PRIMARY[type(layer)])
+        tag = next(k for k, c in _LAYER_KEYS.items() if c is type(layer))
+        layers.append({tag: d.pop(_PRIMARY[type(layer)]), **d})
+    out: dict[str, Any] = {"name": arch.name, "input": list(arch.input), "classes": arch.classes, "layers": layers, "head": asdict(arch.head)}
+    if arch.train:
+        out["train"] = dict(arch.train)
+    return out
+
+
+def load_arch(path: str | Path) -> Arch:
+    path = Path(path)
+    if not path.is_file():
+        raise SpecError(str(path), "file", "no such file; give the path of an architecture .toml (see search_spaces/seeds/)")
+    try:
+        data = tomllib.loads(path.read_text())
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
+        raise SpecError(str(path), "toml", f"not valid TOML ({e})") from None
+    return arch_from_dict(data, str(path))
+
+
+def _toml_value(v: Any) -> str:
+    if isinstance(v, dict):
+        return "{ " + ", ".join(f"{k} = {_toml_value(x)}" for k, x in v.items()) + " }"
+    if isinstance(v, (list, tuple)):
+        return "[" + ", ".join(_toml_value(x) for x in v) + "]"
+    return json.dumps(v)  # bool, int, float and str render the same in TOML and JSON
+
+
+def arch_to_toml(arch: Arch) -> str:
+    d = arch_to_dict(arch)
+    lines = [f"{k} = {_toml_value(d[k])}" for k in ("name", "input", "classes")]
+    lines.append("layers = [")
+    lines += [f"  {_toml_value(layer)}," for layer in d["layers"]]
+    lines += ["]", f"head = {_toml_value(d['head'])}"]
+    if "train" in d:
+        lines.append(f"train = {_toml_value(d['train'])}")
+    return "\n".join(lines) + "\n"
+
+
+def arch_to_json(arch: Arch) -> str:
+    return json.dumps(arch_to_dict(arch), sort_keys=True)

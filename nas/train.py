@@ -1,0 +1,165 @@
+"""The training loop: one function, data already on the device, a callback per epoch."""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import asdict, dataclass, fields
+from typing import Any, Callable
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from nas.arch import Arch, SpecError
+from nas.data import Data, Split, batches
+from nas.model import build
+
+OPTIMIZERS = ("sgd", "adamw")
+SCHEDULES = ("onecycle", "step")
+REFERENCE_BATCH = 128  # lr is stated for this batch size and scaled linearly for others
+
+
+@dataclass
+class TrainConfig:
+    epochs: int = 20
+    batch_size: int = 128
+    optimizer: str = "sgd"
+    lr: float = 0.05  # peak learning rate at batch size 128
+    momentum: float = 0.9
+    weight_decay: float = 5e-4
+    schedule: str = "onecycle"
+    label_smoothing: float = 0.0
+    augment: bool = False
+    seed: int = 0
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any], where: str = "train") -> "TrainConfig":
+        known = {f.name: f.type for f in fields(cls)}
+        values: dict[str, Any] = {}
+        for k, v in data.items():
+            if k not in known:
+                raise SpecError(where, f"train.{k}", f"unknown key; expected one of {', '.join(known)}")
+            kind = {"int": int, "float": (int, float), "bool": bool, "str": str}[known[k]]
+            if not isinstance(v, kind) or (known[k] != "bool" and isinstance(v, bool)):
+                raise SpecError(where, f"train.{k}", f"expected {known[k]}, got {v!r}")
+            values[k] = float(v) if known[k] == "float" else v
+        cfg = cls(**values)
+        for key, ok, what in (
+            ("epochs", cfg.epochs >= 1, "must be at least 1"),
+            ("batch_size", cfg.batch_size >= 1, "must be at least 1"),
+            ("lr", cfg.lr > 0, "must be positive"),
+            ("optimizer", cfg.optimizer in OPTIMIZERS, f"must be one of {', '.join(OPTIMIZERS)}"),
+            ("schedule", cfg.schedule in SCHEDULES, f"must be one of {', '.join(SCHEDULES)}"),
+            ("label_smoothing", 0 <= cfg.label_smoothing < 1, "must be in [0, 1)"),
+        ):
+            if not ok:
+                raise SpecError(where, f"train.{key}", f"{what} (got {getattr(cfg, key)!r})")
+        return cfg
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass
+class Epoch:
+    epoch: int  # 1-based
+    lr: float
+    train_loss: float
+    val_loss: float
+    val_acc: float
+    seconds: float
+
+
+class Diverged(RuntimeError):
+    """The training loss became NaN or infinite."""
+
+
+def resolve_device(name: str = "auto") -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise ValueError("--device cuda asked for, but torch sees no CUDA GPU; use --device cpu or auto")
+    return torch.device(name)
+
+
+def _prepare(model: nn.Module, device: torch.device) -> nn.Module:
+    """On CUDA, channels_last and cuDNN autotuning: the convs here are small and launch-bound."""
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = True
+        return model.to(device, memory_format=torch.channels_last)
+    return model.to(device)
+
+
+def _autocast(device: torch.device) -> torch.autocast:
+    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda")
+
+
+@torch.no_grad()
+def predict(model: nn.Module, x: torch.Tensor, batch_size: int = 2000) -> torch.Tensor:
+    """Logits (float32) for all of x, in eval mode."""
+    model.eval()
+    device = x.device
+    with _autocast(device):
+        out = [model(x[i : i + batch_size]).float() for i in range(0, len(x), batch_size)]
+    return torch.cat(out)
+
+
+def evaluate(model: nn.Module, split: Split) -> tuple[float, float]:
+    """(mean cross-entropy, accuracy) on a split."""
+    logits = predict(model, split.x)
+    return F.cross_entropy(logits, split.y).item(), (logits.argmax(1) == split.y).float().mean().item()
+
+
+def _optimizer(model: nn.Module, cfg: TrainConfig, steps_per_epoch: int):
+    lr = cfg.lr * cfg.batch_size / REFERENCE_BATCH
+    if cfg.optimizer == "sgd":
+        opt = torch.optim.SGD(model.parameters(), lr=lr, momentum=cfg.momentum, nesterov=True, weight_decay=cfg.weight_decay)
+    else:
+        opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=cfg.weight_decay)
+    if cfg.schedule == "onecycle":
+        sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, epochs=cfg.epochs, steps_per_epoch=steps_per_epoch)
+    else:  # the seed's step schedule: x0.1 every third of the run, stepped per batch
+        sched = torch.optim.lr_scheduler.StepLR(opt, step_size=max(1, cfg.epochs * steps_per_epoch // 3), gamma=0.1)
+    return opt, sched
+
+
+def train(
+    arch: Arch,
+    data: Data,
+    cfg: TrainConfig,
+    on_epoch: Callable[[Epoch], None] | None = None,
+) -> tuple[nn.Module, list[Epoch]]:
+    """Train `arch` from scratch on data.train, validating on data.val after every epoch.
+
+    Deterministic for a given cfg.seed and device. `on_epoch` may raise (e.g. optuna.TrialPruned)
+    to stop early. Raises Diverged when the loss stops being finite.
+    """
+    device = data.train.x.device
+    torch.manual_seed(cfg.seed)
+    model = _prepare(build(arch), device)
+    steps = math.ceil(len(data.train) / cfg.batch_size)
+    opt, sched = _optimizer(model, cfg, steps)
+    generator = torch.Generator(device=device).manual_seed(cfg.seed)
+    history: list[Epoch] = []
+    for epoch in range(1, cfg.epochs + 1):
+        start = time.perf_counter()
+        model.train()
+        lr = opt.param_groups[0]["lr"]
+        total = torch.zeros((), device=device)  # summed on device: no host sync per step
+        for xb, yb in batches(data.train, cfg.batch_size, generator, cfg.augment):
+            with _autocast(device):
+                loss = F.cross_entropy(model(xb), yb, label_smoothing=cfg.label_smoothing)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            sched.step()
+            total += loss.detach() * len(yb)
+        train_loss = total.item() / len(data.train)
+        if not math.isfinite(train_loss):
+            raise Diverged(f"training loss became {train_loss} in epoch {epoch}")
+        val_loss, val_acc = evaluate(model, data.val)
+        history.append(Epoch(epoch, lr, train_loss, val_loss, val_acc, time.perf_counter() - start))
+        if on_epoch:
+            on_epoch(history[-1])
+    return model, history

@@ -1,0 +1,101 @@
+import random
+import tomllib
+
+import pytest
+
+from nas.arch import Arch, Conv, Dropout, Head, Pool, SpecError, arch_from_dict, arch_to_toml, load_arch, param_count, plan, receptive_field
+from nas.summary import summary_table
+
+from conftest import ROOT, SEED
+
+SEED_COUNTS = [40, 8, 148, 8, 296, 16, 876, 24, 1308, 24, 1744, 32, 2900, 40, 1810]
+
+
+def random_arch(rng: random.Random) -> Arch:
+    """A random valid-or-not architecture covering every layer kind and option."""
+    layers = []
+    for _ in range(rng.randint(1, 10)):
+        kind = rng.random()
+        if kind < 0.7:
+            layers.append(Conv(out=rng.randint(1, 24), kernel=rng.choice([1, 3, 5]), padding=rng.choice([0, 1, 2]),
+                               bn=rng.random() < 0.7, relu=rng.random() < 0.8, order=rng.choice(["relu_bn", "bn_relu"]), bias=rng.random() < 0.8))
+        elif kind < 0.9:
+            layers.append(Pool(kind=rng.choice(["max", "avg"])))
+        else:
+            layers.append(Dropout(p=rng.choice([0.0, 0.05, 0.1])))
+    head = rng.choice([Head("conv_gap", rng.choice([1, 3]), rng.choice([0, 1])), Head("gap_conv")])
+    return Arch(layers=layers, head=head, input=(rng.choice([1, 3]), rng.choice([16, 28, 32]), 28), classes=rng.choice([10, 7]))
+
+
+def random_valid_archs(n: int, seed: int = 0) -> list[Arch]:
+    rng, out = random.Random(seed), []
+    while len(out) < n:
+        arch = random_arch(rng)
+        try:
+            plan(arch)
+        except SpecError:
+            continue
+        out.append(arch)
+    return out
+
+
+def test_seed_counts_and_total():
+    arch = load_arch(SEED)
+    steps = plan(arch)
+    assert [s.params for s in steps if s.params] == SEED_COUNTS
+    assert param_count(arch) == 9274
+    assert steps[-1].shape == (10,)
+    assert receptive_field(arch) == 38
+
+
+def test_seed_variant_has_same_total():
+    assert param_count(load_arch(SEED.parent / "seed_9274_summary.toml")) == 9274
+
+
+def test_summary_table_lists_seed_numbers():
+    table = summary_table(load_arch(SEED))
+    assert "Total params: 9,274" in table
+    for count in SEED_COUNTS:
+        assert f" {count:,} " in table
+    assert table.count("Conv2d-") == 8 and "Linear" not in table
+
+
+@pytest.mark.parametrize("arch", random_valid_archs(60, seed=1), ids=lambda a: f"{len(a.layers)}layers")
+def test_toml_round_trip(arch):
+    assert arch_from_dict(tomllib.loads(arch_to_toml(arch)), "roundtrip") == arch
+
+
+def test_seed_file_round_trip():
+    arch = load_arch(SEED)
+    again = arch_from_dict(tomllib.loads(arch_to_toml(arch)), "x")
+    assert again == arch
+
+
+@pytest.mark.parametrize(
+    "text, key, problem",
+    [
+        ('layers = [{ conv = 4 }, { conv = 0 }]', "layers[1].out", "at least 1"),
+        ('layers = [{ conv = 4, kernel = 2 }]', "layers[0].kernel", "odd"),
+        ('layers = [{ conv = "8" }]', "layers[0].out", "expected int"),
+        ('layers = [{ conv = 4, pool = "max" }]', "layers[0]", "exactly one"),
+        ('layers = [{ pool = "median" }]', "layers[0].kind", "max, avg"),
+        ('layers = [{ conv = 4, colour = 1 }]', "layers[0].colour", "unknown key"),
+        ('layers = [{ conv = 4 }]\nhead = { type = "linear" }', "head.type", "conv_gap"),
+        ('layers = [{ conv = 4 }]\nwidth = 3', "width", "unknown key"),
+        ('name = "x"', "layers", "missing"),
+        ('layers = [{ conv = 4, padding = 0 }] \ninput = [1, 3, 3]\nhead = { kernel = 3 }', "head", "shrinks"),
+        ('layers = [', "toml", "not valid TOML"),
+    ],
+)
+def test_bad_files_name_file_key_and_problem(tmp_path, text, key, problem):
+    path = tmp_path / "bad.toml"
+    path.write_text(text)
+    with pytest.raises(SpecError) as err:
+        load_arch(path)
+    message = str(err.value)
+    assert message.startswith(f"{path}: {key}: ") and problem in message and "\n" not in message
+
+
+def test_missing_file():
+    with pytest.raises(SpecError, match="no such file"):
+        load_arch(ROOT / "nope.toml")

@@ -1,0 +1,98 @@
+import gzip
+import hashlib
+import shutil
+
+import pytest
+import torch
+
+from nas.data import FILES, DataError, Split, batches, download, load, load_raw, load_test, random_affine, read_idx
+
+
+def test_reads_real_idx_files(mnist_dir):
+    images = read_idx(mnist_dir / "t10k-images-idx3-ubyte.gz")
+    labels = read_idx(mnist_dir / "t10k-labels-idx1-ubyte.gz")
+    assert images.shape == (10000, 28, 28) and images.dtype == torch.uint8
+    assert labels.shape == (10000,) and set(labels.tolist()) == set(range(10))
+
+
+def test_reads_uncompressed_files(tmp_path, mnist_dir):
+    raw = tmp_path / "t10k-labels-idx1-ubyte"
+    raw.write_bytes(gzip.decompress((mnist_dir / "t10k-labels-idx1-ubyte.gz").read_bytes()))
+    assert torch.equal(read_idx(raw), read_idx(mnist_dir / "t10k-labels-idx1-ubyte.gz"))
+
+
+def test_short_file_is_a_clear_error(tmp_path, mnist_dir):
+    blob = gzip.decompress((mnist_dir / "t10k-labels-idx1-ubyte.gz").read_bytes())
+    short = tmp_path / "short"
+    short.write_bytes(blob[:-100])
+    with pytest.raises(DataError, match="truncated or corrupt"):
+        read_idx(short)
+
+
+def test_bad_magic_is_a_clear_error(tmp_path):
+    bad = tmp_path / "bad"
+    bad.write_bytes(b"PK\x03\x04" + b"\x00" * 100)
+    with pytest.raises(DataError, match="bad magic number"):
+        read_idx(bad)
+
+
+def test_corrupt_gzip_is_a_clear_error(tmp_path, mnist_dir):
+    bad = tmp_path / "bad.gz"
+    bad.write_bytes((mnist_dir / "t10k-labels-idx1-ubyte.gz").read_bytes()[:200])
+    with pytest.raises(DataError, match="cannot read"):
+        read_idx(bad)
+
+
+def test_checksum_mismatch_is_refused(tmp_path, mnist_dir):
+    for name in FILES:
+        shutil.copy(mnist_dir / name, tmp_path / name)
+    tampered = tmp_path / "t10k-labels-idx1-ubyte.gz"
+    tampered.write_bytes(gzip.compress(gzip.decompress(tampered.read_bytes())))  # same content, other bytes
+    with pytest.raises(DataError, match="SHA-256 does not match"):
+        load_raw(tmp_path, "test", fetch=False)
+
+
+def test_missing_files_say_where_to_put_them(tmp_path):
+    with pytest.raises(DataError, match="NAS_DATA_DIR"):
+        load_raw(tmp_path, "test", fetch=False)
+
+
+def test_download_verifies_checksums(tmp_path, mnist_dir):
+    good = tmp_path / "good_mirror"
+    evil = tmp_path / "evil_mirror"
+    good.mkdir(), evil.mkdir()
+    for name in FILES:
+        shutil.copy(mnist_dir / name, good / name)
+        (evil / name).write_bytes(b"not mnist")
+    target = tmp_path / "cache"
+    download(target, mirrors=(evil.as_uri() + "/", good.as_uri() + "/"))
+    assert all(hashlib.sha256((target / n).read_bytes()).hexdigest() == d for n, d in FILES.items())
+    with pytest.raises(DataError, match="checksum mismatch"):
+        download(tmp_path / "other", mirrors=(evil.as_uri() + "/",))
+
+
+def test_split_is_fixed_disjoint_and_sized(mnist_dir):
+    a = load(mnist_dir, val_size=1000, train_size=3000, seed=0)
+    b = load(mnist_dir, val_size=1000, train_size=3000, seed=0)
+    assert len(a.train) == 3000 and len(a.val) == 1000
+    assert torch.equal(a.val.x, b.val.x) and torch.equal(a.train.y, b.train.y)
+    val_rows = {bytes(r.numpy()) for r in a.val.x[:, 0, 14].to(torch.float16).view(torch.uint8)}
+    assert not any(bytes(r.numpy()) in val_rows for r in a.train.x[:, 0, 14].to(torch.float16).view(torch.uint8)[:500] if r.any())
+    test = load_test(mnist_dir)
+    assert len(test) == 10000 and abs(a.train.x.mean().item()) < 0.2
+
+
+def test_batches_cover_the_split_once():
+    split = Split(torch.arange(10.0).reshape(10, 1, 1, 1), torch.arange(10))
+    seen = torch.cat([y for _, y in batches(split, 3, torch.Generator().manual_seed(0))])
+    assert sorted(seen.tolist()) == list(range(10)) and seen.tolist() != list(range(10))
+    assert [len(y) for _, y in batches(split, 4)] == [4, 4, 2]
+
+
+def test_augmentation_is_small_and_per_sample():
+    x = torch.zeros(8, 1, 28, 28)
+    x[:, :, 10:18, 10:18] = 2.0
+    out = random_affine(x, torch.Generator().manual_seed(0))
+    assert out.shape == x.shape
+    assert not torch.allclose(out[0], out[1])  # each sample gets its own transform
+    assert (out - x).abs().mean() < 0.5  # small: most of the picture stays put
