@@ -87,6 +87,145 @@ def train(
         say(f"saved to {out}/")
 
 
+space_app = typer.Typer(no_args_is_help=True, help="Inspect search spaces.")
+app.add_typer(space_app, name="space")
+Storage = typer.Option("sqlite:///studies/nas.sqlite3", "--storage", envvar="NAS_STORAGE", help="Optuna storage URL (SQLite file by default; any RDB URL to share a study between machines).")
+StudyName = typer.Option("mnist", "--study-name", "--study", help="Study name; re-using one resumes it.")
+
+
+@space_app.command("show")
+def space_show(
+    file: Path = typer.Argument(Path("search_spaces/mnist_fcn.toml"), help="Search space .toml."),
+    max_params: Optional[int] = typer.Option(None, help="Also estimate the share of the space within this budget."),
+) -> None:
+    """Print a search space, its size and an estimate of its parameter-count range."""
+    from nas.space import describe, load_space
+
+    say(describe(load_space(file), max_params=max_params))
+
+
+@app.command()
+def search(
+    max_params: int = typer.Option(20_000, help="Parameter budget: bigger architectures are pruned before training."),
+    max_epochs: int = typer.Option(20, help="Epochs each trial trains for (at most)."),
+    target_accuracy: float = typer.Option(0.994, help="Validation accuracy an architecture must reach."),
+    trials: Optional[int] = typer.Option(None, help="Trials to run in this invocation (default 50 unless --timeout is given)."),
+    timeout: Optional[float] = typer.Option(None, help="Stop starting new trials after this many seconds."),
+    space: Path = typer.Option(Path("search_spaces/mnist_fcn.toml"), help="Search space file."),
+    study_name: str = StudyName,
+    storage: str = Storage,
+    objective: str = typer.Option("pareto", help="pareto: maximise accuracy and minimise parameters; accuracy: accuracy under the budget."),
+    pruning: str = typer.Option("on", help="Convergence pruning: on, observe (record where it would prune, train on), off."),
+    seed_arch: Optional[list[Path]] = typer.Option(None, "--seed-arch", help="Architecture enqueued first in a new study (repeatable; default: the 9,274-parameter seed)."),
+    no_seed_arch: bool = typer.Option(False, "--no-seed-arch", help="Start a new study without seed architectures."),
+    workers: int = typer.Option(1, min=1, help="Worker processes on this machine sharing the storage."),
+    seed: int = typer.Option(0, help="Seed of the sampler and of every trial's training."),
+    device: str = Device,
+    data_dir: Optional[Path] = DataDir,
+    train_size: Optional[int] = typer.Option(None, help="Search on the first N training images (smoke runs, CI)."),
+    val_size: int = typer.Option(10_000, help="Training images held out for validation."),
+) -> None:
+    """Search the space for the smallest networks reaching the target accuracy."""
+    import time
+
+    from nas import search as s
+    from nas.space import load_space
+
+    if objective not in s.OBJECTIVES:
+        raise UsageError(f"--objective must be one of {', '.join(s.OBJECTIVES)} (got {objective!r})")
+    if pruning not in s.PRUNING_MODES:
+        raise UsageError(f"--pruning must be one of {', '.join(s.PRUNING_MODES)} (got {pruning!r})")
+    if not 0 < target_accuracy <= 1:
+        raise UsageError(f"--target-accuracy is a fraction in (0, 1], e.g. 0.994 (got {target_accuracy})")
+    load_space(space)  # fail on a bad file before anything starts
+    _device(device)
+    seeds = [] if no_seed_arch else [str(p) for p in (seed_arch or [s.DEFAULT_SEED])]
+    for path in seeds:
+        load_arch(path)
+    settings = s.Settings(space=str(space), max_params=max_params, max_epochs=max_epochs, target_accuracy=target_accuracy,
+                          objective=objective, pruning=pruning, seeds=seeds, seed=seed, device=device,
+                          data_dir=str(data_dir) if data_dir else None, train_size=train_size, val_size=val_size)
+    if trials is None and timeout is None:
+        trials = 50
+    start = time.time()
+    say(f"study {study_name!r} in {storage}: budget {max_params:,} params, {max_epochs} epochs, target {100 * target_accuracy:.2f} % val acc, objective {objective}")
+    try:
+        study = s.search(study_name, storage, settings, trials, timeout, workers)
+    except KeyboardInterrupt:
+        say(f"interrupted after {s.elapsed(start)}: finished trials are saved in {storage}; run the same command to resume")
+        study = s.open_study(study_name, storage)
+    say(f"done in {s.elapsed(start)}")
+    say(_study_summary(study))
+
+
+def _study_summary(study) -> str:
+    from nas import search as s
+
+    c = s.counts(study)
+    lines = [f"trials: {c['complete']} complete ({c['converged']} reached the target), pruned {c['pruned_budget']} by budget, "
+             f"{c['pruned_invalid']} invalid, {c['pruned_convergence']} by convergence, {c['failed']} failed"]
+    front = s.pareto_front(study)
+    if front:
+        lines.append("Pareto front (validation accuracy vs parameters):")
+        lines.append(f"  {'trial':>5}  {'params':>8}  {'val acc':>8}  {'RF':>4}  note")
+        for t in front:
+            note = "seed" if "seed_file" in t.user_attrs else ""
+            lines.append(f"  {t.number:>5}  {t.user_attrs['params']:>8,}  {100 * t.values[0]:>7.2f}%  {t.user_attrs['receptive_field']:>4}  {note}")
+    best = s.best_trial(study)
+    lines.append(f"best: {s.describe_trial(best)}" if best else f"best: no trial reached {100 * s.study_settings(study).target_accuracy:.2f} % yet")
+    return "\n".join(lines)
+
+
+@app.command()
+def best(study_name: str = StudyName, storage: str = Storage) -> None:
+    """Print the best architecture of a study (smallest one meeting the target) as a layer table."""
+    from nas import search as s
+    from nas.arch import arch_from_dict
+    from nas.summary import summary_table
+
+    study = s.open_study(study_name, storage)
+    say(_study_summary(study))
+    t = s.best_trial(study)
+    if t is None:
+        raise UsageError(f"study {study_name!r} has no trial that reaches its target; search longer or lower --target-accuracy")
+    say(summary_table(arch_from_dict(json.loads(t.user_attrs["arch"]), f"trial {t.number}")))
+    say(f"training: {json.dumps(t.user_attrs['train_config'])}")
+
+
+@app.command()
+def dashboard(
+    study_name: Optional[str] = typer.Option(None, "--study-name", "--study", help="Only used to check the study exists."),
+    storage: str = Storage,
+    host: str = typer.Option("127.0.0.1", help="Interface to listen on (loopback by default)."),
+    port: int = typer.Option(8080, help="Port."),
+) -> None:
+    """Serve optuna-dashboard on the study storage."""
+    import optuna_dashboard
+
+    from nas import search as s
+
+    if study_name:
+        s.open_study(study_name, storage)
+    say(f"optuna-dashboard on http://{host}:{port}/ for {storage} (Ctrl-C to stop)")
+    optuna_dashboard.run_server(s.storage_for(storage), host=host, port=port)
+
+
+@app.command()
+def report(
+    study_name: str = StudyName,
+    storage: str = Storage,
+    out: Path = typer.Option(Path("runs/report"), help="Folder for trials.csv and report.html."),
+) -> None:
+    """Write trials.csv and a self-contained report.html (Pareto front, history, importances, curves)."""
+    from nas import search as s
+    from nas.report import write_report
+
+    study = s.open_study(study_name, storage)
+    paths = write_report(study, out)
+    say(_study_summary(study))
+    say("wrote " + ", ".join(str(p) for p in paths))
+
+
 def _device(name: str):
     from nas.train import resolve_device
 

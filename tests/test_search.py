@@ -1,0 +1,187 @@
+"""End-to-end searches on a few hundred real MNIST images, one epoch per trial."""
+
+import json
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+
+import optuna
+import pandas as pd
+import pytest
+from optuna.trial import TrialState
+from typer.testing import CliRunner
+
+import nas.search as search_mod
+from nas.cli import app
+from nas.search import ConvergenceRule, Settings, open_study, search
+
+from conftest import ROOT, SEED
+
+SPACE = ROOT / "search_spaces" / "mnist_fcn.toml"
+SMALL = ["--max-epochs", "1", "--train-size", "600", "--val-size", "300", "--target-accuracy", "0.5"]
+
+
+@pytest.fixture
+def store(tmp_path):
+    return f"sqlite:///{tmp_path}/s.db"
+
+
+def run_cli(*args):
+    result = CliRunner().invoke(app, list(map(str, args)))
+    if result.exception and not isinstance(result.exception, SystemExit):
+        raise result.exception
+    assert result.exit_code == 0, result.output
+    return result.output
+
+
+def settings(mnist_dir, **kw):
+    base = dict(max_epochs=1, train_size=600, val_size=300, target_accuracy=0.5, data_dir=str(mnist_dir), device="cpu")
+    return Settings(**{**base, **kw})
+
+
+def load(store, name="mnist"):
+    return optuna.load_study(study_name=name, storage=store)
+
+
+def test_tiny_search_end_to_end_seed_first(store, mnist_dir):
+    out = run_cli("search", "--trials", 3, "--storage", store, "--data-dir", mnist_dir, *SMALL)
+    trials = load(store).trials
+    assert len(trials) == 3
+    seed = trials[0]
+    assert seed.user_attrs["seed_file"].endswith("seed_9274.toml") and seed.user_attrs["params"] == 9274
+    assert seed.state == TrialState.COMPLETE and len(seed.user_attrs["curve"]) == 1
+    for key in ("receptive_field", "arch", "train_config", "device", "train_seconds", "converged"):
+        assert key in seed.user_attrs
+    assert "[trial 0]" in out and "Pareto front" in out and "best:" in out
+
+
+def test_over_budget_is_pruned_without_training(store, mnist_dir, monkeypatch):
+    trained = []
+    real_train = search_mod.train
+    monkeypatch.setattr(search_mod, "train", lambda arch, *a, **k: trained.append(arch) or real_train(arch, *a, **k))
+    search("b", store, settings(mnist_dir, max_params=5000), n_trials=4, timeout=None)
+    trials = load(store, "b").trials
+    seed = trials[0]
+    assert seed.state == TrialState.PRUNED and seed.user_attrs["prune_reason"] == "budget"
+    assert seed.user_attrs["params"] == 9274 and "curve" not in seed.user_attrs
+    assert seed.constraints == {"params": 9274 - 5000, "valid": 0.0}
+    from nas.arch import param_count
+
+    assert all(param_count(a) <= 5000 for a in trained)
+    assert len(trained) == sum(1 for t in trials if "curve" in t.user_attrs)
+
+
+def test_diverging_trials_fail_and_the_study_goes_on(store, mnist_dir, tmp_path):
+    space = tmp_path / "hot.toml"
+    space.write_text(SPACE.read_text().replace("lr_sgd = [0.02, 0.2]", "lr_sgd = [1e10, 1e12]").replace('optimizer = ["sgd", "adamw"]', 'optimizer = ["sgd"]'))
+    out = run_cli("search", "--trials", 3, "--space", space, "--no-seed-arch", "--storage", store, "--data-dir", mnist_dir, *SMALL)
+    trials = load(store).trials
+    assert len(trials) == 3
+    trained = [t for t in trials if t.state != TrialState.PRUNED]
+    assert trained and all(t.state == TrialState.FAIL and "loss became" in t.user_attrs["fail_reason"] for t in trained)
+    assert "FAILED" in out
+
+
+def test_resume_adds_trials(store, mnist_dir):
+    run_cli("search", "--trials", 2, "--storage", store, "--data-dir", mnist_dir, *SMALL)
+    run_cli("search", "--trials", 2, "--storage", store, "--data-dir", mnist_dir, *SMALL)
+    trials = load(store).trials
+    assert [t.number for t in trials] == [0, 1, 2, 3]
+    assert sum("seed_file" in t.user_attrs for t in trials) == 1
+
+
+def test_interrupted_trial_is_rerun_on_resume(store, mnist_dir, monkeypatch):
+    calls = []
+    real_train = search_mod.train
+
+    def flaky(*a, **k):
+        calls.append(1)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return real_train(*a, **k)
+
+    monkeypatch.setattr(search_mod, "train", flaky)
+    with pytest.raises(KeyboardInterrupt):
+        search("i", store, settings(mnist_dir), n_trials=5, timeout=None)
+    study = load(store, "i")
+    done = [t for t in study.trials if t.state == TrialState.COMPLETE]
+    interrupted = [t for t in study.trials if t.state == TrialState.FAIL][0]
+    assert len(done) >= 1
+    search("i", store, settings(mnist_dir), n_trials=1, timeout=None)
+    rerun = load(store, "i").trials[-1]
+    assert rerun.user_attrs["retry_of"] == interrupted.number and rerun.params == interrupted.params
+    assert rerun.state in (TrialState.COMPLETE, TrialState.PRUNED)
+
+
+def test_two_workers_share_one_storage(store, mnist_dir):
+    out = run_cli("search", "--trials", 4, "--workers", 2, "--storage", store, "--data-dir", mnist_dir, *SMALL)
+    trials = load(store).trials
+    assert sorted(t.number for t in trials) == [0, 1, 2, 3]
+    assert all(t.state in (TrialState.COMPLETE, TrialState.PRUNED) for t in trials)
+    assert sum("seed_file" in t.user_attrs for t in trials) == 1
+    assert "[w0]" in out or "[w1]" in out or len(trials) == 4  # worker output goes to their own stdout
+
+
+def test_convergence_rule():
+    rule = ConvergenceRule(target=0.99, max_epochs=20, slack=0.06, grace=2)
+    assert not rule.should_prune(1, 0.10)  # grace
+    assert rule.should_prune(2, 0.90) and not rule.should_prune(2, 0.95)
+    assert rule.needed(10) == pytest.approx(0.96)
+    assert not rule.should_prune(20, 0.5)  # the last epoch completes, recorded as not converged
+
+
+def test_convergence_pruning_in_a_search(store, mnist_dir):
+    search("c", store, settings(mnist_dir, max_epochs=3, target_accuracy=0.999, train_size=300), n_trials=1, timeout=None)
+    seed = load(store, "c").trials[0]
+    assert seed.state == TrialState.PRUNED and seed.user_attrs["prune_reason"] == "convergence"
+    assert len(seed.user_attrs["curve"]) == 2 and seed.user_attrs["would_prune_epoch"] == 2
+
+
+def test_single_objective_mode(store, mnist_dir):
+    run_cli("search", "--trials", 2, "--objective", "accuracy", "--storage", store, "--data-dir", mnist_dir, *SMALL)
+    study = load(store)
+    assert len(study.directions) == 1 and study.trials[0].intermediate_values
+
+
+def test_report_best_and_dashboard(store, mnist_dir, tmp_path):
+    run_cli("search", "--trials", 3, "--storage", store, "--data-dir", mnist_dir, *SMALL[:-1], "0.05")
+    out = run_cli("report", "--storage", store, "--out", tmp_path / "rep")
+    df = pd.read_csv(tmp_path / "rep" / "trials.csv")
+    assert len(df) == 3 and "user_attrs_params" in df.columns and df["user_attrs_params"].iloc[0] == 9274
+    page = (tmp_path / "rep" / "report.html").read_text()
+    assert "Validation accuracy vs parameters" in page and "Learning curves" in page and "plotly" in page
+    assert "wrote" in out
+    best = run_cli("best", "--storage", store)
+    assert "Total params" in best
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    proc = subprocess.Popen([sys.executable, "-m", "nas", "dashboard", "--storage", store, "--port", str(port)], stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    try:
+        for _ in range(100):
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/api/studies", timeout=2) as r:
+                    body = json.loads(r.read())
+                break
+            except OSError:
+                time.sleep(0.2)
+        else:
+            pytest.fail("dashboard did not answer")
+        assert [s["study_name"] for s in body["study_summaries"]] == ["mnist"]
+    finally:
+        proc.terminate()
+        proc.wait(10)
+
+
+def test_bad_input_is_one_line_exit_2(tmp_path):
+    for args, text in (
+        (["summary", str(tmp_path / "none.toml")], "no such file"),
+        (["search", "--objective", "fastest"], "--objective must be one of"),
+        (["search", "--space", str(tmp_path / "none.toml")], "no such file"),
+        (["best", "--storage", f"sqlite:///{tmp_path}/x.db", "--study", "nope"], "no such study"),
+    ):
+        r = subprocess.run([sys.executable, "-m", "nas", *args], capture_output=True, text=True)
+        assert r.returncode == 2 and text in r.stderr and len(r.stderr.strip().splitlines()) == 1, (args, r.stderr)
