@@ -9,7 +9,7 @@ from typing import Optional
 
 import typer
 
-from nas.arch import SpecError, load_arch
+from nas.arch import SpecError, load_arch, param_count
 from nas.data import DataError
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
@@ -224,6 +224,72 @@ def report(
     paths = write_report(study, out)
     say(_study_summary(study))
     say("wrote " + ", ".join(str(p) for p in paths))
+
+
+@app.command()
+def export(
+    out: Path = typer.Option(..., help="Folder to write model.pt, state_dict.pt, architecture.toml, metrics.json, README.md."),
+    study_name: Optional[str] = typer.Option(None, "--study-name", "--study", help="Export the best trial of this study."),
+    storage: str = Storage,
+    trial: Optional[int] = typer.Option(None, help="Export this trial number instead of the best."),
+    arch: Optional[Path] = typer.Option(None, help="Export an architecture file instead of a study's trial."),
+    seeds: int = typer.Option(1, min=1, help="Retrain with this many seeds to show the result holds (model.pt is seed 0's)."),
+    epochs: Optional[int] = typer.Option(None, help="Epochs (default: the study's --max-epochs, or 20 for --arch)."),
+    device: str = Device,
+    data_dir: Optional[Path] = DataDir,
+    train_size: Optional[int] = typer.Option(None, help="Retrain on the first N training images only (smoke runs; the default is all 60,000)."),
+) -> None:
+    """Retrain the winner on all 60,000 training images, test it once, write it as TorchScript."""
+    from nas import export as ex
+    from nas import search as s
+    from nas.train import TrainConfig
+
+    if (arch is None) == (study_name is None):
+        raise UsageError("give either --study NAME (best or --trial N of a study) or --arch FILE")
+    if arch is not None:
+        spec = load_arch(arch)
+        source = ex.Source(spec, TrainConfig.from_dict(spec.train, str(arch)), {"study": None, "trial": None, "arch_file": str(arch)})
+    else:
+        study = s.open_study(study_name, storage)
+        if trial is None:
+            chosen = s.best_trial(study)
+            if chosen is None:
+                raise UsageError(f"study {study_name!r} has no complete trial reaching {100 * s.study_settings(study).target_accuracy:.2f} % validation accuracy; "
+                                 "search longer, or pick one with --trial N")
+        else:
+            found = [t for t in study.get_trials(deepcopy=False) if t.number == trial and t.state.name == "COMPLETE"]
+            if not found:
+                raise UsageError(f"study {study_name!r} has no complete trial number {trial}; see `nas report`")
+            chosen = found[0]
+        source = ex.from_trial(study, chosen)
+    say(f"exporting {source.arch.name}: {param_count(source.arch):,} params, {seeds} seed(s)")
+    try:
+        m = ex.export(source, out, str(data_dir) if data_dir else None, _device(device), seeds, epochs, log=say, train_size=train_size)
+    except ex.ExportError as e:
+        say(f"error: {e}")
+        raise typer.Exit(1)
+    say(f"test accuracy {100 * m['test_acc']:.2f} % (seeds: mean {100 * m['test_acc_mean']:.2f} %, range {100 * m['test_acc_min']:.2f}-{100 * m['test_acc_max']:.2f} %), "
+        f"{m['params']:,} params; TorchScript via {m['torchscript']}, verified in a fresh process; wrote {out}/")
+
+
+@app.command()
+def predict(
+    model: Path = typer.Argument(..., help="Exported model.pt (TorchScript)."),
+    images: list[Path] = typer.Argument(..., help="PNG/JPEG images or IDX files of 28x28 digits."),
+) -> None:
+    """Print the digit an exported model sees in each image."""
+    import torch
+
+    from nas.predict import classify, load_images
+
+    try:
+        net = torch.jit.load(str(model)).eval()
+    except (RuntimeError, ValueError, OSError) as e:
+        raise UsageError(f"{model}: not a TorchScript model saved by nas export ({str(e).splitlines()[0]})") from None
+    for path in images:
+        digits, conf = classify(net, load_images(path))
+        for i, (d, c) in enumerate(zip(digits.tolist(), conf.tolist())):
+            say(f"{path}{f'[{i}]' if len(digits) > 1 else ''}: {d}  ({100 * c:.1f} %)")
 
 
 def _device(name: str):

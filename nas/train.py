@@ -158,7 +158,7 @@ def train(
         train_loss = total.item() / len(data.train)
         if not math.isfinite(train_loss):
             raise Diverged(f"training loss became {train_loss} in epoch {epoch}")
-        val_loss, val_acc = evaluate(model, data.val)
+        val_loss, val_acc = evaluate(model, data.val) if len(data.val) else (math.nan, math.nan)
         history.append(Epoch(epoch, lr, train_loss, val_loss, val_acc, time.perf_counter() - start))
         if on_epoch:
             on_epoch(history[-1])

@@ -1,0 +1,171 @@
+"""Ship an architecture: retrain on all 60,000 training images, evaluate once on the test set,
+write TorchScript and friends, and prove the saved model predicts exactly as the trained one."""
+
+from __future__ import annotations
+
+import json
+import platform
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any, Callable
+
+import optuna
+import torch
+
+import nas
+from nas.arch import Arch, arch_to_toml, param_count, receptive_field
+from nas.data import Data, Split, load_full_train, load_test
+from nas.summary import summary_table
+from nas.train import Epoch, TrainConfig, predict, train
+
+# Runs in a fresh interpreter: only torch is needed to load and run the exported model.
+_VERIFY = """
+import sys, torch
+model = torch.jit.load(sys.argv[1])
+x = torch.load(sys.argv[2])
+with torch.no_grad():
+    torch.save(torch.cat([model(x[i:i + 2000]) for i in range(0, len(x), 2000)]), sys.argv[3])
+"""
+
+
+class ExportError(RuntimeError):
+    """The export could not be completed or verified."""
+
+
+@dataclass
+class Source:
+    """Where the architecture comes from: a study's trial or a file."""
+
+    arch: Arch
+    cfg: TrainConfig
+    origin: dict[str, Any]
+
+
+def from_trial(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> Source:
+    from nas.arch import arch_from_dict
+
+    arch = arch_from_dict(json.loads(trial.user_attrs["arch"]), f"trial {trial.number}")
+    cfg = TrainConfig(**trial.user_attrs["train_config"])
+    origin = {"study": study.study_name, "trial": trial.number, "search_val_acc": trial.values[0] if trial.values else None}
+    return Source(arch, cfg, origin)
+
+
+def to_torchscript(model: torch.nn.Module, example: torch.Tensor) -> tuple[torch.jit.ScriptModule, str]:
+    try:
+        return torch.jit.script(model), "script"
+    except Exception as e:  # noqa: BLE001 - any scripting failure falls back, and says why
+        return torch.jit.trace(model, example), f"trace (script failed: {str(e).splitlines()[0]})"
+
+
+def verify(model_path: Path, x: torch.Tensor, expected: torch.Tensor, workdir: Path) -> torch.Tensor:
+    """Load model_path in a fresh Python process and check its logits match `expected`."""
+    inputs, outputs = workdir / ".verify_inputs.pt", workdir / ".verify_outputs.pt"
+    torch.save(x, inputs)
+    try:
+        run = subprocess.run([sys.executable, "-c", _VERIFY, str(model_path), str(inputs), str(outputs)], capture_output=True, text=True)
+        if run.returncode != 0:
+            raise ExportError(f"the exported model could not be loaded in a fresh process: {run.stderr.strip().splitlines()[-1]}")
+        logits = torch.load(outputs)
+    finally:
+        inputs.unlink(missing_ok=True)
+        outputs.unlink(missing_ok=True)
+    if not torch.equal(logits.argmax(1), expected.argmax(1)) or not torch.allclose(logits, expected, atol=1e-4, rtol=1e-4):
+        raise ExportError(f"{model_path} does not reproduce the trained model's predictions on the test set; not exporting")
+    return logits
+
+
+def export(
+    source: Source,
+    out: Path,
+    data_dir: str | None,
+    device: torch.device,
+    seeds: int = 1,
+    epochs: int | None = None,
+    log: Callable[[str], None] = print,
+    train_size: int | None = None,
+) -> dict[str, Any]:
+    """Retrain `seeds` times on the full training set; ship the first seed's model (choosing by
+    test accuracy would leak the test set into the choice). Returns what metrics.json holds."""
+    out.mkdir(parents=True, exist_ok=True)
+    full = load_full_train(data_dir, device)
+    if train_size is not None:  # smoke runs and tests only
+        full = Split(full.x[:train_size], full.y[:train_size])
+    data = Data(train=full, val=Split(full.x[:0], full.y[:0]))  # no validation: every image trains
+    test = load_test(data_dir)  # first touched here, after the architecture is fixed
+    runs, model0, cfg0 = [], None, None
+    for s in range(seeds):
+        cfg = replace(source.cfg, seed=s, epochs=epochs or source.cfg.epochs)
+        start = time.perf_counter()
+        model, history = train(source.arch, data, cfg, on_epoch=lambda e, s=s, n=cfg.epochs: log(_line(s, e, n)))
+        model = model.float().cpu().eval()
+        logits = predict(model, test.x)
+        acc = (logits.argmax(1) == test.y).float().mean().item()
+        runs.append({"seed": s, "test_acc": acc, "final_train_loss": history[-1].train_loss, "train_seconds": time.perf_counter() - start})
+        log(f"seed {s}: test accuracy {100 * acc:.2f} %")
+        if model0 is None:
+            model0, cfg0, eager_logits = model, cfg, logits
+    assert model0 is not None and cfg0 is not None
+    scripted, how = to_torchscript(model0, test.x[:2])
+    model_path = out / "model.pt"
+    scripted.save(str(model_path))
+    torch.save(model0.state_dict(), out / "state_dict.pt")
+    shipped = replace(source.arch, train=cfg0.to_dict())
+    (out / "architecture.toml").write_text(arch_to_toml(shipped))
+    logits = verify(model_path, test.x, eager_logits, out)
+    accs = [r["test_acc"] for r in runs]
+    metrics = {
+        "name": source.arch.name,
+        "params": param_count(source.arch),
+        "receptive_field": receptive_field(source.arch),
+        "epochs": cfg0.epochs,
+        "train_images": len(full),
+        "train_config": cfg0.to_dict(),
+        "seeds": runs,
+        "test_acc": (logits.argmax(1) == test.y).float().mean().item(),
+        "test_acc_mean": sum(accs) / len(accs),
+        "test_acc_min": min(accs),
+        "test_acc_max": max(accs),
+        "train_seconds": sum(r["train_seconds"] for r in runs),
+        "device": torch.cuda.get_device_name(device) if device.type == "cuda" else f"cpu ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)",
+        "torchscript": how,
+        "verified": True,
+        "versions": {"nas": nas.__version__, "torch": torch.__version__, "optuna": optuna.__version__, "python": platform.python_version()},
+        **source.origin,
+    }
+    (out / "metrics.json").write_text(json.dumps(metrics, indent=1))
+    (out / "README.md").write_text(model_card(source.arch, metrics))
+    return metrics
+
+
+def _line(seed: int, e: Epoch, epochs: int) -> str:
+    return f"seed {seed} epoch {e.epoch:>3}/{epochs}  lr {e.lr:.4f}  train loss {e.train_loss:.4f}  {e.seconds:6.2f} s"
+
+
+def model_card(arch: Arch, m: dict[str, Any]) -> str:
+    origin = f"study `{m['study']}`, trial {m['trial']}" if m.get("study") else "an architecture file"
+    seeds = ", ".join(f"{100 * r['test_acc']:.2f} %" for r in m["seeds"])
+    return f"""# {arch.name}
+
+A fully convolutional MNIST classifier found by nas ({origin}): {m['params']:,} parameters,
+receptive field {m['receptive_field']} px, no fully connected layer.
+
+| | |
+|---|---|
+| test accuracy of `model.pt` (seed 0) | {100 * m['test_acc']:.2f} % |
+| over {len(m['seeds'])} seed(s) | mean {100 * m['test_acc_mean']:.2f} %, range {100 * m['test_acc_min']:.2f}-{100 * m['test_acc_max']:.2f} % ({seeds}) |
+| training | {m['epochs']} epochs on all {m['train_images']:,} training images, {m['train_seconds']:.0f} s on {m['device']} |
+| search validation accuracy | {'n/a' if m.get('search_val_acc') is None else f"{100 * m['search_val_acc']:.2f} %"} |
+
+The test set was used only for the figures above, after the architecture was chosen.
+`model.pt` is TorchScript ({m['torchscript']}); it needs only torch:
+
+    model = torch.jit.load("model.pt").eval()
+    logits = model(images)  # float [N, 1, 28, 28], normalised with mean 0.1307, std 0.3081
+
+```
+{summary_table(arch)}
+```
+"""

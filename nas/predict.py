@@ -1,0 +1,47 @@
+"""Read digits to classify from PNG/JPEG files or IDX files, the way MNIST draws them."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from nas.data import DataError, normalize, read_idx
+
+IDX_MAGIC = b"\x00\x00\x08"
+
+
+def load_images(path: Path, size: int = 28) -> torch.Tensor:
+    """uint8 [N, size, size]: an IDX file gives all its images, a picture gives one, turned
+    into a white digit on black (MNIST's polarity) and resized if needed."""
+    if not path.is_file():
+        raise DataError(f"{path}: no such file")
+    head = path.read_bytes()[:4]
+    if head[:3] == IDX_MAGIC or head[:2] == b"\x1f\x8b":
+        images = read_idx(path)
+        if images.dim() == 2:
+            images = images.unsqueeze(0)
+        if images.dim() != 3:
+            raise DataError(f"{path}: IDX file holds {images.dim()}-d data, expected images [N, H, W]")
+    else:
+        from PIL import Image, UnidentifiedImageError
+
+        try:
+            with Image.open(path) as im:
+                im = im.convert("L").resize((size, size))
+                images = torch.frombuffer(bytearray(im.tobytes()), dtype=torch.uint8).reshape(1, size, size)
+        except (UnidentifiedImageError, OSError) as e:
+            raise DataError(f"{path}: not a PNG/JPEG image or IDX file ({e})") from None
+        if images.float().mean() > 127:  # dark digit on light paper: invert
+            images = 255 - images
+    if images.shape[1:] != (size, size):
+        raise DataError(f"{path}: images are {tuple(images.shape[1:])}, the model expects {size}x{size}")
+    return images
+
+
+def classify(model: torch.jit.ScriptModule, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(digit, probability) per image."""
+    with torch.no_grad():
+        probs = torch.softmax(model(normalize(images)), 1)
+    conf, digit = probs.max(1)
+    return digit, conf
