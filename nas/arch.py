@@ -252,15 +252,18 @@ def arch_to_dict(arch: Arch) -> dict[str, Any]:
     return out
 
 
-def load_arch(path: str | Path) -> Arch:
-    path = Path(path)
+def read_toml(path: Path, hint: str) -> dict[str, Any]:
+    """A TOML file's contents; a missing or malformed file is a SpecError (hint: what to give)."""
     if not path.is_file():
-        raise SpecError(str(path), "file", "no such file; give the path of an architecture .toml (see search_spaces/seeds/)")
+        raise SpecError(str(path), "file", f"no such file; give {hint}")
     try:
-        data = tomllib.loads(path.read_text())
+        return tomllib.loads(path.read_text())
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
         raise SpecError(str(path), "toml", f"not valid TOML ({e})") from None
-    return arch_from_dict(data, str(path))
+
+
+def load_arch(path: str | Path) -> Arch:
+    return arch_from_dict(read_toml(Path(path), "the path of an architecture .toml (see search_spaces/seeds/)"), str(path))
 
 
 def _toml_value(v: Any) -> str:

@@ -59,10 +59,11 @@ def train(
     from dataclasses import asdict
 
     import torch
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
     from nas import data as mnist
     from nas.arch import arch_to_toml
-    from nas.train import TrainConfig, evaluate, resolve_device
+    from nas.train import TrainConfig, evaluate
     from nas.train import train as fit
 
     spec = load_arch(arch)
@@ -70,9 +71,16 @@ def train(
     cfg = TrainConfig.from_dict({**spec.train, **overrides}, str(arch))
     dev = _device(device)
     splits = mnist.load(data_dir, dev, val_size=val_size, train_size=train_size)
-    say(f"{spec.name}: {sum(1 for _ in spec.layers)} layers, training {len(splits.train):,} images, validating on {len(splits.val):,}, device {dev}")
+    say(f"{spec.name}: {len(spec.layers)} layers, training {len(splits.train):,} images, validating on {len(splits.val):,}, device {dev}")
     say(f"config: {json.dumps(cfg.to_dict())}")
-    model, history = fit(spec, splits, cfg, on_epoch=lambda e: say(epoch_line(e, cfg.epochs)))
+    with Progress(TextColumn("training"), BarColumn(), MofNCompleteColumn(), TextColumn("epochs"), TimeRemainingColumn(), transient=True) as bar:
+        task = bar.add_task("", total=cfg.epochs)
+
+        def on_epoch(e) -> None:
+            bar.console.print(epoch_line(e, cfg.epochs), highlight=False)
+            bar.advance(task)
+
+        model, history = fit(spec, splits, cfg, on_epoch=on_epoch)
     test = mnist.load_test(data_dir, dev)
     test_loss, test_acc = evaluate(model, test)
     seconds = sum(e.seconds for e in history)
@@ -218,11 +226,16 @@ def report(
 ) -> None:
     """Write trials.csv and a self-contained report.html (Pareto front, history, importances, curves)."""
     from nas import search as s
-    from nas.report import write_report
+    from nas.report import rule_table, write_report
 
     study = s.open_study(study_name, storage)
     paths = write_report(study, out)
     say(_study_summary(study))
+    replays = rule_table(study)
+    if replays:
+        say("convergence rules replayed on the trials that trained all their epochs:")
+        for line in replays:
+            say("  " + line)
     say("wrote " + ", ".join(str(p) for p in paths))
 
 

@@ -10,7 +10,7 @@ import optuna
 import plotly.graph_objects as go
 from optuna.trial import TrialState
 
-from nas.search import best_trial, counts, pareto_front, pruning_savings, study_settings
+from nas.search import ConvergenceRule, best_trial, counts, pareto_front, pruning_savings, replay_rule, study_settings
 
 
 def _accuracy(t: optuna.trial.FrozenTrial) -> float:
@@ -59,6 +59,19 @@ def _optional(make, what: str) -> go.Figure | str:
         return f"{what}: not available yet ({e})"
 
 
+def rule_table(study: optuna.Study, starts=(0.25, 0.5, 0.75), slacks=(0.03, 0.06, 0.1)) -> list[str]:
+    """Candidate convergence rules replayed on the trials that trained all their epochs."""
+    settings = study_settings(study)
+    rows = []
+    for start in starts:
+        for slack in slacks:
+            r = replay_rule(study, ConvergenceRule(settings.target_accuracy, settings.max_epochs, slack, start))
+            if r["trials"]:
+                rows.append(f"start {start:.2f}, slack {slack:.2f}: prunes {r['pruned']}/{r['trials']} trials, saves {r['saved']:.0f} of {r['seconds']:.0f} s "
+                            f"({100 * r['saved'] / r['seconds']:.0f} %), wrongly pruned: {r['wrongly_pruned'] or 'none'}")
+    return rows
+
+
 def write_report(study: optuna.Study, out: Path) -> list[Path]:
     out.mkdir(parents=True, exist_ok=True)
     csv = out / "trials.csv"
@@ -81,6 +94,9 @@ def write_report(study: optuna.Study, out: Path) -> list[Path]:
         f"{savings['seconds_saved']:.0f} s of {savings['train_seconds']:.0f} s training saved; flagged but converged: {savings['flagged_but_converged'] or 'none'}",
     ]
     body = [f"<h1>nas study {html.escape(study.study_name)}</h1>", "<ul>" + "".join(f"<li>{html.escape(f)}</li>" for f in facts) + "</ul>"]
+    replays = rule_table(study)
+    if replays:
+        body.append("<h2>Convergence rules replayed on fully trained curves</h2><ul>" + "".join(f"<li>{html.escape(r)}</li>" for r in replays) + "</ul>")
     first = True
     for part in parts:
         if isinstance(part, str):

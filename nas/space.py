@@ -10,12 +10,11 @@ from __future__ import annotations
 
 import math
 import random
-import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol, Sequence
 
-from nas.arch import HEADS, ORDERS, POOLS, Arch, Conv, Dropout, Head, Pool, SpecError, param_count
+from nas.arch import HEADS, ORDERS, POOLS, Arch, Conv, Dropout, Head, Pool, SpecError, param_count, read_toml
 from nas.train import OPTIMIZERS, TrainConfig
 
 PADDINGS = ("same", "valid")
@@ -138,14 +137,7 @@ def space_from_dict(data: dict[str, Any], where: str) -> Space:
 
 
 def load_space(path: str | Path) -> Space:
-    path = Path(path)
-    if not path.is_file():
-        raise SpecError(str(path), "file", "no such file; give a search space .toml (default: search_spaces/mnist_fcn.toml)")
-    try:
-        data = tomllib.loads(path.read_text())
-    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
-        raise SpecError(str(path), "toml", f"not valid TOML ({e})") from None
-    return space_from_dict(data, str(path))
+    return space_from_dict(read_toml(Path(path), "a search space .toml (default: search_spaces/mnist_fcn.toml)"), str(path))
 
 
 def sample(space: Space, trial: Chooser, epochs: int = 20) -> tuple[Arch, TrainConfig]:

@@ -15,9 +15,9 @@ from typer.testing import CliRunner
 
 import nas.search as search_mod
 from nas.cli import app
-from nas.search import ConvergenceRule, Settings, open_study, search
+from nas.search import ConvergenceRule, Settings, search
 
-from conftest import ROOT, SEED
+from conftest import ROOT
 
 SPACE = ROOT / "search_spaces" / "mnist_fcn.toml"
 SMALL = ["--max-epochs", "1", "--train-size", "600", "--val-size", "300", "--target-accuracy", "0.5"]
@@ -125,9 +125,9 @@ def test_two_workers_share_one_storage(store, mnist_dir):
 
 
 def test_convergence_rule():
-    rule = ConvergenceRule(target=0.99, max_epochs=20, slack=0.06, grace=2)
-    assert not rule.should_prune(1, 0.10)  # grace
-    assert rule.should_prune(2, 0.90) and not rule.should_prune(2, 0.95)
+    rule = ConvergenceRule(target=0.99, max_epochs=20, slack=0.06, start=0.5)
+    assert rule.first_epoch() == 10 and not rule.should_prune(9, 0.10)  # the noisy first half is never judged
+    assert rule.should_prune(10, 0.95) and not rule.should_prune(10, 0.961)
     assert rule.needed(10) == pytest.approx(0.96)
     assert not rule.should_prune(20, 0.5)  # the last epoch completes, recorded as not converged
 
@@ -185,3 +185,17 @@ def test_bad_input_is_one_line_exit_2(tmp_path):
     ):
         r = subprocess.run([sys.executable, "-m", "nas", *args], capture_output=True, text=True)
         assert r.returncode == 2 and text in r.stderr and len(r.stderr.strip().splitlines()) == 1, (args, r.stderr)
+
+
+def test_replaying_a_rule_counts_savings_and_wrong_prunes():
+    from nas.search import replay_rule
+
+    study = optuna.create_study(directions=["maximize", "minimize"])
+    study.set_user_attr("settings", Settings(max_epochs=4, target_accuracy=0.98).__dict__)
+    curves = {0: [0.90, 0.88, 0.981, 0.985], 1: [0.90, 0.91, 0.93, 0.95], 2: [0.97, 0.975, 0.979, 0.981]}
+    for n, curve in curves.items():
+        study.add_trial(optuna.trial.create_trial(values=[curve[-1], 1000], user_attrs={"curve": curve, "epoch_seconds": [1.0] * 4, "params": 1000}))
+    early = replay_rule(study, ConvergenceRule(0.98, 4, slack=0.06, start=0.25))
+    assert early == {"trials": 3, "pruned": 2, "seconds": 12.0, "saved": 6.0, "wrongly_pruned": [0]}  # both < 0.935 at epoch 1
+    late = replay_rule(study, ConvergenceRule(0.98, 4, slack=0.06, start=0.75))
+    assert late["pruned"] == 1 and late["saved"] == 1.0 and late["wrongly_pruned"] == []

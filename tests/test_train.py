@@ -59,3 +59,16 @@ def test_step_schedule_and_callback_can_stop(small_data):
 def test_bad_train_config(data, key):
     with pytest.raises(SpecError, match=key):
         TrainConfig.from_dict(data, "f.toml")
+
+
+def test_nas_train_cli_prints_epochs_and_saves(tmp_path, mnist_dir):
+    from typer.testing import CliRunner
+
+    from nas.cli import app
+
+    r = CliRunner().invoke(app, ["train", str(SEED), "--epochs", "2", "--train-size", "500", "--val-size", "500", "--data-dir", str(mnist_dir), "--out", str(tmp_path)])
+    assert r.exit_code == 0, r.output
+    assert "epoch   1/2" in r.output and "epoch   2/2" in r.output and "test acc" in r.output
+    saved = load_arch(tmp_path / "architecture.toml")
+    assert saved.layers == load_arch(SEED).layers and saved.train["epochs"] == 2 and saved.train["augment"] is True
+    assert (tmp_path / "state_dict.pt").is_file() and (tmp_path / "history.json").is_file()
