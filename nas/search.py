@@ -40,13 +40,14 @@ OBJECTIVES = ("pareto", "accuracy")
 class ConvergenceRule:
     """Prune a trial whose validation accuracy lags a straight line from target - slack (at
     epoch 0) up to the target (at the last epoch), judged only from a fraction `start` of the
-    epochs on: OneCycle's high-learning-rate phase makes early accuracy noisy. The defaults were
-    chosen by replaying candidate rules on fully trained curves (README, "Measured")."""
+    epochs on: OneCycle's high-learning-rate phase makes early accuracy noisy. The defaults are
+    the most saving rule that discarded no eventual winner when nine candidates were replayed
+    on 24 fully trained curves (README, "Measured"); judging from half-way lost the seed."""
 
     target: float
     max_epochs: int
     slack: float = 0.06
-    start: float = 0.5
+    start: float = 0.75
 
     def first_epoch(self) -> int:
         return max(1, math.ceil(self.start * self.max_epochs))

@@ -116,12 +116,11 @@ def test_interrupted_trial_is_rerun_on_resume(store, mnist_dir, monkeypatch):
 
 
 def test_two_workers_share_one_storage(store, mnist_dir):
-    out = run_cli("search", "--trials", 4, "--workers", 2, "--storage", store, "--data-dir", mnist_dir, *SMALL)
+    run_cli("search", "--trials", 4, "--workers", 2, "--storage", store, "--data-dir", mnist_dir, *SMALL)
     trials = load(store).trials
     assert sorted(t.number for t in trials) == [0, 1, 2, 3]
     assert all(t.state in (TrialState.COMPLETE, TrialState.PRUNED) for t in trials)
     assert sum("seed_file" in t.user_attrs for t in trials) == 1
-    assert "[w0]" in out or "[w1]" in out or len(trials) == 4  # worker output goes to their own stdout
 
 
 def test_convergence_rule():
@@ -133,10 +132,10 @@ def test_convergence_rule():
 
 
 def test_convergence_pruning_in_a_search(store, mnist_dir):
-    search("c", store, settings(mnist_dir, max_epochs=3, target_accuracy=0.999, train_size=300), n_trials=1, timeout=None)
+    search("c", store, settings(mnist_dir, max_epochs=4, target_accuracy=0.999, train_size=300), n_trials=1, timeout=None)
     seed = load(store, "c").trials[0]
     assert seed.state == TrialState.PRUNED and seed.user_attrs["prune_reason"] == "convergence"
-    assert len(seed.user_attrs["curve"]) == 2 and seed.user_attrs["would_prune_epoch"] == 2
+    assert len(seed.user_attrs["curve"]) == 3 and seed.user_attrs["would_prune_epoch"] == 3
 
 
 def test_single_objective_mode(store, mnist_dir):
