@@ -323,9 +323,9 @@ def pruning_savings(study: optuna.Study) -> dict[str, Any]:
         per_epoch = sum(secs[:done]) / done
         saved += per_epoch * (settings.max_epochs - done) if t.state == TrialState.PRUNED else sum(secs[done:])
     wrongly = [t.number for t in flagged if t.state == TrialState.COMPLETE and t.user_attrs.get("converged")]
+    total = spent + saved if settings.pruning == "on" else spent  # with pruning on, the saved epochs never ran
     return {"mode": settings.pruning, "trained_trials": len(trained), "flagged": len(flagged), "train_seconds": spent,
-            "seconds_saved": saved, "saved_fraction": saved / (spent + saved) if settings.pruning == "on" and spent else (saved / spent if spent else 0.0),
-            "flagged_but_converged": wrongly}
+            "seconds_saved": saved, "saved_fraction": saved / total if total else 0.0, "flagged_but_converged": wrongly}
 
 
 def elapsed(start: float) -> str:
