@@ -19,7 +19,7 @@ import nas
 from nas.arch import Arch, arch_to_toml, param_count, receptive_field
 from nas.data import Data, Split, load_full_train, load_test
 from nas.summary import summary_table
-from nas.train import Epoch, TrainConfig, predict, train
+from nas.train import Epoch, TrainConfig, accuracy, predict, train
 
 # Runs in a fresh interpreter: only torch is needed to load and run the exported model.
 _VERIFY = """
@@ -102,7 +102,7 @@ def export(
         model, history = train(source.arch, data, cfg, on_epoch=lambda e, s=s, n=cfg.epochs: log(_line(s, e, n)))
         model = model.float().cpu().eval()
         logits = predict(model, test.x)
-        acc = (logits.argmax(1) == test.y).float().mean().item()
+        acc = accuracy(logits, test.y)
         runs.append({"seed": s, "test_acc": acc, "final_train_loss": history[-1].train_loss, "train_seconds": time.perf_counter() - start})
         log(f"seed {s}: test accuracy {100 * acc:.2f} %")
         if model0 is None:
@@ -124,7 +124,7 @@ def export(
         "train_images": len(full),
         "train_config": cfg0.to_dict(),
         "seeds": runs,
-        "test_acc": (logits.argmax(1) == test.y).float().mean().item(),
+        "test_acc": accuracy(logits, test.y),
         "test_acc_mean": sum(accs) / len(accs),
         "test_acc_min": min(accs),
         "test_acc_max": max(accs),

@@ -18,9 +18,6 @@ from typing import Any, Callable
 
 import optuna
 import torch
-
-warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
-optuna.logging.set_verbosity(optuna.logging.WARNING)
 from optuna.trial import FrozenTrial, TrialState
 
 from nas.arch import SpecError, arch_to_json, load_arch, param_count, receptive_field
@@ -29,7 +26,9 @@ from nas.data import load as load_data
 from nas.space import load_space, params_for, sample
 from nas.train import Diverged, Epoch, TrainConfig, resolve_device, train
 
-DEFAULT_STORAGE = "sqlite:///studies/nas.sqlite3"
+warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
+optuna.logging.set_verbosity(optuna.logging.WARNING)
+
 DEFAULT_SPACE = Path(__file__).resolve().parents[1] / "search_spaces" / "mnist_fcn.toml"
 DEFAULT_SEED = Path(__file__).resolve().parents[1] / "search_spaces" / "seeds" / "seed_9274.toml"
 PRUNING_MODES = ("on", "observe", "off")
@@ -192,7 +191,7 @@ def best_trial(study: optuna.Study) -> FrozenTrial | None:
     """The search's rule: the smallest complete trial whose validation accuracy meets the target
     (in accuracy mode: the most accurate complete trial)."""
     settings = study_settings(study)
-    done = [t for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))]
+    done = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
     if settings.objective == "accuracy":
         return max(done, key=lambda t: (t.values[0], -t.user_attrs["params"]), default=None)
     ok = [t for t in done if t.values[0] >= settings.target_accuracy]

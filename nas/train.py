@@ -105,10 +105,14 @@ def predict(model: nn.Module, x: torch.Tensor, batch_size: int = 2000) -> torch.
     return torch.cat(out)
 
 
+def accuracy(logits: torch.Tensor, y: torch.Tensor) -> float:
+    return (logits.argmax(1) == y).float().mean().item()
+
+
 def evaluate(model: nn.Module, split: Split) -> tuple[float, float]:
     """(mean cross-entropy, accuracy) on a split."""
     logits = predict(model, split.x)
-    return F.cross_entropy(logits, split.y).item(), (logits.argmax(1) == split.y).float().mean().item()
+    return F.cross_entropy(logits, split.y).item(), accuracy(logits, split.y)
 
 
 def _optimizer(model: nn.Module, cfg: TrainConfig, steps_per_epoch: int):
