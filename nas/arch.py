@@ -13,17 +13,11 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any, Union
 
+from nas.errors import SpecError
+
 ORDERS = ("relu_bn", "bn_relu")
 POOLS = ("max", "avg")
 HEADS = ("conv_gap", "gap_conv")
-
-
-class SpecError(ValueError):
-    """A bad architecture or space file: says which file, which key and what is wrong."""
-
-    def __init__(self, where: str, key: str, problem: str):
-        self.key, self.problem = key, problem
-        super().__init__(f"{where}: {key}: {problem}")
 
 
 @dataclass
@@ -70,7 +64,7 @@ class Arch:
     input: tuple[int, int, int] = (1, 28, 28)
     classes: int = 10
     name: str = ""
-    # Optional training settings that travel with the architecture (see nas.train.TrainConfig).
+    # Optional training settings that travel with the architecture (see nas.config.TrainConfig).
     train: dict[str, Any] = field(default_factory=dict)
 
 
@@ -171,16 +165,21 @@ def _dataclass_from(cls: type, data: dict[str, Any], where: str, key: str, skip:
     return cls(**values)
 
 
+# Far above any small network, low enough that a typo (conv = 1000000000) is refused, not allocated.
+MAX_CHANNELS = 4096
+MAX_KERNEL = 15
+MAX_INPUT = 4096
+
 _RULES: list[tuple[type, str, Any, str]] = [
-    (Conv, "out", lambda v: v >= 1, "must be at least 1"),
-    (Conv, "kernel", lambda v: v >= 1 and v % 2 == 1, "must be an odd integer >= 1"),
+    (Conv, "out", lambda v: 1 <= v <= MAX_CHANNELS, f"must be between 1 and {MAX_CHANNELS:,}"),
+    (Conv, "kernel", lambda v: 1 <= v <= MAX_KERNEL and v % 2 == 1, f"must be an odd integer from 1 to {MAX_KERNEL}"),
     (Conv, "padding", lambda v: v >= 0, "must be >= 0"),
     (Conv, "order", lambda v: v in ORDERS, f"must be one of {', '.join(ORDERS)}"),
     (Pool, "kind", lambda v: v in POOLS, f"must be one of {', '.join(POOLS)}"),
     (Pool, "size", lambda v: v >= 2, "must be at least 2"),
     (Dropout, "p", lambda v: 0.0 <= v < 1.0, "must be in [0, 1)"),
     (Head, "type", lambda v: v in HEADS, f"must be one of {', '.join(HEADS)}"),
-    (Head, "kernel", lambda v: v >= 1 and v % 2 == 1, "must be an odd integer >= 1"),
+    (Head, "kernel", lambda v: 1 <= v <= MAX_KERNEL and v % 2 == 1, f"must be an odd integer from 1 to {MAX_KERNEL}"),
     (Head, "padding", lambda v: v >= 0, "must be >= 0"),
 ]
 
@@ -190,6 +189,19 @@ def _validate(obj: Any, where: str, key: str) -> Any:
         if isinstance(obj, cls) and not ok(getattr(obj, name)):
             raise SpecError(where, f"{key}.{name}", f"{what} (got {getattr(obj, name)!r})")
     return obj
+
+
+def input_shape(data: dict[str, Any], where: str) -> tuple[int, int, int]:
+    """The `input` key of an architecture or space file: [channels, height, width]."""
+    shape = data.get("input", [1, 28, 28])
+    if not isinstance(shape, (list, tuple)) or len(shape) != 3 or not all(isinstance(v, int) and not isinstance(v, bool) and 1 <= v <= MAX_INPUT for v in shape):
+        raise SpecError(where, "input", f"expected [channels, height, width] of integers from 1 to {MAX_INPUT} (got {shape!r})")
+    return tuple(shape)  # type: ignore[return-value]
+
+
+def classes(data: dict[str, Any], where: str) -> int:
+    """The `classes` key of an architecture or space file."""
+    return _check(where, "classes", data.get("classes", 10), int, lambda v: 2 <= v <= MAX_CHANNELS, f"must be between 2 and {MAX_CHANNELS:,}")
 
 
 def arch_from_dict(data: dict[str, Any], where: str = "architecture") -> Arch:
@@ -211,17 +223,16 @@ def arch_from_dict(data: dict[str, Any], where: str = "architecture") -> Arch:
         rest = {k: v for k, v in raw.items() if k != kinds[0]}
         rest[_PRIMARY[cls]] = raw[kinds[0]]
         layers.append(_validate(_dataclass_from(cls, rest, where, key), where, key))
+    if not any(isinstance(layer, Conv) for layer in layers):
+        raise SpecError(where, "layers", "needs at least one conv layer, e.g. layers = [{ conv = 8 }]")
     head = _validate(_dataclass_from(Head, _check(where, "head", data.get("head", {}), dict), where, "head"), where, "head")
     if head.type == "gap_conv" and (head.kernel, head.padding) != (1, 0):
         raise SpecError(where, "head.kernel", "a gap_conv head is a 1x1 conv after pooling; drop kernel/padding or use type = \"conv_gap\"")
-    shape = _check(where, "input", data.get("input", [1, 28, 28]), list)
-    if len(shape) != 3 or not all(isinstance(v, int) and v >= 1 for v in shape):
-        raise SpecError(where, "input", f"expected [channels, height, width] of positive integers (got {shape!r})")
     arch = Arch(
         layers=layers,
         head=head,
-        input=tuple(shape),  # type: ignore[arg-type]
-        classes=_check(where, "classes", data.get("classes", 10), int, lambda v: v >= 2, "must be at least 2"),
+        input=input_shape(data, where),
+        classes=classes(data, where),
         name=_check(where, "name", data.get("name", Path(where).stem), str),
         train=_check(where, "train", data.get("train", {}), dict),
     )
@@ -252,8 +263,22 @@ def arch_to_dict(arch: Arch) -> dict[str, Any]:
     return out
 
 
+BUILTIN = Path(__file__).resolve().parent / "search_spaces"  # shipped as package data
+
+
+def locate(name: str | Path, folder: Path) -> Path:
+    """A file path as given, or else the built-in file of that name in `folder` (so `seed_9274`
+    or `mnist_fcn` work from any directory and in a non-editable install)."""
+    path = Path(name)
+    if path.exists() or path.suffix or path.parent != Path("."):
+        return path
+    return folder / f"{name}.toml"
+
+
 def read_toml(path: Path, hint: str) -> dict[str, Any]:
     """A TOML file's contents; a missing or malformed file is a SpecError (hint: what to give)."""
+    if path.is_dir():
+        raise SpecError(str(path), "file", f"is a folder; give {hint}")
     if not path.is_file():
         raise SpecError(str(path), "file", f"no such file; give {hint}")
     try:
@@ -263,7 +288,10 @@ def read_toml(path: Path, hint: str) -> dict[str, Any]:
 
 
 def load_arch(path: str | Path) -> Arch:
-    return arch_from_dict(read_toml(Path(path), "the path of an architecture .toml (see search_spaces/seeds/)"), str(path))
+    """An architecture file, or a built-in seed by name (e.g. seed_9274)."""
+    found = locate(path, BUILTIN / "seeds")
+    names = ", ".join(sorted(p.stem for p in (BUILTIN / "seeds").glob("*.toml")))
+    return arch_from_dict(read_toml(found, f"an architecture .toml or a built-in one ({names})"), str(path))
 
 
 def _toml_value(v: Any) -> str:

@@ -1,26 +1,52 @@
-"""The `nas` command line: thin wrappers that parse options, print progress and map errors."""
+"""The `nas` command line: thin wrappers that parse options, print progress and map errors.
+
+Commands that only read (`--help`, `summary`, `space show`, `report`, `best`) never import
+torch: heavy modules are imported inside the commands that need them.
+"""
 
 from __future__ import annotations
 
 import json
 import sys
+from dataclasses import fields
+from enum import Enum
 from pathlib import Path
-from typing import Optional
+from typing import Annotated, Any, Optional
 
 import typer
 
-from nas.arch import SpecError, load_arch, param_count
-from nas.data import DataError
+from nas.config import OPTIMIZERS, TrainConfig
+from nas.errors import UsageError, UserError
+from nas.settings import OBJECTIVES, PRUNING_MODES, StudySettings
 
-app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False, rich_markup_mode=None,
                   help="Search for small fully convolutional networks under a hard parameter budget.")
+space_app = typer.Typer(no_args_is_help=True, rich_markup_mode=None, help="Inspect search spaces.")
+app.add_typer(space_app, name="space")
 
-DataDir = typer.Option(None, "--data-dir", envvar="NAS_DATA_DIR", help="Folder with the MNIST IDX files (default: ~/.cache/nas/mnist, downloaded if missing).")
-Device = typer.Option("auto", "--device", help="auto, cpu or cuda.")
+Objective = Enum("Objective", {v: v for v in OBJECTIVES}, type=str)  # type: ignore[misc]
+Pruning = Enum("Pruning", {v: v for v in PRUNING_MODES}, type=str)  # type: ignore[misc]
+Optimizer = Enum("Optimizer", {v: v for v in OPTIMIZERS}, type=str)  # type: ignore[misc]
 
 
-class UsageError(Exception):
-    """Bad input from the user: printed as one line, exit code 2."""
+class Device(str, Enum):
+    auto = "auto"
+    cpu = "cpu"
+    cuda = "cuda"
+
+
+_STUDY = {f.name: f.default for f in fields(StudySettings)}
+_TRAIN = TrainConfig()
+DEFAULT_STORAGE = "sqlite:///studies/nas.sqlite3"
+
+DataDir = Annotated[Optional[Path], typer.Option("--data-dir", envvar="NAS_DATA_DIR", file_okay=False,
+                                                 help="Folder with the MNIST IDX files (default: ~/.cache/nas/mnist, downloaded if missing).")]
+DeviceOpt = Annotated[Device, typer.Option("--device", help="Where to train.")]
+Storage = Annotated[str, typer.Option("--storage", envvar="NAS_STORAGE",
+                                      help="Optuna storage: sqlite:///FILE, postgresql+psycopg://USER@HOST/DB (many machines) or journal:///FILE.")]
+StudyName = Annotated[str, typer.Option("--study-name", "--study", help="Study name; re-using one resumes it.")]
+ValSize = Annotated[Optional[int], typer.Option(min=1, help=f"Training images held out for validation (default {_STUDY['val_size']:,}).")]
+TrainSize = Annotated[Optional[int], typer.Option(min=1, help="Train on the first N of the remaining training images (default: all).")]
 
 
 def say(message: str) -> None:
@@ -33,8 +59,9 @@ def epoch_line(e, epochs: int) -> str:
 
 
 @app.command()
-def summary(arch: Path = typer.Argument(..., help="Architecture .toml file.")) -> None:
+def summary(arch: Annotated[str, typer.Argument(help="Architecture .toml file, or a built-in one by name (seed_9274).")]) -> None:
     """Print the layer table (output shape, parameters, receptive field) of an architecture."""
+    from nas.arch import load_arch
     from nas.summary import summary_table
 
     say(summary_table(load_arch(arch)))
@@ -42,18 +69,19 @@ def summary(arch: Path = typer.Argument(..., help="Architecture .toml file.")) -
 
 @app.command()
 def train(
-    arch: Path = typer.Argument(..., help="Architecture .toml file (its [train] table, if any, sets the defaults)."),
-    epochs: Optional[int] = typer.Option(None, help="Epochs (default 20)."),
-    seed: Optional[int] = typer.Option(None, help="Random seed for initialisation, shuffling and augmentation."),
-    batch_size: Optional[int] = typer.Option(None, help="Batch size (default 128; the learning rate scales with it)."),
-    lr: Optional[float] = typer.Option(None, help="Peak learning rate at batch size 128."),
-    optimizer: Optional[str] = typer.Option(None, help="sgd or adamw."),
-    augment: Optional[bool] = typer.Option(None, "--augment/--no-augment", help="Random small rotation/translation."),
-    val_size: int = typer.Option(10_000, help="Training images held out for validation."),
-    train_size: Optional[int] = typer.Option(None, help="Train on the first N of the remaining training images."),
-    device: str = Device,
-    data_dir: Optional[Path] = DataDir,
-    out: Optional[Path] = typer.Option(None, help="Save state_dict.pt, architecture.toml and history.json here."),
+    arch: Annotated[str, typer.Argument(help="Architecture .toml file or built-in name; its train table, if any, sets the defaults.")],
+    epochs: Annotated[Optional[int], typer.Option(min=1, help=f"Epochs (default {_TRAIN.epochs}).")] = None,
+    seed: Annotated[Optional[int], typer.Option(min=0, help="Random seed for initialisation, shuffling and augmentation.")] = None,
+    batch_size: Annotated[Optional[int], typer.Option(min=1, help=f"Batch size (default {_TRAIN.batch_size}; the learning rate scales with it).")] = None,
+    lr: Annotated[Optional[float], typer.Option(help="Peak learning rate at batch size 128 (must be positive).")] = None,
+    optimizer: Annotated[Optional[Optimizer], typer.Option(help=f"Optimizer (default {_TRAIN.optimizer}).")] = None,
+    augment: Annotated[Optional[bool], typer.Option("--augment/--no-augment", help="Random small rotation/translation.")] = None,
+    val_size: ValSize = None,
+    train_size: TrainSize = None,
+    device: DeviceOpt = Device.auto,
+    data_dir: DataDir = None,
+    out: Annotated[Optional[Path], typer.Option(file_okay=False, help="Save state_dict.pt, architecture.toml and history.json in this folder.")] = None,
+    force: Annotated[bool, typer.Option("--force", help="Overwrite what an earlier run saved in --out.")] = False,
 ) -> None:
     """Train one architecture on MNIST; print per-epoch progress, then validation and test accuracy."""
     from dataclasses import asdict
@@ -62,15 +90,19 @@ def train(
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
     from nas import data as mnist
-    from nas.arch import arch_to_toml
-    from nas.train import TrainConfig, evaluate
+    from nas.arch import arch_to_toml, load_arch
+    from nas.train import evaluate
     from nas.train import train as fit
 
     spec = load_arch(arch)
-    overrides = {k: v for k, v in dict(epochs=epochs, seed=seed, batch_size=batch_size, lr=lr, optimizer=optimizer, augment=augment).items() if v is not None}
+    overrides = {k: v for k, v in dict(epochs=epochs, seed=seed, batch_size=batch_size, lr=lr, augment=augment,
+                                        optimizer=optimizer.value if optimizer else None).items() if v is not None}
     cfg = TrainConfig.from_dict({**spec.train, **overrides}, str(arch))
+    saved = ("state_dict.pt", "architecture.toml", "history.json")
+    if out:
+        _refuse_overwrite(out, saved, force)
     dev = _device(device)
-    splits = mnist.load(data_dir, dev, val_size=val_size, train_size=train_size)
+    splits = mnist.load(data_dir, dev, val_size=val_size or _STUDY["val_size"], train_size=train_size)
     say(f"{spec.name}: {len(spec.layers)} layers, training {len(splits.train):,} images, validating on {len(splits.val):,}, device {dev}")
     say(f"config: {json.dumps(cfg.to_dict())}")
     with Progress(TextColumn("training"), BarColumn(), MofNCompleteColumn(), TextColumn("epochs"), TimeRemainingColumn(), transient=True) as bar:
@@ -95,16 +127,10 @@ def train(
         say(f"saved to {out}/")
 
 
-space_app = typer.Typer(no_args_is_help=True, help="Inspect search spaces.")
-app.add_typer(space_app, name="space")
-Storage = typer.Option("sqlite:///studies/nas.sqlite3", "--storage", envvar="NAS_STORAGE", help="Optuna storage URL (SQLite file by default; any RDB URL to share a study between machines).")
-StudyName = typer.Option("mnist", "--study-name", "--study", help="Study name; re-using one resumes it.")
-
-
 @space_app.command("show")
 def space_show(
-    file: Path = typer.Argument(Path("search_spaces/mnist_fcn.toml"), help="Search space .toml."),
-    max_params: Optional[int] = typer.Option(None, help="Also estimate the share of the space within this budget."),
+    file: Annotated[str, typer.Argument(help="Search space .toml, or a built-in one by name.")] = "mnist_fcn",
+    max_params: Annotated[Optional[int], typer.Option(min=1, help="Also estimate the share of the space within this budget.")] = None,
 ) -> None:
     """Print a search space, its size and an estimate of its parameter-count range."""
     from nas.space import describe, load_space
@@ -114,98 +140,84 @@ def space_show(
 
 @app.command()
 def search(
-    max_params: int = typer.Option(20_000, help="Parameter budget: bigger architectures are pruned before training."),
-    max_epochs: int = typer.Option(20, help="Epochs each trial trains for (at most)."),
-    target_accuracy: float = typer.Option(0.994, help="Validation accuracy an architecture must reach."),
-    trials: Optional[int] = typer.Option(None, help="Trials to run in this invocation (default 50 unless --timeout is given)."),
-    timeout: Optional[float] = typer.Option(None, help="Stop starting new trials after this many seconds."),
-    space: Path = typer.Option(Path("search_spaces/mnist_fcn.toml"), help="Search space file."),
-    study_name: str = StudyName,
-    storage: str = Storage,
-    objective: str = typer.Option("pareto", help="pareto: maximise accuracy and minimise parameters; accuracy: accuracy under the budget."),
-    pruning: str = typer.Option("on", help="Convergence pruning: on, observe (record where it would prune, train on), off."),
-    seed_arch: Optional[list[Path]] = typer.Option(None, "--seed-arch", help="Architecture enqueued first in a new study (repeatable; default: the 9,274-parameter seed)."),
-    no_seed_arch: bool = typer.Option(False, "--no-seed-arch", help="Start a new study without seed architectures."),
-    workers: int = typer.Option(1, min=1, help="Worker processes on this machine sharing the storage."),
-    seed: int = typer.Option(0, help="Seed of the sampler and of every trial's training."),
-    device: str = Device,
-    data_dir: Optional[Path] = DataDir,
-    train_size: Optional[int] = typer.Option(None, help="Search on the first N training images (smoke runs, CI)."),
-    val_size: int = typer.Option(10_000, help="Training images held out for validation."),
+    max_params: Annotated[Optional[int], typer.Option(min=1, help=f"Parameter budget: bigger architectures are pruned before training (default {_STUDY['max_params']:,}).")] = None,
+    max_epochs: Annotated[Optional[int], typer.Option(min=1, help=f"Epochs each trial trains for, at most (default {_STUDY['max_epochs']}).")] = None,
+    target_accuracy: Annotated[Optional[float], typer.Option(max=1, help=f"Validation accuracy an architecture must reach (default {_STUDY['target_accuracy']}).")] = None,
+    objective: Annotated[Optional[Objective], typer.Option(help="pareto: maximise accuracy and minimise parameters; accuracy: accuracy under the budget (default pareto).")] = None,
+    pruning: Annotated[Optional[Pruning], typer.Option(help="Convergence pruning: on, observe (record where it would prune, train on), off (default on).")] = None,
+    space: Annotated[Optional[str], typer.Option(help="Search space file or built-in name (default mnist_fcn); the study stores its content.")] = None,
+    seed_arch: Annotated[Optional[list[str]], typer.Option("--seed-arch", help="Architecture enqueued first in a new study (repeatable; default seed_9274).")] = None,
+    no_seed_arch: Annotated[bool, typer.Option("--no-seed-arch", help="Start a new study without seed architectures.")] = False,
+    seed: Annotated[Optional[int], typer.Option(min=0, help="Seed the samplers and every trial's training derive from (default 0).")] = None,
+    train_size: TrainSize = None,
+    val_size: ValSize = None,
+    trials: Annotated[Optional[int], typer.Option(min=1, help="Run until the study has this many finished trials (default 50 unless --timeout is given).")] = None,
+    timeout: Annotated[Optional[float], typer.Option(min=1, help="Stop starting new trials after this many seconds.")] = None,
+    study_name: StudyName = "mnist",
+    storage: Storage = DEFAULT_STORAGE,
+    workers: Annotated[int, typer.Option(min=1, help="Worker processes on this machine sharing the storage.")] = 1,
+    device: DeviceOpt = Device.auto,
+    data_dir: DataDir = None,
 ) -> None:
-    """Search the space for the smallest networks reaching the target accuracy."""
+    """Search the space for the smallest networks reaching the target accuracy (a new study, or resume one).
+
+    The flags that define a study are stored with it at creation; a resumed study reads them
+    back, and a flag that disagrees is refused."""
     import time
 
+    from nas import analytics
     from nas import search as s
-    from nas.space import load_space
+    from nas.arch import arch_to_dict, load_arch
+    from nas.space import read_space
 
-    if objective not in s.OBJECTIVES:
-        raise UsageError(f"--objective must be one of {', '.join(s.OBJECTIVES)} (got {objective!r})")
-    if pruning not in s.PRUNING_MODES:
-        raise UsageError(f"--pruning must be one of {', '.join(s.PRUNING_MODES)} (got {pruning!r})")
-    if not 0 < target_accuracy <= 1:
-        raise UsageError(f"--target-accuracy is a fraction in (0, 1], e.g. 0.994 (got {target_accuracy})")
-    load_space(space)  # fail on a bad file before anything starts
-    _device(device)
-    seeds = [] if no_seed_arch else [str(p) for p in (seed_arch or [s.DEFAULT_SEED])]
-    for path in seeds:
-        load_arch(path)
-    settings = s.Settings(space=str(space), max_params=max_params, max_epochs=max_epochs, target_accuracy=target_accuracy,
-                          objective=objective, pruning=pruning, seeds=seeds, seed=seed, device=device,
-                          data_dir=str(data_dir) if data_dir else None, train_size=train_size, val_size=val_size)
+    given: dict[str, Any] = {k: v.value if isinstance(v, Enum) else v for k, v in dict(
+        max_params=max_params, max_epochs=max_epochs, target_accuracy=target_accuracy, objective=objective, pruning=pruning,
+        seed=seed, train_size=train_size, val_size=val_size).items() if v is not None}
+    if space is not None:
+        given["space"] = read_space(space)
+    if no_seed_arch and seed_arch:
+        raise UsageError("give --seed-arch or --no-seed-arch, not both")
+    if no_seed_arch or seed_arch:
+        given["seed_archs"] = tuple(arch_to_dict(load_arch(p)) for p in seed_arch or ())
+    settings = StudySettings(**given)  # validates every flag before anything is created
     if trials is None and timeout is None:
         trials = 50
+    _device(device)
     start = time.time()
-    say(f"study {study_name!r} in {storage}: budget {max_params:,} params, {max_epochs} epochs, target {100 * target_accuracy:.2f} % val acc, objective {objective}")
+    say(f"study {study_name!r} in {storage}")
     try:
-        study = s.search(study_name, storage, settings, trials, timeout, workers)
+        study = s.search(study_name, storage, settings, trials, timeout, s.Run(device.value, str(data_dir) if data_dir else None, workers), given)
     except KeyboardInterrupt:
-        say(f"interrupted after {s.elapsed(start)}: finished trials are saved in {storage}; run the same command to resume")
-        study = s.open_study(study_name, storage)
-    say(f"done in {s.elapsed(start)}")
-    say(_study_summary(study))
-
-
-def _study_summary(study) -> str:
-    from nas import search as s
-
-    c = s.counts(study)
-    lines = [f"trials: {c['complete']} complete ({c['converged']} reached the target), pruned {c['pruned_budget']} by budget, "
-             f"{c['pruned_invalid']} invalid, {c['pruned_convergence']} by convergence, {c['failed']} failed"]
-    front = s.pareto_front(study)
-    if front:
-        lines.append("Pareto front (validation accuracy vs parameters):")
-        lines.append(f"  {'trial':>5}  {'params':>8}  {'val acc':>8}  {'RF':>4}  note")
-        for t in front:
-            note = "seed" if "seed_file" in t.user_attrs else ""
-            lines.append(f"  {t.number:>5}  {t.user_attrs['params']:>8,}  {100 * t.values[0]:>7.2f}%  {t.user_attrs['receptive_field']:>4}  {note}")
-    best = s.best_trial(study)
-    lines.append(f"best: {s.describe_trial(best)}" if best else f"best: no trial reached {100 * s.study_settings(study).target_accuracy:.2f} % yet")
-    return "\n".join(lines)
+        say(f"interrupted after {analytics.elapsed(start)}: finished trials are saved in {storage}; run the same command to resume")
+        raise typer.Exit(130) from None
+    say(f"done in {analytics.elapsed(start)}")
+    say(analytics.summary(study))
 
 
 @app.command()
-def best(study_name: str = StudyName, storage: str = Storage) -> None:
+def best(study_name: StudyName = "mnist", storage: Storage = DEFAULT_STORAGE) -> None:
     """Print the best architecture of a study (smallest one meeting the target) as a layer table."""
-    from nas import search as s
+    from nas import analytics
     from nas.arch import arch_from_dict
+    from nas.search import open_study
     from nas.summary import summary_table
 
-    study = s.open_study(study_name, storage)
-    say(_study_summary(study))
-    t = s.best_trial(study)
+    study = open_study(study_name, storage)
+    say(analytics.summary(study))
+    t = analytics.best_trial(study)
     if t is None:
-        raise UsageError(f"study {study_name!r} has no trial that reaches its target; search longer or lower --target-accuracy")
+        raise UsageError(f"study {study_name!r} has no trial that reaches its target of "
+                         f"{100 * analytics.study_settings(study).target_accuracy:.2f} % yet; search longer (nas search --study-name {study_name})")
     say(summary_table(arch_from_dict(json.loads(t.user_attrs["arch"]), f"trial {t.number}")))
     say(f"training: {json.dumps(t.user_attrs['train_config'])}")
 
 
 @app.command()
 def dashboard(
-    study_name: Optional[str] = typer.Option(None, "--study-name", "--study", help="Only used to check the study exists."),
-    storage: str = Storage,
-    host: str = typer.Option("127.0.0.1", help="Interface to listen on (loopback by default)."),
-    port: int = typer.Option(8080, help="Port."),
+    study_name: Annotated[Optional[str], typer.Option("--study-name", "--study", help="Only used to check the study exists.")] = None,
+    storage: Storage = DEFAULT_STORAGE,
+    host: Annotated[str, typer.Option(help="Interface to listen on (loopback by default).")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(min=1, max=65535, help="Port.")] = 8080,
 ) -> None:
     """Serve optuna-dashboard on the study storage."""
     import optuna_dashboard
@@ -220,17 +232,18 @@ def dashboard(
 
 @app.command()
 def report(
-    study_name: str = StudyName,
-    storage: str = Storage,
-    out: Path = typer.Option(Path("runs/report"), help="Folder for trials.csv and report.html."),
+    study_name: StudyName = "mnist",
+    storage: Storage = DEFAULT_STORAGE,
+    out: Annotated[Path, typer.Option(file_okay=False, help="Folder for trials.csv and report.html.")] = Path("runs/report"),
 ) -> None:
     """Write trials.csv and a self-contained report.html (Pareto front, history, importances, curves)."""
-    from nas import search as s
+    from nas import analytics
     from nas.report import rule_table, write_report
+    from nas.search import open_study
 
-    study = s.open_study(study_name, storage)
+    study = open_study(study_name, storage)
     paths = write_report(study, out)
-    say(_study_summary(study))
+    say(analytics.summary(study))
     replays = rule_table(study)
     if replays:
         say("convergence rules replayed on the trials that trained all their epochs:")
@@ -241,33 +254,36 @@ def report(
 
 @app.command()
 def export(
-    out: Path = typer.Option(..., help="Folder to write model.pt, state_dict.pt, architecture.toml, metrics.json, README.md."),
-    study_name: Optional[str] = typer.Option(None, "--study-name", "--study", help="Export the best trial of this study."),
-    storage: str = Storage,
-    trial: Optional[int] = typer.Option(None, help="Export this trial number instead of the best."),
-    arch: Optional[Path] = typer.Option(None, help="Export an architecture file instead of a study's trial."),
-    seeds: int = typer.Option(1, min=1, help="Retrain with this many seeds to show the result holds (model.pt is seed 0's)."),
-    epochs: Optional[int] = typer.Option(None, help="Epochs (default: the study's --max-epochs, or 20 for --arch)."),
-    device: str = Device,
-    data_dir: Optional[Path] = DataDir,
-    train_size: Optional[int] = typer.Option(None, help="Retrain on the first N training images only (smoke runs; the default is all 60,000)."),
+    out: Annotated[Path, typer.Option(file_okay=False, help="Folder to write model.pt, state_dict.pt, architecture.toml, metrics.json, README.md.")],
+    study_name: Annotated[Optional[str], typer.Option("--study-name", "--study", help="Export the best trial of this study.")] = None,
+    storage: Storage = DEFAULT_STORAGE,
+    trial: Annotated[Optional[int], typer.Option(min=0, help="Export this trial number instead of the best.")] = None,
+    arch: Annotated[Optional[str], typer.Option(help="Export an architecture file (or built-in name) instead of a study's trial.")] = None,
+    seeds: Annotated[int, typer.Option(min=1, help="Retrain with this many seeds to show the result holds (model.pt is seed 0's).")] = 1,
+    epochs: Annotated[Optional[int], typer.Option(min=1, help="Epochs (default: the study's --max-epochs, or the file's own).")] = None,
+    device: DeviceOpt = Device.auto,
+    data_dir: DataDir = None,
+    train_size: Annotated[Optional[int], typer.Option(min=1, help="Retrain on the first N training images only (smoke runs; the default is all 60,000).")] = None,
+    force: Annotated[bool, typer.Option("--force", help="Overwrite an earlier export in --out.")] = False,
 ) -> None:
     """Retrain the winner on all 60,000 training images, test it once, write it as TorchScript."""
+    from nas import analytics
     from nas import export as ex
-    from nas import search as s
-    from nas.train import TrainConfig
+    from nas.arch import load_arch, param_count
+    from nas.search import open_study
 
     if (arch is None) == (study_name is None):
         raise UsageError("give either --study NAME (best or --trial N of a study) or --arch FILE")
+    _refuse_overwrite(out, ex.FILES, force)
     if arch is not None:
         spec = load_arch(arch)
         source = ex.Source(spec, TrainConfig.from_dict(spec.train, str(arch)), {"study": None, "trial": None, "arch_file": str(arch)})
     else:
-        study = s.open_study(study_name, storage)
+        study = open_study(study_name, storage)
         if trial is None:
-            chosen = s.best_trial(study)
+            chosen = analytics.best_trial(study)
             if chosen is None:
-                raise UsageError(f"study {study_name!r} has no complete trial reaching {100 * s.study_settings(study).target_accuracy:.2f} % validation accuracy; "
+                raise UsageError(f"study {study_name!r} has no complete trial reaching {100 * analytics.study_settings(study).target_accuracy:.2f} % validation accuracy; "
                                  "search longer, or pick one with --trial N")
         else:
             found = [t for t in study.get_trials(deepcopy=False) if t.number == trial and t.state.name == "COMPLETE"]
@@ -280,15 +296,15 @@ def export(
         m = ex.export(source, out, str(data_dir) if data_dir else None, _device(device), seeds, epochs, log=say, train_size=train_size)
     except ex.ExportError as e:
         say(f"error: {e}")
-        raise typer.Exit(1)
+        raise typer.Exit(1) from None
     say(f"test accuracy {100 * m['test_acc']:.2f} % (seeds: mean {100 * m['test_acc_mean']:.2f} %, range {100 * m['test_acc_min']:.2f}-{100 * m['test_acc_max']:.2f} %), "
         f"{m['params']:,} params; TorchScript via {m['torchscript']}, verified in a fresh process; wrote {out}/")
 
 
 @app.command()
 def predict(
-    model: Path = typer.Argument(..., help="Exported model.pt (TorchScript)."),
-    images: list[Path] = typer.Argument(..., help="PNG/JPEG images or IDX files of 28x28 digits."),
+    model: Annotated[Path, typer.Argument(dir_okay=False, help="Exported model.pt (TorchScript).")],
+    images: Annotated[list[Path], typer.Argument(help="PNG/JPEG images or IDX files of 28x28 digits.")],
 ) -> None:
     """Print the digit an exported model sees in each image."""
     import torch
@@ -305,11 +321,20 @@ def predict(
             say(f"{path}{f'[{i}]' if len(digits) > 1 else ''}: {d}  ({100 * c:.1f} %)")
 
 
-def _device(name: str):
+def _refuse_overwrite(out: Path, names: tuple[str, ...], force: bool) -> None:
+    """An earlier run's files are overwritten only when asked."""
+    if out.exists() and not out.is_dir():
+        raise UsageError(f"--out {out} is a file; give a folder")
+    earlier = [n for n in names if (out / n).exists()]
+    if earlier and not force:
+        raise UsageError(f"{out} already holds {', '.join(earlier)} from an earlier run; pass --force to overwrite, or choose another --out")
+
+
+def _device(device: Device):
     from nas.train import resolve_device
 
     try:
-        return resolve_device(name)
+        return resolve_device(device.value)
     except (ValueError, RuntimeError) as e:
         raise UsageError(str(e)) from None
 
@@ -318,7 +343,7 @@ def main() -> None:
     """Entry point: known errors become one line on stderr (exit 2), never a traceback."""
     try:
         app()
-    except (SpecError, DataError, UsageError) as e:
+    except UserError as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(2)
     except KeyboardInterrupt:

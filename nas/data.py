@@ -18,6 +18,8 @@ from typing import Iterator
 import torch
 import torch.nn.functional as F
 
+from nas.errors import DataError
+
 # SHA-256 of the gzip files every MNIST mirror serves.
 FILES = {
     "train-images-idx3-ubyte.gz": "0b367032e93c5d0cea0925647cfdb18614af8ee15f83e6f2fc2ad904a6835971",
@@ -31,10 +33,6 @@ MIRRORS = (
 )
 MEAN, STD = 0.1307, 0.3081
 _DTYPES = {0x08: torch.uint8}
-
-
-class DataError(RuntimeError):
-    """Missing, corrupt or unreachable data; the message says what to do."""
 
 
 def default_data_dir() -> Path:

@@ -19,7 +19,8 @@ import nas
 from nas.arch import Arch, arch_to_toml, param_count, receptive_field
 from nas.data import Data, Split, load_full_train, load_test
 from nas.summary import summary_table
-from nas.train import Epoch, TrainConfig, accuracy, predict, train
+from nas.config import TrainConfig
+from nas.train import Epoch, accuracy, predict, train
 
 # Runs in a fresh interpreter: only torch is needed to load and run the exported model.
 _VERIFY = """
@@ -29,6 +30,9 @@ x = torch.load(sys.argv[2])
 with torch.no_grad():
     torch.save(torch.cat([model(x[i:i + 2000]) for i in range(0, len(x), 2000)]), sys.argv[3])
 """
+
+
+FILES = ("model.pt", "state_dict.pt", "architecture.toml", "metrics.json", "README.md")
 
 
 class ExportError(RuntimeError):

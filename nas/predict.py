@@ -6,7 +6,8 @@ from pathlib import Path
 
 import torch
 
-from nas.data import DataError, normalize, read_idx
+from nas.data import normalize, read_idx
+from nas.errors import DataError
 
 IDX_MAGIC = b"\x00\x00\x08"
 

@@ -10,7 +10,7 @@ import optuna
 import plotly.graph_objects as go
 from optuna.trial import TrialState
 
-from nas.search import ConvergenceRule, best_trial, counts, pareto_front, pruning_savings, replay_rule, study_settings
+from nas.analytics import best_trial, counts, pareto_front, pruning_savings, rule_replays, study_settings
 
 
 def _accuracy(t: optuna.trial.FrozenTrial) -> float:
@@ -25,7 +25,7 @@ def pareto_figure(study: optuna.Study) -> go.Figure:
     for label, members, marker in (
         ("trials", [t for t in done if t.number not in front], dict(color="lightgray", size=8)),
         ("Pareto front", [t for t in done if t.number in front], dict(color="royalblue", size=10)),
-        ("seed", [t for t in done if "seed_file" in t.user_attrs], dict(color="crimson", size=16, symbol="star")),
+        ("seed", [t for t in done if "seed_arch" in t.user_attrs], dict(color="crimson", size=16, symbol="star")),
     ):
         fig.add_trace(go.Scatter(
             x=[t.user_attrs["params"] for t in members], y=[100 * _accuracy(t) for t in members], mode="markers", name=label, marker=marker,
@@ -59,17 +59,10 @@ def _optional(make, what: str) -> go.Figure | str:
         return f"{what}: not available yet ({e})"
 
 
-def rule_table(study: optuna.Study, starts=(0.25, 0.5, 0.75), slacks=(0.03, 0.06, 0.1)) -> list[str]:
-    """Candidate convergence rules replayed on the trials that trained all their epochs."""
-    settings = study_settings(study)
-    rows = []
-    for start in starts:
-        for slack in slacks:
-            r = replay_rule(study, ConvergenceRule(settings.target_accuracy, settings.max_epochs, slack, start))
-            if r["trials"]:
-                rows.append(f"start {start:.2f}, slack {slack:.2f}: prunes {r['pruned']}/{r['trials']} trials, saves {r['saved']:.0f} of {r['seconds']:.0f} s "
-                            f"({100 * r['saved'] / r['seconds']:.0f} %), wrongly pruned: {r['wrongly_pruned'] or 'none'}")
-    return rows
+def rule_table(study: optuna.Study) -> list[str]:
+    """Candidate convergence rules replayed on the trials that trained all their epochs, as lines."""
+    return [f"start {r['start']:.2f}, slack {r['slack']:.2f}: prunes {r['pruned']}/{r['trials']} trials, saves {r['saved']:.0f} of {r['seconds']:.0f} s "
+            f"({100 * r['saved'] / r['seconds']:.0f} %), wrongly pruned: {r['wrongly_pruned'] or 'none'}" for r in rule_replays(study)]
 
 
 def write_report(study: optuna.Study, out: Path) -> list[Path]:

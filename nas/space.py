@@ -14,8 +14,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol, Sequence
 
-from nas.arch import HEADS, ORDERS, POOLS, Arch, Conv, Dropout, Head, Pool, SpecError, param_count, read_toml
-from nas.train import OPTIMIZERS, TrainConfig
+from nas.arch import BUILTIN, HEADS, MAX_CHANNELS, ORDERS, POOLS, Arch, Conv, Dropout, Head, Pool, classes, input_shape, locate, param_count, read_toml
+from nas.config import DEFAULT_EPOCHS, OPTIMIZERS, TrainConfig
+from nas.errors import SpecError
 
 PADDINGS = ("same", "valid")
 
@@ -68,8 +69,8 @@ def _choices(where: str, table: dict[str, Any], key: str, kind: type, allowed: S
         if not ok or (allowed is not None and v not in allowed):
             expect = f"one of {', '.join(map(str, allowed))}" if allowed else kind.__name__
             raise SpecError(where, full, f"choice {v!r} is not {expect}")
-    if kind is int and any(v < 1 for v in value):
-        raise SpecError(where, full, "choices must be positive")
+    if kind is int and any(not 1 <= v <= MAX_CHANNELS for v in value):
+        raise SpecError(where, full, f"choices must be between 1 and {MAX_CHANNELS:,}")
     return [float(v) for v in value] if kind is float else list(value)
 
 
@@ -123,8 +124,8 @@ def space_from_dict(data: dict[str, Any], where: str) -> Space:
         batch_size=_choices(where, t, "batch_size", int, prefix=pt),
         augment=_choices(where, t, "augment", bool, prefix=pt) if "augment" in t else [False],
         label_smoothing=_choices(where, t, "label_smoothing", float, prefix=pt) if "label_smoothing" in t else [0.0],
-        input=tuple(data.get("input", (1, 28, 28))),  # type: ignore[arg-type]
-        classes=data.get("classes", 10),
+        input=input_shape(data, where),
+        classes=classes(data, where),
     )
     space.lr = {o: _range(where, t, f"lr_{o}", float, pt) for o in space.optimizer}
     if max(space.stages) > len(stages):
@@ -136,11 +137,21 @@ def space_from_dict(data: dict[str, Any], where: str) -> Space:
     return space
 
 
+DEFAULT_SPACE = BUILTIN / "mnist_fcn.toml"
+
+
+def read_space(path: str | Path) -> dict[str, Any]:
+    """The raw content of a space file, or of a built-in space by name (e.g. mnist_fcn); a study
+    stores this content, not the path."""
+    names = ", ".join(sorted(p.stem for p in BUILTIN.glob("*.toml")))
+    return read_toml(locate(path, BUILTIN), f"a search space .toml or a built-in one ({names})")
+
+
 def load_space(path: str | Path) -> Space:
-    return space_from_dict(read_toml(Path(path), "a search space .toml (default: search_spaces/mnist_fcn.toml)"), str(path))
+    return space_from_dict(read_space(path), str(path))
 
 
-def sample(space: Space, trial: Chooser, epochs: int = 20) -> tuple[Arch, TrainConfig]:
+def sample(space: Space, trial: Chooser, epochs: int = DEFAULT_EPOCHS) -> tuple[Arch, TrainConfig]:
     """Draw an architecture and its training settings (the Arch may still be invalid or too big)."""
     cat = trial.suggest_categorical
     n_stages = cat("stages", space.stages)

@@ -4,61 +4,18 @@ from __future__ import annotations
 
 import math
 import time
-from dataclasses import asdict, dataclass, fields
-from typing import Any, Callable
+from dataclasses import dataclass
+from typing import Callable
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from nas.arch import Arch, SpecError
+from nas.arch import Arch
+from nas.config import TrainConfig
 from nas.data import Data, Split, batches
+from nas.errors import SpecError
 from nas.model import build
-
-OPTIMIZERS = ("sgd", "adamw")
-SCHEDULES = ("onecycle", "step")
-REFERENCE_BATCH = 128  # lr is stated for this batch size and scaled linearly for others
-
-
-@dataclass
-class TrainConfig:
-    epochs: int = 20
-    batch_size: int = 128
-    optimizer: str = "sgd"
-    lr: float = 0.05  # peak learning rate at batch size 128
-    momentum: float = 0.9
-    weight_decay: float = 5e-4
-    schedule: str = "onecycle"
-    label_smoothing: float = 0.0
-    augment: bool = False
-    seed: int = 0
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any], where: str = "train") -> "TrainConfig":
-        known = {f.name: f.type for f in fields(cls)}
-        values: dict[str, Any] = {}
-        for k, v in data.items():
-            if k not in known:
-                raise SpecError(where, f"train.{k}", f"unknown key; expected one of {', '.join(known)}")
-            kind = {"int": int, "float": (int, float), "bool": bool, "str": str}[known[k]]
-            if not isinstance(v, kind) or (known[k] != "bool" and isinstance(v, bool)):
-                raise SpecError(where, f"train.{k}", f"expected {known[k]}, got {v!r}")
-            values[k] = float(v) if known[k] == "float" else v
-        cfg = cls(**values)
-        for key, ok, what in (
-            ("epochs", cfg.epochs >= 1, "must be at least 1"),
-            ("batch_size", cfg.batch_size >= 1, "must be at least 1"),
-            ("lr", cfg.lr > 0, "must be positive"),
-            ("optimizer", cfg.optimizer in OPTIMIZERS, f"must be one of {', '.join(OPTIMIZERS)}"),
-            ("schedule", cfg.schedule in SCHEDULES, f"must be one of {', '.join(SCHEDULES)}"),
-            ("label_smoothing", 0 <= cfg.label_smoothing < 1, "must be in [0, 1)"),
-        ):
-            if not ok:
-                raise SpecError(where, f"train.{key}", f"{what} (got {getattr(cfg, key)!r})")
-        return cfg
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
 
 
 @dataclass
@@ -116,7 +73,7 @@ def evaluate(model: nn.Module, split: Split) -> tuple[float, float]:
 
 
 def _optimizer(model: nn.Module, cfg: TrainConfig, steps_per_epoch: int):
-    lr = cfg.lr * cfg.batch_size / REFERENCE_BATCH
+    lr = cfg.peak_lr()
     if cfg.optimizer == "sgd":
         opt = torch.optim.SGD(model.parameters(), lr=lr, momentum=cfg.momentum, nesterov=True, weight_decay=cfg.weight_decay)
     else:
@@ -126,6 +83,16 @@ def _optimizer(model: nn.Module, cfg: TrainConfig, steps_per_epoch: int):
     else:  # the seed's step schedule: x0.1 every third of the run, stepped per batch
         sched = torch.optim.lr_scheduler.StepLR(opt, step_size=max(1, cfg.epochs * steps_per_epoch // 3), gamma=0.1)
     return opt, sched
+
+
+def check_fits(arch: Arch, data: Data) -> None:
+    """The architecture's input and classes must be the data's, or training would die in a kernel."""
+    shape = list(data.train.x.shape[1:])
+    if list(arch.input) != shape:
+        raise SpecError(arch.name or "architecture", "input", f"is {list(arch.input)} but the images are {shape}; set input = {shape}")
+    classes = int(data.train.y.max().item()) + 1 if len(data.train) else arch.classes
+    if classes > arch.classes:
+        raise SpecError(arch.name or "architecture", "classes", f"is {arch.classes} but the labels go up to {classes - 1}; set classes = {classes}")
 
 
 def train(
@@ -139,6 +106,7 @@ def train(
     Deterministic for a given cfg.seed and device. `on_epoch` may raise (e.g. optuna.TrialPruned)
     to stop early. Raises Diverged when the loss stops being finite.
     """
+    check_fits(arch, data)
     device = data.train.x.device
     torch.manual_seed(cfg.seed)
     model = _prepare(build(arch), device)

@@ -3,7 +3,8 @@ import tomllib
 
 import pytest
 
-from nas.arch import Arch, Conv, Dropout, Head, Pool, SpecError, arch_from_dict, arch_to_toml, load_arch, param_count, plan, receptive_field
+from nas.arch import Arch, Conv, Dropout, Head, Pool, arch_from_dict, arch_to_toml, load_arch, param_count, plan, receptive_field
+from nas.errors import SpecError
 from nas.summary import summary_table
 
 from conftest import ROOT, SEED
@@ -35,6 +36,8 @@ def random_valid_archs(n: int, seed: int = 0) -> list[Arch]:
             plan(arch)
         except SpecError:
             continue
+        if not any(isinstance(layer, Conv) for layer in arch.layers):
+            continue  # a file needs at least one conv layer
         out.append(arch)
     return out
 
@@ -74,8 +77,12 @@ def test_seed_file_round_trip():
 @pytest.mark.parametrize(
     "text, key, problem",
     [
-        ('layers = [{ conv = 4 }, { conv = 0 }]', "layers[1].out", "at least 1"),
+        ('layers = [{ conv = 4 }, { conv = 0 }]', "layers[1].out", "between 1 and 4,096"),
+        ('layers = [{ conv = 1000000000 }]', "layers[0].out", "between 1 and 4,096"),
         ('layers = [{ conv = 4, kernel = 2 }]', "layers[0].kernel", "odd"),
+        ('layers = []', "layers", "at least one conv layer"),
+        ('layers = [{ pool = "max" }]', "layers", "at least one conv layer"),
+        ('layers = [{ conv = 4 }]\ninput = [1, 0, 28]', "input", "integers from 1"),
         ('layers = [{ conv = "8" }]', "layers[0].out", "expected int"),
         ('layers = [{ conv = 4, pool = "max" }]', "layers[0]", "exactly one"),
         ('layers = [{ pool = "median" }]', "layers[0].kind", "max, avg"),

@@ -5,7 +5,8 @@ import shutil
 import pytest
 import torch
 
-from nas.data import FILES, DataError, Split, batches, download, load, load_raw, load_test, random_affine, read_idx
+from nas.data import FILES, Split, batches, download, load, load_raw, load_test, random_affine, read_idx
+from nas.errors import DataError
 
 
 def test_reads_real_idx_files(mnist_dir):

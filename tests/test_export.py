@@ -11,7 +11,8 @@ from nas.arch import load_arch, param_count
 from nas.cli import app
 from nas.data import load_test, normalize, read_idx
 from nas.model import build
-from nas.search import Settings, search
+from nas.search import Run, search
+from nas.settings import StudySettings
 
 from conftest import SEED
 
@@ -25,7 +26,7 @@ def exported(tmp_path_factory, mnist_dir):
     """A tiny study, its best trial exported after one epoch on 1,000 images, two seeds."""
     tmp = tmp_path_factory.mktemp("export")
     store = f"sqlite:///{tmp}/s.db"
-    search("e", store, Settings(max_epochs=1, train_size=600, val_size=300, target_accuracy=0.05, data_dir=str(mnist_dir), device="cpu"), n_trials=2, timeout=None)
+    search("e", store, StudySettings(max_epochs=1, train_size=600, val_size=300, target_accuracy=0.05), 2, None, Run(device="cpu", data_dir=str(mnist_dir)))
     r = cli("export", "--study", "e", "--storage", store, "--out", tmp / "model", "--train-size", 1000, "--seeds", 2, "--data-dir", mnist_dir)
     assert r.exit_code == 0, r.output
     return tmp / "model", store, r.output

@@ -1,7 +1,8 @@
 import pytest
 from optuna.trial import FixedTrial
 
-from nas.arch import SpecError, load_arch, param_count
+from nas.arch import load_arch, param_count
+from nas.errors import SpecError
 from nas.model import build, count_params
 from nas.space import architecture_count, describe, load_space, params_for, random_archs, sample
 from nas.train import TrainConfig

@@ -5,7 +5,7 @@ import torch
 
 from nas.arch import load_arch
 from nas.train import Diverged, TrainConfig, evaluate, train
-from nas.arch import SpecError
+from nas.errors import SpecError
 
 from conftest import SEED
 

@@ -1,0 +1,171 @@
+"""What a study says, without torch: trial counts by outcome, the Pareto front, the best trial,
+the convergence rule and its replay on finished curves, and a text summary.
+
+`nas report`, `nas best`, the dashboard notes and the search's progress lines all read a study
+through this module, so they always agree.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import optuna
+from optuna.trial import FrozenTrial, TrialState
+
+from nas.settings import StudySettings
+
+
+def study_settings(study: optuna.Study) -> StudySettings:
+    return StudySettings.from_dict(study.user_attrs["settings"], f"study {study.study_name!r}")
+
+
+@dataclass(frozen=True)
+class ConvergenceRule:
+    """Prune a trial whose validation accuracy lags a straight line from target - slack (at
+    epoch 0) up to the target (at the last epoch), judged only from a fraction `start` of the
+    epochs on: OneCycle's high-learning-rate phase makes early accuracy noisy. The defaults
+    (StudySettings.prune_start/prune_slack) are the most saving rule that discarded no eventual
+    winner when nine candidates were replayed on 24 fully trained curves (README, "Measured");
+    judging from half-way lost the seed."""
+
+    target: float
+    max_epochs: int
+    slack: float = 0.06
+    start: float = 0.75
+
+    @classmethod
+    def of(cls, settings: StudySettings) -> ConvergenceRule:
+        return cls(settings.target_accuracy, settings.max_epochs, settings.prune_slack, settings.prune_start)
+
+    def first_epoch(self) -> int:
+        return max(1, math.ceil(self.start * self.max_epochs))
+
+    def needed(self, epoch: int) -> float:
+        return self.target - self.slack * (1 - epoch / self.max_epochs)
+
+    def should_prune(self, epoch: int, val_acc: float) -> bool:
+        return self.first_epoch() <= epoch < self.max_epochs and val_acc < self.needed(epoch)
+
+
+OUTCOMES = ("complete", "converged", "pruned_budget", "pruned_invalid", "pruned_convergence", "failed", "running")
+
+
+def outcome(t: FrozenTrial) -> str:
+    """One of OUTCOMES (a complete trial is 'complete'; 'converged' is counted on top)."""
+    if t.state == TrialState.COMPLETE:
+        return "complete"
+    if t.state == TrialState.PRUNED:
+        return "pruned_" + t.user_attrs.get("prune_reason", "convergence").split(":")[0]
+    if t.state == TrialState.FAIL:
+        return "failed"
+    return "running"
+
+
+def counts(study: optuna.Study) -> dict[str, int]:
+    """Trials by outcome: complete (converged or not), pruned by budget / invalid / convergence, failed."""
+    out = dict.fromkeys(OUTCOMES, 0)
+    for t in study.get_trials(deepcopy=False):
+        out[outcome(t)] += 1
+        out["converged"] += bool(t.state == TrialState.COMPLETE and t.user_attrs.get("converged"))
+    return out
+
+
+def pareto_front(study: optuna.Study) -> list[FrozenTrial]:
+    """Complete trials no other complete trial beats on both accuracy and size."""
+    done = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+    front = [t for t in done if not any(
+        o.values[0] >= t.values[0] and o.user_attrs["params"] <= t.user_attrs["params"]
+        and (o.values[0], o.user_attrs["params"]) != (t.values[0], t.user_attrs["params"]) for o in done)]
+    return sorted(front, key=lambda t: t.user_attrs["params"])
+
+
+def best_trial(study: optuna.Study) -> FrozenTrial | None:
+    """The search's rule: the smallest complete trial whose validation accuracy meets the target
+    (in accuracy mode: the most accurate complete trial)."""
+    settings = study_settings(study)
+    done = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+    if settings.objective == "accuracy":
+        return max(done, key=lambda t: (t.values[0], -t.user_attrs["params"]), default=None)
+    ok = [t for t in done if t.values[0] >= settings.target_accuracy]
+    return min(ok, key=lambda t: (t.user_attrs["params"], -t.values[0]), default=None)
+
+
+def describe_trial(t: FrozenTrial) -> str:
+    return f"trial {t.number}: {100 * t.values[0]:.2f} % with {t.user_attrs['params']:,} params"
+
+
+def replay_rule(study: optuna.Study, rule: ConvergenceRule) -> dict[str, Any]:
+    """Apply a convergence rule after the fact to every trial that trained all its epochs
+    (a study searched with --pruning observe or off): training seconds it would save, and the
+    trials it would wrongly discard (pruned, yet they ended at or above the target)."""
+    full = [t for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)) if len(t.user_attrs.get("curve", [])) == rule.max_epochs]
+    saved, wrong, pruned = 0.0, [], 0
+    for t in full:
+        stop = next((e for e, acc in enumerate(t.user_attrs["curve"], 1) if rule.should_prune(e, acc)), None)
+        if stop is not None:
+            pruned += 1
+            saved += sum(t.user_attrs["epoch_seconds"][stop:])
+            if t.user_attrs["curve"][-1] >= rule.target:
+                wrong.append(t.number)
+    spent = sum(sum(t.user_attrs["epoch_seconds"]) for t in full)
+    return {"trials": len(full), "pruned": pruned, "seconds": spent, "saved": saved, "wrongly_pruned": wrong}
+
+
+def rule_replays(study: optuna.Study, starts=(0.25, 0.5, 0.75), slacks=(0.03, 0.06, 0.1)) -> list[dict[str, Any]]:
+    """Candidate convergence rules replayed on the trials that trained all their epochs."""
+    settings = study_settings(study)
+    rows = []
+    for start in starts:
+        for slack in slacks:
+            r = replay_rule(study, ConvergenceRule(settings.target_accuracy, settings.max_epochs, slack, start))
+            if r["trials"]:
+                rows.append({"start": start, "slack": slack, **r})
+    return rows
+
+
+def pruning_savings(study: optuna.Study) -> dict[str, Any]:
+    """What the convergence rule saves (or, in observe mode, would save) and whether it would
+    have discarded a trial that ended up meeting the target."""
+    settings = study_settings(study)
+    trained = [t for t in study.get_trials(deepcopy=False) if t.user_attrs.get("epoch_seconds")]
+    spent = sum(sum(t.user_attrs["epoch_seconds"]) for t in trained)
+    flagged = [t for t in trained if "would_prune_epoch" in t.user_attrs]
+    saved = 0.0
+    for t in flagged:
+        secs = t.user_attrs["epoch_seconds"]
+        done = t.user_attrs["would_prune_epoch"]
+        per_epoch = sum(secs[:done]) / done
+        saved += per_epoch * (settings.max_epochs - done) if t.state == TrialState.PRUNED else sum(secs[done:])
+    wrongly = [t.number for t in flagged if t.state == TrialState.COMPLETE and t.user_attrs.get("converged")]
+    total = spent + saved if settings.pruning == "on" else spent  # with pruning on, the saved epochs never ran
+    return {"mode": settings.pruning, "trained_trials": len(trained), "flagged": len(flagged), "train_seconds": spent,
+            "seconds_saved": saved, "saved_fraction": saved / total if total else 0.0, "flagged_but_converged": wrongly}
+
+
+def elapsed(start: float) -> str:
+    return duration(time.time() - start)
+
+
+def duration(seconds: float) -> str:
+    s = int(seconds)
+    return f"{s // 3600}h{s % 3600 // 60:02d}m{s % 60:02d}s" if s >= 3600 else f"{s // 60}m{s % 60:02d}s"
+
+
+def summary(study: optuna.Study) -> str:
+    """Counts, Pareto front and best trial as the lines `nas search`, `nas best` and `nas report` print."""
+    c = counts(study)
+    lines = [f"trials: {c['complete']} complete ({c['converged']} reached the target), pruned {c['pruned_budget']} by budget, "
+             f"{c['pruned_invalid']} invalid, {c['pruned_convergence']} by convergence, {c['failed']} failed"]
+    front = pareto_front(study)
+    if front:
+        lines.append("Pareto front (validation accuracy vs parameters):")
+        lines.append(f"  {'trial':>5}  {'params':>8}  {'val acc':>8}  {'RF':>4}  note")
+        for t in front:
+            note = "seed" if "seed_arch" in t.user_attrs else ""
+            lines.append(f"  {t.number:>5}  {t.user_attrs['params']:>8,}  {100 * t.values[0]:>7.2f}%  {t.user_attrs['receptive_field']:>4}  {note}")
+    best = best_trial(study)
+    lines.append(f"best: {describe_trial(best)}" if best else f"best: no trial reached {100 * study_settings(study).target_accuracy:.2f} % yet")
+    return "\n".join(lines)

@@ -1,0 +1,69 @@
+"""How one network is trained: a torch-free dataclass, so parsing a search space, reading a
+study or printing help never imports torch. Every default is written here once."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, fields
+from typing import Any
+
+from nas.errors import SpecError
+
+OPTIMIZERS = ("sgd", "adamw")
+SCHEDULES = ("onecycle", "step")
+REFERENCE_BATCH = 128  # lr is stated for this batch size and scaled linearly for others
+DEFAULT_EPOCHS = 20
+
+_KINDS = {"int": int, "float": (int, float), "bool": bool, "str": str}
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    epochs: int = DEFAULT_EPOCHS
+    batch_size: int = 128
+    optimizer: str = "sgd"
+    lr: float = 0.05  # peak learning rate at batch size REFERENCE_BATCH
+    momentum: float = 0.9
+    weight_decay: float = 5e-4
+    schedule: str = "onecycle"
+    label_smoothing: float = 0.0
+    augment: bool = False
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        """Checked where a config is made, so files, flags, samplers and studies all get it."""
+        for key, ok, what in (
+            ("epochs", self.epochs >= 1, "must be at least 1"),
+            ("batch_size", self.batch_size >= 1, "must be at least 1"),
+            ("lr", self.lr > 0, "must be positive"),
+            ("momentum", 0 <= self.momentum < 1, "must be in [0, 1)"),
+            ("weight_decay", self.weight_decay >= 0, "must be >= 0"),
+            ("optimizer", self.optimizer in OPTIMIZERS, f"must be one of {', '.join(OPTIMIZERS)}"),
+            ("schedule", self.schedule in SCHEDULES, f"must be one of {', '.join(SCHEDULES)}"),
+            ("label_smoothing", 0 <= self.label_smoothing < 1, "must be in [0, 1)"),
+            ("seed", self.seed >= 0, "must be >= 0"),
+        ):
+            if not ok:
+                raise SpecError("training config", f"train.{key}", f"{what} (got {getattr(self, key)!r})")
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any], where: str = "train") -> TrainConfig:
+        """A config from a [train] table or stored JSON; problems name `where` and the key."""
+        known = {f.name: f.type for f in fields(cls)}
+        values: dict[str, Any] = {}
+        for k, v in data.items():
+            if k not in known:
+                raise SpecError(where, f"train.{k}", f"unknown key; expected one of {', '.join(known)}")
+            if not isinstance(v, _KINDS[known[k]]) or (known[k] != "bool" and isinstance(v, bool)):
+                raise SpecError(where, f"train.{k}", f"expected {known[k]}, got {v!r}")
+            values[k] = float(v) if known[k] == "float" else v
+        try:
+            return cls(**values)
+        except SpecError as e:
+            raise SpecError(where, e.key, e.problem) from None
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    def peak_lr(self) -> float:
+        """The learning rate at the top of the schedule for this batch size."""
+        return self.lr * self.batch_size / REFERENCE_BATCH

@@ -1,0 +1,128 @@
+"""What defines a search, in one torch-free place.
+
+A study stores its settings when it is created, the search space's content and the seed
+networks included, and every later run (a resume, more workers, another machine) reads them
+from the study. What belongs to one machine (device, data folder, worker count, artifact
+folder) is not here: it is an option of each run.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, fields
+from functools import cached_property
+from typing import Any
+
+from nas.arch import arch_from_dict, arch_to_dict, load_arch
+from nas.config import DEFAULT_EPOCHS, TrainConfig
+from nas.errors import SpecError
+from nas.space import DEFAULT_SPACE, Space, params_for, read_space, space_from_dict
+
+PRUNING_MODES = ("on", "observe", "off")
+OBJECTIVES = ("pareto", "accuracy")
+DEFAULT_SEED_ARCH = "seed_9274"
+MNIST_TRAIN_IMAGES = 60_000
+
+
+class SettingsMismatch(SpecError):
+    """A flag disagrees with what the study was created with."""
+
+
+def _default_space() -> dict[str, Any]:
+    return read_space(DEFAULT_SPACE)
+
+
+def _default_seeds() -> tuple[dict[str, Any], ...]:
+    return (arch_to_dict(load_arch(DEFAULT_SEED_ARCH)),)
+
+
+@dataclass(frozen=True)
+class StudySettings:
+    """One search's definition; every field is a `nas search` flag of the same name."""
+
+    max_params: int = 20_000
+    max_epochs: int = DEFAULT_EPOCHS
+    target_accuracy: float = 0.994
+    objective: str = "pareto"
+    pruning: str = "on"
+    # The convergence rule: judged from this fraction of the epochs on, with this slack
+    # (nas.analytics.ConvergenceRule says how they were chosen).
+    prune_start: float = 0.75
+    prune_slack: float = 0.06
+    train_size: int | None = None
+    val_size: int = 10_000
+    seeds_per_trial: int = 1
+    seed: int = 0
+    space: dict[str, Any] = field(default_factory=_default_space)  # the space file's content
+    seed_archs: tuple[dict[str, Any], ...] = field(default_factory=_default_seeds)  # architectures, not paths
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "seed_archs", tuple(self.seed_archs))
+        for key, ok, what in (
+            ("max_params", self.max_params >= 1, "must be at least 1"),
+            ("max_epochs", self.max_epochs >= 1, "must be at least 1"),
+            ("target_accuracy", 0 < self.target_accuracy <= 1, "is a fraction in (0, 1], e.g. 0.994"),
+            ("objective", self.objective in OBJECTIVES, f"must be one of {', '.join(OBJECTIVES)}"),
+            ("pruning", self.pruning in PRUNING_MODES, f"must be one of {', '.join(PRUNING_MODES)}"),
+            ("prune_start", 0 <= self.prune_start <= 1, "must be in [0, 1]"),
+            ("prune_slack", 0 <= self.prune_slack < 1, "must be in [0, 1)"),
+            ("val_size", 1 <= self.val_size < MNIST_TRAIN_IMAGES, f"must be between 1 and {MNIST_TRAIN_IMAGES - 1:,} (the search judges on it)"),
+            ("train_size", self.train_size is None or 1 <= self.train_size <= MNIST_TRAIN_IMAGES - self.val_size,
+             f"must be between 1 and {MNIST_TRAIN_IMAGES - self.val_size:,} (60,000 training images minus --val-size)"),
+            ("seeds_per_trial", 1 <= self.seeds_per_trial <= 16, "must be between 1 and 16"),
+            ("seed", self.seed >= 0, "must be >= 0"),
+        ):
+            if not ok:
+                raise SpecError("settings", flag(key), f"{what} (got {getattr(self, key)!r})")
+        self.parsed_space  # noqa: B018 - a bad space or seed fails here, before any study exists
+        self.seed_configs  # noqa: B018
+
+    @cached_property
+    def parsed_space(self) -> Space:
+        return space_from_dict(self.space, f"search space {self.space.get('name', '')}".strip())
+
+    @cached_property
+    def seed_configs(self) -> list[dict[str, Any]]:
+        """The trial parameters that replay each seed network in the space (SpecError if one
+        is not a point of it)."""
+        out = []
+        for data in self.seed_archs:
+            where = f"seed architecture {data.get('name', '')}".strip()
+            arch = arch_from_dict(data, where)
+            cfg = TrainConfig.from_dict({**arch.train, "epochs": self.max_epochs}, where)
+            out.append(params_for(self.parsed_space, arch, cfg, where))
+        return out
+
+    def to_dict(self) -> dict[str, Any]:
+        out = {f.name: getattr(self, f.name) for f in fields(self)}
+        out["seed_archs"] = list(self.seed_archs)
+        return out
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any], where: str = "study") -> StudySettings:
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise SpecError(where, "settings", f"made by another version of nas (unknown setting {unknown[0]!r}); start a new study with --study-name")
+        return cls(**data)
+
+    def reconcile(self, given: dict[str, Any], study: str) -> None:
+        """Refuse flags that disagree with these (stored) settings, naming both values."""
+        for key, value in given.items():
+            stored = getattr(self, key)
+            if stored == value:
+                continue
+            if key == "space":
+                were, now = f"search space {stored.get('name')!r}", f"a search space whose content differs ({value.get('name')!r})"
+            elif key == "seed_archs":
+                were, now = f"seed architectures {[a.get('name') for a in stored]}", f"{[a.get('name') for a in value]}"
+            else:
+                were, now = f"{flag(key)} {stored}", str(value)
+            raise SettingsMismatch(
+                f"study {study!r}", flag(key),
+                f"the study was created with {were}, this run asks for {now}; drop {flag(key)} to resume with the stored "
+                f"settings, or start a new study with --study-name NEW")
+
+
+def flag(key: str) -> str:
+    """The command-line flag of a setting."""
+    return {"seed_archs": "--seed-arch"}.get(key, "--" + key.replace("_", "-"))
