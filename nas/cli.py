@@ -38,6 +38,7 @@ class Device(str, Enum):
 _STUDY = {f.name: f.default for f in fields(StudySettings)}
 _TRAIN = TrainConfig()
 DEFAULT_STORAGE = "sqlite:///studies/nas.sqlite3"
+DEFAULT_TRIALS = 50
 
 DataDir = Annotated[Optional[Path], typer.Option("--data-dir", envvar="NAS_DATA_DIR", file_okay=False,
                                                  help="Folder with the MNIST IDX files (default: ~/.cache/nas/mnist, downloaded if missing).")]
@@ -149,6 +150,7 @@ def search(
     seed_arch: Annotated[Optional[list[str]], typer.Option("--seed-arch", help="Architecture enqueued first in a new study (repeatable; default seed_9274).")] = None,
     no_seed_arch: Annotated[bool, typer.Option("--no-seed-arch", help="Start a new study without seed architectures.")] = False,
     seed: Annotated[Optional[int], typer.Option(min=0, help="Seed the samplers and every trial's training derive from (default 0).")] = None,
+    seeds_per_trial: Annotated[Optional[int], typer.Option(min=1, max=16, help="Train each architecture with this many seeds at once and judge the mean (default 1).")] = None,
     train_size: TrainSize = None,
     val_size: ValSize = None,
     trials: Annotated[Optional[int], typer.Option(min=1, help="Run until the study has this many finished trials (default 50 unless --timeout is given).")] = None,
@@ -163,16 +165,12 @@ def search(
 
     The flags that define a study are stored with it at creation; a resumed study reads them
     back, and a flag that disagrees is refused."""
-    import time
-
-    from nas import analytics
-    from nas import search as s
     from nas.arch import arch_to_dict, load_arch
     from nas.space import read_space
 
     given: dict[str, Any] = {k: v.value if isinstance(v, Enum) else v for k, v in dict(
         max_params=max_params, max_epochs=max_epochs, target_accuracy=target_accuracy, objective=objective, pruning=pruning,
-        seed=seed, train_size=train_size, val_size=val_size).items() if v is not None}
+        seed=seed, seeds_per_trial=seeds_per_trial, train_size=train_size, val_size=val_size).items() if v is not None}
     if space is not None:
         given["space"] = read_space(space)
     if no_seed_arch and seed_arch:
@@ -181,8 +179,31 @@ def search(
         given["seed_archs"] = tuple(arch_to_dict(load_arch(p)) for p in seed_arch or ())
     settings = StudySettings(**given)  # validates every flag before anything is created
     if trials is None and timeout is None:
-        trials = 50
-    _device(device)
+        trials = DEFAULT_TRIALS
+    _run_search(study_name, storage, settings, given, trials, timeout, workers, device, data_dir)
+
+
+@app.command()
+def worker(
+    study_name: StudyName = "mnist",
+    storage: Storage = DEFAULT_STORAGE,
+    trials: Annotated[Optional[int], typer.Option(min=1, help="Stop when the study has this many finished trials (default: the goal the study's `nas search --trials` set).")] = None,
+    timeout: Annotated[Optional[float], typer.Option(min=1, help="Stop starting new trials after this many seconds.")] = None,
+    workers: Annotated[int, typer.Option(min=1, help="Worker processes on this machine.")] = 1,
+    device: DeviceOpt = Device.auto,
+    data_dir: DataDir = None,
+) -> None:
+    """Join an existing study as one more worker (run one per machine: all settings come from the study)."""
+    _run_search(study_name, storage, None, None, trials, timeout, workers, device, data_dir)
+
+
+def _run_search(study_name: str, storage: str, settings: StudySettings | None, given: dict[str, Any] | None, trials: int | None,
+                timeout: float | None, workers: int, device: Device, data_dir: Path | None) -> None:
+    import time
+
+    from nas import analytics
+    from nas import search as s
+
     start = time.time()
     say(f"study {study_name!r} in {storage}")
     try:
@@ -199,10 +220,10 @@ def best(study_name: StudyName = "mnist", storage: Storage = DEFAULT_STORAGE) ->
     """Print the best architecture of a study (smallest one meeting the target) as a layer table."""
     from nas import analytics
     from nas.arch import arch_from_dict
-    from nas.search import open_study
+    from nas.storage import load_study
     from nas.summary import summary_table
 
-    study = open_study(study_name, storage)
+    study = load_study(study_name, storage)
     say(analytics.summary(study))
     t = analytics.best_trial(study)
     if t is None:
@@ -222,12 +243,12 @@ def dashboard(
     """Serve optuna-dashboard on the study storage."""
     import optuna_dashboard
 
-    from nas import search as s
+    from nas import storage as st
 
     if study_name:
-        s.open_study(study_name, storage)
+        st.load_study(study_name, storage)
     say(f"optuna-dashboard on http://{host}:{port}/ for {storage} (Ctrl-C to stop)")
-    optuna_dashboard.run_server(s.storage_for(storage), host=host, port=port)
+    optuna_dashboard.run_server(st.open_storage(st.parse(storage), create=False), host=host, port=port)
 
 
 @app.command()
@@ -239,9 +260,9 @@ def report(
     """Write trials.csv and a self-contained report.html (Pareto front, history, importances, curves)."""
     from nas import analytics
     from nas.report import rule_table, write_report
-    from nas.search import open_study
+    from nas.storage import load_study
 
-    study = open_study(study_name, storage)
+    study = load_study(study_name, storage)
     paths = write_report(study, out)
     say(analytics.summary(study))
     replays = rule_table(study)
@@ -270,7 +291,7 @@ def export(
     from nas import analytics
     from nas import export as ex
     from nas.arch import load_arch, param_count
-    from nas.search import open_study
+    from nas.storage import load_study
 
     if (arch is None) == (study_name is None):
         raise UsageError("give either --study NAME (best or --trial N of a study) or --arch FILE")
@@ -279,7 +300,7 @@ def export(
         spec = load_arch(arch)
         source = ex.Source(spec, TrainConfig.from_dict(spec.train, str(arch)), {"study": None, "trial": None, "arch_file": str(arch)})
     else:
-        study = open_study(study_name, storage)
+        study = load_study(study_name, storage)
         if trial is None:
             chosen = analytics.best_trial(study)
             if chosen is None:

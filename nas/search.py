@@ -1,34 +1,42 @@
-"""The Optuna search: budget pruning before training, convergence pruning while training.
+"""The search: workers that ask the study for trials, train them and tell the results.
 
-Everything a person needs to review a trial is stored on it as user attributes, and the study
-remembers its own settings (target, budget, epochs, objective), so `nas report`, `nas best`
-and `nas export` need only the study's name and storage.
+A study is its own source of truth (nas.settings, nas.storage): a worker on any machine reads
+the settings from it. Each trial is pruned before training when it is over the budget or
+invalid, reuses the result of an identical finished trial instead of training again, and is
+pruned while training when it is not on course for the target. Everything a person needs to
+review a trial is stored on it as user attributes.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
 import multiprocessing as mp
 import os
-import warnings
+import threading
+import time
 from dataclasses import dataclass, replace
-from pathlib import Path
 from typing import Any, Callable
 
 import optuna
 import torch
+from optuna.exceptions import UpdateFinishedTrialError
 from optuna.trial import FrozenTrial, TrialState
 
+from nas import storage as st
 from nas.analytics import ConvergenceRule, best_trial, describe_trial, study_settings
-from nas.arch import arch_to_json, param_count, receptive_field
-from nas.data import Data
+from nas.arch import Arch, arch_to_json, param_count, receptive_field
+from nas.config import TrainConfig
+from nas.data import Data, load_raw
 from nas.data import load as load_data
 from nas.errors import SpecError
 from nas.settings import StudySettings
 from nas.space import sample
 from nas.train import Diverged, Epoch, resolve_device, train
 
-warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
 optuna.logging.set_verbosity(optuna.logging.WARNING)
+
+Log = Callable[[str], None]
 
 
 @dataclass(frozen=True)
@@ -37,55 +45,33 @@ class Run:
 
     device: str = "auto"
     data_dir: str | None = None
-    workers: int = 1
+    workers: int = 1  # processes on this machine
 
 
-def storage_for(url: str) -> optuna.storages.BaseStorage | str:
-    """RDB storages get a long lock timeout (several workers on one SQLite file) and heartbeats,
-    so trials of a killed worker are marked failed and retried once instead of hanging RUNNING."""
-    if url.startswith("sqlite:///"):
-        Path(url.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
-    if "://" not in url:
-        return url
-    return optuna.storages.RDBStorage(
-        url,
-        engine_kwargs={"connect_args": {"timeout": 120}} if url.startswith("sqlite") else None,
-        heartbeat_interval=30,
-        grace_period=120,
-        heartbeat_stale_trial_callback=optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=1),
-    )
+def sampler_seed(seed: int, worker: int) -> int:
+    """Each worker's sampler seed: reproducible from --seed and the worker's number, and
+    different for every worker of a study (nas.storage.next_worker), so no two draw alike."""
+    return int.from_bytes(hashlib.sha256(f"{seed}/{worker}".encode()).digest()[:4], "little")
 
 
-def open_study(name: str, storage: str, settings: StudySettings | None = None, given: dict[str, Any] | None = None,
-               sampler_seed: int | None = None) -> optuna.Study:
-    """Create (settings given) or load a study; a new one gets its seeds enqueued first, an
-    existing one refuses `given` settings that disagree with those it stores."""
-    sampler = optuna.samplers.TPESampler(seed=sampler_seed)
-    if settings is None:
-        try:
-            return optuna.load_study(study_name=name, storage=storage_for(storage), sampler=sampler)
-        except KeyError:
-            raise SpecError(storage, name, "no such study; run `nas search --study-name NAME` first or check --storage") from None
-    directions = ["maximize", "minimize"] if settings.objective == "pareto" else ["maximize"]
-    study = optuna.create_study(study_name=name, storage=storage_for(storage), sampler=sampler, directions=directions, load_if_exists=True)
-    if "settings" in study.user_attrs:
-        study_settings(study).reconcile(given or {}, name)
-        return study
-    study.set_metric_names(["val_accuracy", "params"] if settings.objective == "pareto" else ["val_accuracy"])
-    for data, params in zip(settings.seed_archs, settings.seed_configs):
-        study.enqueue_trial(params, user_attrs={"seed_arch": data["name"]})
-    study.set_user_attr("settings", settings.to_dict())
-    return study
+def config_key(arch: Arch, cfg: TrainConfig, seeds: int) -> str:
+    """Identifies what a trial trains: the same key means the same result, so it is not trained twice."""
+    return hashlib.sha256(json.dumps([json.loads(arch_to_json(replace(arch, name=""))), cfg.to_dict(), seeds], sort_keys=True).encode()).hexdigest()[:16]
 
 
-def make_objective(settings: StudySettings, data: Data, device: torch.device, log: Callable[[str], None]) -> Callable[[optuna.Trial], Any]:
-    space = settings.parsed_space
-    rule = ConvergenceRule.of(settings)
-    pareto = settings.objective == "pareto"
+class Objective:
+    """One trial from sampling to its values; raises optuna.TrialPruned to prune."""
 
-    def objective(trial: optuna.Trial) -> Any:
-        arch, cfg = sample(space, trial, settings.max_epochs)
-        cfg = replace(cfg, seed=settings.seed)
+    def __init__(self, settings: StudySettings, data: Data, device: torch.device, log: Log):
+        self.settings, self.data, self.device, self.log = settings, data, device, log
+        self.space = settings.parsed_space
+        self.rule = ConvergenceRule.of(settings)
+        self.pareto = settings.objective == "pareto"
+
+    def __call__(self, trial: optuna.Trial) -> Any:
+        s = self.settings
+        arch, cfg = sample(self.space, trial, s.max_epochs)
+        cfg = replace(cfg, seed=s.seed)
         arch.name = f"trial_{trial.number}"
         try:
             n = param_count(arch)
@@ -93,106 +79,241 @@ def make_objective(settings: StudySettings, data: Data, device: torch.device, lo
             trial.set_constraint("params", 0.0)
             trial.set_constraint("valid", 1.0)
             trial.set_user_attr("prune_reason", f"invalid: {e.problem}")
-            log(f"[trial {trial.number}] PRUNED invalid architecture ({e.problem})")
+            self.log(f"[trial {trial.number}] PRUNED invalid architecture ({e.problem})")
             raise optuna.TrialPruned("invalid architecture") from None
-        trial.set_constraint("params", float(n - settings.max_params))
+        trial.set_constraint("params", float(n - s.max_params))
         trial.set_constraint("valid", 0.0)
-        for key, value in dict(params=n, receptive_field=receptive_field(arch), arch=arch_to_json(arch), train_config=cfg.to_dict(), device=str(device)).items():
-            trial.set_user_attr(key, value)
-        if n > settings.max_params:
+        key = config_key(arch, cfg, s.seeds_per_trial)
+        for name, value in dict(params=n, receptive_field=receptive_field(arch), arch=arch_to_json(arch), train_config=cfg.to_dict(),
+                                device=str(self.device), config_key=key).items():
+            trial.set_user_attr(name, value)
+        if n > s.max_params:
             trial.set_user_attr("prune_reason", "budget")
-            log(f"[trial {trial.number}] PRUNED over budget: {n:,} > {settings.max_params:,} params (not trained)")
-            raise optuna.TrialPruned(f"{n} parameters exceed the budget of {settings.max_params}")
+            self.log(f"[trial {trial.number}] PRUNED over budget: {n:,} > {s.max_params:,} params (not trained)")
+            raise optuna.TrialPruned(f"{n} parameters exceed the budget of {s.max_params}")
+        same = self.finished_twin(trial, key)
+        if same is not None:
+            return self.reuse(trial, same)
+        curve = self.fit(trial, arch, cfg, n)
+        trial.set_user_attr("converged", curve[-1] >= s.target_accuracy)
+        return (curve[-1], n) if self.pareto else curve[-1]
+
+    def finished_twin(self, trial: optuna.Trial, key: str) -> FrozenTrial | None:
+        """A finished trial that trained exactly this (complete, or pruned for convergence)."""
+        for t in trial.study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED)):
+            if t.user_attrs.get("config_key") == key and t.number != trial.number and "curve" in t.user_attrs:
+                return t
+        return None
+
+    def reuse(self, trial: optuna.Trial, same: FrozenTrial) -> Any:
+        """Take over an identical trial's result instead of training again, and say so."""
+        for name in ("curve", "epoch_seconds", "converged", "would_prune_epoch", "prune_reason"):
+            if name in same.user_attrs:
+                trial.set_user_attr(name, same.user_attrs[name])
+        trial.set_user_attr("duplicate_of", same.number)
+        trial.set_user_attr("train_seconds", 0.0)
+        self.log(f"[trial {trial.number}] same architecture and training as trial {same.number}: its result is reused, not retrained")
+        if same.state == TrialState.PRUNED:
+            raise optuna.TrialPruned(f"as trial {same.number}")
+        return tuple(same.values) if self.pareto else same.values[0]
+
+    def fit(self, trial: optuna.Trial, arch: Arch, cfg: TrainConfig, n: int) -> list[float]:
+        s, rule = self.settings, self.rule
         curve: list[float] = []
         seconds: list[float] = []
 
         def on_epoch(e: Epoch) -> None:
             curve.append(e.val_acc)
             seconds.append(e.seconds)
-            trial.set_user_attr("curve", curve)
-            trial.set_user_attr("epoch_seconds", seconds)
-            trial.set_user_attr("train_seconds", sum(seconds))
-            if not pareto:
-                trial.report(e.val_acc, e.epoch)
-            log(f"[trial {trial.number}] {n:,} params  epoch {e.epoch:>2}/{cfg.epochs}  val acc {100 * e.val_acc:6.2f} %  loss {e.train_loss:.4f}  {e.seconds:5.1f} s")
-            if settings.pruning != "off" and rule.should_prune(e.epoch, e.val_acc) and "would_prune_epoch" not in trial.user_attrs:
+            try:  # live progress for the dashboard; the final values are written again, reliably
+                trial.set_user_attr("curve", curve)
+                trial.set_user_attr("epoch_seconds", seconds)
+                trial.set_user_attr("train_seconds", sum(seconds))
+                if not self.pareto:
+                    trial.report(e.val_acc, e.epoch)
+            except Exception as err:  # noqa: BLE001
+                if not st.transient(err):
+                    raise
+            self.log(f"[trial {trial.number}] {n:,} params  epoch {e.epoch:>2}/{cfg.epochs}  val acc {100 * e.val_acc:6.2f} %  loss {e.train_loss:.4f}  {e.seconds:5.1f} s")
+            if s.pruning != "off" and rule.should_prune(e.epoch, e.val_acc) and "would_prune_epoch" not in trial.user_attrs:
                 trial.set_user_attr("would_prune_epoch", e.epoch)
-                if settings.pruning == "on":
+                if s.pruning == "on":
                     trial.set_user_attr("prune_reason", "convergence")
-                    log(f"[trial {trial.number}] PRUNED at epoch {e.epoch}: {100 * e.val_acc:.2f} % < {100 * rule.needed(e.epoch):.2f} % needed to be on course for {100 * settings.target_accuracy:.2f} %")
+                    self.log(f"[trial {trial.number}] PRUNED at epoch {e.epoch}: {100 * e.val_acc:.2f} % < {100 * rule.needed(e.epoch):.2f} % "
+                             f"needed to be on course for {100 * s.target_accuracy:.2f} %")
                     raise optuna.TrialPruned(f"not converging at epoch {e.epoch}")
 
         try:
-            train(arch, data, cfg, on_epoch)
-        except Diverged as e:
-            trial.set_user_attr("fail_reason", str(e))
-            log(f"[trial {trial.number}] FAILED: {e}")
-            raise
-        except torch.OutOfMemoryError as e:
-            trial.set_user_attr("fail_reason", f"out of memory: {str(e).splitlines()[0]}")
-            log(f"[trial {trial.number}] FAILED: out of memory")
-            if device.type == "cuda":
+            train(arch, self.data, cfg, on_epoch)
+        except torch.OutOfMemoryError:
+            if self.device.type == "cuda":
                 torch.cuda.empty_cache()
             raise
-        acc = curve[-1]
-        trial.set_user_attr("converged", acc >= settings.target_accuracy)
-        return (acc, n) if pareto else acc
-
-    return objective
+        return curve
 
 
-def run_worker(name: str, storage: str, run: Run, n_trials: int | None, timeout: float | None, worker: int, threads: int | None) -> None:
-    """One process's share of the search (also the whole search when --workers is 1)."""
-    if threads:
-        torch.set_num_threads(threads)
-    prefix = f"[w{worker}] " if threads else ""
-    device = resolve_device(run.device)
-    study = open_study(name, storage)
+def fail_reason(e: BaseException) -> str:
+    if isinstance(e, torch.OutOfMemoryError):
+        return f"out of memory: {str(e).splitlines()[0]}"
+    if isinstance(e, Diverged):
+        return str(e)
+    return f"{type(e).__name__}: {(str(e).strip().splitlines() or [''])[0]}"
+
+
+class Worker:
+    """One trial at a time from one study, until the study has enough finished trials, the
+    deadline passes, or the process is stopped. Several Workers may share a process (several
+    trials per GPU), each with its own sampler."""
+
+    def __init__(self, name: str, loc: st.Location, study: optuna.Study, data: Data, device: torch.device, keeper: st.Keeper, log: Log):
+        self.loc, self.keeper, self.log = loc, keeper, log
+        self.study = optuna.load_study(study_name=name, storage=study._storage)
+        self.settings = study_settings(self.study)
+        number = st.next_worker(self.study, loc)
+        self.study.sampler = optuna.samplers.TPESampler(seed=sampler_seed(self.settings.seed, number))
+        self.objective = Objective(self.settings, data, device, log)
+        self.current: optuna.Trial | None = None
+
+    def run(self, goal: int | None, deadline: float | None) -> None:
+        while deadline is None or time.time() < deadline:
+            trial = st.persist(lambda: self.next_trial(goal), self.log, "starting a trial")
+            if trial is None:
+                return
+            if trial is False:
+                time.sleep(min(1.0, st.HEARTBEAT_SECONDS))  # the last trials are running elsewhere; one may yet need a retry
+                continue
+            self.current = trial
+            try:
+                self.run_trial(trial)
+            finally:
+                self.keeper.untrack(trial._trial_id)
+                self.current = None
+
+    def next_trial(self, goal: int | None) -> optuna.Trial | bool | None:
+        """A new trial, False to wait, None when the study has its trials. Under the study lock,
+        so that however many workers ask, the study ends with exactly `goal` finished trials."""
+        with st.study_lock(self.loc, self.study.study_name):
+            goal = goal if goal is not None else self.study.user_attrs.get("trials_goal")
+            if goal is not None:
+                trials = self.study.get_trials(deepcopy=False)
+                done = st.finished(trials)
+                if done >= goal:
+                    return None
+                if done + sum(t.state == TrialState.RUNNING for t in trials) >= goal:
+                    return False
+            trial = self.study.ask()
+            self.keeper.track(trial._trial_id)
+            trial.set_user_attr("worker", st.worker_name())
+            return trial
+
+    def run_trial(self, trial: optuna.Trial) -> None:
+        values, state, again = None, TrialState.COMPLETE, False
+        try:
+            values = self.objective(trial)
+        except optuna.TrialPruned:
+            state = TrialState.PRUNED
+        except KeyboardInterrupt:
+            self.interrupted(trial)
+            raise
+        except Exception as e:  # noqa: BLE001 - a failing trial is recorded and the search goes on
+            state, again = TrialState.FAIL, st.transient(e)  # the storage went away mid-trial: run it again
+            reason = f"storage unreachable: {fail_reason(e)}" if again else fail_reason(e)
+            self.log(f"[trial {trial.number}] FAILED: {reason}{'; it will be retried' if again else ''}")
+            st.persist(lambda: trial.set_user_attr("fail_reason", reason), self.log, "recording a failure")
+        self.tell(trial, values, state)
+        if again:
+            st.persist(lambda: st.retry(self.study, self.study._storage.get_trial(trial._trial_id)), self.log, "enqueuing a retry")
+
+    def tell(self, trial: optuna.Trial, values: Any, state: TrialState) -> None:
+        """Store the result, waiting out a storage outage; if another worker failed the trial as
+        stale meanwhile, the result is kept as a new trial rather than lost."""
+        try:
+            st.persist(lambda: self.study.tell(trial, values, state=state), self.log, "storing a result")
+        except (ValueError, UpdateFinishedTrialError):
+            frozen = self.study._storage.get_trial(trial._trial_id)
+            if state == TrialState.FAIL or frozen.state != TrialState.FAIL:
+                return
+            recovered = optuna.trial.create_trial(state=state, values=values if values is None or isinstance(values, (list, tuple)) else [values],
+                                                  params=frozen.params, distributions=frozen.distributions,
+                                                  user_attrs={**{k: v for k, v in frozen.user_attrs.items() if k != "fail_reason"}, "recovered_from": frozen.number})
+            st.persist(lambda: self.study.add_trial(recovered), self.log, "storing a recovered result")
+            self.log(f"[trial {trial.number}] was failed as stale while it ran; its result is kept as a new trial")
+            return
+        if state == TrialState.COMPLETE:
+            t = self.study._storage.get_trial(trial._trial_id)
+            best = best_trial(self.study)
+            self.log(f"[trial {t.number}] COMPLETE {100 * t.values[0]:.2f} % val acc, {t.user_attrs['params']:,} params, "
+                     f"{t.user_attrs.get('train_seconds', 0):.0f} s; best so far: {describe_trial(best) if best else 'none meets the target yet'}")
+
+    def interrupted(self, trial: optuna.Trial) -> None:
+        """Ctrl-C: record the trial as failed and enqueue it again, so a resumed search runs it first."""
+        try:
+            trial.set_user_attr("fail_reason", "interrupted (Ctrl-C)")
+            self.study.tell(trial, state=TrialState.FAIL)
+            st.retry(self.study, self.study._storage.get_trial(trial._trial_id))
+        except Exception:  # noqa: BLE001 - stopping must not fail; the reaper retries a trial left RUNNING
+            pass
+
+
+def work(name: str, url: str, run: Run, goal: int | None, deadline: float | None, threads: int = 1, prefix: str = "", cpu_threads: int | None = None) -> None:
+    """One worker process: load the data once, then run `threads` trials at a time."""
+    if cpu_threads:
+        torch.set_num_threads(cpu_threads)
+    loc = st.parse(url)
+    log: Log = lambda msg: print(prefix + msg, flush=True)  # noqa: E731
+    study = st.open_study(name, url)
     settings = study_settings(study)
-    study.sampler = optuna.samplers.TPESampler(seed=settings.seed + worker)
+    device = resolve_device(run.device)
     data = load_data(run.data_dir, device, val_size=settings.val_size, train_size=settings.train_size)
-    log = lambda msg: print(prefix + msg, flush=True)  # noqa: E731
-    objective = make_objective(settings, data, device, log)
-    current: list[optuna.Trial] = []
+    with st.Keeper(study, log) as keeper:
+        workers = [Worker(name, loc, study, data, device, keeper, log) for _ in range(threads)]
+        if threads == 1:
+            workers[0].run(goal, deadline)
+            return
+        pool = [threading.Thread(target=w.run, args=(goal, deadline), daemon=True) for w in workers]
+        for t in pool:
+            t.start()
+        try:
+            for t in pool:
+                t.join()
+        except KeyboardInterrupt:
+            for w in workers:
+                if w.current is not None:
+                    w.interrupted(w.current)
+            raise
 
-    def tracked(trial: optuna.Trial) -> Any:
-        current[:] = [trial]
-        return objective(trial)
 
-    def after(study: optuna.Study, t: FrozenTrial) -> None:
-        if t.state == TrialState.COMPLETE:
-            best = best_trial(study)
-            log(f"[trial {t.number}] COMPLETE {100 * t.values[0]:.2f} % val acc, {t.user_attrs['params']:,} params, "
-                f"{t.user_attrs.get('train_seconds', 0):.0f} s; best so far: {describe_trial(best) if best else 'none meets the target yet'}")
-
+def _work_entry(args: tuple) -> None:
     try:
-        study.optimize(tracked, n_trials=n_trials, timeout=timeout, catch=(Diverged, torch.OutOfMemoryError, MemoryError), callbacks=[after])
-    except KeyboardInterrupt:
-        if current and current[0].number is not None:
-            # Run the interrupted trial again first when the search resumes.
-            study.enqueue_trial(current[0].params, user_attrs={"retry_of": current[0].number})
-        raise
-
-
-def _worker_entry(args: tuple) -> None:
-    try:
-        run_worker(*args)
+        work(*args)
     except KeyboardInterrupt:
         pass
 
 
-def search(name: str, storage: str, settings: StudySettings, n_trials: int | None, timeout: float | None, run: Run = Run(),
+def search(name: str, url: str, settings: StudySettings | None, trials: int | None, timeout: float | None, run: Run = Run(),
            given: dict[str, Any] | None = None) -> optuna.Study:
-    """Run (or resume) a study; with run.workers > 1, that many processes share the storage."""
-    study = open_study(name, storage, settings, given)
-    workers = run.workers
-    if workers <= 1:
-        run_worker(name, storage, run, n_trials, timeout, 0, None)
+    """Create or join a study and run workers on it until it has `trials` finished trials
+    (or the stored goal), or `timeout` seconds have passed.
+
+    Everything that can be wrong with the input is checked before the study is touched, so a
+    failed start leaves nothing behind."""
+    st.parse(url)
+    resolve_device(run.device)
+    load_raw(run.data_dir, "train")  # missing or corrupt data fails here, before any study exists
+    study = st.open_study(name, url, settings, given)
+    if trials is not None and settings is not None:
+        study.set_user_attr("trials_goal", trials)
+    s, done = study_settings(study), st.finished(study.get_trials(deepcopy=False))
+    goal = trials or study.user_attrs.get("trials_goal")
+    print(f"budget {s.max_params:,} params, {s.max_epochs} epochs, target {100 * s.target_accuracy:.2f} % val acc, objective {s.objective}; "
+          f"{done} trial(s) finished so far{f', running until {goal}' if goal else ''}", flush=True)
+    deadline = time.time() + timeout if timeout else None
+    if run.workers <= 1:
+        work(name, url, run, trials, deadline)
         return study
-    shares = [None] * workers if n_trials is None else [n_trials // workers + (i < n_trials % workers) for i in range(workers)]
-    threads = max(1, (os.cpu_count() or 1) // workers)
+    cpu_threads = max(1, (os.cpu_count() or 1) // run.workers)
     ctx = mp.get_context("spawn")
-    procs = [ctx.Process(target=_worker_entry, args=((name, storage, run, share, timeout, i, threads),)) for i, share in enumerate(shares) if share != 0]
+    procs = [ctx.Process(target=_work_entry, args=((name, url, run, trials, deadline, 1, f"[w{i}] ", cpu_threads),)) for i in range(run.workers)]
     for p in procs:
         p.start()
     try:

@@ -87,9 +87,11 @@ def test_diverging_trials_fail_and_the_study_goes_on(store, mnist_dir, tmp_path)
     assert "FAILED" in out
 
 
-def test_resume_adds_trials(store, mnist_dir):
+def test_trials_counts_the_study_not_the_run(store, mnist_dir):
     run_cli("search", "--trials", 2, "--storage", store, "--data-dir", mnist_dir, *SMALL)
-    run_cli("search", "--trials", 2, "--storage", store, "--data-dir", mnist_dir, *SMALL)
+    run_cli("search", "--trials", 2, "--storage", store, "--data-dir", mnist_dir, *SMALL)  # already has 2: nothing to do
+    assert len(load(store).trials) == 2
+    run_cli("search", "--trials", 4, "--storage", store, "--data-dir", mnist_dir, *SMALL)
     trials = load(store).trials
     assert [t.number for t in trials] == [0, 1, 2, 3]
     assert sum("seed_arch" in t.user_attrs for t in trials) == 1
@@ -112,8 +114,8 @@ def test_interrupted_trial_is_rerun_on_resume(store, mnist_dir, monkeypatch):
     done = [t for t in study.trials if t.state == TrialState.COMPLETE]
     interrupted = [t for t in study.trials if t.state == TrialState.FAIL][0]
     assert len(done) >= 1
-    tiny("i", store, mnist_dir, 1)
-    rerun = load(store, "i").trials[-1]
+    tiny("i", store, mnist_dir, 5)
+    rerun = load(store, "i").trials[interrupted.number + 1]
     assert rerun.user_attrs["retry_of"] == interrupted.number and rerun.params == interrupted.params
     assert rerun.state in (TrialState.COMPLETE, TrialState.PRUNED)
 
@@ -182,7 +184,7 @@ def test_bad_input_is_one_line_exit_2(tmp_path):
     for args, text in (
         (["summary", str(tmp_path / "none.toml")], "no such file"),
         (["search", "--space", str(tmp_path / "none.toml")], "no such file"),
-        (["best", "--storage", f"sqlite:///{tmp_path}/x.db", "--study", "nope"], "no such study"),
+        (["best", "--storage", f"sqlite:///{tmp_path}/x.db", "--study", "nope"], "no study storage there"),
     ):
         r = subprocess.run([sys.executable, "-m", "nas", *args], capture_output=True, text=True)
         assert r.returncode == 2 and text in r.stderr and len(r.stderr.strip().splitlines()) == 1, (args, r.stderr)

@@ -1,0 +1,132 @@
+"""The command line on bad input: one short error, exit code 2, nothing left behind; Ctrl-C."""
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+from PIL import Image
+
+from conftest import SEED
+
+
+def nas(*args, cwd=None, env=None):
+    return subprocess.run([sys.executable, "-m", "nas", *map(str, args)], capture_output=True, text=True, cwd=cwd, env=env, timeout=300)
+
+
+def refused(r, text):
+    """Exit 2 with `text` in stderr; our own errors are one line (typer's usage errors may be a few)."""
+    assert r.returncode == 2, (r.returncode, r.stdout[-2000:], r.stderr[-2000:])
+    assert text in r.stderr, r.stderr
+    assert "Traceback" not in r.stderr + r.stdout
+    if r.stderr.startswith("error:"):
+        assert len(r.stderr.strip().splitlines()) == 1, r.stderr
+
+
+@pytest.mark.parametrize("flags, text", [
+    (["--max-params", 0], "--max-params"), (["--max-params", -5], "--max-params"), (["--trials", 0], "--trials"),
+    (["--trials", -3], "--trials"), (["--timeout", -1], "--timeout"), (["--max-epochs", 0], "--max-epochs"),
+    (["--train-size", 0], "--train-size"), (["--target-accuracy", 0], "--target-accuracy"), (["--seeds-per-trial", 0], "--seeds-per-trial"),
+    (["--train-size", 59_000], "--train-size"), (["--space", "nope"], "no such file"),
+])
+def test_search_refuses_bad_flags_and_creates_nothing(tmp_path, mnist_dir, flags, text):
+    r = nas("search", *flags, "--storage", f"sqlite:///{tmp_path}/s.db", "--data-dir", mnist_dir)
+    refused(r, text)
+    assert not (tmp_path / "s.db").exists()
+
+
+def test_a_failed_start_leaves_no_study(tmp_path, mnist_dir):
+    bad = tmp_path / "mnist"
+    shutil.copytree(mnist_dir, bad)
+    (bad / "train-images-idx3-ubyte.gz").write_bytes(b"not mnist")
+    refused(nas("search", "--storage", f"sqlite:///{tmp_path}/s.db", "--data-dir", bad), "SHA-256 does not match")
+    assert not (tmp_path / "s.db").exists()
+    r = nas("report", cwd=tmp_path)
+    refused(r, "no study storage there yet")
+    assert not (tmp_path / "studies").exists()
+
+
+def test_data_dir_that_is_a_file(tmp_path):
+    f = tmp_path / "file"
+    f.write_text("x")
+    refused(nas("train", "seed_9274", "--data-dir", f), "--data-dir")
+    refused(nas("export", "--arch", "seed_9274", "--out", f), "--out")
+
+
+@pytest.mark.parametrize("command", [["train", "--train-size", -5], ["train", "--epochs", 0], ["export", "--arch", "seed_9274", "--out", "x", "--epochs", 0]])
+def test_counts_must_be_positive(command, tmp_path):
+    refused(nas(*command[:1], *([] if command[0] == "export" else ["seed_9274"]), *command[1:], cwd=tmp_path), command[-2])
+
+
+@pytest.mark.parametrize("text, problem", [
+    ("layers = [{ conv = 1000000000 }]", "between 1 and 4,096"),
+    ("layers = []", "at least one conv layer"),
+])
+def test_bad_architectures(tmp_path, text, problem):
+    path = tmp_path / "bad.toml"
+    path.write_text(text)
+    refused(nas("summary", path), problem)
+    refused(nas("train", path), problem)
+
+
+def test_architecture_that_does_not_fit_the_data(tmp_path, mnist_dir):
+    path = tmp_path / "rgb.toml"
+    path.write_text(SEED.read_text().replace("input = [1, 28, 28]", "input = [3, 28, 28]"))
+    refused(nas("train", path, "--data-dir", mnist_dir, "--train-size", 100, "--epochs", 1), "the images are [1, 28, 28]")
+
+
+def test_storage_in_a_read_only_place_or_file(tmp_path, mnist_dir):
+    refused(nas("search", "--storage", "sqlite:////proc/nas/s.db", "--data-dir", mnist_dir), "writable")
+    db = tmp_path / "ro.db"
+    assert nas("search", "--storage", f"sqlite:///{db}", "--data-dir", mnist_dir, "--trials", 1, "--max-epochs", 1, "--train-size", 200).returncode == 0
+    made_immutable = subprocess.run(["chattr", "+i", str(db)], capture_output=True).returncode == 0
+    if not made_immutable:  # root ignores permission bits; chattr is how to make a read-only file for root
+        os.chmod(db, 0o444)
+    try:
+        refused(nas("search", "--storage", f"sqlite:///{db}", "--data-dir", mnist_dir, "--trials", 2), "storage")
+    finally:
+        subprocess.run(["chattr", "-i", str(db)], capture_output=True)
+
+
+def test_export_refuses_to_overwrite(tmp_path):
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "model.pt").write_bytes(b"earlier")
+    refused(nas("export", "--arch", "seed_9274", "--out", out), "--force")
+    assert (out / "model.pt").read_bytes() == b"earlier"
+
+
+@pytest.mark.parametrize("size", [(56, 28), (1, 1)])
+def test_predict_refuses_pictures_that_are_not_28x28(tmp_path, size):
+    path = tmp_path / "digit.png"
+    Image.new("L", size).save(path)
+    model = tmp_path / "model.pt"
+    model.write_bytes(b"")
+    refused(nas("predict", model, path), "28x28")
+
+
+def test_flags_that_disagree_with_the_study(tmp_path, mnist_dir):
+    store = f"sqlite:///{tmp_path}/s.db"
+    small = ["--max-epochs", 1, "--train-size", 200, "--val-size", 100, "--data-dir", mnist_dir, "--storage", store]
+    assert nas("search", "--trials", 1, *small).returncode == 0
+    r = nas("search", "--trials", 2, "--max-params", 5000, *small)
+    refused(r, "--max-params")
+    assert "20000" in r.stderr and "5000" in r.stderr and "--study-name" in r.stderr
+
+
+def test_ctrl_c_prints_one_friendly_line_and_exits_130(tmp_path, mnist_dir):
+    proc = subprocess.Popen([sys.executable, "-m", "nas", "search", "--storage", f"sqlite:///{tmp_path}/s.db", "--data-dir", str(mnist_dir),
+                             "--max-epochs", "20", "--train-size", "2000", "--device", "cpu"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 120
+    seen = ""
+    while time.time() < deadline and "epoch  1/20" not in seen:
+        seen += proc.stdout.readline()
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130, (out, err)
+    assert "Traceback" not in err + out and "KeyboardInterrupt" not in err + out
+    assert "run the same command to resume" in out

@@ -1,0 +1,147 @@
+"""Storage URLs, race-free study creation, stale-trial reaping and trial counting."""
+
+import subprocess
+import sys
+import time
+
+import optuna
+import pytest
+from optuna.trial import TrialState
+from pgserver import postgres  # noqa: F401 - fixture
+
+from nas import storage as st
+from nas.errors import SpecError
+from nas.settings import StudySettings
+
+
+@pytest.mark.parametrize("url, kind", [
+    ("sqlite:///studies/nas.sqlite3", "sqlite"), ("sqlite:////tmp/x.db", "sqlite"), ("journal:///studies/nas.log", "journal"),
+    ("postgresql+psycopg://nas@localhost/nas", "postgresql"), ("postgresql://nas@localhost/nas", "postgresql"),
+])
+def test_parse_known_urls(url, kind):
+    loc = st.parse(url)
+    assert loc.kind == kind
+    if kind == "postgresql":
+        assert loc.sqlalchemy_url.startswith("postgresql+psycopg://")
+
+
+@pytest.mark.parametrize("url, text", [
+    ("garbage", "not a storage URL"), ("sqlite:///:memory:", "in-memory"), ("mysql://x@y/z", "unknown kind of storage"),
+    ("postgresql+pg8000://x@y/z", "through psycopg"), ("journal://", "names a file"),
+])
+def test_parse_refuses_with_the_fix(url, text):
+    with pytest.raises(SpecError, match=text):
+        st.parse(url)
+
+
+def test_postgres_without_its_driver_names_the_extra(monkeypatch):
+    monkeypatch.setattr(st.importlib.util, "find_spec", lambda name: None)
+    with pytest.raises(SpecError, match=r"pip install 'nas\[postgres\]'"):
+        st.parse("postgresql+psycopg://nas@localhost/nas")
+
+
+def test_reading_commands_never_create_a_storage(tmp_path):
+    with pytest.raises(SpecError, match="no study storage there yet"):
+        st.load_study("mnist", f"sqlite:///{tmp_path}/none/nas.sqlite3")
+    assert not (tmp_path / "none").exists()
+    with pytest.raises(SpecError, match="is a folder"):
+        st.open_storage(st.parse(f"sqlite:///{tmp_path}"), create=True)
+
+
+def test_unwritable_place_is_one_line():
+    with pytest.raises(SpecError, match="choose a writable place"):
+        st.open_study("x", "sqlite:////proc/nas/study.db", StudySettings())
+
+
+_CREATE = """
+import sys
+from nas.storage import open_study
+from nas.settings import StudySettings
+open_study("race", sys.argv[1], StudySettings(max_epochs=1))
+"""
+
+
+def _create_at_once(url: str, n: int = 8) -> list[subprocess.CompletedProcess]:
+    procs = [subprocess.Popen([sys.executable, "-c", _CREATE, url], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for _ in range(n)]
+    return [(p.wait(120), p.stderr.read()) for p in procs]
+
+
+def _created_once(url: str) -> None:
+    results = _create_at_once(url)
+    assert all(code == 0 for code, _ in results), [err for _, err in results]
+    study = optuna.load_study(study_name="race", storage=url)
+    assert [t.user_attrs["seed_arch"] for t in study.trials] == ["seed_9274"] and study.trials[0].state == TrialState.WAITING
+    assert study.user_attrs["settings"]["max_epochs"] == 1
+
+
+def test_eight_processes_create_one_sqlite_study(tmp_path):
+    _created_once(f"sqlite:///{tmp_path}/new.sqlite3")
+
+
+def test_eight_processes_create_one_postgres_study(postgres):  # noqa: F811
+    _created_once(postgres.url)
+
+
+def test_resume_refuses_disagreeing_settings(tmp_path):
+    url = f"sqlite:///{tmp_path}/s.db"
+    st.open_study("s", url, StudySettings(max_params=20_000))
+    st.open_study("s", url, StudySettings(max_params=20_000), {"max_params": 20_000})  # same value: fine
+    with pytest.raises(SpecError) as err:
+        st.open_study("s", url, StudySettings(max_params=5000), {"max_params": 5000})
+    assert "--max-params" in str(err.value) and "20000" in str(err.value) and "5000" in str(err.value) and "--study-name" in str(err.value)
+
+
+def _running_trial(url: str, monkeypatch) -> tuple[optuna.Study, st.Keeper, int]:
+    monkeypatch.setattr(st, "HEARTBEAT_SECONDS", 1)
+    monkeypatch.setattr(st, "GRACE_SECONDS", 1)
+    study = st.open_study("k", url, StudySettings())
+    trial = study.ask()  # the enqueued seed trial
+    trial.set_user_attr("curve", [0.5])
+    keeper = st.Keeper(study, lambda msg: None)
+    keeper.beat(trial._trial_id)
+    return study, keeper, trial.number
+
+
+@pytest.mark.parametrize("kind", ["sqlite", "journal"])
+def test_stale_trials_are_failed_and_retried_clean(tmp_path, monkeypatch, kind):
+    url = f"sqlite:///{tmp_path}/k.db" if kind == "sqlite" else f"journal:///{tmp_path}/k.log"
+    study, keeper, number = _running_trial(url, monkeypatch)
+    assert keeper.reap() == []  # it beat just now
+    time.sleep(2.2)
+    assert len(keeper.reap()) == 1 and keeper.reap() == []  # reaped once, however often asked
+    trials = study.get_trials()
+    dead, again = trials[number], trials[-1]
+    assert dead.state == TrialState.FAIL and dead.user_attrs["fail_reason"].startswith("stale")
+    assert again.state == TrialState.WAITING and again.user_attrs == {"seed_arch": "seed_9274", "retry_of": number, "retries": 1}
+    assert st.finished(trials) == 0  # the retry will count instead
+
+
+def test_a_trial_is_retried_at_most_twice(tmp_path):
+    study = optuna.create_study(storage=f"sqlite:///{tmp_path}/r.db")
+    dead = optuna.trial.create_trial(state=TrialState.FAIL, user_attrs={"retries": 2})
+    assert "not retried" in st.retry(study, dead) and study.trials == []
+
+
+def test_finished_counts_complete_pruned_and_unretried_failures():
+    make = optuna.trial.create_trial
+    trials = [make(state=TrialState.COMPLETE, value=1.0), make(state=TrialState.PRUNED), make(state=TrialState.FAIL),
+              make(state=TrialState.FAIL), make(state=TrialState.RUNNING), make(state=TrialState.WAITING)]
+    for n, t in enumerate(trials):
+        t.number = n
+    trials[5].user_attrs["retry_of"] = 3
+    assert st.finished(trials) == 3
+
+
+def test_persist_waits_out_an_outage(monkeypatch):
+    monkeypatch.setattr(st, "STORAGE_PATIENCE", 5.0)
+    calls, said = [], []
+
+    def flaky():
+        calls.append(1)
+        if len(calls) < 3:
+            raise optuna.exceptions.StorageInternalError("server closed the connection")
+        return "stored"
+
+    assert st.persist(flaky, said.append, "storing a result") == "stored" and len(calls) == 3 and len(said) == 1
+    with pytest.raises(ValueError):
+        st.persist(lambda: (_ for _ in ()).throw(ValueError("a bug, not an outage")), said.append, "x")
