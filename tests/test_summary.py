@@ -28,3 +28,15 @@ def test_summary_shows_costs_per_layer_and_totals_with_definitions():
         assert " ".join(definition.split()) in flat
     assert "folded" not in table.split("=" * 20)[1]  # the seed's BatchNorms follow ReLUs
 
+
+def test_model_card_lists_the_costs():
+    from nas.export import model_card
+
+    arch = load_arch(SEED)
+    run = {"test_acc": 0.995}
+    metrics = dict(params=9274, receptive_field=38, seeds=[run], test_acc_mean=0.995, test_acc_min=0.995, test_acc_max=0.995,
+                   epochs=20, train_images=60_000, train_seconds=60.0, device="cpu", torchscript="scripted", **run)
+    card, c = model_card(arch, metrics), costs(arch)
+    assert "| MACs per image | 1,217,160 |" in card
+    assert f"| peak activation memory | {c.activation_int8:,} B at int8, {c.activation_fp32:,} B at fp32 |" in card
+    assert f"| model bytes (deployed) | {c.model_int8:,} B at int8, {c.model_fp32:,} B at fp32 |" in card
