@@ -15,6 +15,7 @@ from typing import Any
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
+from nas.resources import Resource, resource
 from nas.settings import StudySettings
 
 
@@ -73,28 +74,37 @@ def counts(study: optuna.Study) -> dict[str, int]:
     return out
 
 
+def minimized(study: optuna.Study) -> Resource:
+    """The resource the study's Pareto front and best trial minimise (--minimize)."""
+    return resource(study_settings(study).minimize)
+
+
 def pareto_front(study: optuna.Study) -> list[FrozenTrial]:
-    """Complete trials no other complete trial beats on both accuracy and size."""
-    done = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
-    front = [t for t in done if not any(
-        o.values[0] >= t.values[0] and o.user_attrs["params"] <= t.user_attrs["params"]
-        and (o.values[0], o.user_attrs["params"]) != (t.values[0], t.user_attrs["params"]) for o in done)]
-    return sorted(front, key=lambda t: t.user_attrs["params"])
+    """Complete trials no other complete trial beats on both accuracy and the minimised resource."""
+    r = minimized(study)
+    done = [(t, t.values[0], r.value(t.user_attrs)) for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))]
+    front = [(t, size) for t, acc, size in done if not any(
+        o_acc >= acc and o_size <= size and (o_acc, o_size) != (acc, size) for _, o_acc, o_size in done)]
+    return [t for t, _ in sorted(front, key=lambda pair: pair[1])]
 
 
 def best_trial(study: optuna.Study) -> FrozenTrial | None:
-    """The search's rule: the smallest complete trial whose validation accuracy meets the target
-    (in accuracy mode: the most accurate complete trial)."""
-    settings = study_settings(study)
+    """The search's rule: the smallest complete trial (in the minimised resource) whose validation
+    accuracy meets the target (in accuracy mode: the most accurate complete trial)."""
+    settings, r = study_settings(study), minimized(study)
     done = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
     if settings.objective == "accuracy":
-        return max(done, key=lambda t: (t.values[0], -t.user_attrs["params"]), default=None)
+        return max(done, key=lambda t: (t.values[0], -r.value(t.user_attrs)), default=None)
     ok = [t for t in done if t.values[0] >= settings.target_accuracy]
-    return min(ok, key=lambda t: (t.user_attrs["params"], -t.values[0]), default=None)
+    return min(ok, key=lambda t: (r.value(t.user_attrs), -t.values[0]), default=None)
 
 
-def describe_trial(t: FrozenTrial) -> str:
-    return f"trial {t.number}: {100 * t.values[0]:.2f} % with {t.user_attrs['params']:,} params"
+def describe_trial(t: FrozenTrial, r: Resource | None = None) -> str:
+    """The trial's accuracy and parameters, and the minimised resource `r` when it is another."""
+    size = f"{t.user_attrs['params']:,} params"
+    if r is not None and r.name != "params":
+        size += f", {r.label} {r.format(r.value(t.user_attrs))}"
+    return f"trial {t.number}: {100 * t.values[0]:.2f} % with {size}"
 
 
 def replay_rule(study: optuna.Study, rule: ConvergenceRule) -> dict[str, Any]:
@@ -159,13 +169,15 @@ def summary(study: optuna.Study) -> str:
     c = counts(study)
     lines = [f"trials: {c['complete']} complete ({c['converged']} reached the target), pruned {c['pruned_budget']} by budget, "
              f"{c['pruned_invalid']} invalid, {c['pruned_convergence']} by convergence, {c['failed']} failed"]
-    front = pareto_front(study)
+    front, r = pareto_front(study), minimized(study)
     if front:
-        lines.append("Pareto front (validation accuracy vs parameters):")
-        lines.append(f"  {'trial':>5}  {'params':>8}  {'val acc':>8}  {'RF':>4}  note")
+        extra = r.name != "params"
+        lines.append(f"Pareto front (validation accuracy vs {r.label}):")
+        lines.append(f"  {'trial':>5}  {'params':>8}  " + (f"{r.label:>22}  " if extra else "") + f"{'val acc':>8}  {'RF':>4}  note")
         for t in front:
             note = "seed" if "seed_arch" in t.user_attrs else ""
-            lines.append(f"  {t.number:>5}  {t.user_attrs['params']:>8,}  {100 * t.values[0]:>7.2f}%  {t.user_attrs['receptive_field']:>4}  {note}")
+            size = f"{r.format(r.value(t.user_attrs)):>22}  " if extra else ""
+            lines.append(f"  {t.number:>5}  {t.user_attrs['params']:>8,}  {size}{100 * t.values[0]:>7.2f}%  {t.user_attrs['receptive_field']:>4}  {note}")
     best = best_trial(study)
-    lines.append(f"best: {describe_trial(best)}" if best else f"best: no trial reached {100 * study_settings(study).target_accuracy:.2f} % yet")
+    lines.append(f"best: {describe_trial(best, r)}" if best else f"best: no trial reached {100 * study_settings(study).target_accuracy:.2f} % yet")
     return "\n".join(lines)

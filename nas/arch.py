@@ -8,6 +8,7 @@ an architecture on its size without building it, and the summary always matches 
 from __future__ import annotations
 
 import json
+import math
 import tomllib
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
@@ -22,7 +23,8 @@ HEADS = ("conv_gap", "gap_conv")
 
 @dataclass
 class Conv:
-    """kxk convolution, stride 1, optionally followed by ReLU and BatchNorm in either order."""
+    """kxk convolution, optionally followed by ReLU and BatchNorm in either order. A stride of 2
+    on the first convolution is how tiny-ML networks keep the largest feature map small."""
 
     out: int
     kernel: int = 3
@@ -31,6 +33,7 @@ class Conv:
     relu: bool = True
     order: str = "relu_bn"
     bias: bool = True
+    stride: int = 1
 
 
 @dataclass
@@ -88,20 +91,21 @@ def plan(arch: Arch) -> list[Step]:
     def add(module: str, args: dict[str, Any], params: int = 0) -> None:
         steps.append(Step(module, args, (c, h, w) if module != "Flatten" else (c,), params, rf))
 
-    def conv(i: int, out: int, k: int, pad: int, bias: bool, key: str) -> None:
-        nonlocal c, h, w, rf
-        h, w = h + 2 * pad - k + 1, w + 2 * pad - k + 1
-        if h < 1 or w < 1:
+    def conv(i: int, out: int, k: int, pad: int, bias: bool, key: str, stride: int = 1) -> None:
+        nonlocal c, h, w, rf, jump
+        if h + 2 * pad < k or w + 2 * pad < k:
             raise SpecError(arch.name or "architecture", key, f"feature map shrinks below 1x1 (kernel {k}, padding {pad})")
+        h, w = (h + 2 * pad - k) // stride + 1, (w + 2 * pad - k) // stride + 1
         rf += (k - 1) * jump
+        jump *= stride
         params = out * c * k * k + (out if bias else 0)
         c = out
-        add("Conv2d", dict(in_channels=i, out_channels=out, kernel_size=k, padding=pad, bias=bias), params)
+        add("Conv2d", dict(in_channels=i, out_channels=out, kernel_size=k, stride=stride, padding=pad, bias=bias), params)
 
     for n, layer in enumerate(arch.layers):
         key = f"layers[{n}]"
         if isinstance(layer, Conv):
-            conv(c, layer.out, layer.kernel, layer.padding, layer.bias, key)
+            conv(c, layer.out, layer.kernel, layer.padding, layer.bias, key, layer.stride)
             post = [("relu", layer.relu), ("bn", layer.bn)]
             for what, on in post if layer.order == "relu_bn" else post[::-1]:
                 if on and what == "relu":
@@ -134,6 +138,92 @@ def param_count(arch: Arch) -> int:
 def receptive_field(arch: Arch) -> int:
     """Receptive field of one position of the last feature map before global pooling."""
     return max(s.rf for s in plan(arch))
+
+
+# --- Deployment costs ---------------------------------------------------------------------------
+
+INT8, INT32, FP32 = 1, 4, 4  # bytes per element / per stored number
+KB = 1000  # bytes; the --max-activation-kb and --max-model-kb limits use it
+# Steps that need no buffer of their own when deployed: ReLU and BatchNorm (folded or kept as a
+# per-channel affine) run in place, Dropout is the identity at inference, Flatten is a view.
+IN_PLACE = frozenset({"ReLU", "BatchNorm2d", "Dropout", "Flatten"})
+
+DEFINITIONS = (
+    "MACs: multiply-accumulates of the convolutions for one image (bias, BatchNorm, ReLU and pooling excluded).",
+    ("Activations: peak memory of one inference as deployed: the largest sum of one layer's input and output "
+     "feature maps, ReLU, BatchNorm and Dropout running in place (no buffer); int8 1 byte, fp32 4 bytes an element; "
+     "kernel scratch buffers excluded."),
+    ("Model bytes: the deployed weights. A BatchNorm directly after a conv is folded into it (weights scaled, one bias); "
+     "a BatchNorm after a ReLU cannot be folded and is kept as a per-channel scale and shift (2 numbers a channel). "
+     "fp32: 4 bytes a number. int8: 1 byte a conv weight, plus per output channel a 4-byte fp32 scale and a 4-byte "
+     "int32 bias (always stored), and 8 bytes a channel for a kept scale and shift. File format and per-tensor "
+     "activation scales excluded."),
+    "KB = 1,000 bytes.",
+)
+
+
+@dataclass(frozen=True)
+class StepCost:
+    """What one plan step costs when the network is deployed."""
+
+    macs: int
+    activation: int  # elements held while the step runs (input + output); 0 for a step run in place
+    numbers: int  # deployed stored numbers (weights, biases, kept BN scale and shift); 0 if folded away
+    int8_bytes: int  # those numbers stored as int8 with per-channel scales
+    folded: bool = False  # a BatchNorm folded into the conv before it
+
+
+@dataclass(frozen=True)
+class Costs:
+    """An architecture's budgets, all derived from its plan (see DEFINITIONS)."""
+
+    params: int  # trainable parameters
+    macs: int
+    activation_int8: int  # peak activation memory, bytes
+    activation_fp32: int
+    model_int8: int  # deployed weights, bytes
+    model_fp32: int
+    peak_step: int  # index of the step that sets the peak activation memory
+    steps: tuple[StepCost, ...]
+
+
+def step_costs(arch: Arch) -> list[StepCost]:
+    """Per-step costs of `arch`, step for step with plan(arch)."""
+    steps = plan(arch)
+    out: list[StepCost] = []
+    previous = arch.input
+    for n, s in enumerate(steps):
+        size_in, size_out = math.prod(previous), math.prod(s.shape)
+        activation = 0 if s.module in IN_PLACE else size_in + size_out
+        if s.module == "Conv2d":
+            channels = s.args["out_channels"]
+            weights = s.params - (channels if s.args["bias"] else 0)
+            folds = n + 1 < len(steps) and steps[n + 1].module == "BatchNorm2d"
+            # Each weight is used once per output position (so grouped convolutions count right too).
+            out.append(StepCost(weights * math.prod(s.shape[1:]), activation, weights + (channels if s.args["bias"] or folds else 0),
+                                weights * INT8 + channels * (FP32 + INT32)))  # + per-channel scale and bias
+        elif s.module == "BatchNorm2d" and n > 0 and steps[n - 1].module == "Conv2d":
+            out.append(StepCost(0, activation, 0, 0, folded=True))
+        else:  # a kept BatchNorm stores its scale and shift (s.params numbers); the rest store nothing
+            out.append(StepCost(0, activation, s.params, s.params * FP32))
+        previous = s.shape
+    return out
+
+
+def costs(arch: Arch) -> Costs:
+    """MACs, peak activation memory and model bytes of `arch` (SpecError if it is invalid)."""
+    per = step_costs(arch)
+    peak = max(range(len(per)), key=lambda n: per[n].activation)
+    return Costs(
+        params=param_count(arch),
+        macs=sum(c.macs for c in per),
+        activation_int8=per[peak].activation * INT8,
+        activation_fp32=per[peak].activation * FP32,
+        model_int8=sum(c.int8_bytes for c in per),
+        model_fp32=sum(c.numbers for c in per) * FP32,
+        peak_step=peak,
+        steps=tuple(per),
+    )
 
 
 # --- TOML / dict form -------------------------------------------------------------------------
@@ -169,11 +259,13 @@ def _dataclass_from(cls: type, data: dict[str, Any], where: str, key: str, skip:
 MAX_CHANNELS = 4096
 MAX_KERNEL = 15
 MAX_INPUT = 4096
+MAX_STRIDE = 8
 
 _RULES: list[tuple[type, str, Any, str]] = [
     (Conv, "out", lambda v: 1 <= v <= MAX_CHANNELS, f"must be between 1 and {MAX_CHANNELS:,}"),
     (Conv, "kernel", lambda v: 1 <= v <= MAX_KERNEL and v % 2 == 1, f"must be an odd integer from 1 to {MAX_KERNEL}"),
     (Conv, "padding", lambda v: v >= 0, "must be >= 0"),
+    (Conv, "stride", lambda v: 1 <= v <= MAX_STRIDE, f"must be between 1 and {MAX_STRIDE}"),
     (Conv, "order", lambda v: v in ORDERS, f"must be one of {', '.join(ORDERS)}"),
     (Pool, "kind", lambda v: v in POOLS, f"must be one of {', '.join(POOLS)}"),
     (Pool, "size", lambda v: v >= 2, "must be at least 2"),

@@ -16,7 +16,7 @@ import optuna
 import torch
 
 import nas
-from nas.arch import Arch, arch_to_toml, param_count, receptive_field
+from nas.arch import Arch, arch_to_toml, costs, param_count, receptive_field
 from nas.data import Data, Split, load_full_train, load_test
 from nas.summary import summary_table
 from nas.config import TrainConfig
@@ -151,6 +151,7 @@ def _line(seed: int, e: Epoch, epochs: int) -> str:
 def model_card(arch: Arch, m: dict[str, Any]) -> str:
     origin = f"study `{m['study']}`, trial {m['trial']}" if m.get("study") else "an architecture file"
     seeds = ", ".join(f"{100 * r['test_acc']:.2f} %" for r in m["seeds"])
+    c = costs(arch)
     return f"""# {arch.name}
 
 A fully convolutional MNIST classifier found by nas ({origin}): {m['params']:,} parameters,
@@ -162,8 +163,13 @@ receptive field {m['receptive_field']} px, no fully connected layer.
 | over {len(m['seeds'])} seed(s) | mean {100 * m['test_acc_mean']:.2f} %, range {100 * m['test_acc_min']:.2f}-{100 * m['test_acc_max']:.2f} % ({seeds}) |
 | training | {m['epochs']} epochs on all {m['train_images']:,} training images, {m['train_seconds']:.0f} s on {m['device']} |
 | search validation accuracy | {'n/a' if m.get('search_val_acc') is None else f"{100 * m['search_val_acc']:.2f} %"} |
+| MACs per image | {c.macs:,} |
+| peak activation memory | {c.activation_int8:,} B at int8, {c.activation_fp32:,} B at fp32 |
+| model bytes (deployed) | {c.model_int8:,} B at int8, {c.model_fp32:,} B at fp32 |
 
 The test set was used only for the figures above, after the architecture was chosen.
+The costs are computed from the architecture (definitions below the layer table); the int8
+figures are what an int8 deployment with per-channel scales would hold, not a file shipped here.
 `model.pt` is TorchScript ({m['torchscript']}); it needs only torch:
 
     model = torch.jit.load("model.pt").eval()

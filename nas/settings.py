@@ -15,6 +15,8 @@ from typing import Any
 from nas.arch import arch_from_dict, arch_to_dict, load_arch
 from nas.config import DEFAULT_EPOCHS, TrainConfig
 from nas.errors import SpecError
+from nas.resources import NAMES as RESOURCE_NAMES
+from nas.resources import RESOURCES
 from nas.space import DEFAULT_SPACE, Space, params_for, read_space, space_from_dict
 
 PRUNING_MODES = ("on", "observe", "off")
@@ -40,6 +42,12 @@ class StudySettings:
     """One search's definition; every field is a `nas search` flag of the same name."""
 
     max_params: int = 20_000
+    # Further budgets (nas.resources; None: no limit): MACs per image, peak int8 activation
+    # memory and int8 model size in KB of 1,000 bytes, and the resource the Pareto front minimises.
+    max_macs: int | None = None
+    max_activation_kb: float | None = None
+    max_model_kb: float | None = None
+    minimize: str = "params"
     max_epochs: int = DEFAULT_EPOCHS
     target_accuracy: float = 0.994
     objective: str = "pareto"
@@ -70,6 +78,9 @@ class StudySettings:
              f"must be between 1 and {MNIST_TRAIN_IMAGES - self.val_size:,} (60,000 training images minus --val-size)"),
             ("seeds_per_trial", 1 <= self.seeds_per_trial <= 16, "must be between 1 and 16"),
             ("seed", self.seed >= 0, "must be >= 0"),
+            ("minimize", self.minimize in RESOURCE_NAMES, f"must be one of {', '.join(RESOURCE_NAMES)}"),
+            *((r.setting, getattr(self, r.setting) is None or getattr(self, r.setting) > 0, "must be positive (leave it out for no limit)")
+              for r in RESOURCES),
         ):
             if not ok:
                 raise SpecError("settings", flag(key), f"{what} (got {getattr(self, key)!r})")

@@ -14,9 +14,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol, Sequence
 
-from nas.arch import BUILTIN, HEADS, MAX_CHANNELS, ORDERS, POOLS, Arch, Conv, Dropout, Head, Pool, classes, input_shape, locate, param_count, read_toml
+from nas.arch import BUILTIN, HEADS, MAX_CHANNELS, MAX_STRIDE, ORDERS, POOLS, Arch, Conv, Dropout, Head, Pool, classes, costs, input_shape, locate, read_toml
 from nas.config import DEFAULT_EPOCHS, OPTIMIZERS, TrainConfig
 from nas.errors import SpecError
+from nas.resources import RESOURCES
 
 PADDINGS = ("same", "valid")
 
@@ -33,6 +34,7 @@ class Stage:
     channels: list[int]
     padding: list[str] = field(default_factory=lambda: ["same"])
     transition: list[bool] = field(default_factory=lambda: [False])
+    stride: list[int] = field(default_factory=lambda: [1])  # of the stage's first kxk conv
 
 
 @dataclass
@@ -104,10 +106,11 @@ def space_from_dict(data: dict[str, Any], where: str) -> Space:
     stages = []
     for n, s in enumerate(raw_stages):
         p = f"architecture.stage[{n}]."
-        _no_extra(where, s, {"blocks", "channels", "padding", "transition"}, p)
+        _no_extra(where, s, {"blocks", "channels", "padding", "transition", "stride"}, p)
         stages.append(Stage(_range(where, s, "blocks", int, p), _choices(where, s, "channels", int, prefix=p),
                             _choices(where, s, "padding", str, PADDINGS, p) if "padding" in s else ["same"],
-                            _choices(where, s, "transition", bool, prefix=p) if "transition" in s else [False]))
+                            _choices(where, s, "transition", bool, prefix=p) if "transition" in s else [False],
+                            _choices(where, s, "stride", int, range(1, MAX_STRIDE + 1), p) if "stride" in s else [1]))
     pa, pt = "architecture.", "training."
     space = Space(
         name=data.get("name", Path(where).stem),
@@ -159,10 +162,11 @@ def sample(space: Space, trial: Chooser, epochs: int = DEFAULT_EPOCHS) -> tuple[
     layers: list[Any] = []
     for i, st in enumerate(space.stage[:n_stages], 1):
         pad = kernel // 2 if cat(f"s{i}_padding", st.padding) == "same" else 0
+        stride = cat(f"s{i}_stride", st.stride)
         if cat(f"s{i}_transition", st.transition):
             layers.append(Conv(cat(f"s{i}_t", st.channels), kernel=1, padding=0, order=order))
         for j in range(1, trial.suggest_int(f"s{i}_blocks", *st.blocks) + 1):
-            layers.append(Conv(cat(f"s{i}_c{j}", st.channels), kernel=kernel, padding=pad, order=order))
+            layers.append(Conv(cat(f"s{i}_c{j}", st.channels), kernel=kernel, padding=pad, order=order, stride=stride if j == 1 else 1))
             if dropout > 0:
                 layers.append(Dropout(dropout))
         if i < n_stages:
@@ -229,6 +233,8 @@ def params_for(space: Space, arch: Arch, cfg: TrainConfig, where: str = "seed") 
         elif isinstance(layer, Conv):
             block += 1
             values[f"s{stage}_c{block}"], values[f"s{stage}_blocks"] = layer.out, block
+            if block == 1:
+                values[f"s{stage}_stride"] = layer.stride
             values[f"s{stage}_padding"] = "same" if layer.padding == layer.kernel // 2 else "valid"
             values.setdefault(f"s{stage}_transition", False)
     recorder = _Recorder(values, where)
@@ -265,33 +271,43 @@ def architecture_count(space: Space) -> int:
             c = len(st.channels)
             blocks = sum(c**b for b in range(st.blocks[0], st.blocks[1] + 1))
             trans = sum(c if t else 1 for t in st.transition)
-            per *= blocks * trans * len(st.padding)
+            per *= blocks * trans * len(st.padding) * len(st.stride)
         total += per * (len(space.pool) if n > 1 else 1)
     return total * heads * len(space.kernel) * len(space.order) * len(space.dropout)
 
 
-def describe(space: Space, samples: int = 4000, max_params: int | None = None) -> str:
-    """Human-readable summary of a space, with its size and an estimate of its parameter counts."""
-    counts = []
-    invalid = 0
+def describe(space: Space, samples: int = 4000, **limits: float | None) -> str:
+    """Human-readable summary of a space: its size and, from random draws, the range of each
+    resource (nas.resources) and the share of draws within the limits given, by their
+    StudySettings names (max_params=20_000, max_activation_kb=2.5, ...; None: no limit)."""
+    unknown = sorted(set(limits) - {r.setting for r in RESOURCES})
+    if unknown:
+        raise TypeError(f"describe() got unknown limit {unknown[0]!r}")
+    found, invalid = [], 0
     for arch in random_archs(space, samples):
         try:
-            counts.append(param_count(arch))
+            found.append(costs(arch))
         except SpecError:
             invalid += 1
-    counts.sort()
     lines = [f"search space {space.name}  (input {'x'.join(map(str, space.input))}, {space.classes} classes)",
              f"  stages: {space.stages}   kernel: {space.kernel}   pool: {space.pool}   order: {space.order}",
              f"  dropout: {space.dropout}   head: {space.head}   head kernel: {space.head_kernel}"]
     for i, st in enumerate(space.stage, 1):
-        lines.append(f"  stage {i}: blocks {st.blocks[0]}-{st.blocks[1]}  channels {st.channels}  padding {st.padding}  transition {st.transition}")
+        lines.append(f"  stage {i}: blocks {st.blocks[0]}-{st.blocks[1]}  channels {st.channels}  padding {st.padding}  "
+                     f"transition {st.transition}  first stride {st.stride}")
     lines.append(f"  training: optimizer {space.optimizer}  lr {space.lr}  batch {space.batch_size}  augment {space.augment}  label smoothing {space.label_smoothing}")
     lines.append(f"  size: {architecture_count(space):.3e} architectures (times the training choices)")
-    if counts:
-        q = lambda f: counts[min(len(counts) - 1, int(f * len(counts)))]  # noqa: E731
-        lines.append(f"  parameters (estimate from {samples} random draws): min {counts[0]:,}  median {q(0.5):,}  max {counts[-1]:,}")
-        if max_params is not None:
-            inside = sum(c <= max_params for c in counts) / len(counts)
-            lines.append(f"  within --max-params {max_params:,}: {100 * inside:.1f} % of valid draws")
+    given = [(r, limits[r.setting]) for r in RESOURCES if limits.get(r.setting) is not None]
+    if found:
+        lines.append(f"  estimates from {samples} random draws ({len(found)} valid):")
+        for r in RESOURCES:
+            values = sorted(r.read(c) for c in found)
+            lines.append(f"    {r.label}: min {r.format(values[0])}  median {r.format(values[len(values) // 2])}  max {r.format(values[-1])}")
+        for r, limit in given:
+            inside = sum(r.read(c) <= limit * r.scale for c in found) / len(found)
+            lines.append(f"  within {r.flag} {limit:,}: {100 * inside:.1f} % of valid draws")
+        if len(given) > 1:
+            inside = sum(all(r.read(c) <= limit * r.scale for r, limit in given) for c in found) / len(found)
+            lines.append(f"  within all these limits: {100 * inside:.1f} % of valid draws")
     lines.append(f"  invalid (feature map collapses): {100 * invalid / samples:.1f} % of draws")
     return "\n".join(lines)

@@ -1,24 +1,41 @@
-"""The torchsummary-style layer table, computed from the plan (no model is built)."""
+"""The torchsummary-style layer table, computed from the plan (no model is built), with what
+each layer costs when deployed: MACs, the activation memory it holds while it runs, and its
+stored weights at int8."""
 
 from __future__ import annotations
 
-from nas.arch import Arch, plan
+import textwrap
+
+from nas.arch import DEFINITIONS, FP32, INT8, KB, Arch, costs, plan
+
+WIDTH = 108
+
+
+def _kb(n: int) -> str:
+    return f"{n:,} B ({n / KB:.2f} KB)"
 
 
 def summary_table(arch: Arch) -> str:
-    steps = plan(arch)
-    rule = "-" * 78
-    lines = [rule, f"{'Layer (type)':>24}  {'Output Shape':>22}  {'Param #':>12}  {'RF':>10}", "=" * 78]
-    for n, s in enumerate(steps, 1):
+    steps, c = plan(arch), costs(arch)
+    rule = "-" * WIDTH
+    lines = [rule, f"{'Layer (type)':>24}  {'Output Shape':>22}  {'Param #':>9}  {'MACs':>11}  {'Act. int8':>10}  {'Int8 bytes':>10}  {'RF':>8}", "=" * WIDTH]
+    for n, (s, sc) in enumerate(zip(steps, c.steps), 1):
         shape = "[" + ", ".join(["-1", *map(str, s.shape)]) + "]"
-        lines.append(f"{s.module + '-' + str(n):>24}  {shape:>22}  {s.params:>12,}  {s.rf:>10}")
-    total = sum(s.params for s in steps)
+        act = f"{sc.activation * INT8:,}" + ("*" if n - 1 == c.peak_step else " ") if sc.activation else "in place "
+        stored = "folded" if sc.folded else f"{sc.int8_bytes:,}"
+        lines.append(f"{s.module + '-' + str(n):>24}  {shape:>22}  {s.params:>9,}  {sc.macs:>11,}  {act:>10}  {stored:>10}  {s.rf:>8}")
     lines += [
-        "=" * 78,
-        f"Total params: {total:,}",
-        f"Trainable params: {total:,}",
+        "=" * WIDTH,
+        f"Total params: {c.params:,}",
+        f"Trainable params: {c.params:,}",
         "Non-trainable params: 0",
         f"Receptive field: {max(s.rf for s in steps)} px (input {'x'.join(map(str, arch.input))})",
+        f"MACs per image: {c.macs:,}",
+        f"Peak activation memory: int8 {_kb(c.activation_int8)}, fp32 {_kb(c.activation_fp32)} (at layer {c.peak_step + 1}, marked *)",
+        f"Model bytes: int8 {_kb(c.model_int8)}, fp32 {_kb(c.model_fp32)} ({c.model_fp32 // FP32:,} numbers stored)",
+        rule,
+        *(textwrap.fill(text, WIDTH, subsequent_indent="  ") for text in (
+            *DEFINITIONS, "Act. int8: bytes of input + output held while the layer runs; Int8 bytes: its stored weights, scales and biases.")),
         rule,
     ]
     return "\n".join(lines)

@@ -3,9 +3,10 @@ import tomllib
 
 import pytest
 
-from nas.arch import Arch, Conv, Dropout, Head, Pool, arch_from_dict, arch_to_toml, load_arch, param_count, plan, receptive_field
+from dataclasses import replace
+
+from nas.arch import Arch, Conv, Dropout, Head, Pool, arch_from_dict, arch_to_toml, costs, load_arch, param_count, plan, receptive_field
 from nas.errors import SpecError
-from nas.summary import summary_table
 
 from conftest import ROOT, SEED
 
@@ -19,7 +20,8 @@ def random_arch(rng: random.Random) -> Arch:
         kind = rng.random()
         if kind < 0.7:
             layers.append(Conv(out=rng.randint(1, 24), kernel=rng.choice([1, 3, 5]), padding=rng.choice([0, 1, 2]),
-                               bn=rng.random() < 0.7, relu=rng.random() < 0.8, order=rng.choice(["relu_bn", "bn_relu"]), bias=rng.random() < 0.8))
+                               bn=rng.random() < 0.7, relu=rng.random() < 0.8, order=rng.choice(["relu_bn", "bn_relu"]), bias=rng.random() < 0.8,
+                               stride=rng.choice([1, 1, 1, 2])))
         elif kind < 0.9:
             layers.append(Pool(kind=rng.choice(["max", "avg"])))
         else:
@@ -55,12 +57,36 @@ def test_seed_variant_has_same_total():
     assert param_count(load_arch(SEED.parent / "seed_9274_summary.toml")) == 9274
 
 
-def test_summary_table_lists_seed_numbers():
-    table = summary_table(load_arch(SEED))
-    assert "Total params: 9,274" in table
-    for count in SEED_COUNTS:
-        assert f" {count:,} " in table
-    assert table.count("Conv2d-") == 8 and "Linear" not in table
+def test_stride_halves_the_map_and_doubles_the_jump():
+    arch = Arch(layers=[Conv(4, stride=2), Conv(4)], head=Head("gap_conv"))
+    convs = [s for s in plan(arch) if s.module == "Conv2d"]
+    assert convs[0].shape == (4, 14, 14) and convs[0].args["stride"] == 2
+    assert convs[1].rf == 3 + 2 * 2  # the second 3x3 conv steps 2 input pixels at a time
+    valid = Arch(layers=[Conv(4, padding=0, stride=2)], head=Head("gap_conv"))
+    assert plan(valid)[0].shape == (4, 13, 13)  # floor((28 - 3) / 2) + 1
+
+
+def test_seed_costs():
+    c = costs(load_arch(SEED))
+    assert c.macs == 1_217_160  # the figure; tests/test_model.py checks every count against torch
+    # The peak is the third conv at 28x28: its 4-channel input plus its 8-channel output.
+    assert c.peak_step == 6 and c.activation_int8 == 28 * 28 * (4 + 8) and c.activation_fp32 == 4 * c.activation_int8
+    # Every BatchNorm of the seed follows a ReLU, so none folds: fp32 stores exactly the parameters.
+    assert not any(s.folded for s in c.steps) and c.model_fp32 == 4 * 9274
+    weights, conv_channels, bn_channels = 9036, 86, 76
+    assert c.model_int8 == weights + 8 * conv_channels + 8 * bn_channels
+
+
+def test_batchnorm_right_after_a_conv_folds_away():
+    seed = load_arch(SEED)
+    folded = replace(seed, layers=[replace(layer, order="bn_relu") if isinstance(layer, Conv) else layer for layer in seed.layers])
+    c, bn_numbers = costs(folded), 2 * 76
+    assert param_count(folded) == 9274 and sum(s.folded for s in c.steps) == 7
+    assert c.model_fp32 == 4 * (9274 - bn_numbers) and c.model_int8 == 9036 + 8 * 86
+    assert (c.macs, c.activation_int8) == (costs(seed).macs, costs(seed).activation_int8)
+    # A bias-free conv gains the folded bias: deployed numbers stay below the trained ones.
+    nobias = Arch(layers=[Conv(8, bias=False, order="bn_relu")], head=Head("gap_conv"))
+    assert costs(nobias).model_fp32 == 4 * (param_count(nobias) - 8)
 
 
 @pytest.mark.parametrize("arch", random_valid_archs(60, seed=1), ids=lambda a: f"{len(a.layers)}layers")
@@ -80,6 +106,7 @@ def test_seed_file_round_trip():
         ('layers = [{ conv = 4 }, { conv = 0 }]', "layers[1].out", "between 1 and 4,096"),
         ('layers = [{ conv = 1000000000 }]', "layers[0].out", "between 1 and 4,096"),
         ('layers = [{ conv = 4, kernel = 2 }]', "layers[0].kernel", "odd"),
+        ('layers = [{ conv = 4, stride = 0 }]', "layers[0].stride", "between 1 and 8"),
         ('layers = []', "layers", "at least one conv layer"),
         ('layers = [{ pool = "max" }]', "layers", "at least one conv layer"),
         ('layers = [{ conv = 4 }]\ninput = [1, 0, 28]', "input", "integers from 1"),

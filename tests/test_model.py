@@ -1,7 +1,9 @@
 import torch
 from torch import nn
+from torch.nn.utils.fusion import fuse_conv_bn_eval
+from torch.utils.flop_counter import FlopCounterMode
 
-from nas.arch import load_arch, param_count, plan
+from nas.arch import costs, load_arch, param_count, plan
 from nas.model import build, count_params
 
 from conftest import SEED
@@ -33,3 +35,113 @@ def test_planned_shapes_match_real_activations():
         for module, step in zip(build(arch).eval(), plan(arch)):
             x = module(x)
             assert tuple(x.shape[1:]) == step.shape, (arch, step)
+
+
+# --- costs, checked on real torch modules -----------------------------------------------------
+
+
+class Affine(nn.Module):
+    """A BatchNorm that cannot fold (it follows a ReLU), as deployed: an in-place scale and shift."""
+
+    def __init__(self, bn: nn.BatchNorm2d):
+        super().__init__()
+        scale = bn.weight / torch.sqrt(bn.running_var + bn.eps)
+        self.register_buffer("scale", scale.detach().view(-1, 1, 1))
+        self.register_buffer("shift", (bn.bias - bn.running_mean * scale).detach().view(-1, 1, 1))
+
+    def forward(self, x):
+        return x.mul_(self.scale).add_(self.shift)
+
+
+def trained_looking(arch, seed: int = 0) -> nn.Sequential:
+    """The built model in eval mode, with BatchNorm statistics away from identity so folding matters."""
+    torch.manual_seed(seed)
+    model = build(arch).eval()
+    for m in model.modules():
+        if isinstance(m, nn.BatchNorm2d):
+            m.running_mean.uniform_(-0.5, 0.5)
+            m.running_var.uniform_(0.5, 2.0)
+            nn.init.uniform_(m.weight, 0.5, 1.5)
+            nn.init.uniform_(m.bias, -0.5, 0.5)
+    return model
+
+
+def deploy(model: nn.Sequential) -> nn.Sequential:
+    """A deployed copy: BN folded into a conv it directly follows (torch's own fusion), other BNs
+    as in-place affines, ReLU in place, Dropout dropped."""
+    out: list[nn.Module] = []
+    for m in model:
+        if isinstance(m, nn.BatchNorm2d) and out and isinstance(out[-1], nn.Conv2d):
+            out[-1] = fuse_conv_bn_eval(out[-1], m)
+        elif isinstance(m, nn.BatchNorm2d):
+            out.append(Affine(m))
+        elif isinstance(m, nn.ReLU):
+            out.append(nn.ReLU(inplace=True))
+        elif not isinstance(m, nn.Dropout):
+            out.append(m)
+    return nn.Sequential(*out)
+
+
+def measured_peak(model: nn.Sequential, arch) -> int:
+    """Largest number of elements held by one module's input and output, from the real tensors
+    (an output sharing its input's storage, in place or a view, is no second buffer)."""
+    held: list[int] = []
+
+    def hook(module, inputs, output):
+        x = inputs[0]
+        same = output.untyped_storage().data_ptr() == x.untyped_storage().data_ptr()
+        held.append(x.numel() + (0 if same else output.numel()))
+
+    handles = [m.register_forward_hook(hook) for m in model]
+    with torch.no_grad():
+        model(torch.randn(1, *arch.input))
+    for h in handles:
+        h.remove()
+    return max(held)
+
+
+def measured_bytes(model: nn.Sequential) -> tuple[int, int]:
+    """(int8, fp32) bytes of a deployed model's stored tensors; int8 quantises each conv's weights
+    per output channel for real, with an fp32 scale and an int32 bias per channel."""
+    int8 = fp32 = 0
+    for m in model:
+        tensors = [t for t in (*m.parameters(), *m.buffers()) if t is not None]
+        fp32 += sum(t.numel() * t.element_size() for t in tensors)
+        if isinstance(m, nn.Conv2d):
+            w = m.weight.detach()
+            scales = (w.abs().amax(dim=(1, 2, 3)) / 127).clamp_min(1e-12)
+            q = torch.round(w / scales.view(-1, 1, 1, 1)).clamp(-127, 127).to(torch.int8)
+            bias = (m.bias.detach() if m.bias is not None else torch.zeros(w.shape[0])) / scales
+            kept = [q, scales.float(), bias.round().to(torch.int32)]
+            int8 += sum(t.numel() * t.element_size() for t in kept)
+        else:
+            int8 += sum(t.numel() * t.element_size() for t in tensors)
+    return int8, fp32
+
+
+def test_macs_are_half_of_torchs_flop_count():
+    for arch in ARCHS[:200]:
+        with torch.no_grad(), FlopCounterMode(display=False) as counter:
+            build(arch).eval()(torch.randn(1, *arch.input))
+        assert counter.get_total_flops() == 2 * costs(arch).macs, arch
+
+
+def test_seed_macs_measured_by_torch():
+    with torch.no_grad(), FlopCounterMode(display=False) as counter:
+        build(load_arch(SEED)).eval()(torch.randn(1, 1, 28, 28))
+    assert counter.get_total_flops() == 2 * 1_217_160
+
+
+def test_peak_activation_and_model_bytes_match_a_deployed_torch_copy():
+    folded = 0
+    for n, arch in enumerate([load_arch(SEED), *ARCHS[:100]]):
+        model = trained_looking(arch, n)
+        deployed = deploy(model)
+        x = torch.randn(2, *arch.input)
+        with torch.no_grad():
+            assert torch.allclose(deployed(x.clone()), model(x), atol=1e-4, rtol=1e-4), arch  # the deployed copy is the same network
+        c = costs(arch)
+        assert measured_peak(deployed, arch) == c.activation_int8 == c.activation_fp32 // 4, arch
+        assert measured_bytes(deployed) == (c.model_int8, c.model_fp32), arch
+        folded += sum(s.folded for s in c.steps)
+    assert folded > 30  # both BatchNorm orders were exercised

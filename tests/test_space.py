@@ -1,7 +1,7 @@
 import pytest
 from optuna.trial import FixedTrial
 
-from nas.arch import load_arch, param_count
+from nas.arch import Arch, Conv, Head, Pool, costs, load_arch, param_count
 from nas.errors import SpecError
 from nas.model import build, count_params
 from nas.space import architecture_count, describe, load_space, params_for, random_archs, sample
@@ -38,10 +38,61 @@ def test_sampled_architectures_build_and_count_right():
     assert valid > 100
 
 
-def test_describe_gives_size_and_parameter_range():
-    text = describe(load_space(SPACE), samples=500, max_params=20000)
-    assert "architectures" in text and "parameters (estimate" in text and "within --max-params 20,000" in text
+def test_describe_gives_size_and_resource_ranges():
+    text = describe(load_space(SPACE), samples=500, max_params=20000, max_activation_kb=2.5)
+    assert "architectures" in text and "estimates from 500 random draws" in text
+    for label in ("parameters: min", "MACs: min", "peak int8 activations: min", "int8 model size: min"):
+        assert label in text
+    assert "within --max-params 20,000" in text and "within --max-activation-kb 2.5" in text and "within all these limits" in text
     assert architecture_count(load_space(SPACE)) > 1e9
+
+
+TINY = """name = "tiny"
+[architecture]
+stages = [1]
+kernel = [3]
+pool = ["max"]
+order = ["relu_bn"]
+dropout = [0.0]
+head = ["gap_conv"]
+[[architecture.stage]]
+blocks = [1, 2]
+channels = [4, 8]
+stride = [1, 2]
+"""
+
+
+def test_architecture_count_counts_the_stride_choice(tmp_path):
+    path = tmp_path / "tiny.toml"
+    path.write_text(TINY + "[training]" + SPACE.read_text().split("[training]")[1])
+    space = load_space(path)
+    distinct = {str(a.layers) for a in random_archs(space, 400, seed=1)}
+    assert architecture_count(space) == len(distinct) == (2 + 2 * 2) * 2  # 1 or 2 blocks of 4|8 channels, stride 1|2
+
+
+def _drawn_costs(space, n, seed):
+    out = []
+    for arch in random_archs(space, n, seed=seed):
+        try:
+            out.append((arch, costs(arch)))
+        except SpecError:
+            pass
+    return out
+
+
+def test_small_memory_networks_are_points_of_the_default_space():
+    """The issue's tiny-ML limit, under 2.5 KB of int8 activations, is reachable only through the
+    stride-2 first convolution: with stride 1, the first conv's 28x28 input and >= 4-channel
+    output alone hold 28 * 28 * 5 = 3,920 bytes."""
+    space = load_space(SPACE)
+    tiny = Arch(layers=[Conv(4, stride=2), Conv(8), Pool("max"), Conv(16), Conv(16), Pool("max"), Conv(20)],
+                head=Head("conv_gap", 1), input=space.input, classes=space.classes)
+    arch, _ = sample(space, FixedTrial(params_for(space, tiny, TrainConfig())))
+    assert arch.layers == tiny.layers and costs(arch).activation_int8 == 14 * 14 * (4 + 8)
+    drawn = _drawn_costs(space, 1000, seed=5)
+    strided = [c.activation_int8 for arch, c in drawn if arch.layers[0].stride == 2]
+    plain = [c.activation_int8 for arch, c in drawn if arch.layers[0].stride == 1]
+    assert min(plain) == 28 * 28 * 5 and sum(a < 2500 for a in strided) > 0.05 * len(drawn)
 
 
 @pytest.mark.parametrize(
@@ -50,6 +101,7 @@ def test_describe_gives_size_and_parameter_range():
         (("stages = [2, 3]", "stages = [2, 5]"), "architecture.stages"),
         (("channels = [4, 6, 8, 10, 12, 16]", "channels = [4, \"x\"]"), "architecture.stage[0].channels"),
         (("blocks = [1, 4]", "blocks = 3"), "architecture.stage[0].blocks"),
+        (("stride = [1, 2]", "stride = [1, 16]"), "architecture.stage[0].stride"),
         (("pool = [\"max\", \"avg\"]", "pool = [\"max\", \"median\"]"), "architecture.pool"),
         (("optimizer = [\"sgd\", \"adamw\"]", "optimizer = [\"sgd\", \"adamw\"]\nmomentum = [0.9]"), "training.momentum"),
         (("lr_sgd = [0.02, 0.2]", "lr_sgd = [0.2, 0.02]"), "training.lr_sgd"),
