@@ -164,10 +164,20 @@ def duration(seconds: float) -> str:
     return f"{s // 3600}h{s % 3600 // 60:02d}m{s % 60:02d}s" if s >= 3600 else f"{s // 60}m{s % 60:02d}s"
 
 
+def over_budget(study: optuna.Study) -> dict[str, int]:
+    """Budget-pruned trials by the resource they exceeded (a trial over two limits counts for both)."""
+    out: dict[str, int] = {}
+    for t in study.get_trials(deepcopy=False, states=(TrialState.PRUNED,)):
+        for name in t.user_attrs.get("over_budget", ["params"] if outcome(t) == "pruned_budget" else []):
+            out[name] = out.get(name, 0) + 1
+    return out
+
+
 def summary(study: optuna.Study) -> str:
     """Counts, Pareto front and best trial as the lines `nas search`, `nas best` and `nas report` print."""
-    c = counts(study)
-    lines = [f"trials: {c['complete']} complete ({c['converged']} reached the target), pruned {c['pruned_budget']} by budget, "
+    c, over = counts(study), over_budget(study)
+    why = f" ({', '.join(f'{k} {v}' for k, v in over.items())})" if over else ""
+    lines = [f"trials: {c['complete']} complete ({c['converged']} reached the target), pruned {c['pruned_budget']} by budget{why}, "
              f"{c['pruned_invalid']} invalid, {c['pruned_convergence']} by convergence, {c['failed']} failed"]
     front, r = pareto_front(study), minimized(study)
     if front:

@@ -16,6 +16,7 @@ from typing import Annotated, Any, Optional
 import typer
 
 from nas.config import OPTIMIZERS, TrainConfig
+from nas.resources import NAMES as RESOURCE_NAMES
 from nas.errors import UsageError, UserError
 from nas.settings import OBJECTIVES, PRUNING_MODES, StudySettings
 
@@ -27,6 +28,7 @@ app.add_typer(space_app, name="space")
 Objective = Enum("Objective", {v: v for v in OBJECTIVES}, type=str)  # type: ignore[misc]
 Pruning = Enum("Pruning", {v: v for v in PRUNING_MODES}, type=str)  # type: ignore[misc]
 Optimizer = Enum("Optimizer", {v: v for v in OPTIMIZERS}, type=str)  # type: ignore[misc]
+Minimize = Enum("Minimize", {v: v for v in RESOURCE_NAMES}, type=str)  # type: ignore[misc]
 
 
 class Device(str, Enum):
@@ -47,6 +49,9 @@ Storage = Annotated[str, typer.Option("--storage", envvar="NAS_STORAGE",
                                       help="Optuna storage: sqlite:///FILE, postgresql+psycopg://USER@HOST/DB (many machines) or journal:///FILE.")]
 StudyName = Annotated[str, typer.Option("--study-name", "--study", help="Study name; re-using one resumes it.")]
 ValSize = Annotated[Optional[int], typer.Option(min=1, help=f"Training images held out for validation (default {_STUDY['val_size']:,}).")]
+MaxMacs = Annotated[Optional[int], typer.Option(min=1, help="Multiply-accumulates per image (convolutions): more is pruned before training (default: no limit).")]
+MaxActivationKB = Annotated[Optional[float], typer.Option(help="Peak int8 activation memory of one inference, in KB of 1,000 bytes (default: no limit).")]
+MaxModelKB = Annotated[Optional[float], typer.Option(help="Deployed int8 model size in KB of 1,000 bytes, BatchNorm folded (default: no limit).")]
 TrainSize = Annotated[Optional[int], typer.Option(min=1, help="Train on the first N of the remaining training images (default: all).")]
 
 
@@ -132,16 +137,23 @@ def train(
 def space_show(
     file: Annotated[str, typer.Argument(help="Search space .toml, or a built-in one by name.")] = "mnist_fcn",
     max_params: Annotated[Optional[int], typer.Option(min=1, help="Also estimate the share of the space within this budget.")] = None,
+    max_macs: MaxMacs = None,
+    max_activation_kb: MaxActivationKB = None,
+    max_model_kb: MaxModelKB = None,
 ) -> None:
-    """Print a search space, its size and an estimate of its parameter-count range."""
+    """Print a search space, its size and estimates of its parameters, MACs, activation memory and model size."""
     from nas.space import describe, load_space
 
-    say(describe(load_space(file), max_params=max_params))
+    say(describe(load_space(file), max_params=max_params, max_macs=max_macs, max_activation_kb=max_activation_kb, max_model_kb=max_model_kb))
 
 
 @app.command()
 def search(
     max_params: Annotated[Optional[int], typer.Option(min=1, help=f"Parameter budget: bigger architectures are pruned before training (default {_STUDY['max_params']:,}).")] = None,
+    max_macs: MaxMacs = None,
+    max_activation_kb: MaxActivationKB = None,
+    max_model_kb: MaxModelKB = None,
+    minimize: Annotated[Optional[Minimize], typer.Option(help="The resource the Pareto front minimises next to accuracy (default params).")] = None,
     max_epochs: Annotated[Optional[int], typer.Option(min=1, help=f"Epochs each trial trains for, at most (default {_STUDY['max_epochs']}).")] = None,
     target_accuracy: Annotated[Optional[float], typer.Option(max=1, help=f"Validation accuracy an architecture must reach (default {_STUDY['target_accuracy']}).")] = None,
     objective: Annotated[Optional[Objective], typer.Option(help="pareto: maximise accuracy and minimise parameters; accuracy: accuracy under the budget (default pareto).")] = None,
@@ -169,7 +181,7 @@ def search(
     from nas.space import read_space
 
     given: dict[str, Any] = {k: v.value if isinstance(v, Enum) else v for k, v in dict(
-        max_params=max_params, max_epochs=max_epochs, target_accuracy=target_accuracy, objective=objective, pruning=pruning,
+        max_params=max_params, max_macs=max_macs, max_activation_kb=max_activation_kb, max_model_kb=max_model_kb, minimize=minimize, max_epochs=max_epochs, target_accuracy=target_accuracy, objective=objective, pruning=pruning,
         seed=seed, seeds_per_trial=seeds_per_trial, train_size=train_size, val_size=val_size).items() if v is not None}
     if space is not None:
         given["space"] = read_space(space)

@@ -25,11 +25,12 @@ from optuna.trial import FrozenTrial, TrialState
 
 from nas import storage as st
 from nas.analytics import ConvergenceRule, best_trial, describe_trial, study_settings
-from nas.arch import Arch, arch_to_json, param_count, receptive_field
+from nas.arch import Arch, arch_to_json, costs, receptive_field
 from nas.config import TrainConfig
 from nas.data import Data, load_raw
 from nas.data import load as load_data
 from nas.errors import SpecError
+from nas.resources import constraints, resource, trial_attrs, violations
 from nas.settings import StudySettings
 from nas.space import sample
 from nas.train import Diverged, Epoch, resolve_device, train
@@ -67,6 +68,7 @@ class Objective:
         self.space = settings.parsed_space
         self.rule = ConvergenceRule.of(settings)
         self.pareto = settings.objective == "pareto"
+        self.minimized = resource(settings.minimize)
 
     def __call__(self, trial: optuna.Trial) -> Any:
         s = self.settings
@@ -74,29 +76,35 @@ class Objective:
         cfg = replace(cfg, seed=s.seed)
         arch.name = f"trial_{trial.number}"
         try:
-            n = param_count(arch)
+            c = costs(arch)
         except SpecError as e:
-            trial.set_constraint("params", 0.0)
-            trial.set_constraint("valid", 1.0)
+            self.constrain(trial, constraints(None, s))
             trial.set_user_attr("prune_reason", f"invalid: {e.problem}")
             self.log(f"[trial {trial.number}] PRUNED invalid architecture ({e.problem})")
             raise optuna.TrialPruned("invalid architecture") from None
-        trial.set_constraint("params", float(n - s.max_params))
-        trial.set_constraint("valid", 0.0)
+        self.constrain(trial, constraints(c, s))
         key = config_key(arch, cfg, s.seeds_per_trial)
-        for name, value in dict(params=n, receptive_field=receptive_field(arch), arch=arch_to_json(arch), train_config=cfg.to_dict(),
+        for name, value in dict(**trial_attrs(c), receptive_field=receptive_field(arch), arch=arch_to_json(arch), train_config=cfg.to_dict(),
                                 device=str(self.device), config_key=key).items():
             trial.set_user_attr(name, value)
-        if n > s.max_params:
-            trial.set_user_attr("prune_reason", "budget")
-            self.log(f"[trial {trial.number}] PRUNED over budget: {n:,} > {s.max_params:,} params (not trained)")
-            raise optuna.TrialPruned(f"{n} parameters exceed the budget of {s.max_params}")
+        over = violations(c, s)
+        if over:
+            trial.set_user_attr("prune_reason", "budget: " + "; ".join(map(str, over)))
+            trial.set_user_attr("over_budget", [v.resource.name for v in over])
+            self.log(f"[trial {trial.number}] PRUNED over budget: {'; '.join(map(str, over))} (not trained)")
+            raise optuna.TrialPruned(f"over budget: {'; '.join(map(str, over))}")
         same = self.finished_twin(trial, key)
         if same is not None:
             return self.reuse(trial, same)
-        curve = self.fit(trial, arch, cfg, n)
+        curve = self.fit(trial, arch, cfg, c.params)
         trial.set_user_attr("converged", curve[-1] >= s.target_accuracy)
-        return (curve[-1], n) if self.pareto else curve[-1]
+        return (curve[-1], self.minimized.read(c)) if self.pareto else curve[-1]
+
+    @staticmethod
+    def constrain(trial: optuna.Trial, values: dict[str, float]) -> None:
+        """The same constraint keys on every trial of a study (nas.resources.constraints)."""
+        for name, value in values.items():
+            trial.set_constraint(name, value)
 
     def finished_twin(self, trial: optuna.Trial, key: str) -> FrozenTrial | None:
         """A finished trial that trained exactly this (complete, or pruned for convergence)."""
@@ -243,7 +251,7 @@ class Worker:
             t = self.study._storage.get_trial(trial._trial_id)
             best = best_trial(self.study)
             self.log(f"[trial {t.number}] COMPLETE {100 * t.values[0]:.2f} % val acc, {t.user_attrs['params']:,} params, "
-                     f"{t.user_attrs.get('train_seconds', 0):.0f} s; best so far: {describe_trial(best) if best else 'none meets the target yet'}")
+                     f"{t.user_attrs.get('train_seconds', 0):.0f} s; best so far: {describe_trial(best, self.objective.minimized) if best else 'none meets the target yet'}")
 
     def interrupted(self, trial: optuna.Trial) -> None:
         """Ctrl-C: record the trial as failed and enqueue it again, so a resumed search runs it first."""

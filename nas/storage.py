@@ -351,7 +351,7 @@ def open_study(name: str, url: str, settings: StudySettings | None = None, given
         # A new study, or one whose creation was cut short: finish it. The settings go last, as
         # the mark that the study is complete.
         present = {t.user_attrs["seed_arch"] for t in study.get_trials(deepcopy=False)}
-        study.set_metric_names(["val_accuracy", "params"] if settings.objective == "pareto" else ["val_accuracy"])
+        study.set_metric_names(["val_accuracy", settings.minimize] if settings.objective == "pareto" else ["val_accuracy"])
         for data, params in zip(settings.seed_archs, settings.seed_configs):
             if data["name"] not in present:
                 study.enqueue_trial(params, user_attrs={"seed_arch": data["name"]}, skip_if_exists=False)

@@ -67,13 +67,26 @@ def test_over_budget_is_pruned_without_training(store, mnist_dir, monkeypatch):
     tiny("b", store, mnist_dir, 4, max_params=5000)
     trials = load(store, "b").trials
     seed = trials[0]
-    assert seed.state == TrialState.PRUNED and seed.user_attrs["prune_reason"] == "budget"
+    assert seed.state == TrialState.PRUNED and seed.user_attrs["prune_reason"] == "budget: parameters 9,274 > 5,000"
     assert seed.user_attrs["params"] == 9274 and "curve" not in seed.user_attrs
-    assert seed.constraints == {"params": 9274 - 5000, "valid": 0.0}
+    assert seed.constraints == pytest.approx({"valid": 0.0, "params": 9274 / 5000 - 1})
     from nas.arch import param_count
 
     assert all(param_count(a) <= 5000 for a in trained)
     assert len(trained) == sum(1 for t in trials if "curve" in t.user_attrs)
+
+
+def test_every_budget_prunes_with_its_own_reason(store, mnist_dir):
+    from nas.analytics import over_budget
+
+    study = tiny("m", store, mnist_dir, 8, max_macs=600_000, max_activation_kb=5.0)
+    seed = study.trials[0]
+    assert seed.state == TrialState.PRUNED and seed.user_attrs["over_budget"] == ["macs", "activation"]
+    assert set(seed.constraints) == {"valid", "params", "macs", "activation"}
+    assert seed.constraints["macs"] == pytest.approx(1_217_160 / 600_000 - 1)
+    trained = [t for t in study.trials if "curve" in t.user_attrs]
+    assert all(t.user_attrs["macs"] <= 600_000 and t.user_attrs["activation_int8_bytes"] <= 5000 for t in trained)
+    assert over_budget(study)["macs"] >= 1 and over_budget(study)["activation"] >= 1
 
 
 def test_diverging_trials_fail_and_the_study_goes_on(store, mnist_dir, tmp_path):
