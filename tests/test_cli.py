@@ -130,3 +130,41 @@ def test_ctrl_c_prints_one_friendly_line_and_exits_130(tmp_path, mnist_dir):
     assert proc.returncode == 130, (out, err)
     assert "Traceback" not in err + out and "KeyboardInterrupt" not in err + out
     assert "run the same command to resume" in out
+
+
+_TORCH_CHECK = """
+import atexit, sys
+atexit.register(lambda: sys.stderr.write("\\nTORCH-LOADED\\n" if "torch" in sys.modules else "\\nNO-TORCH\\n"))
+from nas.cli import main
+sys.argv = ["nas", *sys.argv[1:]]
+main()
+"""
+
+
+def test_reading_commands_do_not_import_torch(tmp_path):
+    from nas.settings import StudySettings
+    from nas.storage import open_study
+
+    store = f"sqlite:///{tmp_path}/s.db"
+    open_study("mnist", store, StudySettings())
+    for args in (["--help"], ["summary", "seed_9274"], ["space", "show"], ["best", "--storage", store], ["report", "--storage", store, "--out", tmp_path / "r"],
+                 ["search", "--help"]):
+        r = subprocess.run([sys.executable, "-c", _TORCH_CHECK, *map(str, args)], capture_output=True, text=True, cwd=tmp_path)
+        assert r.stderr.strip().endswith("NO-TORCH"), (args, r.stderr[-500:])
+
+
+def test_help_keeps_every_word():
+    """No help text may lose words to markup (a [train] table once vanished from `nas train --help`)."""
+    import re
+
+    import typer.main
+
+    from nas.cli import app
+
+    group = typer.main.get_command(app)
+    commands = [(name, cmd) for name, cmd in group.commands.items() if name != "space"] + list(group.commands["space"].commands.items())
+    for name, cmd in commands:
+        shown = " ".join(nas(*(["space"] if name == "show" else []), name, "--help").stdout.split())
+        for param in cmd.params:
+            for word in re.findall(r"[\w\[\]][^\s]*", param.help or ""):
+                assert word in shown, (name, param.name, word)
