@@ -24,7 +24,7 @@ from optuna.exceptions import UpdateFinishedTrialError
 from optuna.trial import FrozenTrial, TrialState
 
 from nas import storage as st
-from nas.analytics import ConvergenceRule, best_trial, describe_trial, study_settings
+from nas.analytics import ConvergenceRule, best_trial, describe_trial, duration, study_settings
 from nas.arch import Arch, arch_to_json, costs, receptive_field
 from nas.config import TrainConfig
 from nas.data import Data, load_raw
@@ -69,6 +69,8 @@ class Objective:
         self.rule = ConvergenceRule.of(settings)
         self.pareto = settings.objective == "pareto"
         self.minimized = resource(settings.minimize)
+        self.first_epoch: float | None = None  # seconds, for the estimate of the whole search
+        self.goal: int | None = None  # trials the study should reach, for that estimate
 
     def __call__(self, trial: optuna.Trial) -> Any:
         s = self.settings
@@ -130,19 +132,26 @@ class Objective:
         curve: list[float] = []
         seconds: list[float] = []
 
+        def record() -> None:
+            trial.set_user_attr("curve", curve)
+            trial.set_user_attr("epoch_seconds", seconds)
+            trial.set_user_attr("train_seconds", sum(seconds))
+
         def on_epoch(e: Epoch) -> None:
             curve.append(e.val_acc)
             seconds.append(e.seconds)
-            try:  # live progress for the dashboard; the final values are written again, reliably
-                trial.set_user_attr("curve", curve)
-                trial.set_user_attr("epoch_seconds", seconds)
-                trial.set_user_attr("train_seconds", sum(seconds))
+            try:  # live progress for the dashboard; `record` runs again, reliably, when the trial ends
+                record()
                 if not self.pareto:
                     trial.report(e.val_acc, e.epoch)
             except Exception as err:  # noqa: BLE001
                 if not st.transient(err):
                     raise
-            self.log(f"[trial {trial.number}] {n:,} params  epoch {e.epoch:>2}/{cfg.epochs}  val acc {100 * e.val_acc:6.2f} %  loss {e.train_loss:.4f}  {e.seconds:5.1f} s")
+            self.log(f"[trial {trial.number}] {n:,} params  epoch {e.epoch:>2}/{cfg.epochs}  val acc {100 * e.val_acc:6.2f} %  loss {e.train_loss:.4f}  "
+                     f"{e.seconds:5.1f} s  ({duration(sum(seconds))} so far)")
+            if self.first_epoch is None:
+                self.first_epoch = e.seconds
+                self.log(self.estimate(e.seconds, cfg.epochs))
             if s.pruning != "off" and rule.should_prune(e.epoch, e.val_acc) and "would_prune_epoch" not in trial.user_attrs:
                 trial.set_user_attr("would_prune_epoch", e.epoch)
                 if s.pruning == "on":
@@ -157,7 +166,20 @@ class Objective:
             if self.device.type == "cuda":
                 torch.cuda.empty_cache()
             raise
+        finally:
+            if curve:
+                st.persist(record, self.log, "recording the learning curve")
         return curve
+
+    def estimate(self, epoch_seconds: float, epochs: int) -> str:
+        """What the first epoch on this device says about the whole search, with a hint when it is hours."""
+        trial = epoch_seconds * epochs
+        line = f"the first epoch took {epoch_seconds:.1f} s on {self.device}: a {epochs}-epoch trial takes about {duration(trial)}"
+        if self.goal:
+            line += f", {self.goal} trials at most {duration(trial * self.goal)} (pruned trials take less)"
+            if trial * self.goal > 3600:
+                line += "; for a quicker search train on fewer images (--train-size 10000), for fewer epochs (--max-epochs 5), or on a GPU (--device cuda)"
+        return line
 
 
 def fail_reason(e: BaseException) -> str:
@@ -183,6 +205,7 @@ class Worker:
         self.current: optuna.Trial | None = None
 
     def run(self, goal: int | None, deadline: float | None) -> None:
+        self.objective.goal = goal or self.study.user_attrs.get("trials_goal")
         while deadline is None or time.time() < deadline:
             trial = st.persist(lambda: self.next_trial(goal), self.log, "starting a trial")
             if trial is None:

@@ -58,6 +58,7 @@ def test_tiny_search_end_to_end_seed_first(store, mnist_dir):
     for key in ("receptive_field", "arch", "train_config", "device", "train_seconds", "converged"):
         assert key in seed.user_attrs
     assert "[trial 0]" in out and "Pareto front" in out and "best:" in out
+    assert "the first epoch took" in out and "so far)" in out
 
 
 def test_over_budget_is_pruned_without_training(store, mnist_dir, monkeypatch):
@@ -215,3 +216,14 @@ def test_replaying_a_rule_counts_savings_and_wrong_prunes():
     assert early == {"trials": 3, "pruned": 2, "seconds": 12.0, "saved": 6.0, "wrongly_pruned": [0]}  # both < 0.935 at epoch 1
     late = replay_rule(study, ConvergenceRule(0.98, 4, slack=0.06, start=0.75))
     assert late["pruned"] == 1 and late["saved"] == 1.0 and late["wrongly_pruned"] == []
+
+
+def test_the_estimate_hints_when_a_search_takes_hours():
+    from types import SimpleNamespace
+
+    from nas.search import Objective
+
+    fake = SimpleNamespace(device="cpu", goal=50)
+    slow, quick = Objective.estimate(fake, 60.0, 20), Objective.estimate(fake, 0.3, 20)
+    assert "20m00s" in slow and "--train-size" in slow and "--device cuda" in slow
+    assert "--train-size" not in quick and "0m06s" in quick
