@@ -298,23 +298,18 @@ def export(
         say(f"error: {e}")
         raise typer.Exit(1) from None
     say(f"test accuracy {100 * m['test_acc']:.2f} % (seeds: mean {100 * m['test_acc_mean']:.2f} %, range {100 * m['test_acc_min']:.2f}-{100 * m['test_acc_max']:.2f} %), "
-        f"{m['params']:,} params; TorchScript via {m['torchscript']}, verified in a fresh process; wrote {out}/")
+        f"{m['params']:,} params; TorchScript via {m['torchscript']} taking pixels in [0, 1] (normalisation inside), verified in a fresh process; wrote {out}/")
 
 
 @app.command()
 def predict(
-    model: Annotated[Path, typer.Argument(dir_okay=False, help="Exported model.pt (TorchScript).")],
+    model: Annotated[Path, typer.Argument(dir_okay=False, help="Exported model.pt (TorchScript; it normalises inside).")],
     images: Annotated[list[Path], typer.Argument(help="PNG/JPEG images or IDX files of 28x28 digits.")],
 ) -> None:
-    """Print the digit an exported model sees in each image."""
-    import torch
+    """Print the digit an exported model sees in each image (fed as pixels in [0, 1], white on black)."""
+    from nas.predict import classify, load_images, load_model
 
-    from nas.predict import classify, load_images
-
-    try:
-        net = torch.jit.load(str(model)).eval()
-    except (RuntimeError, ValueError, OSError) as e:
-        raise UsageError(f"{model}: not a TorchScript model saved by nas export ({str(e).splitlines()[0]})") from None
+    net = load_model(model)
     for path in images:
         digits, conf = classify(net, load_images(path))
         for i, (d, c) in enumerate(zip(digits.tolist(), conf.tolist())):

@@ -6,8 +6,8 @@ from pathlib import Path
 
 import torch
 
-from nas.data import normalize, read_idx
-from nas.errors import DataError
+from nas.data import read_idx
+from nas.errors import DataError, UsageError
 
 IDX_MAGIC = b"\x00\x00\x08"
 
@@ -40,9 +40,26 @@ def load_images(path: Path, size: int = 28) -> torch.Tensor:
     return images
 
 
+def load_model(path: Path) -> torch.jit.ScriptModule:
+    """An exported model.pt; one that does not normalise itself (exported before nas put the
+    normalisation inside) would silently mispredict on pixels, so it is refused."""
+    try:
+        model = torch.jit.load(str(path), map_location="cpu").eval()
+    except (RuntimeError, ValueError, OSError) as e:
+        raise UsageError(f"{path}: not a TorchScript model saved by nas export ({str(e).splitlines()[0]})") from None
+    if not (hasattr(model, "mean") and hasattr(model, "std")):
+        raise UsageError(f"{path}: exported by an older nas whose model.pt expects normalised input; export it again (nas export)")
+    return model
+
+
+def pixels(images: torch.Tensor) -> torch.Tensor:
+    """uint8 [N, H, W] -> float [N, 1, H, W] in [0, 1]: what an exported model.pt takes."""
+    return (images.float() / 255.0).unsqueeze(1)
+
+
 def classify(model: torch.jit.ScriptModule, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """(digit, probability) per image."""
+    """(digit, probability) per image; the model normalises (nas export puts it inside)."""
     with torch.no_grad():
-        probs = torch.softmax(model(normalize(images)), 1)
+        probs = torch.softmax(model(pixels(images)), 1)
     conf, digit = probs.max(1)
     return digit, conf
