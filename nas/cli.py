@@ -46,6 +46,10 @@ Storage = Annotated[str, typer.Option("--storage", envvar="NAS_STORAGE",
                                       help="Optuna storage: sqlite:///FILE, postgresql+psycopg://USER@HOST/DB (many machines) or journal:///FILE.")]
 StudyName = Annotated[str, typer.Option("--study-name", "--study", help="Study name; re-using one resumes it.")]
 ValSize = Annotated[Optional[int], typer.Option(min=1, help=f"Training images held out for validation (default {_STUDY['val_size']:,}).")]
+Artifacts = Annotated[Optional[Path], typer.Option(
+    "--artifacts", envvar="NAS_ARTIFACTS", file_okay=False,
+    help="Folder of the study's artifacts (architecture files, model cards) that the dashboard offers for download "
+         "(default: artifacts/ next to a SQLite storage file; with workers on several machines, a folder all of them and the dashboard share).")]
 TrainSize = Annotated[Optional[int], typer.Option(min=1, help="Train on the first N of the remaining training images (default: all).")]
 
 
@@ -214,20 +218,42 @@ def best(study_name: StudyName = "mnist", storage: Storage = DEFAULT_STORAGE) ->
 
 @app.command()
 def dashboard(
-    study_name: Annotated[Optional[str], typer.Option("--study-name", "--study", help="Only used to check the study exists.")] = None,
+    study_name: Annotated[Optional[str], typer.Option("--study-name", "--study", help="The study whose page to print and open (default: the storage's only study).")] = None,
     storage: Storage = DEFAULT_STORAGE,
     host: Annotated[str, typer.Option(help="Interface to listen on (loopback by default).")] = "127.0.0.1",
     port: Annotated[int, typer.Option(min=1, max=65535, help="Port.")] = 8080,
+    artifacts: Artifacts = None,
+    open_browser: Annotated[bool, typer.Option("--open", help="Also open the study's page in a web browser on this machine.")] = False,
 ) -> None:
-    """Serve optuna-dashboard on the study storage."""
+    """Serve optuna-dashboard on the study storage, with its artifacts, and print the study's page."""
+    import socket
+    import threading
+    import webbrowser
+
+    import optuna
     import optuna_dashboard
 
-    from nas import search as s
+    from nas import notes
+    from nas.search import storage_for
 
-    if study_name:
-        s.open_study(study_name, storage)
-    say(f"optuna-dashboard on http://{host}:{port}/ for {storage} (Ctrl-C to stop)")
-    optuna_dashboard.run_server(s.storage_for(storage), host=host, port=port)
+    if storage.startswith("sqlite:///") and not Path(storage.removeprefix("sqlite:///")).is_file():
+        raise UsageError(f"{storage}: no such database; run `nas search` first or check --storage")
+    backend = optuna.storages.get_storage(storage_for(storage))
+    names = [s.study_name for s in backend.get_all_studies()]
+    if study_name is None and len(names) == 1:
+        study_name = names[0]
+    if study_name is not None and study_name not in names:
+        raise UsageError(f"{storage} has no study {study_name!r} (it has: {', '.join(names) or 'none'}); check --study or --storage")
+    shown = socket.gethostname() if host in ("0.0.0.0", "::", "") else host
+    url = notes.study_url(shown, port, backend.get_study_id_from_name(study_name)) if study_name else f"http://{shown}:{port}/dashboard"
+    folder = artifacts or notes.artifact_dir_for(storage)
+    store = notes.open_artifact_store(folder) if folder else None
+    say(f"optuna-dashboard for {storage}; artifacts: " + (str(folder) if folder else "none (give --artifacts DIR, the folder the workers upload to)"))
+    say(f"study {study_name!r}: {url}" if study_name else f"studies {', '.join(names)}: {url}")
+    say("Ctrl-C to stop")
+    if open_browser:
+        threading.Timer(1.0, webbrowser.open, [url]).start()
+    optuna_dashboard.run_server(backend, host=host, port=port, artifact_store=store)
 
 
 @app.command()
@@ -265,6 +291,7 @@ def export(
     data_dir: DataDir = None,
     train_size: Annotated[Optional[int], typer.Option(min=1, help="Retrain on the first N training images only (smoke runs; the default is all 60,000).")] = None,
     force: Annotated[bool, typer.Option("--force", help="Overwrite an earlier export in --out.")] = False,
+    artifacts: Artifacts = None,
 ) -> None:
     """Retrain the winner on all 60,000 training images, test it once, write it as TorchScript."""
     from nas import analytics
@@ -297,6 +324,11 @@ def export(
     except ex.ExportError as e:
         say(f"error: {e}")
         raise typer.Exit(1) from None
+    if study_name is not None:  # the study remembers its exports (report, study note) and offers their files for download
+        from nas import notes
+
+        folder = artifacts or notes.artifact_dir_for(storage)
+        notes.record_export(study, m, out, notes.open_artifact_store(folder) if folder else None)
     say(f"test accuracy {100 * m['test_acc']:.2f} % (seeds: mean {100 * m['test_acc_mean']:.2f} %, range {100 * m['test_acc_min']:.2f}-{100 * m['test_acc_max']:.2f} %), "
         f"{m['params']:,} params; TorchScript via {m['torchscript']} taking pixels in [0, 1] (normalisation inside), verified in a fresh process; wrote {out}/")
 
