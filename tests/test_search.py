@@ -151,9 +151,9 @@ def test_report_best_and_dashboard(store, mnist_dir, tmp_path):
     run_cli("search", "--trials", 3, "--storage", store, "--data-dir", mnist_dir, *SMALL[:-1], "0.05")
     out = run_cli("report", "--storage", store, "--out", tmp_path / "rep")
     df = pd.read_csv(tmp_path / "rep" / "trials.csv")
-    assert len(df) == 3 and "user_attrs_params" in df.columns and df["user_attrs_params"].iloc[0] == 9274
+    assert len(df) == 3 and df["params"].iloc[0] == 9274 and df["seed_arch"].iloc[0] == "seed_9274"
     page = (tmp_path / "rep" / "report.html").read_text()
-    assert "Validation accuracy vs parameters" in page and "Learning curves" in page and "plotly" in page
+    assert "Validation accuracy vs parameters" in page and "Learning curves, coloured by outcome" in page and "plotly" in page
     assert "wrote" in out
     best = run_cli("best", "--storage", store)
     assert "Total params" in best
