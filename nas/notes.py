@@ -50,11 +50,11 @@ def pct(x: float) -> str:
 
 def size(n: float) -> str:
     """Bytes as a person reads them (binary units)."""
-    for unit in ("B", "KiB", "MiB", "GiB"):
-        if n < 1024 or unit == "GiB":
-            return f"{n:,.0f} {unit}" if unit == "B" else f"{n:,.1f} {unit}"
-        n /= 1024
-    raise AssertionError  # unreachable
+    units = ("B", "KiB", "MiB", "GiB")
+    i = 0
+    while n >= 1024 and i < len(units) - 1:
+        n, i = n / 1024, i + 1
+    return f"{n:,.0f} B" if i == 0 else f"{n:,.1f} {units[i]}"
 
 
 def sparkline(values: list[float]) -> str:
