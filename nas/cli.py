@@ -52,6 +52,10 @@ ValSize = Annotated[Optional[int], typer.Option(min=1, help=f"Training images he
 MaxMacs = Annotated[Optional[int], typer.Option(min=1, help="Multiply-accumulates per image (convolutions): more is pruned before training (default: no limit).")]
 MaxActivationKB = Annotated[Optional[float], typer.Option(help="Peak int8 activation memory of one inference, in KB of 1,000 bytes (default: no limit).")]
 MaxModelKB = Annotated[Optional[float], typer.Option(help="Deployed int8 model size in KB of 1,000 bytes, BatchNorm folded (default: no limit).")]
+Artifacts = Annotated[Optional[Path], typer.Option(
+    "--artifacts", envvar="NAS_ARTIFACTS", file_okay=False,
+    help="Folder of the study's artifacts (architecture files, model cards) that the dashboard offers for download "
+         "(default: artifacts/ next to a SQLite storage file; with workers on several machines, a folder all of them and the dashboard share).")]
 TrainSize = Annotated[Optional[int], typer.Option(min=1, help="Train on the first N of the remaining training images (default: all).")]
 
 
@@ -172,6 +176,7 @@ def search(
     workers: Annotated[int, typer.Option(min=1, help="Worker processes on this machine sharing the storage.")] = 1,
     device: DeviceOpt = Device.auto,
     data_dir: DataDir = None,
+    artifacts: Artifacts = None,
 ) -> None:
     """Search the space for the smallest networks reaching the target accuracy (a new study, or resume one).
 
@@ -192,7 +197,7 @@ def search(
     settings = StudySettings(**given)  # validates every flag before anything is created
     if trials is None and timeout is None:
         trials = DEFAULT_TRIALS
-    _run_search(study_name, storage, settings, given, trials, timeout, workers, device, data_dir)
+    _run_search(study_name, storage, settings, given, trials, timeout, workers, device, data_dir, artifacts)
 
 
 @app.command()
@@ -204,13 +209,14 @@ def worker(
     workers: Annotated[int, typer.Option(min=1, help="Worker processes on this machine.")] = 1,
     device: DeviceOpt = Device.auto,
     data_dir: DataDir = None,
+    artifacts: Artifacts = None,
 ) -> None:
     """Join an existing study as one more worker (run one per machine: all settings come from the study)."""
-    _run_search(study_name, storage, None, None, trials, timeout, workers, device, data_dir)
+    _run_search(study_name, storage, None, None, trials, timeout, workers, device, data_dir, artifacts)
 
 
 def _run_search(study_name: str, storage: str, settings: StudySettings | None, given: dict[str, Any] | None, trials: int | None,
-                timeout: float | None, workers: int, device: Device, data_dir: Path | None) -> None:
+                timeout: float | None, workers: int, device: Device, data_dir: Path | None, artifacts: Path | None) -> None:
     import time
 
     from nas import analytics
@@ -219,7 +225,7 @@ def _run_search(study_name: str, storage: str, settings: StudySettings | None, g
     start = time.time()
     say(f"study {study_name!r} in {storage}")
     try:
-        study = s.search(study_name, storage, settings, trials, timeout, s.Run(device.value, str(data_dir) if data_dir else None, workers), given)
+        study = s.search(study_name, storage, settings, trials, timeout, s.Run(device.value, str(data_dir) if data_dir else None, workers, str(artifacts) if artifacts else None), given)
     except KeyboardInterrupt:
         say(f"interrupted after {analytics.elapsed(start)}: finished trials are saved in {storage}; run the same command to resume")
         raise typer.Exit(130) from None
@@ -247,20 +253,40 @@ def best(study_name: StudyName = "mnist", storage: Storage = DEFAULT_STORAGE) ->
 
 @app.command()
 def dashboard(
-    study_name: Annotated[Optional[str], typer.Option("--study-name", "--study", help="Only used to check the study exists.")] = None,
+    study_name: Annotated[Optional[str], typer.Option("--study-name", "--study", help="The study whose page to print and open (default: the storage's only study).")] = None,
     storage: Storage = DEFAULT_STORAGE,
     host: Annotated[str, typer.Option(help="Interface to listen on (loopback by default).")] = "127.0.0.1",
     port: Annotated[int, typer.Option(min=1, max=65535, help="Port.")] = 8080,
+    artifacts: Artifacts = None,
+    open_browser: Annotated[bool, typer.Option("--open", help="Also open the study's page in a web browser on this machine.")] = False,
 ) -> None:
-    """Serve optuna-dashboard on the study storage."""
+    """Serve optuna-dashboard on the study storage, with its artifacts, and print the study's page."""
+    import socket
+    import threading
+    import webbrowser
+
+    import optuna
     import optuna_dashboard
 
+    from nas import notes
     from nas import storage as st
 
-    if study_name:
-        st.load_study(study_name, storage)
-    say(f"optuna-dashboard on http://{host}:{port}/ for {storage} (Ctrl-C to stop)")
-    optuna_dashboard.run_server(st.open_storage(st.parse(storage), create=False), host=host, port=port)
+    backend = optuna.storages.get_storage(st.open_storage(st.parse(storage), create=False))
+    names = [s.study_name for s in backend.get_all_studies()]
+    if study_name is None and len(names) == 1:
+        study_name = names[0]
+    if study_name is not None and study_name not in names:
+        raise UsageError(f"{storage} has no study {study_name!r} (it has: {', '.join(names) or 'none'}); check --study or --storage")
+    shown = socket.gethostname() if host in ("0.0.0.0", "::", "") else host
+    url = notes.study_url(shown, port, backend.get_study_id_from_name(study_name)) if study_name else f"http://{shown}:{port}/dashboard"
+    folder = artifacts or notes.artifact_dir_for(storage)
+    store = notes.open_artifact_store(folder) if folder else None
+    say(f"optuna-dashboard for {storage}; artifacts: " + (str(folder) if folder else "none (give --artifacts DIR, the folder the workers upload to)"))
+    say(f"study {study_name!r}: {url}" if study_name else f"studies {', '.join(names)}: {url}")
+    say("Ctrl-C to stop")
+    if open_browser:
+        threading.Timer(1.0, webbrowser.open, [url]).start()
+    optuna_dashboard.run_server(backend, host=host, port=port, artifact_store=store)
 
 
 @app.command()
@@ -298,6 +324,7 @@ def export(
     data_dir: DataDir = None,
     train_size: Annotated[Optional[int], typer.Option(min=1, help="Retrain on the first N training images only (smoke runs; the default is all 60,000).")] = None,
     force: Annotated[bool, typer.Option("--force", help="Overwrite an earlier export in --out.")] = False,
+    artifacts: Artifacts = None,
 ) -> None:
     """Retrain the winner on all 60,000 training images, test it once, write it as TorchScript."""
     from nas import analytics
@@ -330,26 +357,27 @@ def export(
     except ex.ExportError as e:
         say(f"error: {e}")
         raise typer.Exit(1) from None
+    if study_name is not None:  # the study remembers its exports (report, study note) and offers their files for download
+        from nas import notes
+
+        folder = artifacts or notes.artifact_dir_for(storage)
+        notes.record_export(study, m, out, notes.open_artifact_store(folder) if folder else None)
     say(f"test accuracy {100 * m['test_acc']:.2f} % (seeds: mean {100 * m['test_acc_mean']:.2f} %, range {100 * m['test_acc_min']:.2f}-{100 * m['test_acc_max']:.2f} %), "
-        f"{m['params']:,} params; TorchScript via {m['torchscript']}, verified in a fresh process; wrote {out}/")
+        f"{m['params']:,} params; TorchScript via {m['torchscript']} taking pixels in [0, 1] (normalisation inside), verified in a fresh process; wrote {out}/")
 
 
 @app.command()
 def predict(
-    model: Annotated[Path, typer.Argument(dir_okay=False, help="Exported model.pt (TorchScript).")],
+    model: Annotated[Path, typer.Argument(dir_okay=False, help="Exported model.pt (TorchScript; it normalises inside).")],
     images: Annotated[list[Path], typer.Argument(help="PNG/JPEG images or IDX files of 28x28 digits.")],
 ) -> None:
-    """Print the digit an exported model sees in each image."""
-    import torch
+    """Print the digit an exported model sees in each image (fed as pixels in [0, 1], white on black)."""
+    from nas.predict import classify, load_images, load_model
 
-    from nas.predict import classify, load_images
-
-    try:
-        net = torch.jit.load(str(model)).eval()
-    except (RuntimeError, ValueError, OSError) as e:
-        raise UsageError(f"{model}: not a TorchScript model saved by nas export ({str(e).splitlines()[0]})") from None
-    for path in images:
-        digits, conf = classify(net, load_images(path))
+    pictures = [load_images(path) for path in images]  # every input is checked before any output
+    net = load_model(model)
+    for path, picture in zip(images, pictures):
+        digits, conf = classify(net, picture)
         for i, (d, c) in enumerate(zip(digits.tolist(), conf.tolist())):
             say(f"{path}{f'[{i}]' if len(digits) > 1 else ''}: {d}  ({100 * c:.1f} %)")
 

@@ -1,5 +1,8 @@
 """Ship an architecture: retrain on all 60,000 training images, evaluate once on the test set,
-write TorchScript and friends, and prove the saved model predicts exactly as the trained one."""
+write TorchScript and friends, and prove the saved model predicts exactly as the trained one.
+
+The shipped model.pt takes pixels as people have them (float in [0, 1], white digit on black,
+[N, 1, 28, 28]): MNIST's normalisation is inside it, so a caller cannot forget it."""
 
 from __future__ import annotations
 
@@ -14,17 +17,22 @@ from typing import Any, Callable
 
 import optuna
 import torch
+from torch import nn
 
 import nas
 from nas.arch import Arch, arch_to_toml, costs, param_count, receptive_field
-from nas.data import Data, Split, load_full_train, load_test
+from nas.data import MEAN, STD, Data, Split, load_full_train, load_raw, load_test
+from nas.predict import pixels
 from nas.summary import summary_table
 from nas.config import TrainConfig
 from nas.train import Epoch, accuracy, predict, train
 
-# Runs in a fresh interpreter: only torch is needed to load and run the exported model.
+# Runs in a fresh, isolated interpreter (-I) where nas cannot be imported: only torch is needed
+# to load and run the exported model.
 _VERIFY = """
-import sys, torch
+import sys
+sys.modules["nas"] = None
+import torch
 model = torch.jit.load(sys.argv[1])
 x = torch.load(sys.argv[2])
 with torch.no_grad():
@@ -57,6 +65,18 @@ def from_trial(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> Source:
     return Source(arch, cfg, origin)
 
 
+class RawPixels(nn.Module):
+    """What ships: MNIST's normalisation, then the trained network."""
+
+    def __init__(self, net: nn.Module, mean: float = MEAN, std: float = STD):
+        super().__init__()
+        self.net, self.mean, self.std = net, mean, std
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """x: float [N, 1, 28, 28], pixels in [0, 1], white digit on black."""
+        return self.net((x - self.mean) / self.std)
+
+
 def to_torchscript(model: torch.nn.Module, example: torch.Tensor) -> tuple[torch.jit.ScriptModule, str]:
     try:
         return torch.jit.script(model), "script"
@@ -65,11 +85,12 @@ def to_torchscript(model: torch.nn.Module, example: torch.Tensor) -> tuple[torch
 
 
 def verify(model_path: Path, x: torch.Tensor, expected: torch.Tensor, workdir: Path) -> torch.Tensor:
-    """Load model_path in a fresh Python process and check its logits match `expected`."""
+    """Load model_path in a fresh, isolated Python process without nas, feed it `x` (raw pixels)
+    and check its logits match `expected` (the trained network on normalised images)."""
     inputs, outputs = workdir / ".verify_inputs.pt", workdir / ".verify_outputs.pt"
     torch.save(x, inputs)
     try:
-        run = subprocess.run([sys.executable, "-c", _VERIFY, str(model_path), str(inputs), str(outputs)], capture_output=True, text=True)
+        run = subprocess.run([sys.executable, "-I", "-c", _VERIFY, str(model_path), str(inputs), str(outputs)], capture_output=True, text=True, cwd=workdir)
         if run.returncode != 0:
             raise ExportError(f"the exported model could not be loaded in a fresh process: {run.stderr.strip().splitlines()[-1]}")
         logits = torch.load(outputs)
@@ -99,6 +120,7 @@ def export(
         full = Split(full.x[:train_size], full.y[:train_size])
     data = Data(train=full, val=Split(full.x[:0], full.y[:0]))  # no validation: every image trains
     test = load_test(data_dir)  # first touched here, after the architecture is fixed
+    raw = pixels(load_raw(data_dir, "test")[0])  # the same images as callers of model.pt have them
     runs, model0, cfg0 = [], None, None
     for s in range(seeds):
         cfg = replace(source.cfg, seed=s, epochs=epochs or source.cfg.epochs)
@@ -112,13 +134,13 @@ def export(
         if model0 is None:
             model0, cfg0, eager_logits = model, cfg, logits
     assert model0 is not None and cfg0 is not None
-    scripted, how = to_torchscript(model0, test.x[:2])
+    scripted, how = to_torchscript(RawPixels(model0).eval(), raw[:2])
     model_path = out / "model.pt"
     scripted.save(str(model_path))
     torch.save(model0.state_dict(), out / "state_dict.pt")
     shipped = replace(source.arch, train=cfg0.to_dict())
     (out / "architecture.toml").write_text(arch_to_toml(shipped))
-    logits = verify(model_path, test.x, eager_logits, out)
+    logits = verify(model_path, raw, eager_logits, out)
     accs = [r["test_acc"] for r in runs]
     metrics = {
         "name": source.arch.name,
@@ -135,6 +157,7 @@ def export(
         "train_seconds": sum(r["train_seconds"] for r in runs),
         "device": torch.cuda.get_device_name(device) if device.type == "cuda" else f"cpu ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)",
         "torchscript": how,
+        "input": "model.pt: float [N, 1, 28, 28] pixels in [0, 1], white digit on black (normalisation inside); state_dict.pt: the bare network, normalised input",
         "verified": True,
         "versions": {"nas": nas.__version__, "torch": torch.__version__, "optuna": optuna.__version__, "python": platform.python_version()},
         **source.origin,
@@ -170,10 +193,17 @@ receptive field {m['receptive_field']} px, no fully connected layer.
 The test set was used only for the figures above, after the architecture was chosen.
 The costs are computed from the architecture (definitions below the layer table); the int8
 figures are what an int8 deployment with per-channel scales would hold, not a file shipped here.
-`model.pt` is TorchScript ({m['torchscript']}); it needs only torch:
 
+`model.pt` is TorchScript ({m['torchscript']}); it needs only torch, and takes images as people
+have them: MNIST's normalisation is inside the model, so do not normalise again.
+
+    import torch
     model = torch.jit.load("model.pt").eval()
-    logits = model(images)  # float [N, 1, 28, 28], normalised with mean 0.1307, std 0.3081
+    x = images.float().div(255).reshape(-1, 1, 28, 28)  # pixels in [0, 1], white digit on black (invert dark-on-light scans)
+    digits = model(x).argmax(1)
+
+`state_dict.pt` holds the bare network's weights (for `nas.model.build` of `architecture.toml`),
+which expects normalised input, `(x - {MEAN}) / {STD}`.
 
 ```
 {summary_table(arch)}

@@ -6,15 +6,16 @@ from pathlib import Path
 
 import torch
 
-from nas.data import normalize, read_idx
-from nas.errors import DataError
+from nas.data import read_idx
+from nas.errors import DataError, UsageError
 
 IDX_MAGIC = b"\x00\x00\x08"
 
 
 def load_images(path: Path, size: int = 28) -> torch.Tensor:
     """uint8 [N, size, size]: an IDX file gives all its images, a picture gives one, turned
-    into a white digit on black (MNIST's polarity) and resized if needed."""
+    into a white digit on black (MNIST's polarity). Other sizes are refused, not resized: a
+    squashed or blown-up picture would be classified without a word of warning."""
     if not path.is_file():
         raise DataError(f"{path}: no such file")
     head = path.read_bytes()[:4]
@@ -29,20 +30,38 @@ def load_images(path: Path, size: int = 28) -> torch.Tensor:
 
         try:
             with Image.open(path) as im:
-                im = im.convert("L").resize((size, size))
-                images = torch.frombuffer(bytearray(im.tobytes()), dtype=torch.uint8).reshape(1, size, size)
+                im = im.convert("L")
+                images = torch.frombuffer(bytearray(im.tobytes()), dtype=torch.uint8).reshape(1, im.height, im.width)
         except (UnidentifiedImageError, OSError) as e:
             raise DataError(f"{path}: not a PNG/JPEG image or IDX file ({e})") from None
         if images.float().mean() > 127:  # dark digit on light paper: invert
             images = 255 - images
     if images.shape[1:] != (size, size):
-        raise DataError(f"{path}: images are {tuple(images.shape[1:])}, the model expects {size}x{size}")
+        h, w = images.shape[1:]
+        raise DataError(f"{path}: the image is {w}x{h} pixels; the model classifies {size}x{size} digits as MNIST draws them: crop or scale it to {size}x{size} first")
     return images
 
 
+def load_model(path: Path) -> torch.jit.ScriptModule:
+    """An exported model.pt; one that does not normalise itself (exported before nas put the
+    normalisation inside) would silently mispredict on pixels, so it is refused."""
+    try:
+        model = torch.jit.load(str(path), map_location="cpu").eval()
+    except (RuntimeError, ValueError, OSError) as e:
+        raise UsageError(f"{path}: not a TorchScript model saved by nas export ({str(e).splitlines()[0]})") from None
+    if not (hasattr(model, "mean") and hasattr(model, "std")):
+        raise UsageError(f"{path}: exported by an older nas whose model.pt expects normalised input; export it again (nas export)")
+    return model
+
+
+def pixels(images: torch.Tensor) -> torch.Tensor:
+    """uint8 [N, H, W] -> float [N, 1, H, W] in [0, 1]: what an exported model.pt takes."""
+    return (images.float() / 255.0).unsqueeze(1)
+
+
 def classify(model: torch.jit.ScriptModule, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """(digit, probability) per image."""
+    """(digit, probability) per image; the model normalises (nas export puts it inside)."""
     with torch.no_grad():
-        probs = torch.softmax(model(normalize(images)), 1)
+        probs = torch.softmax(model(pixels(images)), 1)
     conf, digit = probs.max(1)
     return digit, conf

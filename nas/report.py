@@ -1,56 +1,106 @@
-"""A study as files a person can review offline: trials.csv and one self-contained HTML page."""
+"""A study as files a person can review offline: trials.csv (one flat row per trial) and
+report.html, one self-contained page (plotly.js inlined once) that needs no network.
+
+Torch-free: everything comes from the study's attributes, through nas.analytics and nas.notes.
+"""
 
 from __future__ import annotations
 
+import csv
 import html
 import warnings
 from pathlib import Path
+from typing import Any
 
 import optuna
 import plotly.graph_objects as go
-from optuna.trial import TrialState
+from optuna.trial import FrozenTrial, TrialState
 
-from nas.analytics import best_trial, counts, pareto_front, pruning_savings, rule_replays, study_settings
+from nas.analytics import ConvergenceRule, best_trial, duration, pareto_front, pruning_savings, rule_replays, study_settings
+from nas.notes import arch_line, counts_line, ending, pct, settings_rows, time_spent, trial_arch
+from nas.summary import summary_table
+
+# Outcome -> (colour, line dash) in the learning curves; a legend entry each.
+STYLES = {
+    "converged": ("#2ca02c", "solid"),
+    "below target": ("#ff7f0e", "solid"),
+    "pruned (convergence)": ("#d62728", "dot"),
+    "failed": ("#7f7f7f", "dash"),
+    "failed (stale)": ("#7f7f7f", "dash"),
+    "running": ("#1f77b4", "solid"),
+}
+# Attributes only some studies have (costs, engines, seeds): a column each when any trial has one.
+OPTIONAL_COLUMNS = ("macs", "activation_bytes", "model_bytes", "engine", "duplicate_of", "val_accs")
 
 
-def _accuracy(t: optuna.trial.FrozenTrial) -> float:
-    return t.values[0]
+def _esc(x: Any) -> str:
+    return html.escape(str(x))
+
+
+def _hover(t: FrozenTrial) -> str:
+    arch = trial_arch(t)
+    return f"trial {t.number}" + (f"<br>{html.escape(arch_line(arch))}" if arch else "")
 
 
 def pareto_figure(study: optuna.Study) -> go.Figure:
+    """Every complete trial by parameters and validation accuracy; the front joined, the seed a star."""
     settings = study_settings(study)
     done = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
-    front = {t.number for t in pareto_front(study)}
+    front = pareto_front(study)
+    on_front = {t.number for t in front}
     fig = go.Figure()
-    for label, members, marker in (
-        ("trials", [t for t in done if t.number not in front], dict(color="lightgray", size=8)),
-        ("Pareto front", [t for t in done if t.number in front], dict(color="royalblue", size=10)),
-        ("seed", [t for t in done if "seed_arch" in t.user_attrs], dict(color="crimson", size=16, symbol="star")),
+    for label, members, marker, mode in (
+        ("trials", [t for t in done if t.number not in on_front], dict(color="#b0b0b0", size=8), "markers"),
+        ("Pareto front", front, dict(color="royalblue", size=10), "lines+markers"),
+        ("seed network", [t for t in done if "seed_arch" in t.user_attrs], dict(color="crimson", size=18, symbol="star", line=dict(width=1, color="black")), "markers"),
     ):
         fig.add_trace(go.Scatter(
-            x=[t.user_attrs["params"] for t in members], y=[100 * _accuracy(t) for t in members], mode="markers", name=label, marker=marker,
-            text=[f"trial {t.number}" for t in members], hovertemplate="%{text}<br>%{x:,} params<br>%{y:.2f} %<extra></extra>"))
+            x=[t.user_attrs["params"] for t in members], y=[100 * t.values[0] for t in members], mode=mode, name=label, marker=marker,
+            line=dict(shape="hv", color="royalblue") if mode != "markers" else None, text=[_hover(t) for t in members],
+            hovertemplate="%{text}<br>%{x:,} params, %{y:.2f} %<extra></extra>"))
     fig.add_hline(y=100 * settings.target_accuracy, line_dash="dot", annotation_text="target")
     fig.add_vline(x=settings.max_params, line_dash="dot", annotation_text="budget")
-    fig.update_layout(title="Validation accuracy vs parameters", xaxis_title="parameters", yaxis_title="validation accuracy (%)")
+    fig.update_layout(title="Validation accuracy vs parameters (hover for the architecture)", xaxis_title="parameters",
+                      yaxis_title="validation accuracy (%)", hoverlabel=dict(align="left"))
     return fig
 
 
 def curves_figure(study: optuna.Study) -> go.Figure:
+    """Every learning curve coloured by how its trial ended, with the target and the line the
+    convergence rule holds trials to over the epochs it judges."""
     settings = study_settings(study)
+    rule = ConvergenceRule.of(settings)
     fig = go.Figure()
+    shown: set[str] = set()
+    lows = [100 * settings.target_accuracy]
     for t in study.get_trials(deepcopy=False):
         curve = t.user_attrs.get("curve")
-        if curve:
-            fig.add_trace(go.Scatter(x=list(range(1, len(curve) + 1)), y=[100 * a for a in curve], mode="lines",
-                                     name=f"{t.number} ({t.state.name.lower()})", line=dict(dash="dot" if t.state == TrialState.PRUNED else "solid")))
+        if not curve:
+            continue
+        label = ending(t, settings)[0]
+        colour, dash = STYLES.get(label, ("#9467bd", "solid"))
+        lows += [100 * a for a in curve[1:] or curve]
+        fig.add_trace(go.Scatter(
+            x=list(range(1, len(curve) + 1)), y=[100 * a for a in curve], mode="lines+markers" if len(curve) == 1 else "lines",
+            name=label, legendgroup=label, showlegend=label not in shown, line=dict(color=colour, dash=dash, width=1.5), opacity=0.8,
+            text=[f"trial {t.number}: {label}"] * len(curve), hovertemplate="%{text}<br>epoch %{x}: %{y:.2f} %<extra></extra>"))
+        shown.add(label)
+    if settings.pruning != "off":
+        epochs = list(range(rule.first_epoch(), settings.max_epochs + 1))
+        fig.add_trace(go.Scatter(x=epochs, y=[100 * rule.needed(e) for e in epochs], mode="lines+markers", name=f"convergence threshold ({settings.pruning})",
+                                 line=dict(color="black", dash="dash", width=2), marker=dict(symbol="line-ew-open", size=10),
+                                 hovertemplate="epoch %{x}: %{y:.2f} % needed<extra></extra>"))
+        lows.append(100 * rule.needed(rule.first_epoch()))
     fig.add_hline(y=100 * settings.target_accuracy, line_dash="dot", annotation_text="target")
-    fig.update_layout(title="Learning curves (dotted: pruned)", xaxis_title="epoch", yaxis_title="validation accuracy (%)", yaxis_range=[90, 100])
+    fig.update_layout(title="Learning curves, coloured by outcome", xaxis_title="epoch", yaxis_title="validation accuracy (%)",
+                      xaxis=dict(dtick=1 if settings.max_epochs <= 20 else None), yaxis_range=[max(0.0, sorted(lows)[len(lows) // 10] - 1), 100])
     return fig
 
 
-def _optional(make, what: str) -> go.Figure | str:
-    """Optuna's own plots need enough finished trials; say so instead of failing the report."""
+def _optional(study: optuna.Study, make, what: str) -> go.Figure | str:
+    """Optuna's own plots need enough complete trials; say so instead of drawing an empty plot or failing."""
+    if len(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))) < 2:
+        return f"{what}: not available yet (needs two complete trials)"
     try:
         with warnings.catch_warnings():  # "few trials per regime" notes are expected early in a study
             warnings.simplefilter("ignore")
@@ -59,44 +109,189 @@ def _optional(make, what: str) -> go.Figure | str:
         return f"{what}: not available yet ({e})"
 
 
+def importance_figure(study: optuna.Study) -> go.Figure | str:
+    # PED-ANOVA ranks what leads to *low* values, so importances are computed on the error.
+    return _optional(study, lambda: optuna.visualization.plot_param_importances(study, target=lambda t: 1 - t.values[0], target_name="validation error"),
+                     "Parameter importances")
+
+
+def history_figure(study: optuna.Study) -> go.Figure | str:
+    return _optional(study, lambda: optuna.visualization.plot_optimization_history(study, target=lambda t: t.values[0], target_name="validation accuracy"),
+                     "Optimization history")
+
+
 def rule_table(study: optuna.Study) -> list[str]:
     """Candidate convergence rules replayed on the trials that trained all their epochs, as lines."""
     return [f"start {r['start']:.2f}, slack {r['slack']:.2f}: prunes {r['pruned']}/{r['trials']} trials, saves {r['saved']:.0f} of {r['seconds']:.0f} s "
             f"({100 * r['saved'] / r['seconds']:.0f} %), wrongly pruned: {r['wrongly_pruned'] or 'none'}" for r in rule_replays(study)]
 
 
+# --- HTML -------------------------------------------------------------------------------------
+
+CSS = """
+body { font: 15px/1.45 system-ui, -apple-system, "Segoe UI", sans-serif; color: #222; max-width: 1100px; margin: 2em auto; padding: 0 1em; }
+h1 { margin-bottom: .2em; } h2 { margin-top: 1.8em; border-bottom: 1px solid #ddd; padding-bottom: .2em; }
+table { border-collapse: collapse; margin: .6em 0; } th, td { padding: .25em .7em; border-bottom: 1px solid #e4e4e4; text-align: left; vertical-align: top; }
+th { background: #f5f5f5; } td.num, th.num { text-align: right; font-variant-numeric: tabular-nums; }
+table.facts th { background: none; font-weight: 600; white-space: nowrap; }
+tr.current td { background: #eef4ff; font-weight: 600; }
+pre { background: #f7f7f7; padding: .6em; font-size: 12px; overflow-x: auto; } code { font-size: 13px; }
+.muted { color: #666; } .figure { margin: 1em 0; }
+"""
+
+
+def _html_table(header: list[str], rows: list[list[Any]], numeric: set[int] = frozenset(), classes: list[str] | None = None) -> str:
+    def cell(tag: str, i: int, v: Any) -> str:
+        return f"<{tag}{' class=num' if i in numeric else ''}>{v}</{tag}>"
+
+    head = "<tr>" + "".join(cell("th", i, _esc(h)) for i, h in enumerate(header)) + "</tr>"
+    body = "".join(f"<tr{f' class={classes[n]}' if classes and classes[n] else ''}>" + "".join(cell("td", i, v) for i, v in enumerate(row)) + "</tr>"
+                   for n, row in enumerate(rows))
+    return f"<table>{head}{body}</table>"
+
+
+def _facts_html(study: optuna.Study) -> str:
+    """The header table: what was searched, where, how it went, what won."""
+    settings = study_settings(study)
+    trials = study.get_trials(deepcopy=False)
+    train, wall = time_spent(study)
+    devices = sorted({str(t.user_attrs["device"]) for t in trials if "device" in t.user_attrs})
+    rows: list[tuple[str, str]] = [("study", f"<code>{_esc(study.study_name)}</code>")]
+    rows += [(k, _esc(v).replace("`", "")) for k, v in settings_rows(settings)]
+    rows += [("device", _esc(", ".join(devices) or "none recorded")),
+             ("trials", _esc(f"{len(trials)}: {counts_line(study)}")),
+             ("time spent", _esc(f"{duration(train)} training, {duration(wall)} wall-clock from the first trial's start to the last one's end"))]
+    seed = [t for t in trials if "seed_arch" in t.user_attrs]
+    if seed:
+        rows.append(("seed network", _esc(f"trial {seed[0].number} ({seed[0].user_attrs['seed_arch']}): {ending(seed[0], settings)[1]}")))
+    best = best_trial(study)
+    if best is not None:
+        arch = trial_arch(best)
+        rows.append(("best", _esc(f"trial {best.number}: {best.user_attrs['params']:,} parameters, {pct(best.values[0])} validation accuracy")
+                     + (f"<br><code>{_esc(arch_line(arch))}</code>" if arch else "")))
+    else:
+        rows.append(("best", _esc(f"no complete trial reaches {pct(settings.target_accuracy)} yet")))
+    for e in study.user_attrs.get("exports", []):
+        spread = f"; mean {pct(e['test_acc_mean'])} over {e['seeds']} seeds ({pct(e['test_acc_min'])}-{pct(e['test_acc_max'])})" if e.get("seeds", 1) > 1 else ""
+        rows.append(("exported model", _esc(f"trial {e.get('trial')}: {pct(e['test_acc'])} test accuracy (model.pt, seed 0){spread}, "
+                                            f"{e.get('epochs', '?')} epochs on {e.get('train_images', 0):,} images; {e.get('out', '')} ({e.get('when', '')})")))
+    table = "<table class=facts>" + "".join(f"<tr><th>{k}</th><td>{v}</td></tr>" for k, v in rows) + "</table>"
+    if best is not None and (arch := trial_arch(best)) is not None:
+        table += f"<details open><summary>Layers of the best architecture (trial {best.number})</summary><pre>{_esc(summary_table(arch))}</pre></details>"
+    return table
+
+
+def _front_html(study: optuna.Study) -> str:
+    best = best_trial(study)
+    rows, classes = [], []
+    for t in pareto_front(study):
+        arch = trial_arch(t)
+        tags = [x for x in ("seed" if "seed_arch" in t.user_attrs else "", "best" if best is not None and best.number == t.number else "") if x]
+        rows.append([t.number, f"{t.user_attrs['params']:,}", pct(t.values[0]), t.user_attrs.get("receptive_field", ""),
+                     f"<code>{_esc(arch_line(arch))}</code>" if arch else "", ", ".join(tags)])
+        classes.append("current" if "best" in tags else "")
+    if not rows:
+        return "<p class=muted>No complete trial yet.</p>"
+    return _html_table(["trial", "params", "val acc", "RF", "architecture", ""], rows, {0, 1, 2, 3}, classes)
+
+
+def _pruning_html(study: optuna.Study) -> str:
+    settings = study_settings(study)
+    s = pruning_savings(study)
+    parts = [f"<p>Convergence pruning was <b>{_esc(s['mode'])}</b>: {s['flagged']} of {s['trained_trials']} trained trials flagged by the rule, "
+             f"{s['seconds_saved']:.0f} s of training saved ({100 * s['saved_fraction']:.0f} %)"
+             + (f"; flagged although they reached the target: trials {_esc(s['flagged_but_converged'])}" if s["flagged_but_converged"] else "; none of them would have reached the target")
+             + ".</p>"]
+    replays = rule_replays(study)
+    if replays:
+        rows, classes = [], []
+        for r in replays:
+            first = ConvergenceRule(settings.target_accuracy, settings.max_epochs, r["slack"], r["start"]).first_epoch()
+            rows.append([f"{r['start']:.0%} (epoch {first})", f"{r['slack']:.2f}", f"{r['pruned']} / {r['trials']}", f"{r['saved']:.0f} / {r['seconds']:.0f}",
+                         f"{100 * r['saved'] / r['seconds']:.0f} %" if r["seconds"] else "", _esc(", ".join(map(str, r["wrongly_pruned"])) or "none")])
+            classes.append("current" if (r["start"], r["slack"]) == (settings.prune_start, settings.prune_slack) else "")
+        parts.append("<p>Candidate rules replayed on the trials that trained all their epochs (highlighted: this study's rule). "
+                     "<i>Wrongly pruned</i>: trials the rule would have stopped that ended at or above the target.</p>")
+        parts.append(_html_table(["judged from", "slack", "pruned", "seconds saved / spent", "saved", "wrongly pruned"], rows, {1, 2, 3, 4}, classes))
+    else:
+        parts.append("<p class=muted>No trial trained all its epochs yet, so no rule can be replayed.</p>")
+    return "".join(parts)
+
+
+def _unfinished_html(study: optuna.Study) -> str:
+    """Trials that failed or were invalid, with their reasons (budget-pruned ones are counted above)."""
+    settings = study_settings(study)
+    rows = []
+    for t in study.get_trials(deepcopy=False, states=(TrialState.FAIL, TrialState.PRUNED)):
+        label, why = ending(t, settings)
+        if label.startswith("failed") or label == "invalid":
+            rows.append([t.number, _esc(label), _esc(why)])
+    return _html_table(["trial", "outcome", "why"], rows, {0}) if rows else "<p class=muted>None.</p>"
+
+
+def render(study: optuna.Study) -> str:
+    """report.html's content: one page, plotly.js inlined once, no network needed."""
+    name = _esc(study.study_name)
+    sections = [f"<h1>nas study: {name}</h1>", _facts_html(study),
+                "<h2>Pareto front</h2>", pareto_figure(study), _front_html(study),
+                "<h2>Learning curves</h2>", curves_figure(study),
+                "<h2>Parameter importances</h2>", importance_figure(study),
+                "<h2>Optimization history</h2>", history_figure(study),
+                "<h2>Convergence pruning</h2>", _pruning_html(study),
+                "<h2>Failed and invalid trials</h2>", _unfinished_html(study)]
+    body, first = [], True
+    for part in sections:
+        if isinstance(part, go.Figure):
+            part.update_layout(template="plotly_white", height=480, margin=dict(t=60, b=50))
+            body.append(f"<div class=figure>{part.to_html(full_html=False, include_plotlyjs=first, config=dict(displaylogo=False))}</div>")
+            first = False
+        elif part.startswith("<"):
+            body.append(part)
+        else:
+            body.append(f"<p class=muted><em>{_esc(part)}</em></p>")
+    return (f"<!doctype html><html lang=en><head><meta charset='utf-8'><title>nas study {name}</title><style>{CSS}</style></head>"
+            f"<body>{''.join(body)}</body></html>")
+
+
+# --- CSV --------------------------------------------------------------------------------------
+
+def trial_rows(study: optuna.Study) -> list[dict[str, Any]]:
+    """One flat dict per trial: outcome and reason, the figures, optional attributes (costs), every sampled parameter."""
+    settings = study_settings(study)
+    trials = study.get_trials(deepcopy=False)
+    optional = [k for k in OPTIONAL_COLUMNS if any(k in t.user_attrs for t in trials)]
+    names = list(dict.fromkeys(p for t in trials for p in t.params))  # in the order the sampler asks
+    rows = []
+    for t in trials:
+        a = t.user_attrs
+        outcome, reason = ending(t, settings)
+        curve = a.get("curve") or []
+        row: dict[str, Any] = {
+            "number": t.number, "state": t.state.name.lower(), "outcome": outcome, "reason": reason,
+            "params": a.get("params", ""), "receptive_field": a.get("receptive_field", ""),
+            "val_acc": t.values[0] if t.state == TrialState.COMPLETE and t.values else (curve[-1] if curve else ""),
+            "epochs": len(curve), "train_seconds": round(a["train_seconds"], 3) if "train_seconds" in a else "",
+            "seconds": round((t.datetime_complete - t.datetime_start).total_seconds(), 3) if t.datetime_start and t.datetime_complete else "",
+            "seed_arch": a.get("seed_arch", ""), "retry_of": a.get("retry_of", ""), "device": a.get("device", ""),
+            "architecture": arch_line(arch) if (arch := trial_arch(t)) else "",
+        }
+        row.update({k: ";".join(map(str, a[k])) if isinstance(a.get(k), list) else a.get(k, "") for k in optional})
+        row.update({f"param_{p}": t.params.get(p, "") for p in names})
+        rows.append(row)
+    return rows
+
+
+def write_csv(study: optuna.Study, path: Path) -> Path:
+    rows = trial_rows(study)
+    with path.open("w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=list(rows[0]) if rows else ["number"])
+        writer.writeheader()
+        writer.writerows(rows)
+    return path
+
+
 def write_report(study: optuna.Study, out: Path) -> list[Path]:
     out.mkdir(parents=True, exist_ok=True)
-    csv = out / "trials.csv"
-    study.trials_dataframe(multi_index=False).to_csv(csv, index=False)
-    target = dict(target=_accuracy, target_name="validation accuracy")
-    parts = [
-        pareto_figure(study),
-        _optional(lambda: optuna.visualization.plot_optimization_history(study, **target), "Optimization history"),
-        # PED-ANOVA ranks what leads to *low* values, so importances are computed on the error.
-        _optional(lambda: optuna.visualization.plot_param_importances(study, target=lambda t: 1 - t.values[0], target_name="validation error"), "Parameter importances"),
-        curves_figure(study),
-    ]
-    settings, c, best = study_settings(study), counts(study), best_trial(study)
-    savings = pruning_savings(study)
-    facts = [
-        f"budget {settings.max_params:,} parameters, {settings.max_epochs} epochs, target {100 * settings.target_accuracy:.2f} % validation accuracy, objective {settings.objective}",
-        "trials: " + ", ".join(f"{v} {k.replace('_', ' ')}" for k, v in c.items()),
-        f"best: trial {best.number}, {best.user_attrs['params']:,} parameters, {100 * best.values[0]:.2f} %" if best else "best: none reaches the target yet",
-        f"convergence pruning ({savings['mode']}): {savings['flagged']} of {savings['trained_trials']} trained trials flagged, "
-        f"{savings['seconds_saved']:.0f} s of {savings['train_seconds']:.0f} s training saved; flagged but converged: {savings['flagged_but_converged'] or 'none'}",
-    ]
-    body = [f"<h1>nas study {html.escape(study.study_name)}</h1>", "<ul>" + "".join(f"<li>{html.escape(f)}</li>" for f in facts) + "</ul>"]
-    replays = rule_table(study)
-    if replays:
-        body.append("<h2>Convergence rules replayed on fully trained curves</h2><ul>" + "".join(f"<li>{html.escape(r)}</li>" for r in replays) + "</ul>")
-    first = True
-    for part in parts:
-        if isinstance(part, str):
-            body.append(f"<p><em>{html.escape(part)}</em></p>")
-        else:
-            body.append(part.to_html(full_html=False, include_plotlyjs=first))
-            first = False
     page = out / "report.html"
-    page.write_text(f"<!doctype html><html><head><meta charset='utf-8'><title>nas study {html.escape(study.study_name)}</title></head><body>{''.join(body)}</body></html>")
-    return [csv, page]
+    page.write_text(render(study), encoding="utf-8")
+    return [write_csv(study, out / "trials.csv"), page]

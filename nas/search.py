@@ -9,6 +9,7 @@ review a trial is stored on it as user attributes.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import multiprocessing as mp
@@ -16,6 +17,7 @@ import os
 import threading
 import time
 from dataclasses import dataclass, replace
+from pathlib import Path
 from typing import Any, Callable
 
 import optuna
@@ -23,6 +25,7 @@ import torch
 from optuna.exceptions import UpdateFinishedTrialError
 from optuna.trial import FrozenTrial, TrialState
 
+from nas import notes
 from nas import storage as st
 from nas.analytics import ConvergenceRule, best_trial, describe_trial, duration, study_settings
 from nas.arch import Arch, arch_to_json, costs, receptive_field
@@ -47,6 +50,7 @@ class Run:
     device: str = "auto"
     data_dir: str | None = None
     workers: int = 1  # processes on this machine
+    artifacts: str | None = None  # folder of the artifact store (default: next to a SQLite or journal file)
 
 
 def sampler_seed(seed: int, worker: int) -> int:
@@ -63,8 +67,8 @@ def config_key(arch: Arch, cfg: TrainConfig, seeds: int) -> str:
 class Objective:
     """One trial from sampling to its values; raises optuna.TrialPruned to prune."""
 
-    def __init__(self, settings: StudySettings, data: Data, device: torch.device, log: Log):
-        self.settings, self.data, self.device, self.log = settings, data, device, log
+    def __init__(self, settings: StudySettings, data: Data, device: torch.device, log: Log, artifacts: Any = None):
+        self.settings, self.data, self.device, self.log, self.artifacts = settings, data, device, log, artifacts
         self.space = settings.parsed_space
         self.rule = ConvergenceRule.of(settings)
         self.pareto = settings.objective == "pareto"
@@ -89,6 +93,8 @@ class Objective:
         for name, value in dict(**trial_attrs(c), receptive_field=receptive_field(arch), arch=arch_to_json(arch), train_config=cfg.to_dict(),
                                 device=str(self.device), config_key=key).items():
             trial.set_user_attr(name, value)
+        if self.artifacts is not None:
+            quietly(lambda: notes.upload_arch(trial.study, trial, self.artifacts), self.log, "storing the architecture file")
         over = violations(c, s)
         if over:
             trial.set_user_attr("prune_reason", "budget: " + "; ".join(map(str, over)))
@@ -182,6 +188,14 @@ class Objective:
         return line
 
 
+def quietly(action: Callable[[], Any], log: Log, what: str) -> None:
+    """Review aids (notes, artifacts) must never stop a search: a failure is logged and passed over."""
+    try:
+        action()
+    except Exception as e:  # noqa: BLE001
+        log(f"note: {what} failed ({st.cause(e)}); the search goes on")
+
+
 def fail_reason(e: BaseException) -> str:
     if isinstance(e, torch.OutOfMemoryError):
         return f"out of memory: {str(e).splitlines()[0]}"
@@ -195,17 +209,18 @@ class Worker:
     deadline passes, or the process is stopped. Several Workers may share a process (several
     trials per GPU), each with its own sampler."""
 
-    def __init__(self, name: str, loc: st.Location, study: optuna.Study, data: Data, device: torch.device, keeper: st.Keeper, log: Log):
+    def __init__(self, name: str, loc: st.Location, study: optuna.Study, data: Data, device: torch.device, keeper: st.Keeper, log: Log,
+                 artifacts: Any = None):
         self.loc, self.keeper, self.log = loc, keeper, log
         self.study = optuna.load_study(study_name=name, storage=study._storage)
         self.settings = study_settings(self.study)
         number = st.next_worker(self.study, loc)
         self.study.sampler = optuna.samplers.TPESampler(seed=sampler_seed(self.settings.seed, number))
-        self.objective = Objective(self.settings, data, device, log)
+        self.objective = Objective(self.settings, data, device, log, artifacts)
         self.current: optuna.Trial | None = None
 
     def run(self, goal: int | None, deadline: float | None) -> None:
-        self.objective.goal = goal or self.study.user_attrs.get("trials_goal")
+        self.objective.goal = goal or st.persist(lambda: self.study.user_attrs.get("trials_goal"), self.log, "reading the study")
         while deadline is None or time.time() < deadline:
             trial = st.persist(lambda: self.next_trial(goal), self.log, "starting a trial")
             if trial is None:
@@ -234,7 +249,8 @@ class Worker:
                     return False
             trial = self.study.ask()
             self.keeper.track(trial._trial_id)
-            trial.set_user_attr("worker", st.worker_name())
+            with contextlib.suppress(Exception):  # for review only; a trial once asked for must be run
+                trial.set_user_attr("worker", st.worker_name())
             return trial
 
     def run_trial(self, trial: optuna.Trial) -> None:
@@ -248,7 +264,7 @@ class Worker:
             raise
         except Exception as e:  # noqa: BLE001 - a failing trial is recorded and the search goes on
             state, again = TrialState.FAIL, st.transient(e)  # the storage went away mid-trial: run it again
-            reason = f"storage unreachable: {fail_reason(e)}" if again else fail_reason(e)
+            reason = f"storage unreachable: {st.cause(e)}" if again else fail_reason(e)
             self.log(f"[trial {trial.number}] FAILED: {reason}{'; it will be retried' if again else ''}")
             st.persist(lambda: trial.set_user_attr("fail_reason", reason), self.log, "recording a failure")
         self.tell(trial, values, state)
@@ -270,11 +286,23 @@ class Worker:
             st.persist(lambda: self.study.add_trial(recovered), self.log, "storing a recovered result")
             self.log(f"[trial {trial.number}] was failed as stale while it ran; its result is kept as a new trial")
             return
+        t = st.persist(lambda: self.study._storage.get_trial(trial._trial_id), self.log, "reading the result")
         if state == TrialState.COMPLETE:
-            t = self.study._storage.get_trial(trial._trial_id)
-            best = best_trial(self.study)
+            best = st.persist(lambda: best_trial(self.study), self.log, "reading the best trial")
             self.log(f"[trial {t.number}] COMPLETE {100 * t.values[0]:.2f} % val acc, {t.user_attrs['params']:,} params, "
                      f"{t.user_attrs.get('train_seconds', 0):.0f} s; best so far: {describe_trial(best, self.objective.minimized) if best else 'none meets the target yet'}")
+        self.review(t)
+
+    def review(self, t: FrozenTrial) -> None:
+        """The dashboard's notes: the trial's own, and the study's (one writer at a time, under
+        the study lock, since optuna-dashboard saves a note read-modify-write in chunks)."""
+
+        def study_note() -> None:
+            with st.study_lock(self.loc, self.study.study_name):
+                notes.save_study_note(self.study)
+
+        quietly(lambda: notes.save_trial_note(self.study, t), self.log, "writing the trial note")
+        quietly(study_note, self.log, "writing the study note")
 
     def interrupted(self, trial: optuna.Trial) -> None:
         """Ctrl-C: record the trial as failed and enqueue it again, so a resumed search runs it first."""
@@ -292,12 +320,15 @@ def work(name: str, url: str, run: Run, goal: int | None, deadline: float | None
         torch.set_num_threads(cpu_threads)
     loc = st.parse(url)
     log: Log = lambda msg: print(prefix + msg, flush=True)  # noqa: E731
-    study = st.open_study(name, url)
+    study = st.persist(lambda: st.open_study(name, url), log, "joining the study")  # the parent checked it exists: wait out an outage
     settings = study_settings(study)
     device = resolve_device(run.device)
     data = load_data(run.data_dir, device, val_size=settings.val_size, train_size=settings.train_size)
-    with st.Keeper(study, log) as keeper:
-        workers = [Worker(name, loc, study, data, device, keeper, log) for _ in range(threads)]
+    folder = run.artifacts or notes.artifact_dir_for(url)
+    artifacts = notes.open_artifact_store(Path(folder)) if folder else None
+    reaped = lambda t: quietly(lambda: notes.save_trial_note(study, t), log, "writing the trial note")  # noqa: E731
+    with st.Keeper(study, log, reaped) as keeper:
+        workers = [st.persist(lambda: Worker(name, loc, study, data, device, keeper, log, artifacts), log, "starting a worker") for _ in range(threads)]
         if threads == 1:
             workers[0].run(goal, deadline)
             return

@@ -7,7 +7,7 @@ Three kinds of storage work, as Optuna knows them:
 - `journal:///FILE`: a journal file on a file system every machine shares (NFS).
 
 Every process that runs trials keeps a `Keeper` thread: it records a heartbeat for the trials
-it runs and fails (then retries, once or twice) the trials of workers that stopped beating.
+it runs and fails (then retries, up to twice) the trials of workers that stopped beating.
 """
 
 from __future__ import annotations
@@ -32,8 +32,7 @@ from optuna.trial import FrozenTrial, TrialState
 from nas.errors import SpecError
 from nas.settings import StudySettings
 
-warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)  # heartbeats, artifacts: stable enough for us
-warnings.filterwarnings("ignore", message="Heartbeat of storage is supposed to be used")  # Keeper beats instead of Study.optimize
+warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)  # artifacts, constraints: stable enough for us
 
 # A killed worker's trial is failed within GRACE + HEARTBEAT seconds and retried at once.
 # NAS_HEARTBEAT_SECONDS shortens both for tests (grace stays three beats).
@@ -43,6 +42,11 @@ MAX_RETRIES = 2  # a trial whose workers keep dying is given up after this many 
 STORAGE_PATIENCE = float(os.environ.get("NAS_STORAGE_PATIENCE", "600"))  # seconds to wait for a storage outage to end
 _HINT = "give sqlite:///FILE, postgresql+psycopg://USER@HOST/DB or journal:///FILE"
 _KEPT_ON_RETRY = ("seed_arch",)  # a retry is a clean trial: only what says where it came from is copied
+
+
+class StorageUnreachable(SpecError):
+    """The storage could not be reached; at a command's start this is the user's error to fix,
+    in a running worker an outage to wait out (`persist` retries it)."""
 
 
 @dataclass(frozen=True)
@@ -95,10 +99,10 @@ def open_storage(loc: Location, create: bool) -> optuna.storages.BaseStorage:
 
             return JournalStorage(JournalFileBackend(str(loc.path)))
         kwargs: dict[str, Any] = {"connect_args": {"timeout": 120}} if loc.kind == "sqlite" else {"pool_pre_ping": True, "connect_args": {"connect_timeout": 10}}
-        return optuna.storages.RDBStorage(loc.sqlalchemy_url, engine_kwargs=kwargs, heartbeat_interval=HEARTBEAT_SECONDS, grace_period=GRACE_SECONDS)
+        return optuna.storages.RDBStorage(loc.sqlalchemy_url, engine_kwargs=kwargs)
     except Exception as e:  # noqa: BLE001 - SQLAlchemy, drivers and the file system fail in many types
         if isinstance(e, (OSError, ImportError)) or transient(e) or type(e).__module__.split(".")[0] == "alembic":
-            raise SpecError("--storage", loc.describe(), f"cannot open the study storage ({_first_line(e)}); check the URL, the server and the permissions") from None
+            raise StorageUnreachable("--storage", loc.describe(), f"cannot open the study storage ({cause(e)}); check the URL, the server and the permissions") from None
         raise
 
 
@@ -117,7 +121,10 @@ def _check_file(loc: Location, create: bool) -> None:
         raise SpecError("--storage", loc.url, "is not writable; choose a writable place")
 
 
-def _first_line(e: BaseException) -> str:
+def cause(e: BaseException) -> str:
+    """The root cause in one line (Optuna wraps database errors in a generic message)."""
+    while isinstance(e, optuna.exceptions.StorageInternalError) and e.__cause__ is not None:
+        e = e.__cause__
     text = str(getattr(e, "orig", None) or e).strip()
     return text.splitlines()[0] if text else type(e).__name__
 
@@ -160,7 +167,7 @@ def study_lock(loc: Location, study: str) -> Iterator[None]:
 
 def transient(e: BaseException) -> bool:
     """A storage fault that may pass (a restarting server, a dropped connection, a busy file)."""
-    if isinstance(e, optuna.exceptions.StorageInternalError):
+    if isinstance(e, (optuna.exceptions.StorageInternalError, StorageUnreachable)):
         return True
     return type(e).__module__.split(".")[0] in ("sqlalchemy", "psycopg", "psycopg2", "sqlite3") or isinstance(e, (ConnectionError, TimeoutError))
 
@@ -176,7 +183,7 @@ def persist(action: Callable[[], Any], log: Callable[[str], None], what: str) ->
             if not transient(e) or time.monotonic() > deadline:
                 raise
             if not told:
-                log(f"storage unreachable while {what} ({_first_line(e)}); retrying for up to {STORAGE_PATIENCE:.0f} s")
+                log(f"storage unreachable while {what} ({cause(e)}); retrying for up to {STORAGE_PATIENCE:.0f} s")
                 told = True
             time.sleep(wait)
             wait = min(5.0, wait * 2)
@@ -196,23 +203,26 @@ def _unwrap(storage: optuna.storages.BaseStorage) -> optuna.storages.BaseStorage
 class Keeper:
     """The heartbeat and the reaper of one worker process, on one thread.
 
-    RDB storages use Optuna's heartbeat table (time kept by the database server); a journal
-    has none in Optuna 5, so there the beat is a trial system attribute with this machine's
-    clock. After its own storage outage a keeper waits a grace period before reaping, so
-    trials of workers that were merely cut off too are not failed by mistake."""
+    The beat is a trial system attribute holding the time (seconds since the epoch, so the
+    machines' clocks must agree to within the grace period, as NTP keeps them), the same on
+    every kind of storage: Optuna's own RDB heartbeat leaves a trial that never beat RUNNING
+    forever, and a journal has none in Optuna 5. A trial seen RUNNING without any beat is
+    stale once it has gone a grace period unbeaten under this keeper's eyes. After its own
+    storage outage a keeper waits a grace period before reaping, so trials of workers that
+    were merely cut off too are not failed by mistake."""
 
-    def __init__(self, study: optuna.Study, log: Callable[[str], None]):
-        self.study, self.log = study, log
+    def __init__(self, study: optuna.Study, log: Callable[[str], None], on_reaped: Callable[[FrozenTrial], None] | None = None):
+        self.study, self.log, self.on_reaped = study, log, on_reaped
         self.backend = _unwrap(study._storage)
-        self.native = isinstance(self.backend, optuna.storages.RDBStorage)
         self.trials: set[int] = set()
+        self.unbeaten: dict[int, float] = {}  # trial id -> when this keeper first saw it RUNNING with no beat
         self.healthy_since = time.monotonic()
         self._stop = threading.Event()
         self._guard = threading.Lock()
         self._thread = threading.Thread(target=self._run, name="nas-keeper", daemon=True)
 
     def __enter__(self) -> Keeper:
-        self.reap()  # a starting worker fails stale trials first
+        persist(self.reap, self.log, "reaping stale trials")  # a starting worker fails stale trials first
         self._thread.start()
         return self
 
@@ -221,19 +231,18 @@ class Keeper:
         self._thread.join()
 
     def track(self, trial_id: int) -> None:
+        """Beat for this trial from now on; never raises, so a trial once asked for is never lost."""
         with self._guard:
             self.trials.add(trial_id)
-        self.beat(trial_id)
+        with contextlib.suppress(Exception):  # the keeper's thread beats again within HEARTBEAT_SECONDS
+            self.beat(trial_id)
 
     def untrack(self, trial_id: int) -> None:
         with self._guard:
             self.trials.discard(trial_id)
 
     def beat(self, trial_id: int) -> None:
-        if self.native:
-            self.backend.record_heartbeat(trial_id)
-        else:
-            self.backend.set_trial_system_attr(trial_id, "nas:heartbeat", time.time())
+        self.backend.set_trial_system_attr(trial_id, "nas:heartbeat", time.time())
 
     def _run(self) -> None:
         down = False
@@ -251,20 +260,23 @@ class Keeper:
                     down = False
             except Exception as e:  # noqa: BLE001 - the keeper must outlive any outage
                 if not transient(e):
-                    self.log(f"heartbeat: {_first_line(e)}")
+                    self.log(f"heartbeat: {cause(e)}")
                 elif not down:
-                    self.log(f"storage unreachable ({_first_line(e)}); heartbeats resume when it is back")
+                    self.log(f"storage unreachable ({cause(e)}); heartbeats resume when it is back")
                 down = True
                 self.healthy_since = time.monotonic()
 
     def stale(self) -> list[int]:
-        if self.native:
-            return self.backend._get_stale_trial_ids(self.study._study_id)
-        now = time.time()
+        now, seen = time.time(), time.monotonic()
         out = []
-        for t in self.backend.get_all_trials(self.study._study_id, deepcopy=False, states=(TrialState.RUNNING,)):
-            last = t.system_attrs.get("nas:heartbeat") or (t.datetime_start.timestamp() if t.datetime_start else now)
-            if now - last > GRACE_SECONDS:
+        running = self.backend.get_all_trials(self.study._study_id, deepcopy=False, states=(TrialState.RUNNING,))
+        self.unbeaten = {k: v for k, v in self.unbeaten.items() if k in {t._trial_id for t in running}}
+        for t in running:
+            last = t.system_attrs.get("nas:heartbeat")
+            if last is None:
+                if seen - self.unbeaten.setdefault(t._trial_id, seen) > GRACE_SECONDS:
+                    out.append(t._trial_id)
+            elif now - last > GRACE_SECONDS:
                 out.append(t._trial_id)
         return out
 
@@ -282,6 +294,8 @@ class Keeper:
                 continue  # another worker reaped it, or its own worker just finished it
             t = self.backend.get_trial(trial_id)
             self.log(f"[trial {t.number}] FAILED: its worker stopped (no heartbeat for {GRACE_SECONDS} s); {retry(self.study, t)}")
+            if self.on_reaped is not None:
+                self.on_reaped(t)
             reaped.append(trial_id)
         return reaped
 
@@ -324,7 +338,7 @@ def _load(name: str, storage: optuna.storages.BaseStorage, loc: Location) -> opt
         return None
     except Exception as e:  # noqa: BLE001
         if transient(e):
-            raise SpecError("--storage", loc.describe(), f"cannot read the study storage ({_first_line(e)})") from None
+            raise StorageUnreachable("--storage", loc.describe(), f"cannot read the study storage ({cause(e)})") from None
         raise
 
 

@@ -1,20 +1,65 @@
 from __future__ import annotations
 
+import math
 import os
+import random
 from pathlib import Path
 
+import optuna
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 SEED = ROOT / "search_spaces" / "seeds" / "seed_9274.toml"
-MNIST = Path(os.environ.get("NAS_TEST_MNIST", ROOT.parent / "shared" / "data" / "mnist"))
+SHARED_MNIST = ROOT.parent / "shared" / "data" / "mnist"
+MNIST_FILES = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")
+
+
+_MNIST = pytest.StashKey[Path]()
+
+
+def has_mnist(folder: Path) -> bool:
+    return all((folder / f"{n}.gz").is_file() or (folder / n).is_file() for n in MNIST_FILES)
+
+
+def find_mnist() -> Path:
+    """Where the tests read real MNIST, the way the CLI finds it: NAS_TEST_MNIST, then
+    ../shared/data/mnist, then the user's data folder (nas.data.default_data_dir), downloaded
+    there with checksum verification if missing. RuntimeError (one line) when none works."""
+    env = os.environ.get("NAS_TEST_MNIST")
+    if env:
+        if has_mnist(Path(env)):
+            return Path(env)
+        raise RuntimeError(f"NAS_TEST_MNIST={env} does not hold the four MNIST IDX files (.gz or raw); point it at a folder that does, or unset it")
+    if has_mnist(SHARED_MNIST):
+        return SHARED_MNIST
+    from nas.data import default_data_dir, download
+    from nas.errors import DataError
+
+    user = default_data_dir()
+    if has_mnist(user):
+        return user
+    try:
+        download(user)
+    except DataError as e:
+        reason = str(e).split(" could not be downloaded ", 1)[-1].split(";")[0].strip(" (")
+        raise RuntimeError(f"real MNIST not found in {SHARED_MNIST} or {user}, and downloading it failed ({reason}); "
+                           "set NAS_TEST_MNIST to a folder with the four IDX files") from None
+    return user
+
+
+def pytest_collection_modifyitems(session, config, items) -> None:
+    """Find the data once, before any test runs, and only if a selected test needs it: when it
+    cannot be found, stop with one message instead of a failure per test."""
+    if any("mnist_dir" in getattr(item, "fixturenames", ()) or "small_data" in getattr(item, "fixturenames", ()) for item in items):
+        try:
+            config.stash[_MNIST] = find_mnist()
+        except RuntimeError as e:
+            pytest.exit(f"tests need MNIST: {e}", returncode=1)
 
 
 @pytest.fixture(scope="session")
-def mnist_dir() -> Path:
-    if not (MNIST / "train-images-idx3-ubyte.gz").is_file():
-        pytest.fail(f"real MNIST expected at {MNIST} (set NAS_TEST_MNIST to its folder)")
-    return MNIST
+def mnist_dir(request) -> Path:
+    return request.config.stash[_MNIST]
 
 
 @pytest.fixture(scope="session")
@@ -23,3 +68,80 @@ def small_data(mnist_dir):
     from nas.data import load
 
     return load(mnist_dir, val_size=2000, train_size=4000)
+
+
+def make_study(storage: str | None = None, name: str = "synthetic", n: int = 24, seed: int = 0) -> optuna.Study:
+    """A study with the attributes a real search writes (nas.search), without training: trials are
+    drawn from the default space by a random sampler, and complete, converge, get pruned (budget,
+    invalid, convergence) or fail (diverged, stale) with made-up but plausible learning curves."""
+    from nas.analytics import ConvergenceRule
+    from nas.arch import arch_to_json, param_count, receptive_field
+    from nas.errors import SpecError
+    from nas.settings import StudySettings
+    from nas.space import sample
+
+    settings = StudySettings(max_params=12_000, max_epochs=4, target_accuracy=0.98, train_size=2000, val_size=1000)
+    rule = ConvergenceRule.of(settings)
+    rng = random.Random(seed)
+    study = optuna.create_study(study_name=name, directions=["maximize", "minimize"], sampler=optuna.samplers.RandomSampler(seed))
+    study.set_metric_names(["val_accuracy", "params"])
+    study.set_user_attr("settings", settings.to_dict())
+    study.enqueue_trial(settings.seed_configs[0], user_attrs={"seed_arch": settings.seed_archs[0]["name"]})
+    trained = 0
+    for i in range(n):
+        trial = study.ask()
+        arch, cfg = sample(settings.parsed_space, trial, settings.max_epochs)
+        arch.name = f"trial_{trial.number}"
+        try:
+            params = param_count(arch)
+        except SpecError as e:
+            trial.set_user_attr("prune_reason", f"invalid: {e.problem}")
+            study.tell(trial, state=optuna.trial.TrialState.PRUNED)
+            continue
+        for key, value in dict(params=params, receptive_field=receptive_field(arch), arch=arch_to_json(arch), train_config=cfg.to_dict(), device="cpu").items():
+            trial.set_user_attr(key, value)
+        if params > settings.max_params:
+            trial.set_user_attr("prune_reason", f"budget: parameters {params:,} > {settings.max_params:,}")
+            trial.set_user_attr("over_budget", ["params"])
+            study.tell(trial, state=optuna.trial.TrialState.PRUNED)
+            continue
+        trained += 1
+        final = min(0.993, 0.955 + 0.01 * math.log(params / 500) + rng.uniform(-0.012, 0.012)) if i else 0.985  # the seed converges
+        curve = [round(final - 0.05 * (1 - e / 4) ** 1.5 + rng.uniform(-0.002, 0.002), 4) for e in range(1, 5)]
+        curve[-1] = round(final, 4)
+        seconds = [round(0.4 + params / 20000 + rng.uniform(0, 0.1), 3) for _ in curve]
+        if trained in (4, 8):  # a diverged run and a run whose worker died, failed as stale by another worker
+            trial.set_user_attr("fail_reason", "training loss became nan in epoch 2" if trained == 4 else "stale: no heartbeat from worker w1 on host-b for 120 s")
+            trial.set_user_attr("curve", curve[:1])
+            trial.set_user_attr("epoch_seconds", seconds[:1])
+            study.tell(trial, state=optuna.trial.TrialState.FAIL)
+            continue
+        stop = next((e for e, acc in enumerate(curve, 1) if rule.should_prune(e, acc)), None)
+        if i == 7:
+            trial.set_user_attr("macs", params * 180)
+            trial.set_user_attr("model_bytes", params * 4)
+            trial.set_user_attr("engine", "eager")
+        if i == 9:
+            trial.set_user_attr("retry_of", 2)
+        curve, seconds = (curve[:stop], seconds[:stop]) if stop else (curve, seconds)
+        trial.set_user_attr("curve", curve)
+        trial.set_user_attr("epoch_seconds", seconds)
+        trial.set_user_attr("train_seconds", sum(seconds))
+        if stop:
+            trial.set_user_attr("would_prune_epoch", stop)
+            trial.set_user_attr("prune_reason", "convergence")
+            study.tell(trial, state=optuna.trial.TrialState.PRUNED)
+            continue
+        trial.set_user_attr("converged", curve[-1] >= settings.target_accuracy)
+        study.tell(trial, [curve[-1], params])
+    if storage is None:
+        return study
+    # Built in memory and copied: a SQLite commit per attribute costs seconds on a busy disk.
+    optuna.copy_study(from_study_name=name, from_storage=study._storage, to_storage=storage)
+    return optuna.load_study(study_name=name, storage=storage)
+
+
+@pytest.fixture
+def synthetic_study() -> optuna.Study:
+    """In memory: notes, artifacts and reports work the same on any storage (the browser test uses SQLite)."""
+    return make_study()

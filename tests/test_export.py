@@ -9,7 +9,8 @@ from typer.testing import CliRunner
 
 from nas.arch import load_arch, param_count
 from nas.cli import app
-from nas.data import load_test, normalize, read_idx
+from nas.data import normalize, read_idx
+from nas.predict import pixels
 from nas.model import build
 from nas.search import Run, search
 from nas.settings import StudySettings
@@ -44,7 +45,9 @@ def test_files_and_metrics(exported):
     assert m["test_acc_min"] <= m["test_acc_mean"] <= m["test_acc_max"]
     assert m["train_images"] == 1000 and m["torchscript"] == "script"
     assert set(m["versions"]) >= {"nas", "torch", "optuna"}
-    assert "Total params" in (out / "README.md").read_text() and "verified in a fresh process" in log
+    card = (out / "README.md").read_text()
+    assert "Total params" in card and "verified in a fresh process" in log
+    assert "normalisation is inside the model" in card and "pixels in [0, 1], white digit on black" in card and "pixels in [0, 1]" in m["input"]
 
 
 def test_torchscript_round_trip_matches_eager(exported, mnist_dir):
@@ -54,11 +57,44 @@ def test_torchscript_round_trip_matches_eager(exported, mnist_dir):
     eager.load_state_dict(torch.load(out / "state_dict.pt"))
     eager.eval()
     scripted = torch.jit.load(str(out / "model.pt")).eval()
-    x = load_test(mnist_dir).x[:3000]
+    raw = read_idx(mnist_dir / "t10k-images-idx3-ubyte.gz")[:3000]
     with torch.no_grad():
-        assert torch.equal(scripted(x).argmax(1), eager(x).argmax(1))
+        assert torch.equal(scripted(pixels(raw)).argmax(1), eager(normalize(raw)).argmax(1))  # model.pt normalises inside
     graph = str(scripted.inlined_graph)
     assert "linear" not in graph.lower() and ("aten::_convolution" in graph or "conv2d" in graph)
+
+
+# Only torch: nas cannot be imported (an editable install would otherwise find it), -I drops
+# PYTHONPATH, the script's folder and user site-packages.
+_TORCH_ONLY = """
+import sys
+sys.modules["nas"] = None
+import torch
+model = torch.jit.load(sys.argv[1]).eval()
+x = torch.load(sys.argv[2])
+with torch.no_grad():
+    torch.save(model(x).argmax(1), sys.argv[3])
+assert not [m for m in sys.modules if m.startswith(("nas.", "optuna"))]
+"""
+
+
+def test_model_pt_takes_raw_pixels_in_a_process_with_only_torch(exported, mnist_dir, tmp_path):
+    out, _, _ = exported
+    raw = read_idx(mnist_dir / "t10k-images-idx3-ubyte.gz")
+    labels = read_idx(mnist_dir / "t10k-labels-idx1-ubyte.gz").long()
+    x = pixels(raw)
+    assert x.min() == 0 and x.max() == 1 and x.shape == (10000, 1, 28, 28)
+    torch.save(x, tmp_path / "x.pt")
+    r = subprocess.run([sys.executable, "-I", "-c", _TORCH_ONLY, str(out / "model.pt"), "x.pt", "pred.pt"], cwd=tmp_path, capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    got = torch.load(tmp_path / "pred.pt")
+    eager = build(load_arch(out / "architecture.toml"))
+    eager.load_state_dict(torch.load(out / "state_dict.pt"))
+    with torch.no_grad():
+        expected = eager.eval()(normalize(raw)).argmax(1)
+    assert torch.equal(got, expected)
+    m = json.loads((out / "metrics.json").read_text())
+    assert (got == labels).float().mean().item() == m["test_acc"]  # the accuracy the model card states, on raw pixels
 
 
 def test_no_feasible_trial_is_a_clear_error(exported):
@@ -86,7 +122,7 @@ def test_predict_on_pngs_and_idx(exported, mnist_dir, tmp_path):
     assert r.exit_code == 0, r.output
     model = torch.jit.load(str(out / "model.pt"))
     with torch.no_grad():
-        expected = model(normalize(test)).argmax(1).tolist()
+        expected = model(pixels(test)).argmax(1).tolist()
     lines = r.output.splitlines()
     got = [int(line.split(": ")[1].split()[0]) for line in lines]
     assert got[:3] == expected and got[3] == expected[0]
@@ -97,9 +133,19 @@ def test_predict_bad_files(exported, tmp_path):
     out, _, _ = exported
     junk = tmp_path / "junk.png"
     junk.write_bytes(b"not an image")
-    for args, text in (([out / "model.pt", junk], "not a PNG/JPEG image or IDX"), ([junk, junk], "not a TorchScript model"), ([out / "model.pt", tmp_path / "none.png"], "no such file")):
+    blank = tmp_path / "blank.png"
+    Image.new("L", (28, 28)).save(blank)
+    for args, text in (([out / "model.pt", junk], "not a PNG/JPEG image or IDX"), ([junk, blank], "not a TorchScript model"), ([out / "model.pt", tmp_path / "none.png"], "no such file")):
         r = subprocess.run([sys.executable, "-m", "nas", "predict", *map(str, args)], capture_output=True, text=True)
         assert r.returncode == 2 and text in r.stderr, r.stderr
+
+
+def test_predict_refuses_a_model_that_does_not_normalise(tmp_path):
+    old = torch.jit.script(build(load_arch(SEED)))  # what nas export wrote before normalisation moved inside
+    old.save(str(tmp_path / "old.pt"))
+    Image.fromarray(torch.zeros(28, 28, dtype=torch.uint8).numpy()).save(tmp_path / "d.png")
+    r = subprocess.run([sys.executable, "-m", "nas", "predict", str(tmp_path / "old.pt"), str(tmp_path / "d.png")], capture_output=True, text=True)
+    assert r.returncode == 2 and "expects normalised input; export it again" in r.stderr and len(r.stderr.splitlines()) == 1
 
 
 def test_seed_arch_exports_too(tmp_path, mnist_dir):

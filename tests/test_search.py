@@ -59,6 +59,15 @@ def test_tiny_search_end_to_end_seed_first(store, mnist_dir):
         assert key in seed.user_attrs
     assert "[trial 0]" in out and "Pareto front" in out and "best:" in out
     assert "the first epoch took" in out and "so far)" in out
+    # what the dashboard shows: each trial's note, the study's note, the architecture files
+    from optuna_dashboard._note import get_note_from_system_attrs
+
+    study = load(store)
+    attrs = study._storage.get_study_system_attrs(study._study_id)
+    assert "complete" in get_note_from_system_attrs(attrs, seed._trial_id)["body"] and "Total params: 9,274" in get_note_from_system_attrs(attrs, seed._trial_id)["body"]
+    assert "Pareto front" in get_note_from_system_attrs(attrs, None)["body"]
+    artifacts = [a for a in optuna.artifacts.get_all_artifact_meta(seed, storage=study._storage)]
+    assert [a.filename for a in artifacts] == ["trial_0.toml"]
 
 
 def test_over_budget_is_pruned_without_training(store, mnist_dir, monkeypatch):
@@ -167,9 +176,9 @@ def test_report_best_and_dashboard(store, mnist_dir, tmp_path):
     run_cli("search", "--trials", 3, "--storage", store, "--data-dir", mnist_dir, *SMALL[:-1], "0.05")
     out = run_cli("report", "--storage", store, "--out", tmp_path / "rep")
     df = pd.read_csv(tmp_path / "rep" / "trials.csv")
-    assert len(df) == 3 and "user_attrs_params" in df.columns and df["user_attrs_params"].iloc[0] == 9274
+    assert len(df) == 3 and df["params"].iloc[0] == 9274 and df["seed_arch"].iloc[0] == "seed_9274"
     page = (tmp_path / "rep" / "report.html").read_text()
-    assert "Validation accuracy vs parameters" in page and "Learning curves" in page and "plotly" in page
+    assert "Validation accuracy vs parameters" in page and "Learning curves, coloured by outcome" in page and "plotly" in page
     assert "wrote" in out
     best = run_cli("best", "--storage", store)
     assert "Total params" in best

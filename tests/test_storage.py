@@ -116,6 +116,16 @@ def test_stale_trials_are_failed_and_retried_clean(tmp_path, monkeypatch, kind):
     assert st.finished(trials) == 0  # the retry will count instead
 
 
+def test_a_trial_that_never_beat_is_reaped_after_a_grace_period_seen(tmp_path, monkeypatch):
+    monkeypatch.setattr(st, "GRACE_SECONDS", 1)
+    study = st.open_study("u", f"sqlite:///{tmp_path}/u.db", StudySettings())
+    study.ask()  # its worker died before its first beat
+    keeper = st.Keeper(study, lambda msg: None)
+    assert keeper.reap() == []  # first seen now: no clock of another machine is trusted for it
+    time.sleep(1.2)
+    assert len(keeper.reap()) == 1
+
+
 def test_a_trial_is_retried_at_most_twice(tmp_path):
     study = optuna.create_study(storage=f"sqlite:///{tmp_path}/r.db")
     dead = optuna.trial.create_trial(state=TrialState.FAIL, user_attrs={"retries": 2})

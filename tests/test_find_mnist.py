@@ -1,0 +1,66 @@
+"""The tests find MNIST the way the CLI does, and say in one line what to do when they cannot."""
+
+import functools
+import http.server
+import os
+import subprocess
+import sys
+import threading
+
+import conftest
+import pytest
+from conftest import ROOT, find_mnist
+
+import nas.data
+
+
+@pytest.fixture
+def nowhere(tmp_path, monkeypatch):
+    """No NAS_TEST_MNIST, no ../shared copy, an empty user data folder."""
+    monkeypatch.delenv("NAS_TEST_MNIST", raising=False)
+    monkeypatch.setattr(conftest, "SHARED_MNIST", tmp_path / "shared")
+    monkeypatch.setenv("NAS_DATA_DIR", str(tmp_path / "user"))
+    return tmp_path / "user"
+
+
+@pytest.fixture
+def mirror(mnist_dir):
+    """An HTTP server on loopback serving the real MNIST files, as a mirror would."""
+    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(mnist_dir))
+    handler.log_message = lambda *a: None
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    yield f"http://127.0.0.1:{server.server_port}/"
+    server.shutdown()
+
+
+def test_explicit_folder_first_and_a_wrong_one_is_named(tmp_path, monkeypatch, mnist_dir):
+    monkeypatch.setenv("NAS_TEST_MNIST", str(mnist_dir))
+    assert find_mnist() == mnist_dir
+    monkeypatch.setenv("NAS_TEST_MNIST", str(tmp_path))
+    with pytest.raises(RuntimeError, match=f"NAS_TEST_MNIST={tmp_path} does not hold"):
+        find_mnist()
+
+
+def test_user_folder_is_downloaded_with_checksums(nowhere, mirror, monkeypatch):
+    monkeypatch.setattr(nas.data, "download", functools.partial(nas.data.download, mirrors=(mirror,)))
+    assert find_mnist() == nowhere
+    assert sorted(p.name for p in nowhere.iterdir()) == sorted(nas.data.FILES)
+    assert all(nas.data.sha256(nowhere / name) == digest for name, digest in nas.data.FILES.items())
+
+
+def test_no_data_and_no_network_is_one_clear_line(nowhere, monkeypatch):
+    monkeypatch.setattr(nas.data, "download", functools.partial(nas.data.download, mirrors=("http://127.0.0.1:9/",)))  # refused at once
+    with pytest.raises(RuntimeError) as e:
+        find_mnist()
+    message = str(e.value)
+    assert "downloading it failed" in message and "set NAS_TEST_MNIST" in message and "\n" not in message
+
+
+def test_pytest_stops_with_that_line_instead_of_a_failure_per_test(tmp_path):
+    env = {**os.environ, "NAS_TEST_MNIST": str(tmp_path)}
+    r = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", str(ROOT / "tests" / "test_train.py")],
+                       cwd=tmp_path, env=env, capture_output=True, text=True)
+    assert r.returncode == 1
+    assert f"tests need MNIST: NAS_TEST_MNIST={tmp_path} does not hold the four MNIST IDX files" in r.stdout + r.stderr
+    assert "FAILED" not in r.stdout and "ERROR" not in r.stdout
