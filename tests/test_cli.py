@@ -80,8 +80,11 @@ def test_architecture_that_does_not_fit_the_data(tmp_path, mnist_dir):
 
 def test_storage_in_a_read_only_place_or_file(tmp_path, mnist_dir):
     refused(nas("search", "--storage", "sqlite:////proc/nas/s.db", "--data-dir", mnist_dir), "writable")
+    from nas.settings import StudySettings
+    from nas.storage import open_study
+
     db = tmp_path / "ro.db"
-    assert nas("search", "--storage", f"sqlite:///{db}", "--data-dir", mnist_dir, "--trials", 1, "--max-epochs", 1, "--train-size", 200).returncode == 0
+    open_study("mnist", f"sqlite:///{db}", StudySettings())
     made_immutable = subprocess.run(["chattr", "+i", str(db)], capture_output=True).returncode == 0
     if not made_immutable:  # root ignores permission bits; chattr is how to make a read-only file for root
         os.chmod(db, 0o444)
@@ -123,8 +126,9 @@ def test_ctrl_c_prints_one_friendly_line_and_exits_130(tmp_path, mnist_dir):
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     deadline = time.time() + 120
     seen = ""
-    while time.time() < deadline and "epoch  1/20" not in seen:
+    while time.time() < deadline and "finished so far" not in seen:  # the study is open: the seed trial starts training
         seen += proc.stdout.readline()
+    time.sleep(2.0)
     proc.send_signal(signal.SIGINT)
     out, err = proc.communicate(timeout=60)
     assert proc.returncode == 130, (out, err)
