@@ -30,6 +30,7 @@ from optuna_dashboard._note import get_note_from_system_attrs, save_note_with_ve
 from nas.analytics import ConvergenceRule, best_trial, counts, duration, pareto_front, study_settings
 from nas.arch import Arch, Conv, Dropout, Pool, arch_from_dict, arch_to_toml
 from nas.errors import SpecError
+from nas.resources import FP32_ATTRS, RESOURCES
 from nas.settings import StudySettings
 from nas.space import architecture_count
 from nas.storage import parse
@@ -39,8 +40,8 @@ from nas.summary import summary_table
 # carries is listed under "Other attributes" so new attributes show up without a code change.
 KNOWN_ATTRS = frozenset({
     "params", "receptive_field", "arch", "train_config", "device", "curve", "epoch_seconds", "train_seconds", "converged",
-    "prune_reason", "would_prune_epoch", "fail_reason", "seed_arch", "val_accs", "macs", "activation_bytes", "model_bytes",
-    "duplicate_of", "engine", "retry_of",
+    "prune_reason", "would_prune_epoch", "fail_reason", "seed_arch", "val_accs", "duplicate_of", "engine", "retry_of", "retries",
+    "over_budget", "config_key", "worker", "recovered_from", *(r.attr for r in RESOURCES), *FP32_ATTRS.values(),
 })
 BARS = "▁▂▃▄▅▆▇█"
 
@@ -177,12 +178,11 @@ def _facts(t: FrozenTrial, settings: StudySettings) -> list[tuple[str, str]]:
         out.append(("wall time", duration((t.datetime_complete - t.datetime_start).total_seconds())))
     if "engine" in a:
         out.append(("engine", str(a["engine"])))
-    if isinstance(a.get("macs"), (int, float)):
-        out.append(("multiply-accumulates per image", f"{a['macs']:,.0f}"))
-    if isinstance(a.get("activation_bytes"), (int, float)):
-        out.append(("activation memory per image", size(a["activation_bytes"])))
-    if isinstance(a.get("model_bytes"), (int, float)):
-        out.append(("model size", size(a["model_bytes"])))
+    for r in RESOURCES[1:]:  # parameters are on the first line
+        if isinstance(a.get(r.attr), (int, float)):
+            limit = r.limit(settings)
+            fp32 = f" ({a[FP32_ATTRS[r.name]]:,} B at fp32)" if r.name in FP32_ATTRS and FP32_ATTRS[r.name] in a else ""
+            out.append((r.label, r.format(a[r.attr]) + fp32 + (f", limit {r.format(limit)}" if limit is not None else "")))
     if "seed_arch" in a:
         out.append(("seed network", f"`{a['seed_arch']}` (enqueued first: the hand-made starting point)"))
     if "retry_of" in a:
@@ -257,11 +257,13 @@ def settings_rows(settings: StudySettings) -> list[tuple[str, str]]:
     pruning = {"on": f"on: from epoch {rule.first_epoch()}, a trial below a line from target − {settings.prune_slack:g} (epoch 0) to the target (epoch {settings.max_epochs}) is pruned",
                "observe": f"observe: where the rule (from epoch {rule.first_epoch()}, slack {settings.prune_slack:g}) would prune is recorded, trials train on",
                "off": "off"}[settings.pruning]
+    limits = [f"{r.label} {r.format(r.limit(settings))}" for r in RESOURCES if r.limit(settings) is not None]
+    minimized = next(r for r in RESOURCES if r.name == settings.minimize)
     return [
-        ("budget", f"{settings.max_params:,} parameters (larger networks are pruned before training)"),
+        ("budget", f"{', '.join(limits)} (larger networks are pruned before training)"),
         ("epochs", str(settings.max_epochs)),
         ("target", f"{pct(settings.target_accuracy)} validation accuracy"),
-        ("objective", {"pareto": "pareto: maximise validation accuracy, minimise parameters", "accuracy": "accuracy under the budget"}[settings.objective]),
+        ("objective", {"pareto": f"pareto: maximise validation accuracy, minimise {minimized.label}", "accuracy": "accuracy under the budget"}[settings.objective]),
         ("convergence pruning", pruning),
         ("data", f"{'all' if settings.train_size is None else f'{settings.train_size:,}'} training images, {settings.val_size:,} held out for validation"),
         ("seeds per trial", str(settings.seeds_per_trial)),

@@ -16,8 +16,9 @@ import optuna
 import plotly.graph_objects as go
 from optuna.trial import FrozenTrial, TrialState
 
-from nas.analytics import ConvergenceRule, best_trial, duration, pareto_front, pruning_savings, rule_replays, study_settings
+from nas.analytics import ConvergenceRule, best_trial, duration, minimized, pareto_front, pruning_savings, rule_replays, study_settings
 from nas.notes import arch_line, counts_line, ending, pct, settings_rows, time_spent, trial_arch
+from nas.resources import FP32_ATTRS, RESOURCES
 from nas.summary import summary_table
 
 # Outcome -> (colour, line dash) in the learning curves; a legend entry each.
@@ -30,7 +31,7 @@ STYLES = {
     "running": ("#1f77b4", "solid"),
 }
 # Attributes only some studies have (costs, engines, seeds): a column each when any trial has one.
-OPTIONAL_COLUMNS = ("macs", "activation_bytes", "model_bytes", "engine", "duplicate_of", "val_accs")
+OPTIONAL_COLUMNS = (*(r.attr for r in RESOURCES[1:]), *FP32_ATTRS.values(), "engine", "duplicate_of", "val_accs", "worker")
 
 
 def _esc(x: Any) -> str:
@@ -38,13 +39,16 @@ def _esc(x: Any) -> str:
 
 
 def _hover(t: FrozenTrial) -> str:
+    """A point's label: the trial, its architecture in one line, and its costs."""
     arch = trial_arch(t)
-    return f"trial {t.number}" + (f"<br>{html.escape(arch_line(arch))}" if arch else "")
+    costs = ", ".join(f"{r.label} {r.format(t.user_attrs[r.attr])}" for r in RESOURCES if r.attr in t.user_attrs)
+    return f"trial {t.number}" + (f"<br>{html.escape(arch_line(arch))}" if arch else "") + (f"<br>{html.escape(costs)}" if costs else "")
 
 
 def pareto_figure(study: optuna.Study) -> go.Figure:
-    """Every complete trial by parameters and validation accuracy; the front joined, the seed a star."""
-    settings = study_settings(study)
+    """Every complete trial by the minimised resource (--minimize) and validation accuracy; the
+    front joined, the seed a star."""
+    settings, r = study_settings(study), minimized(study)
     done = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
     front = pareto_front(study)
     on_front = {t.number for t in front}
@@ -55,12 +59,13 @@ def pareto_figure(study: optuna.Study) -> go.Figure:
         ("seed network", [t for t in done if "seed_arch" in t.user_attrs], dict(color="crimson", size=18, symbol="star", line=dict(width=1, color="black")), "markers"),
     ):
         fig.add_trace(go.Scatter(
-            x=[t.user_attrs["params"] for t in members], y=[100 * t.values[0] for t in members], mode=mode, name=label, marker=marker,
+            x=[r.value(t.user_attrs) for t in members], y=[100 * t.values[0] for t in members], mode=mode, name=label, marker=marker,
             line=dict(shape="hv", color="royalblue") if mode != "markers" else None, text=[_hover(t) for t in members],
-            hovertemplate="%{text}<br>%{x:,} params, %{y:.2f} %<extra></extra>"))
+            hovertemplate="%{text}<br>%{y:.2f} %<extra></extra>"))
     fig.add_hline(y=100 * settings.target_accuracy, line_dash="dot", annotation_text="target")
-    fig.add_vline(x=settings.max_params, line_dash="dot", annotation_text="budget")
-    fig.update_layout(title="Validation accuracy vs parameters (hover for the architecture)", xaxis_title="parameters",
+    if r.limit(settings) is not None:
+        fig.add_vline(x=r.limit(settings), line_dash="dot", annotation_text="budget")
+    fig.update_layout(title=f"Validation accuracy vs {r.label} (hover for the architecture)", xaxis_title=r.label + (f" ({r.value_unit})" if r.value_unit else ""),
                       yaxis_title="validation accuracy (%)", hoverlabel=dict(align="left"))
     return fig
 

@@ -65,9 +65,13 @@ def resource(name: str) -> Resource:
     return next(r for r in RESOURCES if r.name == name)
 
 
+# The fp32 twin of a resource stored in int8 bytes, for review (limits apply to the int8 figures).
+FP32_ATTRS = {"activation": "activation_fp32_bytes", "model-bytes": "model_fp32_bytes"}
+
+
 def trial_attrs(c: Costs) -> dict[str, int]:
     """Every cost to store on a trial: each resource's attribute, and the fp32 figures for review."""
-    return {**{r.attr: r.read(c) for r in RESOURCES}, "activation_fp32_bytes": c.activation_fp32, "model_fp32_bytes": c.model_fp32}
+    return {**{r.attr: r.read(c) for r in RESOURCES}, FP32_ATTRS["activation"]: c.activation_fp32, FP32_ATTRS["model-bytes"]: c.model_fp32}
 
 
 class Violation(NamedTuple):

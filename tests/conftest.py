@@ -75,7 +75,8 @@ def make_study(storage: str | None = None, name: str = "synthetic", n: int = 24,
     drawn from the default space by a random sampler, and complete, converge, get pruned (budget,
     invalid, convergence) or fail (diverged, stale) with made-up but plausible learning curves."""
     from nas.analytics import ConvergenceRule
-    from nas.arch import arch_to_json, param_count, receptive_field
+    from nas.arch import arch_to_json, costs, param_count, receptive_field
+    from nas.resources import trial_attrs
     from nas.errors import SpecError
     from nas.settings import StudySettings
     from nas.space import sample
@@ -98,7 +99,7 @@ def make_study(storage: str | None = None, name: str = "synthetic", n: int = 24,
             trial.set_user_attr("prune_reason", f"invalid: {e.problem}")
             study.tell(trial, state=optuna.trial.TrialState.PRUNED)
             continue
-        for key, value in dict(params=params, receptive_field=receptive_field(arch), arch=arch_to_json(arch), train_config=cfg.to_dict(), device="cpu").items():
+        for key, value in dict(**trial_attrs(costs(arch)), receptive_field=receptive_field(arch), arch=arch_to_json(arch), train_config=cfg.to_dict(), device="cpu").items():
             trial.set_user_attr(key, value)
         if params > settings.max_params:
             trial.set_user_attr("prune_reason", f"budget: parameters {params:,} > {settings.max_params:,}")
@@ -118,8 +119,6 @@ def make_study(storage: str | None = None, name: str = "synthetic", n: int = 24,
             continue
         stop = next((e for e, acc in enumerate(curve, 1) if rule.should_prune(e, acc)), None)
         if i == 7:
-            trial.set_user_attr("macs", params * 180)
-            trial.set_user_attr("model_bytes", params * 4)
             trial.set_user_attr("engine", "eager")
         if i == 9:
             trial.set_user_attr("retry_of", 2)

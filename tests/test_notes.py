@@ -54,11 +54,11 @@ def test_every_ending_is_explained(synthetic_study):
 
 def test_attributes_others_add_are_shown_and_missing_ones_tolerated():
     settings = StudySettings(max_epochs=4, target_accuracy=0.98)
-    extra = {"params": 5000, "macs": 1_234_567, "activation_bytes": 40_960, "model_bytes": 20_000, "engine": "cuda-graph",
+    extra = {"params": 5000, "macs": 1_234_567, "activation_int8_bytes": 40_960, "activation_fp32_bytes": 163_840, "model_int8_bytes": 20_000, "engine": "cuda-graph",
              "duplicate_of": 3, "retry_of": 2, "val_accs": [0.981, 0.985], "curve": [0.9, 0.95, 0.97, 0.983], "flops_ratio": 0.5}
     t = optuna.trial.create_trial(values=[0.983, 5000], user_attrs=extra)
     note = notes.trial_note(t, settings)
-    for text in ("1,234,567", "40.0 KiB", "19.5 KiB", "cuda-graph", "trial 3", "re-run of | trial 2", "98.10 %, 98.50 %", "`flops_ratio` | 0.5"):
+    for text in ("MACs | 1,234,567", "peak int8 activations | 40,960 B (163,840 B at fp32)", "int8 model size | 20,000 B", "cuda-graph", "trial 3", "re-run of | trial 2", "98.10 %, 98.50 %", "`flops_ratio` | 0.5"):
         assert text in note, text
     bare = optuna.trial.create_trial(state=TrialState.FAIL)
     assert "no reason recorded" in notes.trial_note(bare, settings)

@@ -15,10 +15,10 @@ def test_csv_has_one_flat_row_per_trial(synthetic_study, tmp_path):
     csv_path, _ = write_report(study, tmp_path / "rep")
     rows = list(csv.DictReader(csv_path.open()))
     assert [int(r["number"]) for r in rows] == [t.number for t in study.trials]
-    for column in ("state", "outcome", "reason", "params", "receptive_field", "val_acc", "train_seconds", "seconds", "macs", "model_bytes", "engine",
+    for column in ("state", "outcome", "reason", "params", "receptive_field", "val_acc", "train_seconds", "seconds", "macs", "activation_int8_bytes", "model_int8_bytes", "model_fp32_bytes", "engine",
                    "param_stages", "param_s1_blocks", "param_optimizer"):
         assert column in rows[0], column
-    assert "activation_bytes" not in rows[0]  # no trial has it: no empty column
+    assert "val_accs" not in rows[0]  # no trial has it: no empty column
     seed = rows[0]
     assert seed["params"] == "9274" and seed["seed_arch"] == "seed_9274" and float(seed["val_acc"]) == study.trials[0].values[0]
     assert seed["architecture"] == "c4 c4 c8 max c12 c12 c16 max c20v → conv3x3v, GAP"
