@@ -33,7 +33,7 @@ def test_page_tells_the_study(synthetic_study, tmp_path):
     page = render(study)
     text = re.sub(r"<[^>]+>", " ", page.split("<h2>Pareto front</h2>")[0])
     best = best_trial(study)
-    for fact in ("12,000 parameters", "98.00 % validation accuracy", "cpu", f"{len(study.trials)}: ", "training,",
+    for fact in ("parameters 12,000", "98.00 % validation accuracy", "cpu", f"{len(study.trials)}: ", "training,",
                  f"trial {best.number}: {best.user_attrs['params']:,} parameters", "Total params:", "seed_9274"):
         assert fact in text, fact
     for t in pareto_front(study):  # hover text carries each front point's architecture in one line
