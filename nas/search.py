@@ -123,7 +123,7 @@ def make_objective(settings: StudySettings, data: Data, device: torch.device, lo
                     raise optuna.TrialPruned(f"not converging at epoch {e.epoch}")
 
         try:
-            train(arch, data, cfg, on_epoch)
+            trained = train(arch, data, cfg, on_epoch, seeds=settings.seeds_per_trial)
         except Diverged as e:
             trial.set_user_attr("fail_reason", str(e))
             log(f"[trial {trial.number}] FAILED: {e}")
@@ -134,6 +134,7 @@ def make_objective(settings: StudySettings, data: Data, device: torch.device, lo
             if device.type == "cuda":
                 torch.cuda.empty_cache()
             raise
+        trial.set_user_attr("engine", trained.engine)  # e.g. why a CUDA graph could not be captured
         acc = curve[-1]
         trial.set_user_attr("converged", acc >= settings.target_accuracy)
         return (acc, n) if pareto else acc
