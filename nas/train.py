@@ -44,8 +44,9 @@ ENGINES = ("auto", "eager", "graph")
 WARMUP_STEPS = 3  # steps run before capture (cuDNN autotuning, lazy allocations); their effect is undone
 VAL_IMAGES = {"cuda": 10_000, "cpu": 2_000}  # images x copies per validation batch
 
-_SEEDING = threading.Lock()  # torch.manual_seed is process-wide: threads build their networks in turn
-_CAPTURING = threading.Lock()  # one capture at a time in this process; replays run concurrently
+# Process-wide state, one thread at a time: torch.manual_seed (it seeds the CUDA generators too, which a
+# capture in flight must not see change), graph capture, and freeing cached memory. Replays run concurrently.
+_EXCLUSIVE = threading.Lock()
 _STREAMS = threading.local()  # one CUDA stream per thread, so concurrent trials overlap and reuse their memory
 
 
@@ -217,7 +218,7 @@ class _Trial:
         try:
             for _ in range(WARMUP_STEPS):
                 self.step(static_x, static_y)
-            with _CAPTURING:
+            with _EXCLUSIVE:
                 graph.capture_begin(capture_error_mode="thread_local")
                 try:
                     self.step(static_x, static_y)
@@ -276,7 +277,7 @@ def _on_trial_stream(device: torch.device) -> Iterator[None]:
 
 def _network(arch: Arch, seeds: list[int], device: torch.device, precision: str) -> nn.Module:
     """Plain networks initialised under each seed, packed when there are several."""
-    with _SEEDING:
+    with _EXCLUSIVE:
         nets = []
         for s in seeds:
             torch.manual_seed(s)
@@ -368,7 +369,10 @@ def _run(arch: Arch, data: Data, cfg: TrainConfig, seeds: list[int], on_epoch: C
                 on_epoch(history[-1])
             start = time.perf_counter()  # the callback's own time is not the epoch's
     finally:
+        trial.opt.zero_grad(set_to_none=True)  # on the graph engine the gradients live in the graph's memory pool
         if captured is not None:
-            captured.reset()  # frees the graph; its private memory pool goes back to the allocator
-        trial.opt.zero_grad(set_to_none=True)  # the gradients live in that pool
+            captured.reset()
+            del captured, feed
+            with _EXCLUSIVE:  # no other thread is capturing while cached blocks are freed
+                torch.cuda.empty_cache()  # hands the pool back: a worker runs hundreds of trials
     return Trained(model, history, name, seeds, arch)
