@@ -263,9 +263,10 @@ def _on_trial_stream(device: torch.device) -> Iterator[None]:
         yield
         return
     torch.backends.cudnn.benchmark = True  # small convs: let cuDNN pick (runs during warm-up, before capture)
-    if not hasattr(_STREAMS, "by_device"):
-        _STREAMS.by_device = {}
-    stream = _STREAMS.by_device.setdefault(device, torch.cuda.Stream(device))
+    streams = _STREAMS.__dict__.setdefault("by_device", {})
+    if device not in streams:
+        streams[device] = torch.cuda.Stream(device)
+    stream = streams[device]
     caller = torch.cuda.current_stream(device)
     stream.wait_stream(caller)  # the data was written on the caller's stream
     try:
