@@ -361,9 +361,10 @@ def _run(arch: Arch, data: Data, cfg: TrainConfig, seeds: list[int], on_epoch: C
             trial.loss_sum.zero_()
             k = len(seeds)
             losses, val_losses, val_accs = figures[:k], figures[k : 2 * k], figures[2 * k :]
-            bad = [v for v in losses if not math.isfinite(v)]
-            if bad:
-                raise Diverged(f"training loss became {bad[0]} in epoch {epoch}")
+            for what, values in (("training", losses), ("validation", val_losses if len(data.val) else [])):
+                bad = [v for v in values if not math.isfinite(v)]
+                if bad:  # validation too: with one step an epoch, the step's own loss is taken before its update
+                    raise Diverged(f"{what} loss became {bad[0]} in epoch {epoch}")
             history.append(Epoch(epoch, lr_at((epoch - 1) * steps, cfg, cfg.epochs * steps), sum(losses) / k, sum(val_losses) / k,
                                  sum(val_accs) / k, time.perf_counter() - start, val_accs, steps * batch))
             if on_epoch:

@@ -121,8 +121,10 @@ def test_k_seeds_train_as_k_separate_runs(small_data):
 
 
 def test_divergence_is_detected(small_data):
-    with pytest.raises(Diverged):
+    with pytest.raises(Diverged, match="training loss"):
         train(load_arch(SEED), subset(small_data, 256, 64), TrainConfig(epochs=1, lr=1e12, batch_size=32, schedule="step"))
+    with pytest.raises(Diverged, match="validation loss"):  # one step: its own loss was taken before the update blew up
+        train(load_arch(SEED), subset(small_data, 64, 64), TrainConfig(epochs=1, lr=1e12, batch_size=512))
 
 
 def test_step_schedule_and_callback_can_stop(small_data):
