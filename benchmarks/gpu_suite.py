@@ -277,8 +277,10 @@ def search(sec: Section, data_dir: str, workdir: Path, device: str) -> None:
     for label, flags in runs:
         if sec.left() < SEARCH_SECONDS + 10:
             raise OutOfTime
-        storage = f"sqlite:///{workdir / f'search_{len(sec.figures)}.db'}"
         name = f"suite-{label.replace(' ', '-')}"
+        db = workdir / f"{name}.db"
+        db.unlink(missing_ok=True)  # a fresh study: an old one would resume with its stored settings
+        storage = f"sqlite:///{db}"
         cmd = [sys.executable, "-m", "nas", "search", "--study-name", name, "--storage", storage, "--trials", "1000",
                "--timeout", str(SEARCH_SECONDS), "--pruning", "observe", "--data-dir", data_dir, *flags]
         if Smoke.on:
