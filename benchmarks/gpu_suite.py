@@ -243,10 +243,11 @@ def concurrent(sec: Section, data: Data, test: Split, one: float | None) -> None
     sec.row("1 at a time (trials/min)", f"{60 / one:.1f}", "n1", 60 / one)
     for n in sorted({2, DEFAULT_TRIALS_PER_GPU, 8}):
         errors: list[BaseException] = []
+        engines: set[str] = set()
 
         def run(seed: int) -> None:
             try:
-                train(arch, data, fit(replace(cfg, seed=seed)), sec.check_time)
+                engines.add(train(arch, data, fit(replace(cfg, seed=seed)), sec.check_time).engine)
             except BaseException as e:  # noqa: BLE001 - reported below
                 errors.append(e)
 
@@ -263,7 +264,7 @@ def concurrent(sec: Section, data: Data, test: Split, one: float | None) -> None
             if all(isinstance(e, OutOfTime) for e in errors):
                 raise OutOfTime
             raise errors[0]
-        sec.row(f"{n} at once (trials/min)", f"{60 * n / wall:.1f} ({n * one / wall:.2f}x one at a time)", f"n{n}", 60 * n / wall)
+        sec.row(f"{n} at once (trials/min)", f"{60 * n / wall:.1f} ({n * one / wall:.2f}x one at a time; {', '.join(sorted(engines))})", f"n{n}", 60 * n / wall)
 
 
 def search(sec: Section, data_dir: str, workdir: Path, device: str) -> None:
