@@ -1,10 +1,11 @@
 """Seconds per training epoch of the seed network: nas's loop against the original notebook's
 way (a DataLoader collating single images, eager PyTorch), in the same process.
 
-    python3 benchmarks/epoch_speed.py [--device auto|cpu|cuda] [--epochs 2] [--data-dir DIR]
+    python3 benchmarks/epoch_speed.py [--device auto|cpu|cuda] [--epochs 2] [--data-dir DIR] [--engine auto|eager|graph]
 
 Each figure is the fastest of --epochs timed epochs on the 50,000 training images, after one
-untimed warm-up epoch (cuDNN autotuning, allocator); the ratio is baseline / nas.
+untimed warm-up epoch (cuDNN autotuning, allocator, graph capture); the ratio is baseline / nas.
+benchmarks/gpu_suite.py measures the rest of the GPU path.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from torch.utils.data import DataLoader, TensorDataset
 from nas.arch import load_arch
 from nas.data import load
 from nas.model import build
-from nas.search import DEFAULT_SEED
+from nas.settings import DEFAULT_SEED_ARCH as DEFAULT_SEED
 from nas.train import TrainConfig, resolve_device, train
 
 
@@ -44,10 +45,10 @@ def baseline_epoch_seconds(data, device: torch.device, epochs: int) -> float:
     return min(times[1:])
 
 
-def nas_epoch_seconds(data, epochs: int, batch_size: int) -> tuple[float, float]:
-    """Fastest timed epoch of nas.train (validation included) and the final validation accuracy."""
-    _, history = train(load_arch(DEFAULT_SEED), data, TrainConfig(epochs=epochs + 1, batch_size=batch_size))
-    return min(e.seconds for e in history[1:]), history[-1].val_acc
+def nas_epoch_seconds(data, epochs: int, batch_size: int, engine: str = "auto") -> tuple[float, float, str]:
+    """Fastest timed epoch of nas.train (validation included), the final validation accuracy and the engine."""
+    trained = train(load_arch(DEFAULT_SEED), data, TrainConfig(epochs=epochs + 1, batch_size=batch_size), engine=engine)
+    return min(e.seconds for e in trained.history[1:]), trained.history[-1].val_acc, trained.engine
 
 
 def main() -> None:
@@ -56,6 +57,7 @@ def main() -> None:
     p.add_argument("--epochs", type=int, default=2)
     p.add_argument("--data-dir", default=None)
     p.add_argument("--batch-sizes", default="128,512")
+    p.add_argument("--engine", default="auto", choices=["auto", "eager", "graph"])
     args = p.parse_args()
     device = resolve_device(args.device)
     data = load(args.data_dir, device)
@@ -64,8 +66,8 @@ def main() -> None:
     base = baseline_epoch_seconds(data, device, args.epochs)
     print(f"baseline (per-image DataLoader, eager, fp32, batch 128): {base:.2f} s/epoch")
     for bs in map(int, args.batch_sizes.split(",")):
-        secs, acc = nas_epoch_seconds(data, args.epochs, bs)
-        print(f"nas.train batch {bs:>4} (device-resident data{', bf16, channels_last' if device.type == 'cuda' else ''}): "
+        secs, acc, engine = nas_epoch_seconds(data, args.epochs, bs, args.engine)
+        print(f"nas.train batch {bs:>4} ({engine}, device-resident data): "
               f"{secs:.2f} s/epoch incl. validation, {base / secs:.2f}x baseline (val acc after {args.epochs + 1} epochs {100 * acc:.2f} %)")
 
 

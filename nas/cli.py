@@ -122,7 +122,8 @@ def train(
             bar.console.print(epoch_line(e, cfg.epochs), highlight=False)
             bar.advance(task)
 
-        model, history = fit(spec, splits, cfg, on_epoch=on_epoch)
+        trained = fit(spec, splits, cfg, on_epoch=on_epoch)
+    model, history = trained.model(), trained.history
     test = mnist.load_test(data_dir, dev)
     test_loss, test_acc = evaluate(model, test)
     seconds = sum(e.seconds for e in history)

@@ -1,7 +1,7 @@
 """MNIST from the four standard IDX files, verified, split, and kept as tensors on the device.
 
-Batching, shuffling and augmentation work on whole tensors on the training device, so an epoch
-costs a handful of kernel launches per batch and no per-image Python.
+Shuffling and augmentation work on a whole epoch at once on the training device, and batches are
+static slices of it, so an epoch costs a few batched calls and no per-image Python.
 """
 
 from __future__ import annotations
@@ -13,7 +13,6 @@ import struct
 import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
 
 import torch
 import torch.nn.functional as F
@@ -180,30 +179,42 @@ def load_test(data_dir: str | Path | None = None, device: str | torch.device = "
     return Split(normalize(images).to(device), labels.to(device))
 
 
+AUGMENT_CHUNK = 16_384  # images per grid_sample call: bounds the memory of a whole-epoch augmentation
+
+
 def random_affine(x: torch.Tensor, generator: torch.Generator, degrees: float = 10.0, translate: float = 0.1) -> torch.Tensor:
-    """Per-sample small rotation and translation, as one batched grid_sample on x's device."""
+    """Per-sample small rotation and translation on x's device. The random draws for all of x are
+    made in one call and the warp runs in chunks, so the result does not depend on the chunking."""
     n = x.shape[0]
     u = torch.rand(n, 3, generator=generator, device=x.device) * 2 - 1
     angle = u[:, 0] * degrees * torch.pi / 180
     cos, sin = torch.cos(angle), torch.sin(angle)
-    theta = torch.stack([torch.stack([cos, -sin, u[:, 1] * translate * 2], 1), torch.stack([sin, cos, u[:, 2] * translate * 2], 1)], 1)
-    grid = F.affine_grid(theta.to(x.dtype), list(x.shape), align_corners=False)
+    theta = torch.stack([torch.stack([cos, -sin, u[:, 1] * translate * 2], 1), torch.stack([sin, cos, u[:, 2] * translate * 2], 1)], 1).to(x.dtype)
     background = -MEAN / STD  # a black pixel after normalisation
-    return F.grid_sample(x - background, grid, align_corners=False, padding_mode="zeros") + background
+    out = torch.empty_like(x)
+    for i in range(0, n, AUGMENT_CHUNK):
+        part = x[i : i + AUGMENT_CHUNK]
+        grid = F.affine_grid(theta[i : i + AUGMENT_CHUNK], list(part.shape), align_corners=False)
+        out[i : i + AUGMENT_CHUNK] = F.grid_sample(part - background, grid, align_corners=False, padding_mode="zeros") + background
+    return out
 
 
-def batches(
-    split: Split, batch_size: int, generator: torch.Generator | None = None, augment: bool = False
-) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-    """Shuffled (if a generator is given) batches of a split, drawn on its device."""
-    n = len(split)
-    order = torch.randperm(n, generator=generator, device=split.x.device) if generator is not None else None
-    for start in range(0, n, batch_size):
-        if order is None:
-            xb, yb = split.x[start : start + batch_size], split.y[start : start + batch_size]
-        else:
-            idx = order[start : start + batch_size]
-            xb, yb = split.x[idx], split.y[idx]
-        if augment and generator is not None:
-            xb = random_affine(xb, generator)
-        yield xb, yb
+def static_batches(n: int, batch_size: int) -> tuple[int, int]:
+    """(batch, steps) of an epoch with one static batch shape, as a CUDA graph needs.
+
+    The last partial batch is dropped, not wrapped: each epoch is a fresh shuffle, so the dropped
+    images differ from epoch to epoch, and the trainer counts only the steps x batch images it
+    trained on. A split smaller than one batch trains as a single batch of all its images.
+    """
+    if n < 1:
+        raise DataError("the training split is empty; give --train-size of at least 1")
+    batch = min(batch_size, n)
+    return batch, n // batch
+
+
+def shuffled_epoch(split: Split, used: int, generator: torch.Generator, augment: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """The first `used` images of a fresh permutation of `split` (augmented if asked), drawn on its
+    device in a few batched calls: the trainer then slices static batches out of it."""
+    order = torch.randperm(len(split), generator=generator, device=split.x.device)[:used]
+    x, y = split.x[order], split.y[order]
+    return (random_affine(x, generator) if augment else x), y

@@ -125,7 +125,8 @@ def export(
     for s in range(seeds):
         cfg = replace(source.cfg, seed=s, epochs=epochs or source.cfg.epochs)
         start = time.perf_counter()
-        model, history = train(source.arch, data, cfg, on_epoch=lambda e, s=s, n=cfg.epochs: log(_line(s, e, n)))
+        trained = train(source.arch, data, cfg, on_epoch=lambda e, s=s, n=cfg.epochs: log(_line(s, e, n)))
+        model, history = trained.model(), trained.history
         model = model.float().cpu().eval()
         logits = predict(model, test.x)
         acc = accuracy(logits, test.y)

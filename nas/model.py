@@ -1,14 +1,64 @@
-"""The one builder: an Arch becomes an nn.Sequential, module for module as nas.arch.plan says."""
+"""The one builder: an Arch becomes an nn.Sequential, module for module as nas.arch.plan says.
+
+`build(arch, copies=K)` lays out K independent copies of the network as one: every conv is grouped
+(groups=K) and every BatchNorm has K x C channels, so copy k owns channel block k of every layer and
+no weight, gradient or batch statistic crosses between copies. Copy k reads input channels
+k*C_in..(k+1)*C_in and writes logits k*classes..(k+1)*classes: K different batches stacked along
+the channel dimension train K networks in one launch per layer. `pack` and `unpack` move weights
+between K plain networks and the packed one.
+"""
 
 from __future__ import annotations
 
+import torch
 from torch import nn
 
 from nas.arch import Arch, plan
 
+# Arguments that count channels, widened K times in a packed network.
+_CHANNELS = {"Conv2d": ("in_channels", "out_channels"), "BatchNorm2d": ("num_features",)}
 
-def build(arch: Arch) -> nn.Sequential:
-    return nn.Sequential(*(getattr(nn, step.module)(**step.args) for step in plan(arch)))
+
+def build(arch: Arch, copies: int = 1) -> nn.Sequential:
+    """The network of `arch`; copies > 1 packs that many independent networks into one (output [N, copies * classes])."""
+    if copies < 1:
+        raise ValueError(f"copies must be at least 1 (got {copies})")
+    modules = []
+    for step in plan(arch):
+        args = dict(step.args)
+        for key in _CHANNELS.get(step.module, ()):
+            args[key] *= copies
+        if step.module == "Conv2d" and copies > 1:
+            args["groups"] = copies
+        modules.append(getattr(nn, step.module)(**args))
+    return nn.Sequential(*modules)
+
+
+def copies_of(model: nn.Module) -> int:
+    """How many networks a (possibly packed) network holds."""
+    return next(m.groups for m in model.modules() if isinstance(m, nn.Conv2d))
+
+
+@torch.no_grad()
+def pack(models: list[nn.Module], arch: Arch) -> nn.Sequential:
+    """One packed network holding `models` (plain networks of `arch`) as its copies, in order."""
+    packed = build(arch, len(models)).to(next(models[0].parameters()).device)
+    states = [m.state_dict() for m in models]
+    for name, tensor in packed.state_dict().items():
+        parts = [s[name] for s in states]
+        tensor.copy_(torch.cat(parts) if tensor.dim() else parts[0])  # scalars: BatchNorm's step count, equal in every copy
+    return packed
+
+
+@torch.no_grad()
+def unpack(packed: nn.Module, arch: Arch, k: int) -> nn.Sequential:
+    """Copy k of a packed network as a plain network of `arch`, on the packed network's device."""
+    n = copies_of(packed)
+    if not 0 <= k < n:
+        raise IndexError(f"copy {k} of a network packing {n}")
+    plain = build(arch).to(next(packed.parameters()).device)
+    plain.load_state_dict({name: t.chunk(n)[k] if t.dim() else t for name, t in packed.state_dict().items()})
+    return plain
 
 
 def count_params(model: nn.Module) -> int:

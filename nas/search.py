@@ -167,7 +167,7 @@ class Objective:
                     raise optuna.TrialPruned(f"not converging at epoch {e.epoch}")
 
         try:
-            train(arch, self.data, cfg, on_epoch)
+            trained = train(arch, self.data, cfg, on_epoch, seeds=s.seeds_per_trial)
         except torch.OutOfMemoryError:
             if self.device.type == "cuda":
                 torch.cuda.empty_cache()
@@ -175,6 +175,9 @@ class Objective:
         finally:
             if curve:
                 st.persist(record, self.log, "recording the learning curve")
+        trial.set_user_attr("engine", trained.engine)  # e.g. why a CUDA graph could not be captured
+        if len(trained.seeds) > 1:  # the curve is the mean over seeds; each seed's final accuracy too
+            trial.set_user_attr("val_accs", trained.history[-1].val_accs)
         return curve
 
     def estimate(self, epoch_seconds: float, epochs: int) -> str:

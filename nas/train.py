@@ -1,11 +1,30 @@
-"""The training loop: one function, data already on the device, a callback per epoch."""
+"""The trainer: one train() for the search, `nas train` and `nas export`.
+
+Every epoch is a fresh shuffle (and augmentation) of the whole training split, made in a few
+batched calls on the device and sliced into static batches: the last partial batch is dropped and
+Epoch.images counts what was trained on (nas.data.static_batches). `_Trial.step` is the one
+training step: learning rate from the step counter, forward, loss, backward, update, loss summed
+on the device. The eager engine calls it once per batch (always on CPU; on CUDA when capture
+fails); the graph engine (CUDA) captures it once per trial in a CUDA graph and replays it per batch
+after copying the batch into static buffers. Either way the host waits for the device once per
+epoch, to read the losses and the validation figures together.
+
+K seeds train as one packed network (nas.model.build(arch, copies=K)): copy k starts from the
+weights a plain network gets under torch.manual_seed(cfg.seed + k) and sees its own shuffled,
+augmented batches, so it is, up to float rounding, what training alone with that seed gives.
+Dropout draws its mask per element of the packed tensor, so each copy gets masks of its own, as a
+separate run would, but not that run's random numbers: with dropout, copies match separate runs
+in distribution only.
+"""
 
 from __future__ import annotations
 
+import contextlib
 import math
+import threading
 import time
-from dataclasses import dataclass
-from typing import Callable
+from dataclasses import dataclass, field
+from typing import Callable, Iterator
 
 import torch
 import torch.nn.functional as F
@@ -13,23 +32,57 @@ from torch import nn
 
 from nas.arch import Arch
 from nas.config import TrainConfig
-from nas.data import Data, Split, batches
+from nas.data import Data, Split, shuffled_epoch, static_batches
 from nas.errors import SpecError
-from nas.model import build
+from nas.model import build, pack, unpack
+
+PRECISIONS = ("fp32", "bf16")
+# On CUDA: the reference graph (issue 7) trained in fp32 at the figures it reports, and bf16 with
+# channels_last failed to capture for a packed network there; benchmarks/gpu_suite.py measures bf16.
+CUDA_PRECISION = "fp32"
+ENGINES = ("auto", "eager", "graph")
+WARMUP_STEPS = 3  # steps run before capture (cuDNN autotuning, lazy allocations); their effect is undone
+VAL_IMAGES = {"cuda": 10_000, "cpu": 2_000}  # images x copies per validation batch
+
+# Process-wide state, one thread at a time: torch.manual_seed (it seeds the CUDA generators too, which a
+# capture in flight must not see change), graph capture, and freeing cached memory. Replays run concurrently.
+_EXCLUSIVE = threading.Lock()
+_STREAMS = threading.local()  # one CUDA stream per thread, so concurrent trials overlap and reuse their memory
 
 
 @dataclass
 class Epoch:
     epoch: int  # 1-based
-    lr: float
-    train_loss: float
-    val_loss: float
-    val_acc: float
-    seconds: float
+    lr: float  # at the first step of the epoch
+    train_loss: float  # mean over the packed copies
+    val_loss: float  # mean over copies
+    val_acc: float  # mean over copies
+    seconds: float  # the first epoch includes building the network and capturing the graph
+    val_accs: list[float]  # one per copy (seed), in seed order
+    images: int  # training images each copy saw this epoch (static batches drop the last partial one)
+
+
+@dataclass
+class Trained:
+    packed: nn.Module  # the (possibly packed) network as trained
+    history: list[Epoch]
+    engine: str  # "cuda graph, fp32", "eager", "eager (capture failed: <reason>)", ...
+    seeds: list[int]
+    arch: Arch = field(repr=False)
+
+    def model(self, k: int = 0) -> nn.Module:
+        """Copy k as a plain nas.model.build(arch) network (with one seed: `packed` itself)."""
+        if len(self.seeds) == 1 and k == 0:
+            return self.packed
+        return unpack(self.packed, self.arch, k)
 
 
 class Diverged(RuntimeError):
     """The training loss became NaN or infinite."""
+
+
+class _CaptureFailed(RuntimeError):
+    """The step could not be captured in a CUDA graph; training falls back to eager."""
 
 
 def resolve_device(name: str = "auto") -> torch.device:
@@ -40,49 +93,31 @@ def resolve_device(name: str = "auto") -> torch.device:
     return torch.device(name)
 
 
-def _prepare(model: nn.Module, device: torch.device) -> nn.Module:
-    """On CUDA, channels_last and cuDNN autotuning: the convs here are small and launch-bound."""
-    if device.type == "cuda":
-        torch.backends.cudnn.benchmark = True
-        return model.to(device, memory_format=torch.channels_last)
-    return model.to(device)
+def lr_at(step: int | torch.Tensor, cfg: TrainConfig, total: int) -> float | torch.Tensor:
+    """The learning rate of update `step` (0-based) of `total`: a float for an int step (eager), a
+    tensor for a tensor step (on the device, inside a CUDA graph).
 
+    "onecycle" equals torch's OneCycleLR(max_lr=cfg.peak_lr(), pct_start=cfg.warmup,
+    cycle_momentum=False) and "step" equals StepLR(step_size=total // 3, gamma=0.1), both stepped
+    once per batch."""
+    peak = cfg.peak_lr()
+    tensor = isinstance(step, torch.Tensor)
+    if cfg.schedule == "step":
+        k = torch.floor(step / max(1, total // 3)) if tensor else step // max(1, total // 3)
+        return peak * 0.1**k
+    start = peak / 25  # OneCycleLR's div_factor and final_div_factor
+    end = start / 1e4
+    top = cfg.warmup * total - 1  # the last step of the rise, as OneCycleLR counts it
+    cos = torch.cos if tensor else math.cos
 
-def _autocast(device: torch.device) -> torch.autocast:
-    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda")
+    def anneal(a: float, b: float, pct):
+        return b + (a - b) / 2 * (cos(math.pi * pct) + 1)
 
-
-@torch.no_grad()
-def predict(model: nn.Module, x: torch.Tensor, batch_size: int = 2000) -> torch.Tensor:
-    """Logits (float32) for all of x, in eval mode."""
-    model.eval()
-    device = x.device
-    with _autocast(device):
-        out = [model(x[i : i + batch_size]).float() for i in range(0, len(x), batch_size)]
-    return torch.cat(out)
-
-
-def accuracy(logits: torch.Tensor, y: torch.Tensor) -> float:
-    return (logits.argmax(1) == y).float().mean().item()
-
-
-def evaluate(model: nn.Module, split: Split) -> tuple[float, float]:
-    """(mean cross-entropy, accuracy) on a split."""
-    logits = predict(model, split.x)
-    return F.cross_entropy(logits, split.y).item(), accuracy(logits, split.y)
-
-
-def _optimizer(model: nn.Module, cfg: TrainConfig, steps_per_epoch: int):
-    lr = cfg.peak_lr()
-    if cfg.optimizer == "sgd":
-        opt = torch.optim.SGD(model.parameters(), lr=lr, momentum=cfg.momentum, nesterov=True, weight_decay=cfg.weight_decay)
-    else:
-        opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=cfg.weight_decay)
-    if cfg.schedule == "onecycle":
-        sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, epochs=cfg.epochs, steps_per_epoch=steps_per_epoch)
-    else:  # the seed's step schedule: x0.1 every third of the run, stepped per batch
-        sched = torch.optim.lr_scheduler.StepLR(opt, step_size=max(1, cfg.epochs * steps_per_epoch // 3), gamma=0.1)
-    return opt, sched
+    rising = anneal(start, peak, step / top if top > 0 else step * 0.0)
+    falling = anneal(peak, end, (step - top) / (total - 1 - top))
+    if tensor:
+        return torch.where(step <= top, rising, falling)
+    return rising if step <= top else falling
 
 
 def check_fits(arch: Arch, data: Data) -> None:
@@ -95,43 +130,251 @@ def check_fits(arch: Arch, data: Data) -> None:
         raise SpecError(arch.name or "architecture", "classes", f"is {arch.classes} but the labels go up to {classes - 1}; set classes = {classes}")
 
 
+def _autocast(device: torch.device, precision: str) -> torch.autocast:
+    # No weight cache: a CUDA graph must cast inside every replay.
+    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16", cache_enabled=False)
+
+
+@torch.no_grad()
+def predict(model: nn.Module, x: torch.Tensor, batch_size: int = 2000) -> torch.Tensor:
+    """Logits (float32, fp32 arithmetic) of a plain network for all of x, in eval mode."""
+    model.eval()
+    return torch.cat([model(x[i : i + batch_size]).float() for i in range(0, len(x), batch_size)])
+
+
+def accuracy(logits: torch.Tensor, y: torch.Tensor) -> float:
+    return (logits.argmax(1) == y).float().mean().item()
+
+
+def evaluate(model: nn.Module, split: Split) -> tuple[float, float]:
+    """(mean cross-entropy, accuracy) of a plain network on a split."""
+    logits = predict(model, split.x)
+    return F.cross_entropy(logits, split.y).item(), accuracy(logits, split.y)
+
+
+@torch.no_grad()
+def _validate(model: nn.Module, split: Split, copies: int, autocast: torch.autocast) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-copy mean loss and accuracy on `split` (every copy sees the same images), on the device."""
+    model.eval()
+    n = len(split)
+    loss = torch.zeros(copies, device=split.x.device)
+    correct = torch.zeros(copies, device=split.x.device)
+    size = max(1, VAL_IMAGES.get(split.x.device.type, 2_000) // copies)
+    for i in range(0, n, size):
+        x, y = split.x[i : i + size], split.y[i : i + size]
+        with autocast:
+            logits = model(x.repeat(1, copies, 1, 1) if copies > 1 else x).float().view(len(y), copies, -1)
+        target = y[:, None].expand(-1, copies)
+        loss += F.cross_entropy(logits.transpose(1, 2), target, reduction="none").sum(0)
+        correct += (logits.argmax(2) == target).sum(0)
+    model.train()
+    return loss / max(n, 1), correct / max(n, 1)
+
+
+class _Trial:
+    """One run's network, optimizer, step counter and summed loss, and the step both engines run."""
+
+    def __init__(self, model: nn.Module, cfg: TrainConfig, copies: int, total: int, device: torch.device, precision: str, graph: bool):
+        self.model, self.cfg, self.copies, self.total = model, cfg, copies, total
+        self.autocast = _autocast(device, precision)
+        # The graph engine keeps the step counter and the learning rate on the device, where the
+        # captured step reads and advances them; a fused or capturable optimizer takes a tensor lr.
+        self.count: int | torch.Tensor = torch.zeros((), device=device, dtype=torch.float64) if graph else 0  # float64: exact schedule
+        lr: float | torch.Tensor = torch.tensor(lr_at(0, cfg, total), device=device) if graph else lr_at(0, cfg, total)
+        params = model.parameters()
+        if cfg.optimizer == "sgd":
+            self.opt = torch.optim.SGD(params, lr=lr, momentum=cfg.momentum, nesterov=True, weight_decay=cfg.weight_decay, fused=graph or None)
+        else:
+            self.opt = torch.optim.AdamW(params, lr=lr, weight_decay=cfg.weight_decay, capturable=graph)
+        self.loss_sum = torch.zeros(copies, device=device)
+
+    def step(self, x: torch.Tensor, y: torch.Tensor) -> None:
+        """One update on batch x [B, copies*C, H, W], labels y [B, copies]: the seam of both engines."""
+        lr = lr_at(self.count, self.cfg, self.total)
+        for group in self.opt.param_groups:
+            if isinstance(lr, torch.Tensor):
+                group["lr"].copy_(lr)
+            else:
+                group["lr"] = lr
+        self.count += 1
+        with self.autocast:
+            logits = self.model(x).float().view(len(y), self.copies, -1)
+        losses = F.cross_entropy(logits.transpose(1, 2), y, label_smoothing=self.cfg.label_smoothing, reduction="none").mean(0)
+        self.opt.zero_grad(set_to_none=True)
+        losses.sum().backward()  # copy k's parameters get the gradient of copy k's loss only
+        self.opt.step()
+        self.loss_sum += losses.detach()
+
+    def capture(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.cuda.CUDAGraph, Callable[[torch.Tensor, torch.Tensor], None]]:
+        """Capture `step` in a CUDA graph on the current stream; returns the graph and a feed
+        function that copies a batch into the static buffers and replays it.
+
+        The warm-up steps and the captured step really update the network, so its weights, its
+        BatchNorm statistics, the optimizer's state, the counter and the loss sum are put back as
+        they were: the first replay is the run's first step, as in the eager engine."""
+        static_x, static_y = x.clone(), y.clone()
+        saved = {k: v.clone() for k, v in self.model.state_dict().items()}
+        graph = torch.cuda.CUDAGraph()
+        try:
+            for _ in range(WARMUP_STEPS):
+                self.step(static_x, static_y)
+            with _EXCLUSIVE:
+                graph.capture_begin(capture_error_mode="thread_local")
+                try:
+                    self.step(static_x, static_y)
+                finally:
+                    with contextlib.suppress(RuntimeError):  # a failed step already invalidated the capture
+                        graph.capture_end()
+        except torch.OutOfMemoryError:
+            raise
+        except Exception as e:  # noqa: BLE001 - any failure to capture falls back to eager, and says why
+            graph.reset()
+            raise _CaptureFailed(f"{type(e).__name__}: {str(e).strip().splitlines()[0] if str(e).strip() else 'no message'}") from e
+        with torch.no_grad():
+            for k, v in self.model.state_dict().items():
+                v.copy_(saved[k])
+            for state in self.opt.state.values():
+                for v in state.values():
+                    if isinstance(v, torch.Tensor):
+                        v.zero_()  # zeroed momentum (and Adam's step and moments) act as fresh ones
+            self.count.zero_()
+            self.loss_sum.zero_()
+
+        def feed(xb: torch.Tensor, yb: torch.Tensor) -> None:
+            static_x.copy_(xb)
+            static_y.copy_(yb)
+            graph.replay()
+
+        return graph, feed
+
+
+def _epoch_batches(split: Split, used: int, generators: list[torch.Generator], augment: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """The epoch's images of every copy stacked along channels [used, K*C, H, W], labels [used, K]."""
+    parts = [shuffled_epoch(split, used, g, augment) for g in generators]
+    if len(parts) == 1:
+        return parts[0][0], parts[0][1][:, None]
+    return torch.cat([x for x, _ in parts], 1), torch.stack([y for _, y in parts], 1)
+
+
+@contextlib.contextmanager
+def _on_trial_stream(device: torch.device) -> Iterator[None]:
+    """On CUDA, run on this thread's own stream (concurrent trials in threads overlap on the GPU)."""
+    if device.type != "cuda":
+        yield
+        return
+    torch.backends.cudnn.benchmark = True  # small convs: let cuDNN pick (runs during warm-up, before capture)
+    streams = _STREAMS.__dict__.setdefault("by_device", {})
+    if device not in streams:
+        streams[device] = torch.cuda.Stream(device)
+    stream = streams[device]
+    caller = torch.cuda.current_stream(device)
+    stream.wait_stream(caller)  # the data was written on the caller's stream
+    try:
+        with torch.cuda.stream(stream):
+            yield
+    finally:
+        caller.wait_stream(stream)  # the caller may use the trained network right away
+
+
+def _network(arch: Arch, seeds: list[int], device: torch.device, precision: str) -> nn.Module:
+    """Plain networks initialised under each seed, packed when there are several."""
+    with _EXCLUSIVE:
+        nets = []
+        for s in seeds:
+            torch.manual_seed(s)
+            nets.append(build(arch))
+    model = (nets[0] if len(nets) == 1 else pack(nets, arch)).to(device)
+    if device.type == "cuda" and precision == "bf16":
+        model = model.to(memory_format=torch.channels_last)
+    return model
+
+
 def train(
     arch: Arch,
     data: Data,
     cfg: TrainConfig,
     on_epoch: Callable[[Epoch], None] | None = None,
-) -> tuple[nn.Module, list[Epoch]]:
+    *,
+    seeds: int = 1,
+    on_progress: Callable[[int, int], None] | None = None,
+    engine: str = "auto",
+    precision: str | None = None,
+) -> Trained:
     """Train `arch` from scratch on data.train, validating on data.val after every epoch.
 
-    Deterministic for a given cfg.seed and device. `on_epoch` may raise (e.g. optuna.TrialPruned)
-    to stop early. Raises Diverged when the loss stops being finite.
+    `seeds` > 1 trains that many copies (seeds cfg.seed, cfg.seed + 1, ...) as one packed network.
+    `on_epoch` may raise (e.g. optuna.TrialPruned) to stop early; `on_progress(images_done,
+    images_total)` is called on the host after every step, counting within the current epoch, with
+    no device sync. Raises Diverged when the loss stops being finite. Deterministic for given seeds
+    on the CPU; on CUDA up to cuDNN's autotuned algorithm choice. Safe to call from several threads
+    (each runs on its own CUDA stream). `engine` ("auto": a CUDA graph on CUDA, eager elsewhere) and
+    `precision` (default: fp32, CUDA_PRECISION on CUDA) are for tests and benchmarks.
     """
     check_fits(arch, data)
+    if seeds < 1:
+        raise ValueError(f"seeds must be at least 1 (got {seeds})")
+    if engine not in ENGINES:
+        raise ValueError(f"engine must be one of {', '.join(ENGINES)} (got {engine!r})")
     device = data.train.x.device
-    torch.manual_seed(cfg.seed)
-    model = _prepare(build(arch), device)
-    steps = math.ceil(len(data.train) / cfg.batch_size)
-    opt, sched = _optimizer(model, cfg, steps)
-    generator = torch.Generator(device=device).manual_seed(cfg.seed)
+    precision = precision or (CUDA_PRECISION if device.type == "cuda" else "fp32")
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision must be one of {', '.join(PRECISIONS)} (got {precision!r})")
+    if engine == "graph" and device.type != "cuda":
+        raise ValueError(f"the graph engine needs a CUDA device, the data is on {device}")
+    seed_list = [cfg.seed + k for k in range(seeds)]
+    suffix = f", {precision}" if device.type == "cuda" else ""
+    with _on_trial_stream(device):
+        if device.type == "cuda" and engine != "eager":
+            try:
+                return _run(arch, data, cfg, seed_list, on_epoch, on_progress, precision, graph=True, name=f"cuda graph{suffix}")
+            except _CaptureFailed as e:
+                return _run(arch, data, cfg, seed_list, on_epoch, on_progress, precision, graph=False, name=f"eager{suffix} (capture failed: {e})")
+        return _run(arch, data, cfg, seed_list, on_epoch, on_progress, precision, graph=False, name=f"eager{suffix}")
+
+
+def _run(arch: Arch, data: Data, cfg: TrainConfig, seeds: list[int], on_epoch: Callable[[Epoch], None] | None,
+         on_progress: Callable[[int, int], None] | None, precision: str, graph: bool, name: str) -> Trained:
+    """The epoch loop, shared by both engines: only how a batch reaches `_Trial.step` differs."""
+    start = time.perf_counter()
+    device = data.train.x.device
+    batch, steps = static_batches(len(data.train), cfg.batch_size)
+    model = _network(arch, seeds, device, precision)
+    trial = _Trial(model, cfg, len(seeds), cfg.epochs * steps, device, precision, graph)
+    generators = [torch.Generator(device=device).manual_seed(s) for s in seeds]
+    feed: Callable[[torch.Tensor, torch.Tensor], None] = trial.step
+    captured: torch.cuda.CUDAGraph | None = None
     history: list[Epoch] = []
-    for epoch in range(1, cfg.epochs + 1):
-        start = time.perf_counter()
-        model.train()
-        lr = opt.param_groups[0]["lr"]
-        total = torch.zeros((), device=device)  # summed on device: no host sync per step
-        for xb, yb in batches(data.train, cfg.batch_size, generator, cfg.augment):
-            with _autocast(device):
-                loss = F.cross_entropy(model(xb), yb, label_smoothing=cfg.label_smoothing)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            sched.step()
-            total += loss.detach() * len(yb)
-        train_loss = total.item() / len(data.train)
-        if not math.isfinite(train_loss):
-            raise Diverged(f"training loss became {train_loss} in epoch {epoch}")
-        val_loss, val_acc = evaluate(model, data.val) if len(data.val) else (math.nan, math.nan)
-        history.append(Epoch(epoch, lr, train_loss, val_loss, val_acc, time.perf_counter() - start))
-        if on_epoch:
-            on_epoch(history[-1])
-    return model, history
+    try:
+        for epoch in range(1, cfg.epochs + 1):
+            x, y = _epoch_batches(data.train, steps * batch, generators, cfg.augment)
+            if graph and captured is None:
+                captured, feed = trial.capture(x[:batch], y[:batch])
+            for i in range(steps):
+                feed(x[i * batch : (i + 1) * batch], y[i * batch : (i + 1) * batch])
+                if on_progress:
+                    on_progress((i + 1) * batch, steps * batch)
+            if len(data.val):
+                val = torch.cat(_validate(model, data.val, len(seeds), trial.autocast))
+            else:  # nas export trains on every image
+                val = torch.full((2 * len(seeds),), math.nan, device=device)
+            figures = torch.cat([trial.loss_sum / steps, val]).tolist()  # the epoch's one host sync
+            trial.loss_sum.zero_()
+            k = len(seeds)
+            losses, val_losses, val_accs = figures[:k], figures[k : 2 * k], figures[2 * k :]
+            for what, values in (("training", losses), ("validation", val_losses if len(data.val) else [])):
+                bad = [v for v in values if not math.isfinite(v)]
+                if bad:  # validation too: with one step an epoch, the step's own loss is taken before its update
+                    raise Diverged(f"{what} loss became {bad[0]} in epoch {epoch}")
+            history.append(Epoch(epoch, lr_at((epoch - 1) * steps, cfg, cfg.epochs * steps), sum(losses) / k, sum(val_losses) / k,
+                                 sum(val_accs) / k, time.perf_counter() - start, val_accs, steps * batch))
+            if on_epoch:
+                on_epoch(history[-1])
+            start = time.perf_counter()  # the callback's own time is not the epoch's
+    finally:
+        trial.opt.zero_grad(set_to_none=True)  # on the graph engine the gradients live in the graph's memory pool
+        if captured is not None:
+            captured.reset()
+            del captured, feed
+            with _EXCLUSIVE:  # no other thread is capturing while cached blocks are freed
+                torch.cuda.empty_cache()  # hands the pool back: a worker runs hundreds of trials
+    return Trained(model, history, name, seeds, arch)

@@ -118,14 +118,13 @@ def make_study(storage: str | None = None, name: str = "synthetic", n: int = 24,
             study.tell(trial, state=optuna.trial.TrialState.FAIL)
             continue
         stop = next((e for e, acc in enumerate(curve, 1) if rule.should_prune(e, acc)), None)
-        if i == 7:
-            trial.set_user_attr("engine", "eager")
         if i == 9:
             trial.set_user_attr("retry_of", 2)
         curve, seconds = (curve[:stop], seconds[:stop]) if stop else (curve, seconds)
         trial.set_user_attr("curve", curve)
         trial.set_user_attr("epoch_seconds", seconds)
         trial.set_user_attr("train_seconds", sum(seconds))
+        trial.set_user_attr("engine", "eager")
         if stop:
             trial.set_user_attr("would_prune_epoch", stop)
             trial.set_user_attr("prune_reason", "convergence")

@@ -5,7 +5,7 @@ import shutil
 import pytest
 import torch
 
-from nas.data import FILES, Split, batches, download, load, load_raw, load_test, random_affine, read_idx
+from nas.data import FILES, Split, download, load, load_raw, load_test, random_affine, read_idx, shuffled_epoch, static_batches
 from nas.errors import DataError
 
 
@@ -83,11 +83,32 @@ def test_split_is_fixed_disjoint_and_sized(mnist_dir):
     assert len(test) == 10000 and abs(a.train.x.mean().item()) < 0.2
 
 
-def test_batches_cover_the_split_once():
+def test_static_batches_drop_the_last_partial_batch():
+    assert static_batches(50_000, 512) == (512, 97)  # 97 x 512 = 49,664 images an epoch
+    assert static_batches(10, 3) == (3, 3)
+    assert static_batches(40, 512) == (40, 1)  # smaller than a batch: one batch of everything
+    with pytest.raises(DataError, match="empty"):
+        static_batches(0, 64)
+
+
+def test_shuffled_epoch_is_a_seeded_permutation():
     split = Split(torch.arange(10.0).reshape(10, 1, 1, 1), torch.arange(10))
-    seen = torch.cat([y for _, y in batches(split, 3, torch.Generator().manual_seed(0))])
-    assert sorted(seen.tolist()) == list(range(10)) and seen.tolist() != list(range(10))
-    assert [len(y) for _, y in batches(split, 4)] == [4, 4, 2]
+    x, y = shuffled_epoch(split, 10, torch.Generator().manual_seed(0), augment=False)
+    assert sorted(y.tolist()) == list(range(10)) and y.tolist() != list(range(10))
+    assert torch.equal(x.flatten(), y.float())  # images travel with their labels
+    again, _ = shuffled_epoch(split, 10, torch.Generator().manual_seed(0), augment=False)
+    assert torch.equal(again, x)
+    part, labels = shuffled_epoch(split, 6, torch.Generator().manual_seed(1), augment=False)
+    assert len(part) == 6 and len(set(labels.tolist())) == 6
+
+
+def test_whole_epoch_augmentation_does_not_depend_on_chunking(monkeypatch):
+    import nas.data
+
+    x = torch.randn(50, 1, 28, 28)
+    whole = random_affine(x, torch.Generator().manual_seed(3))
+    monkeypatch.setattr(nas.data, "AUGMENT_CHUNK", 7)
+    assert torch.allclose(random_affine(x, torch.Generator().manual_seed(3)), whole, atol=1e-6)
 
 
 def test_augmentation_is_small_and_per_sample():

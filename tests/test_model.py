@@ -1,9 +1,10 @@
+import pytest
 import torch
 from torch import nn
 from torch.nn.utils.fusion import fuse_conv_bn_eval
 from torch.utils.flop_counter import FlopCounterMode
 
-from nas.arch import costs, load_arch, param_count, plan
+from nas.arch import Dropout, costs, load_arch, param_count, plan
 from nas.model import build, count_params
 
 from conftest import SEED
@@ -145,3 +146,44 @@ def test_peak_activation_and_model_bytes_match_a_deployed_torch_copy():
         assert measured_bytes(deployed) == (c.model_int8, c.model_fp32), arch
         folded += sum(s.folded for s in c.steps)
     assert folded > 30  # both BatchNorm orders were exercised
+
+
+def test_packed_network_is_k_separate_networks_forward_and_gradients():
+    """Grouped convs and K x C BatchNorm channels: copy k depends on copy k's weights and input only."""
+    from nas.model import copies_of, pack
+
+    no_dropout = [a for a in ARCHS if not any(isinstance(layer, Dropout) for layer in a.layers)]  # dropout draws random masks
+    for arch in [load_arch(SEED)] + no_dropout[:4]:
+        nets = []
+        for s in range(3):
+            torch.manual_seed(s)
+            nets.append(build(arch))
+        packed = pack(nets, arch)
+        assert copies_of(packed) == 3 and count_params(packed) == 3 * param_count(arch)
+        xs = [torch.randn(6, *arch.input) for _ in range(3)]
+        ys = [torch.randint(0, arch.classes, (6,)) for _ in range(3)]
+        out = packed(torch.cat(xs, 1)).view(6, 3, arch.classes)  # train mode: batch statistics per copy
+        sum(nn.functional.cross_entropy(out[:, k], ys[k]) for k in range(3)).backward()
+        for k, net in enumerate(nets):
+            alone = net(xs[k])
+            nn.functional.cross_entropy(alone, ys[k]).backward()
+            assert torch.allclose(out[:, k], alone, atol=1e-5), (arch, k)
+            for (name, p), q in zip(packed.named_parameters(), net.parameters()):
+                assert torch.allclose(p.grad.chunk(3)[k], q.grad, atol=1e-5), (arch, k, name)
+            for name, buf in packed.named_buffers():  # running statistics moved per copy
+                if buf.dim():
+                    assert torch.allclose(buf.chunk(3)[k], dict(net.named_buffers())[name], atol=1e-6), name
+
+
+def test_unpack_gives_back_each_plain_network():
+    from nas.model import pack, unpack
+
+    arch = load_arch(SEED)
+    nets = [build(arch) for _ in range(2)]
+    packed = pack(nets, arch)
+    for k, net in enumerate(nets):
+        plain = unpack(packed, arch, k)
+        assert [type(m) for m in plain] == [type(m) for m in build(arch)] and plain[0].groups == 1
+        assert all(torch.equal(a, b) for a, b in zip(plain.state_dict().values(), net.state_dict().values()))
+    with pytest.raises(IndexError):
+        unpack(packed, arch, 2)
