@@ -15,7 +15,8 @@ from typing import Annotated, Any, Optional
 
 import typer
 
-from nas.config import OPTIMIZERS, TrainConfig
+from nas.config import MIN_UPDATES, OPTIMIZERS, TrainConfig
+from nas.placement import DEFAULT_TRIALS_PER_GPU
 from nas.resources import NAMES as RESOURCE_NAMES
 from nas.errors import UsageError, UserError
 from nas.settings import OBJECTIVES, PRUNING_MODES, StudySettings
@@ -107,12 +108,16 @@ def train(
     spec = load_arch(arch)
     overrides = {k: v for k, v in dict(epochs=epochs, seed=seed, batch_size=batch_size, lr=lr, augment=augment,
                                         optimizer=optimizer.value if optimizer else None).items() if v is not None}
-    cfg = TrainConfig.from_dict({**spec.train, **overrides}, str(arch))
+    asked = TrainConfig.from_dict({**spec.train, **overrides}, str(arch))
     saved = ("state_dict.pt", "architecture.toml", "history.json")
     if out:
         _refuse_overwrite(out, saved, force)
     dev = _device(device)
     splits = mnist.load(data_dir, dev, val_size=val_size or _STUDY["val_size"], train_size=train_size)
+    cfg = asked if batch_size else asked.fitted(len(splits.train))
+    if cfg.batch_size != asked.batch_size:
+        say(f"batch {asked.batch_size} halved to {cfg.batch_size}: {cfg.epochs} epochs of {len(splits.train):,} images must make {MIN_UPDATES} updates, "
+            "or a large batch diverges (pass --batch-size to choose)")
     say(f"{spec.name}: {len(spec.layers)} layers, training {len(splits.train):,} images, validating on {len(splits.val):,}, device {dev}")
     say(f"config: {json.dumps(cfg.to_dict())}")
     with Progress(TextColumn("training"), BarColumn(), MofNCompleteColumn(), TextColumn("epochs"), TimeRemainingColumn(), transient=True) as bar:
@@ -174,7 +179,8 @@ def search(
     timeout: Annotated[Optional[float], typer.Option(min=1, help="Stop starting new trials after this many seconds.")] = None,
     study_name: StudyName = "mnist",
     storage: Storage = DEFAULT_STORAGE,
-    workers: Annotated[int, typer.Option(min=1, help="Worker processes on this machine sharing the storage.")] = 1,
+    workers: Annotated[Optional[int], typer.Option(min=1, help="Worker processes on this machine (default: one per GPU, or 1 on the CPU).")] = None,
+    trials_per_gpu: Annotated[Optional[int], typer.Option(min=1, help=f"Trials each GPU trains at once, in one process on separate CUDA streams (default {DEFAULT_TRIALS_PER_GPU}).")] = None,
     device: DeviceOpt = Device.auto,
     data_dir: DataDir = None,
     artifacts: Artifacts = None,
@@ -198,7 +204,7 @@ def search(
     settings = StudySettings(**given)  # validates every flag before anything is created
     if trials is None and timeout is None:
         trials = DEFAULT_TRIALS
-    _run_search(study_name, storage, settings, given, trials, timeout, workers, device, data_dir, artifacts)
+    _run_search(study_name, storage, settings, given, trials, timeout, _run_options(workers, trials_per_gpu, device, data_dir, artifacts))
 
 
 @app.command()
@@ -207,17 +213,25 @@ def worker(
     storage: Storage = DEFAULT_STORAGE,
     trials: Annotated[Optional[int], typer.Option(min=1, help="Stop when the study has this many finished trials (default: the goal the study's `nas search --trials` set).")] = None,
     timeout: Annotated[Optional[float], typer.Option(min=1, help="Stop starting new trials after this many seconds.")] = None,
-    workers: Annotated[int, typer.Option(min=1, help="Worker processes on this machine.")] = 1,
+    workers: Annotated[Optional[int], typer.Option(min=1, help="Worker processes on this machine (default: one per GPU, or 1 on the CPU).")] = None,
+    trials_per_gpu: Annotated[Optional[int], typer.Option(min=1, help=f"Trials each GPU trains at once (default {DEFAULT_TRIALS_PER_GPU}).")] = None,
     device: DeviceOpt = Device.auto,
     data_dir: DataDir = None,
     artifacts: Artifacts = None,
 ) -> None:
     """Join an existing study as one more worker (run one per machine: all settings come from the study)."""
-    _run_search(study_name, storage, None, None, trials, timeout, workers, device, data_dir, artifacts)
+    _run_search(study_name, storage, None, None, trials, timeout, _run_options(workers, trials_per_gpu, device, data_dir, artifacts))
+
+
+def _run_options(workers: int | None, trials_per_gpu: int | None, device: Device, data_dir: Path | None, artifacts: Path | None):
+    """The per-machine options of a search run (nas.search.Run)."""
+    from nas.search import Run
+
+    return Run(device.value, str(data_dir) if data_dir else None, workers, trials_per_gpu, str(artifacts) if artifacts else None)
 
 
 def _run_search(study_name: str, storage: str, settings: StudySettings | None, given: dict[str, Any] | None, trials: int | None,
-                timeout: float | None, workers: int, device: Device, data_dir: Path | None, artifacts: Path | None) -> None:
+                timeout: float | None, run) -> None:
     import time
 
     from nas import analytics
@@ -226,7 +240,7 @@ def _run_search(study_name: str, storage: str, settings: StudySettings | None, g
     start = time.time()
     say(f"study {study_name!r} in {storage}")
     try:
-        study = s.search(study_name, storage, settings, trials, timeout, s.Run(device.value, str(data_dir) if data_dir else None, workers, str(artifacts) if artifacts else None), given)
+        study = s.search(study_name, storage, settings, trials, timeout, run, given)
     except KeyboardInterrupt:
         say(f"interrupted after {analytics.elapsed(start)}: finished trials are saved in {storage}; run the same command to resume")
         raise typer.Exit(130) from None
@@ -395,10 +409,7 @@ def _refuse_overwrite(out: Path, names: tuple[str, ...], force: bool) -> None:
 def _device(device: Device):
     from nas.train import resolve_device
 
-    try:
-        return resolve_device(device.value)
-    except (ValueError, RuntimeError) as e:
-        raise UsageError(str(e)) from None
+    return resolve_device(device.value)
 
 
 def main() -> None:

@@ -21,6 +21,7 @@ from torch import nn
 
 import nas
 from nas.arch import Arch, arch_to_toml, costs, param_count, receptive_field
+from nas.resources import trial_attrs
 from nas.data import MEAN, STD, Data, Split, load_full_train, load_raw, load_test
 from nas.predict import pixels
 from nas.summary import summary_table
@@ -112,8 +113,9 @@ def export(
     log: Callable[[str], None] = print,
     train_size: int | None = None,
 ) -> dict[str, Any]:
-    """Retrain `seeds` times on the full training set; ship the first seed's model (choosing by
-    test accuracy would leak the test set into the choice). Returns what metrics.json holds."""
+    """Retrain with `seeds` seeds on the full training set, all at once as one packed network;
+    ship seed 0's model (choosing by test accuracy would leak the test set into the choice).
+    Returns what metrics.json holds."""
     out.mkdir(parents=True, exist_ok=True)
     full = load_full_train(data_dir, device)
     if train_size is not None:  # smoke runs and tests only
@@ -121,20 +123,19 @@ def export(
     data = Data(train=full, val=Split(full.x[:0], full.y[:0]))  # no validation: every image trains
     test = load_test(data_dir)  # first touched here, after the architecture is fixed
     raw = pixels(load_raw(data_dir, "test")[0])  # the same images as callers of model.pt have them
-    runs, model0, cfg0 = [], None, None
-    for s in range(seeds):
-        cfg = replace(source.cfg, seed=s, epochs=epochs or source.cfg.epochs)
-        start = time.perf_counter()
-        trained = train(source.arch, data, cfg, on_epoch=lambda e, s=s, n=cfg.epochs: log(_line(s, e, n)))
-        model, history = trained.model(), trained.history
-        model = model.float().cpu().eval()
+    cfg0 = replace(source.cfg, seed=0, epochs=epochs or source.cfg.epochs).fitted(len(full))
+    start = time.perf_counter()
+    # The seeds train at once as one packed network (nas.model); copy k is what seed k gives alone.
+    trained = train(source.arch, data, cfg0, on_epoch=lambda e: log(_line(e, cfg0.epochs, seeds)), seeds=seeds)
+    seconds = time.perf_counter() - start
+    runs = []
+    for k, seed in enumerate(trained.seeds):
+        model = trained.model(k).float().cpu().eval()
         logits = predict(model, test.x)
-        acc = accuracy(logits, test.y)
-        runs.append({"seed": s, "test_acc": acc, "final_train_loss": history[-1].train_loss, "train_seconds": time.perf_counter() - start})
-        log(f"seed {s}: test accuracy {100 * acc:.2f} %")
-        if model0 is None:
-            model0, cfg0, eager_logits = model, cfg, logits
-    assert model0 is not None and cfg0 is not None
+        runs.append({"seed": seed, "test_acc": accuracy(logits, test.y)})
+        log(f"seed {seed}: test accuracy {100 * runs[-1]['test_acc']:.2f} %")
+        if k == 0:
+            model0, eager_logits = model, logits
     scripted, how = to_torchscript(RawPixels(model0).eval(), raw[:2])
     model_path = out / "model.pt"
     scripted.save(str(model_path))
@@ -155,7 +156,10 @@ def export(
         "test_acc_mean": sum(accs) / len(accs),
         "test_acc_min": min(accs),
         "test_acc_max": max(accs),
-        "train_seconds": sum(r["train_seconds"] for r in runs),
+        "train_seconds": seconds,
+        "final_train_loss": trained.history[-1].train_loss,
+        "engine": trained.engine,
+        "costs": trial_attrs(costs(source.arch)),
         "device": torch.cuda.get_device_name(device) if device.type == "cuda" else f"cpu ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)",
         "torchscript": how,
         "input": "model.pt: float [N, 1, 28, 28] pixels in [0, 1], white digit on black (normalisation inside); state_dict.pt: the bare network, normalised input",
@@ -168,8 +172,9 @@ def export(
     return metrics
 
 
-def _line(seed: int, e: Epoch, epochs: int) -> str:
-    return f"seed {seed} epoch {e.epoch:>3}/{epochs}  lr {e.lr:.4f}  train loss {e.train_loss:.4f}  {e.seconds:6.2f} s"
+def _line(e: Epoch, epochs: int, seeds: int) -> str:
+    loss = f"train loss {e.train_loss:.4f}" + (f" (mean of {seeds} seeds)" if seeds > 1 else "")
+    return f"epoch {e.epoch:>3}/{epochs}  lr {e.lr:.4f}  {loss}  {e.seconds:6.2f} s"
 
 
 def model_card(arch: Arch, m: dict[str, Any]) -> str:

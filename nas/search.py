@@ -14,6 +14,7 @@ import hashlib
 import json
 import multiprocessing as mp
 import os
+import sys
 import threading
 import time
 from dataclasses import dataclass, replace
@@ -29,10 +30,11 @@ from nas import notes
 from nas import storage as st
 from nas.analytics import ConvergenceRule, best_trial, describe_trial, duration, study_settings
 from nas.arch import Arch, arch_to_json, costs, receptive_field
-from nas.config import TrainConfig
+from nas.config import MIN_UPDATES, TrainConfig
 from nas.data import Data, load_raw
 from nas.data import load as load_data
 from nas.errors import SpecError
+from nas.placement import Slot, plan_workers, visible_gpus
 from nas.resources import constraints, resource, trial_attrs, violations
 from nas.settings import StudySettings
 from nas.space import sample
@@ -49,7 +51,8 @@ class Run:
 
     device: str = "auto"
     data_dir: str | None = None
-    workers: int = 1  # processes on this machine
+    workers: int | None = None  # processes on this machine (nas.placement: default one per GPU, or 1)
+    trials_per_gpu: int | None = None  # trials each GPU runs at once (default nas.placement.DEFAULT_TRIALS_PER_GPU)
     artifacts: str | None = None  # folder of the artifact store (default: next to a SQLite or journal file)
 
 
@@ -74,12 +77,18 @@ class Objective:
         self.pareto = settings.objective == "pareto"
         self.minimized = resource(settings.minimize)
         self.first_epoch: float | None = None  # seconds, for the estimate of the whole search
+        self.progress: EpochBar | None = None  # set where one trial at a time prints to a terminal
+        self.told_fit = False  # whether the log said that batches are fitted to the training set
         self.goal: int | None = None  # trials the study should reach, for that estimate
 
     def __call__(self, trial: optuna.Trial) -> Any:
         s = self.settings
-        arch, cfg = sample(self.space, trial, s.max_epochs)
-        cfg = replace(cfg, seed=s.seed)
+        arch, drawn = sample(self.space, trial, s.max_epochs)
+        cfg = replace(drawn, seed=s.seed).fitted(len(self.data.train))
+        if cfg.batch_size != drawn.batch_size and not self.told_fit:
+            self.told_fit = True
+            self.log(f"batches are halved (here {drawn.batch_size} to {cfg.batch_size}) until a trial makes {MIN_UPDATES} updates on these "
+                     f"{len(self.data.train):,} images: large batches diverge in short runs; the stored train_config says what ran")
         arch.name = f"trial_{trial.number}"
         try:
             c = costs(arch)
@@ -167,7 +176,7 @@ class Objective:
                     raise optuna.TrialPruned(f"not converging at epoch {e.epoch}")
 
         try:
-            trained = train(arch, self.data, cfg, on_epoch, seeds=s.seeds_per_trial)
+            trained = train(arch, self.data, cfg, on_epoch, seeds=s.seeds_per_trial, on_progress=self.progress)
         except torch.OutOfMemoryError:
             if self.device.type == "cuda":
                 torch.cuda.empty_cache()
@@ -189,6 +198,35 @@ class Objective:
             if trial * self.goal > 3600:
                 line += "; for a quicker search train on fewer images (--train-size 10000), for fewer epochs (--max-epochs 5), or on a GPU (--device cuda)"
         return line
+
+
+class EpochBar:
+    """A progress bar within epochs that take long (a CPU epoch of the default search takes
+    10-100 s), drawn only on a terminal; log lines keep printing above it."""
+
+    AFTER = 3.0  # seconds into an epoch before a bar is worth drawing
+
+    def __init__(self) -> None:
+        self.bar: Any = None
+        self.began: float | None = None
+
+    def __call__(self, done: int, total: int) -> None:
+        now = time.monotonic()
+        if self.bar is None:
+            self.began = self.began or now
+            if now - self.began < self.AFTER or done >= total:
+                if done >= total:
+                    self.began = None
+                return
+            from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+            self.bar = Progress(TextColumn("epoch"), BarColumn(), MofNCompleteColumn(), TextColumn("images"), TimeRemainingColumn(), transient=True)
+            self.task = self.bar.add_task("", total=total)
+            self.bar.start()
+        self.bar.update(self.task, completed=done, total=total)
+        if done >= total:
+            self.bar.stop()
+            self.bar, self.began = None, None
 
 
 def quietly(action: Callable[[], Any], log: Log, what: str) -> None:
@@ -317,10 +355,11 @@ class Worker:
             pass
 
 
-def work(name: str, url: str, run: Run, goal: int | None, deadline: float | None, threads: int = 1, prefix: str = "", cpu_threads: int | None = None) -> None:
-    """One worker process: load the data once, then run `threads` trials at a time."""
-    if cpu_threads:
-        torch.set_num_threads(cpu_threads)
+def work(name: str, url: str, run: Run, goal: int | None, deadline: float | None, slot: Slot | None = None, prefix: str = "") -> None:
+    """One worker process: load the data once, then run the slot's trials at a time."""
+    if slot is not None:
+        torch.set_num_threads(slot.threads)
+    threads = slot.trials if slot is not None else 1
     loc = st.parse(url)
     log: Log = lambda msg: print(prefix + msg, flush=True)  # noqa: E731
     study = st.persist(lambda: st.open_study(name, url), log, "joining the study")  # the parent checked it exists: wait out an outage
@@ -333,6 +372,8 @@ def work(name: str, url: str, run: Run, goal: int | None, deadline: float | None
     with st.Keeper(study, log, reaped) as keeper:
         workers = [st.persist(lambda: Worker(name, loc, study, data, device, keeper, log, artifacts), log, "starting a worker") for _ in range(threads)]
         if threads == 1:
+            if sys.stdout.isatty():
+                workers[0].objective.progress = EpochBar()
             workers[0].run(goal, deadline)
             return
         pool = [threading.Thread(target=w.run, args=(goal, deadline), daemon=True) for w in workers]
@@ -355,6 +396,14 @@ def _work_entry(args: tuple) -> None:
         pass
 
 
+def plan(run: Run) -> list[Slot]:
+    """This machine's worker processes (nas.placement): one per GPU running several trials at
+    once, or on the CPU --workers processes (default 1) sharing the cores."""
+    device = resolve_device(run.device)
+    gpus = visible_gpus(torch.cuda.device_count()) if device.type == "cuda" else []
+    return plan_workers(gpus, run.workers, run.trials_per_gpu)
+
+
 def search(name: str, url: str, settings: StudySettings | None, trials: int | None, timeout: float | None, run: Run = Run(),
            given: dict[str, Any] | None = None) -> optuna.Study:
     """Create or join a study and run workers on it until it has `trials` finished trials
@@ -363,24 +412,27 @@ def search(name: str, url: str, settings: StudySettings | None, trials: int | No
     Everything that can be wrong with the input is checked before the study is touched, so a
     failed start leaves nothing behind."""
     st.parse(url)
-    resolve_device(run.device)
+    slots = plan(run)
     load_raw(run.data_dir, "train")  # missing or corrupt data fails here, before any study exists
     study = st.open_study(name, url, settings, given)
     if trials is not None and settings is not None:
         study.set_user_attr("trials_goal", trials)
     s, done = study_settings(study), st.finished(study.get_trials(deepcopy=False))
     goal = trials or study.user_attrs.get("trials_goal")
+    where = ", ".join(f"worker {x.worker}: {f'GPU {x.gpu}, {x.trials} trials at a time' if x.gpu is not None else f'CPU, {x.threads} threads'}" for x in slots)
     print(f"budget {s.max_params:,} params, {s.max_epochs} epochs, target {100 * s.target_accuracy:.2f} % val acc, objective {s.objective}; "
-          f"{done} trial(s) finished so far{f', running until {goal}' if goal else ''}", flush=True)
+          f"{done} trial(s) finished so far{f', running until {goal}' if goal else ''}; {where}", flush=True)
     deadline = time.time() + timeout if timeout else None
-    if run.workers <= 1:
-        work(name, url, run, trials, deadline)
+    if len(slots) == 1:  # in this process (its first GPU is the slot's)
+        work(name, url, run, trials, deadline, slots[0])
         return study
-    cpu_threads = max(1, (os.cpu_count() or 1) // run.workers)
     ctx = mp.get_context("spawn")
-    procs = [ctx.Process(target=_work_entry, args=((name, url, run, trials, deadline, 1, f"[w{i}] ", cpu_threads),)) for i in range(run.workers)]
-    for p in procs:
-        p.start()
+    procs = []
+    for x in slots:
+        with _environ(x.env):  # a spawned process starts with the environment of this moment: its GPU and threads
+            p = ctx.Process(target=_work_entry, args=((name, url, run, trials, deadline, x, f"[w{x.worker}] "),))
+            p.start()
+        procs.append(p)
     try:
         for p in procs:
             p.join()
@@ -392,3 +444,17 @@ def search(name: str, url: str, settings: StudySettings | None, trials: int | No
     if failed:
         raise RuntimeError(f"{len(failed)} worker process(es) exited with codes {failed}; see their output above")
     return study
+
+
+@contextlib.contextmanager
+def _environ(values: dict[str, str]):
+    saved = {k: os.environ.get(k) for k in values}
+    os.environ.update(values)
+    try:
+        yield
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v

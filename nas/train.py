@@ -33,7 +33,7 @@ from torch import nn
 from nas.arch import Arch
 from nas.config import TrainConfig
 from nas.data import Data, Split, shuffled_epoch, static_batches
-from nas.errors import SpecError
+from nas.errors import SpecError, UsageError
 from nas.model import build, pack, unpack
 
 PRECISIONS = ("fp32", "bf16")
@@ -86,10 +86,11 @@ class _CaptureFailed(RuntimeError):
 
 
 def resolve_device(name: str = "auto") -> torch.device:
+    """The device a --device value names; asking for a GPU torch cannot see is the user's error."""
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if name.startswith("cuda") and not torch.cuda.is_available():
-        raise ValueError("--device cuda asked for, but torch sees no CUDA GPU; use --device cpu or auto")
+        raise UsageError("--device cuda asked for, but torch sees no CUDA GPU; use --device cpu or auto")
     return torch.device(name)
 
 
