@@ -63,7 +63,9 @@ def main() -> None:
         time.sleep(0.3)
     codes = [proc.wait() for proc in procs if proc is not victim]
     trials = load_study(args.study_name, args.storage).get_trials()
-    trained = Counter(t.user_attrs["config_key"] for t in trials if "curve" in t.user_attrs and "duplicate_of" not in t.user_attrs)
+    # finished trainings only: the killed trial's partial curve is what its retry redoes
+    trained = Counter(t.user_attrs["config_key"] for t in trials if t.state.is_finished() and t.state != TrialState.FAIL
+                      and "curve" in t.user_attrs and "duplicate_of" not in t.user_attrs)
     retries = [t for t in trials if t.user_attrs.get("retry_of") == killed]
     states = Counter(t.state.name for t in trials)
     print("\n| workers | trials asked | finished | trained twice | killed trial | its retry | states | wall time |")
