@@ -102,11 +102,12 @@ def test_step_schedule_equals_torch(total):
         sched.step()
 
 
-def test_k_seeds_train_as_k_separate_runs(small_data):
+@pytest.mark.parametrize("images, batch", [(640, 64), (2048, 1024)])  # 1024: channels_last on the CPU
+def test_k_seeds_train_as_k_separate_runs(small_data, images, batch):
     """Copy k of a packed run is the run of seed cfg.seed + k alone: same initial weights, its own
     shuffled and augmented batches, its own BatchNorm statistics (up to float rounding)."""
-    arch, tiny = avg_pool_seed(), subset(small_data, 640, 200)
-    cfg = TrainConfig(epochs=1, batch_size=64, lr=0.01, augment=True, seed=5)
+    arch, tiny = avg_pool_seed(), subset(small_data, images, 200)
+    cfg = TrainConfig(epochs=1, batch_size=batch, lr=0.01, augment=True, seed=5)
     packed = train(arch, tiny, cfg, seeds=3)
     assert packed.seeds == [5, 6, 7] and packed.packed[0].groups == 3
     for k in range(3):
@@ -117,7 +118,7 @@ def test_k_seeds_train_as_k_separate_runs(small_data):
             assert torch.allclose(a, b, atol=1e-4), (k, name, (a - b).abs().max())  # rounding, grown over 10 steps
         assert packed.history[0].val_accs[k] == pytest.approx(alone.history[0].val_acc, abs=1e-9)
     e = packed.history[0]
-    assert e.val_acc == pytest.approx(sum(e.val_accs) / 3) and e.images == 640
+    assert e.val_acc == pytest.approx(sum(e.val_accs) / 3) and e.images == images
 
 
 def test_divergence_is_detected(small_data):
