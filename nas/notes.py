@@ -69,13 +69,14 @@ def sparkline(values: list[float]) -> str:
 
 def arch_line(arch: Arch) -> str:
     """An architecture in one line, e.g. `c4 c4 c8 max c12 c12 c16 max c20v → conv3x3v, GAP`:
-    cN is an N-channel 3x3 padded conv unless marked (v: unpadded, /1x1: pointwise)."""
+    cN is an N-channel 3x3 padded conv unless marked (v: unpadded, /1x1: pointwise, s2: stride 2)."""
     drops = {layer.p for layer in arch.layers if isinstance(layer, Dropout)}
     parts = []
     for layer in arch.layers:
         if isinstance(layer, Conv):
             s = f"c{layer.out}" + ("" if layer.kernel == 3 else f"/{layer.kernel}x{layer.kernel}")
             s += "v" if layer.padding == 0 and layer.kernel > 1 else ("" if layer.padding == layer.kernel // 2 else f"p{layer.padding}")
+            s += "" if layer.stride == 1 else f"s{layer.stride}"
             parts.append(s + ("" if layer.bn else "-nobn") + ("" if layer.relu else "-norelu"))
         elif isinstance(layer, Pool):
             parts.append(layer.kind + ("" if layer.size == 2 else str(layer.size)))

@@ -12,7 +12,7 @@ from optuna_dashboard._note import get_note_from_system_attrs
 
 from nas import notes
 from nas.analytics import ConvergenceRule, study_settings
-from nas.arch import arch_from_dict, param_count, read_toml
+from nas.arch import arch_from_dict, arch_to_dict, param_count, read_toml
 from nas.settings import StudySettings
 
 
@@ -130,6 +130,8 @@ def test_artifact_folder_defaults_next_to_sqlite():
 def test_arch_line_and_sparkline():
     arch = arch_from_dict(read_toml(ROOT / "search_spaces" / "seeds" / "seed_9274.toml", "toml"))
     assert notes.arch_line(arch) == "c4 c4 c8 max c12 c12 c16 max c20v → conv3x3v, GAP"
+    small = arch_from_dict({**arch_to_dict(arch), "layers": [{"conv": 4, "stride": 2}, {"conv": 8, "padding": 0}]})
+    assert notes.arch_line(small) == "c4s2 c8v → conv3x3v, GAP"
     assert notes.sparkline([0.9, 0.95, 0.99]) == "▁▅█" and notes.sparkline([0.5, 0.5]) == "██"
 
 
