@@ -303,6 +303,9 @@ class Worker:
         except KeyboardInterrupt:
             self.interrupted(trial)
             raise
+        except UpdateFinishedTrialError:  # this worker was cut off for longer than the grace: the trial is failed, its retry enqueued
+            self.log(f"[trial {trial.number}] was failed as stale by another worker while it ran; its retry runs it again")
+            return
         except Exception as e:  # noqa: BLE001 - a failing trial is recorded and the search goes on
             state, again = TrialState.FAIL, st.transient(e)  # the storage went away mid-trial: run it again
             reason = f"storage unreachable: {st.cause(e)}" if again else fail_reason(e)

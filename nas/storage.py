@@ -160,7 +160,14 @@ def study_lock(loc: Location, study: str) -> Iterator[None]:
         try:
             yield
         finally:
-            conn.execute(sqlalchemy.text("SELECT pg_advisory_unlock(:k)"), {"k": key})
+            try:
+                conn.execute(sqlalchemy.text("SELECT pg_advisory_unlock(:k)"), {"k": key})
+            except Exception as e:  # noqa: BLE001
+                if not transient(e):
+                    raise
+                # The connection died, and with its session the lock. Raising here would lose what
+                # the locked step did: a trial asked for and then never run, never reaped (its own
+                # worker beats for it), which kept a search waiting for ever.
 
 
 # --- outages ----------------------------------------------------------------------------------

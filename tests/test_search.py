@@ -120,6 +120,19 @@ def test_trials_counts_the_study_not_the_run(store, mnist_dir):
     assert sum("seed_arch" in t.user_attrs for t in trials) == 1
 
 
+def test_a_trial_failed_as_stale_under_its_worker_does_not_stop_it(store):
+    """A worker cut off from the storage for longer than the grace finds its trial failed (and
+    retried) by another: it says so and goes on to the next trial instead of crashing."""
+    study = optuna.create_study(storage=store)
+    trial = study.ask()
+    study.tell(trial.number, state=TrialState.FAIL)  # what another worker's reaper did
+    worker, said = search_mod.Worker.__new__(search_mod.Worker), []
+    worker.study, worker.log = study, said.append
+    worker.objective = lambda t: t.set_user_attr("curve", [0.5])  # its next write
+    worker.run_trial(trial)
+    assert "failed as stale by another worker" in said[-1] and study.trials[0].user_attrs == {}
+
+
 def test_interrupted_trial_is_rerun_on_resume(store, mnist_dir, monkeypatch):
     calls = []
     real_train = search_mod.train

@@ -82,6 +82,16 @@ def test_eight_processes_create_one_postgres_study(postgres):  # noqa: F811
     _created_once(postgres.url)
 
 
+def test_a_lock_whose_server_restarted_meanwhile_is_let_go_quietly(postgres):  # noqa: F811
+    """The session, and with it the advisory lock, died with the server: what was done under the
+    lock (a trial asked for) must not be lost to an error on unlocking."""
+    loc = st.parse(postgres.url)
+    with st.study_lock(loc, "restart-in-lock"):
+        postgres.restart()
+    with st.study_lock(loc, "restart-in-lock"):  # and it can be taken again
+        pass
+
+
 def test_resume_refuses_disagreeing_settings(tmp_path):
     url = f"sqlite:///{tmp_path}/s.db"
     st.open_study("s", url, StudySettings(max_params=20_000))

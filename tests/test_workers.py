@@ -63,7 +63,10 @@ def check_exact(url, name, n_trials):
     trials = study_of(url, name).trials
     assert finished(trials) == n_trials
     assert not [t for t in trials if t.state == TrialState.RUNNING]
-    trained = [t.user_attrs["config_key"] for t in trials if "curve" in t.user_attrs and "duplicate_of" not in t.user_attrs]
+    # A result is a finished trial that trained; a trial failed midway (its worker killed, or the
+    # storage gone) is redone by its retry, which is recovery, not a repeat.
+    trained = [t.user_attrs["config_key"] for t in trials
+               if t.state in (TrialState.COMPLETE, TrialState.PRUNED) and "curve" in t.user_attrs and "duplicate_of" not in t.user_attrs]
     assert len(trained) == len(set(trained)), "an architecture was trained twice"
     return trials
 
