@@ -294,8 +294,7 @@ def dashboard(
         raise UsageError(f"{storage} has no study {study_name!r} (it has: {', '.join(names) or 'none'}); check --study or --storage")
     shown = socket.gethostname() if host in ("0.0.0.0", "::", "") else host
     url = notes.study_url(shown, port, backend.get_study_id_from_name(study_name)) if study_name else f"http://{shown}:{port}/dashboard"
-    folder = artifacts or notes.artifact_dir_for(storage)
-    store = notes.open_artifact_store(folder) if folder else None
+    folder, store = notes.artifact_store_for(storage, artifacts)
     say(f"optuna-dashboard for {storage}; artifacts: " + (str(folder) if folder else "none (give --artifacts DIR, the folder the workers upload to)"))
     say(f"study {study_name!r}: {url}" if study_name else f"studies {', '.join(names)}: {url}")
     say("Ctrl-C to stop")
@@ -375,8 +374,7 @@ def export(
     if study_name is not None:  # the study remembers its exports (report, study note) and offers their files for download
         from nas import notes
 
-        folder = artifacts or notes.artifact_dir_for(storage)
-        notes.record_export(study, m, out, notes.open_artifact_store(folder) if folder else None)
+        notes.record_export(study, m, out, notes.artifact_store_for(storage, artifacts)[1])
     say(f"test accuracy {100 * m['test_acc']:.2f} % (seeds: mean {100 * m['test_acc_mean']:.2f} %, range {100 * m['test_acc_min']:.2f}-{100 * m['test_acc_max']:.2f} %), "
         f"{m['params']:,} params; TorchScript via {m['torchscript']} taking pixels in [0, 1] (normalisation inside), verified in a fresh process; wrote {out}/")
 

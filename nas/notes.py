@@ -352,6 +352,13 @@ def open_artifact_store(folder: Path) -> optuna.artifacts.FileSystemArtifactStor
     return optuna.artifacts.FileSystemArtifactStore(folder)
 
 
+def artifact_store_for(storage: str, folder: str | Path | None = None) -> tuple[Path | None, optuna.artifacts.FileSystemArtifactStore | None]:
+    """The study's artifact folder (--artifacts, else artifact_dir_for's default) and its store;
+    (None, None) for a server storage given no folder."""
+    where = Path(folder) if folder else artifact_dir_for(storage)
+    return where, open_artifact_store(where) if where is not None else None
+
+
 _MIME = {".toml": "text/plain", ".md": "text/markdown", ".json": "application/json"}
 
 

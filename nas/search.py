@@ -18,7 +18,6 @@ import sys
 import threading
 import time
 from dataclasses import dataclass, replace
-from pathlib import Path
 from typing import Any, Callable
 
 import optuna
@@ -369,8 +368,7 @@ def work(name: str, url: str, run: Run, goal: int | None, deadline: float | None
     settings = study_settings(study)
     device = resolve_device(run.device)
     data = load_data(run.data_dir, device, val_size=settings.val_size, train_size=settings.train_size)
-    folder = run.artifacts or notes.artifact_dir_for(url)
-    artifacts = notes.open_artifact_store(Path(folder)) if folder else None
+    artifacts = notes.artifact_store_for(url, run.artifacts)[1]
     reaped = lambda t: quietly(lambda: notes.save_trial_note(study, t), log, "writing the trial note")  # noqa: E731
     with st.Keeper(study, log, reaped) as keeper:
         workers = [st.persist(lambda: Worker(name, loc, study, data, device, keeper, log, artifacts), log, "starting a worker") for _ in range(threads)]
