@@ -44,6 +44,7 @@ ENGINES = ("auto", "eager", "graph")
 WARMUP_STEPS = 3  # steps run before capture (cuDNN autotuning, lazy allocations); their effect is undone
 CPU_CHANNELS_LAST_BATCH = 1024  # see _network
 VAL_IMAGES = {"cuda": 10_000, "cpu": 2_000}  # images x copies per validation batch
+CHECKPOINT_SECONDS = 60.0  # a trial offers a checkpoint at the end of an epoch once this long has passed since its last
 
 # Process-wide state, one thread at a time: torch.manual_seed (it seeds the CUDA generators too, which a
 # capture in flight must not see change), graph capture, and freeing cached memory. Replays run concurrently.
@@ -76,6 +77,33 @@ class Trained:
         if len(self.seeds) == 1 and k == 0:
             return self.packed
         return unpack(self.packed, self.arch, k)
+
+
+@dataclass
+class Checkpoint:
+    """Everything a run needs to go on from the end of an epoch as if it had never stopped: the
+    network, the optimizer's state, the step counter, each copy's generator (shuffling and
+    augmentation), the CPU generator (dropout on the CPU draws from it) and the epochs so far. All
+    tensors are copies on the CPU, so it can be saved with torch.save and loaded on any device."""
+
+    epoch: int  # epochs done
+    steps: int  # updates done
+    model: dict[str, torch.Tensor]
+    optimizer: dict
+    generators: list[torch.Tensor]
+    cpu_rng: torch.Tensor
+    history: list[Epoch]
+
+
+def _host(value):
+    """A copy of a (nested) state on the CPU."""
+    if isinstance(value, torch.Tensor):
+        return value.detach().to("cpu", copy=True)
+    if isinstance(value, dict):
+        return {k: _host(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_host(v) for v in value]
+    return value
 
 
 class Diverged(RuntimeError):
@@ -207,6 +235,23 @@ class _Trial:
         self.opt.step()
         self.loss_sum += losses.detach()
 
+    def state(self) -> tuple[int, dict[str, torch.Tensor], dict]:
+        """(steps done, network, optimizer), copied to the CPU."""
+        return int(self.count), _host(self.model.state_dict()), _host(self.opt.state_dict())
+
+    def restore(self, steps: int, model: dict[str, torch.Tensor], optimizer: dict) -> None:
+        """Put back a state from `state` (before any capture). The learning rate stays this
+        trial's own (a tensor the captured step writes on the graph engine)."""
+        self.model.load_state_dict(model)
+        lrs = [group["lr"] for group in self.opt.param_groups]
+        self.opt.load_state_dict(optimizer)
+        for group, lr in zip(self.opt.param_groups, lrs):
+            group["lr"] = lr
+        if isinstance(self.count, torch.Tensor):
+            self.count.fill_(steps)
+        else:
+            self.count = steps
+
     def capture(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.cuda.CUDAGraph, Callable[[torch.Tensor, torch.Tensor], None]]:
         """Capture `step` in a CUDA graph on the current stream; returns the graph and a feed
         function that copies a batch into the static buffers and replays it.
@@ -216,6 +261,9 @@ class _Trial:
         they were: the first replay is the run's first step, as in the eager engine."""
         static_x, static_y = x.clone(), y.clone()
         saved = {k: v.clone() for k, v in self.model.state_dict().items()}
+        # A resumed run has optimizer state already (a fresh one gets it in the first warm-up step).
+        saved_opt = {p: {k: v.clone() for k, v in state.items() if isinstance(v, torch.Tensor)} for p, state in self.opt.state.items()}
+        saved_count = self.count.clone()
         graph = torch.cuda.CUDAGraph()
         try:
             for _ in range(WARMUP_STEPS):
@@ -235,11 +283,11 @@ class _Trial:
         with torch.no_grad():
             for k, v in self.model.state_dict().items():
                 v.copy_(saved[k])
-            for state in self.opt.state.values():
-                for v in state.values():
-                    if isinstance(v, torch.Tensor):
-                        v.zero_()  # zeroed momentum (and Adam's step and moments) act as fresh ones
-            self.count.zero_()
+            for p, state in self.opt.state.items():
+                for k, v in state.items():
+                    if isinstance(v, torch.Tensor):  # as before the warm-up; zeroed momentum (and Adam's step and moments) act as fresh ones
+                        v.copy_(saved_opt[p][k]) if k in saved_opt.get(p, {}) else v.zero_()
+            self.count.copy_(saved_count)
             self.loss_sum.zero_()
 
         def feed(xb: torch.Tensor, yb: torch.Tensor) -> None:
@@ -303,6 +351,9 @@ def train(
     on_progress: Callable[[int, int], None] | None = None,
     engine: str = "auto",
     precision: str | None = None,
+    resume: Checkpoint | None = None,
+    on_checkpoint: Callable[[Checkpoint], None] | None = None,
+    checkpoint_seconds: float = CHECKPOINT_SECONDS,
 ) -> Trained:
     """Train `arch` from scratch on data.train, validating on data.val after every epoch.
 
@@ -313,6 +364,11 @@ def train(
     on the CPU; on CUDA up to cuDNN's autotuned algorithm choice. Safe to call from several threads
     (each runs on its own CUDA stream). `engine` ("auto": a CUDA graph on CUDA, eager elsewhere) and
     `precision` (default: fp32, CUDA_PRECISION on CUDA) are for tests and benchmarks.
+
+    `on_checkpoint` is offered a Checkpoint at the end of an epoch (after `on_epoch`) once
+    `checkpoint_seconds` have passed since the run (re)started or last offered one, so a short
+    trial writes none; `resume` goes on from one, with the same arch, data, cfg and seeds. On the
+    CPU a resumed run ends bit-identical to an uninterrupted one.
     """
     check_fits(arch, data)
     if seeds < 1:
@@ -330,26 +386,38 @@ def train(
     with _on_trial_stream(device):
         if device.type == "cuda" and engine != "eager":
             try:
-                return _run(arch, data, cfg, seed_list, on_epoch, on_progress, precision, graph=True, name=f"cuda graph{suffix}")
+                return _run(arch, data, cfg, seed_list, on_epoch, on_progress, precision, True, f"cuda graph{suffix}", resume, on_checkpoint, checkpoint_seconds)
             except _CaptureFailed as e:
-                return _run(arch, data, cfg, seed_list, on_epoch, on_progress, precision, graph=False, name=f"eager{suffix} (capture failed: {e})")
-        return _run(arch, data, cfg, seed_list, on_epoch, on_progress, precision, graph=False, name=f"eager{suffix}")
+                return _run(arch, data, cfg, seed_list, on_epoch, on_progress, precision, False, f"eager{suffix} (capture failed: {e})",
+                            resume, on_checkpoint, checkpoint_seconds)
+        return _run(arch, data, cfg, seed_list, on_epoch, on_progress, precision, False, f"eager{suffix}", resume, on_checkpoint, checkpoint_seconds)
 
 
 def _run(arch: Arch, data: Data, cfg: TrainConfig, seeds: list[int], on_epoch: Callable[[Epoch], None] | None,
-         on_progress: Callable[[int, int], None] | None, precision: str, graph: bool, name: str) -> Trained:
+         on_progress: Callable[[int, int], None] | None, precision: str, graph: bool, name: str,
+         resume: Checkpoint | None = None, on_checkpoint: Callable[[Checkpoint], None] | None = None,
+         checkpoint_seconds: float = CHECKPOINT_SECONDS) -> Trained:
     """The epoch loop, shared by both engines: only how a batch reaches `_Trial.step` differs."""
-    start = time.perf_counter()
+    start = last_checkpoint = time.perf_counter()
     device = data.train.x.device
     batch, steps = static_batches(len(data.train), cfg.batch_size)
     model = _network(arch, seeds, device, precision, batch)
     trial = _Trial(model, cfg, len(seeds), cfg.epochs * steps, device, precision, graph)
     generators = [torch.Generator(device=device).manual_seed(s) for s in seeds]
+    history: list[Epoch] = []
+    if resume is not None:
+        if len(resume.generators) != len(seeds) or not 0 < resume.epoch <= cfg.epochs:
+            raise ValueError(f"the checkpoint holds {len(resume.generators)} seed(s) after epoch {resume.epoch}; this run trains {len(seeds)} for {cfg.epochs} epochs")
+        trial.restore(resume.steps, resume.model, resume.optimizer)
+        for g, state in zip(generators, resume.generators):
+            g.set_state(state.to(g.get_state().device))
+        if device.type == "cpu":
+            torch.set_rng_state(resume.cpu_rng)
+        history = list(resume.history)
     feed: Callable[[torch.Tensor, torch.Tensor], None] = trial.step
     captured: torch.cuda.CUDAGraph | None = None
-    history: list[Epoch] = []
     try:
-        for epoch in range(1, cfg.epochs + 1):
+        for epoch in range(len(history) + 1, cfg.epochs + 1):
             x, y = _epoch_batches(data.train, steps * batch, generators, cfg.augment)
             if graph and captured is None:
                 captured, feed = trial.capture(x[:batch], y[:batch])
@@ -373,6 +441,10 @@ def _run(arch: Arch, data: Data, cfg: TrainConfig, seeds: list[int], on_epoch: C
                                  sum(val_accs) / k, time.perf_counter() - start, val_accs, steps * batch))
             if on_epoch:
                 on_epoch(history[-1])
+            if on_checkpoint is not None and epoch < cfg.epochs and time.perf_counter() - last_checkpoint >= checkpoint_seconds:
+                done, weights, optimizer = trial.state()
+                on_checkpoint(Checkpoint(epoch, done, weights, optimizer, [g.get_state() for g in generators], torch.get_rng_state(), list(history)))
+                last_checkpoint = time.perf_counter()
             start = time.perf_counter()  # the callback's own time is not the epoch's
     finally:
         trial.opt.zero_grad(set_to_none=True)  # on the graph engine the gradients live in the graph's memory pool

@@ -121,6 +121,51 @@ def test_k_seeds_train_as_k_separate_runs(small_data, images, batch):
     assert e.val_acc == pytest.approx(sum(e.val_accs) / 3) and e.images == images
 
 
+@pytest.mark.parametrize("optimizer", ["sgd", "adamw"])
+def test_a_resumed_run_ends_bit_identical(small_data, optimizer):
+    """Stopped after a checkpoint and resumed from it (through torch.save, as a worker stores it),
+    a run with augmentation and dropout ends with the same weights and curve as one never stopped."""
+    import io
+
+    from nas.arch import Dropout
+
+    arch = load_arch(SEED)
+    arch.layers.insert(4, Dropout(0.1))
+    tiny = subset(small_data, 512, 256)
+    cfg = TrainConfig(epochs=3, batch_size=128, augment=True, optimizer=optimizer, lr=0.05 if optimizer == "sgd" else 0.005, seed=2)
+    whole = train(arch, tiny, cfg)
+    saved = []
+
+    def stop_after_first_checkpoint(e):
+        if saved:
+            raise KeyboardInterrupt
+
+    def keep(ckpt):
+        buffer = io.BytesIO()
+        torch.save(ckpt, buffer)
+        saved.append(buffer.getvalue())
+
+    with pytest.raises(KeyboardInterrupt):
+        train(arch, tiny, cfg, on_epoch=stop_after_first_checkpoint, on_checkpoint=keep, checkpoint_seconds=0)
+    assert len(saved) == 1
+    ckpt = torch.load(io.BytesIO(saved[0]), weights_only=False)
+    assert ckpt.epoch == 1 and ckpt.steps == 4 and len(ckpt.history) == 1
+    torch.manual_seed(123)  # whatever the process drew meanwhile does not matter
+    resumed = train(arch, tiny, cfg, resume=ckpt)
+    assert [e.val_acc for e in resumed.history] == [e.val_acc for e in whole.history]
+    assert [e.train_loss for e in resumed.history] == [e.train_loss for e in whole.history]
+    for a, b in zip(resumed.packed.state_dict().values(), whole.packed.state_dict().values()):
+        assert torch.equal(a, b)
+
+
+def test_checkpoints_only_after_their_interval(small_data):
+    offered = []
+    train(load_arch(SEED), subset(small_data, 256, 64), TrainConfig(epochs=3, batch_size=128), on_checkpoint=offered.append)
+    assert offered == []  # a short run writes none
+    train(load_arch(SEED), subset(small_data, 256, 64), TrainConfig(epochs=3, batch_size=128), on_checkpoint=offered.append, checkpoint_seconds=0)
+    assert [c.epoch for c in offered] == [1, 2]  # never after the last epoch: the trial is done
+
+
 def test_divergence_is_detected(small_data):
     with pytest.raises(Diverged, match="training loss"):
         train(load_arch(SEED), subset(small_data, 256, 64), TrainConfig(epochs=1, lr=1e12, batch_size=32, schedule="step"))
