@@ -37,6 +37,25 @@ class Conv:
 
 
 @dataclass
+class SepConv:
+    """Depthwise-separable convolution: a depthwise kxk conv (one filter per input channel, the
+    `dw_bn`/`dw_relu` after it) then a pointwise 1x1 conv to `out` channels (`bn`/`relu` after
+    it), both in `order`. It costs C*k*k + C*out weights where a full conv costs C*out*k*k, which
+    is how the smallest public MNIST networks afford more channels."""
+
+    out: int
+    kernel: int = 3
+    padding: int = 1
+    stride: int = 1  # of the depthwise conv
+    dw_bn: bool = True
+    dw_relu: bool = False  # a linear depthwise output (MobileNetV2, Xception) unless asked
+    bn: bool = True
+    relu: bool = True
+    order: str = "relu_bn"
+    bias: bool = True
+
+
+@dataclass
 class Pool:
     kind: str = "max"
     size: int = 2
@@ -47,7 +66,8 @@ class Dropout:
     p: float
 
 
-Layer = Union[Conv, Pool, Dropout]
+Layer = Union[Conv, SepConv, Pool, Dropout]
+CONVS = (Conv, SepConv)  # the layer kinds that convolve
 
 
 @dataclass
@@ -58,6 +78,7 @@ class Head:
     type: str = "conv_gap"
     kernel: int = 1
     padding: int = 0
+    bias: bool = True
 
 
 @dataclass
@@ -91,27 +112,36 @@ def plan(arch: Arch) -> list[Step]:
     def add(module: str, args: dict[str, Any], params: int = 0) -> None:
         steps.append(Step(module, args, (c, h, w) if module != "Flatten" else (c,), params, rf))
 
-    def conv(i: int, out: int, k: int, pad: int, bias: bool, key: str, stride: int = 1) -> None:
+    def conv(out: int, k: int, pad: int, bias: bool, key: str, stride: int = 1, groups: int = 1) -> None:
         nonlocal c, h, w, rf, jump
         if h + 2 * pad < k or w + 2 * pad < k:
             raise SpecError(arch.name or "architecture", key, f"feature map shrinks below 1x1 (kernel {k}, padding {pad})")
         h, w = (h + 2 * pad - k) // stride + 1, (w + 2 * pad - k) // stride + 1
         rf += (k - 1) * jump
         jump *= stride
-        params = out * c * k * k + (out if bias else 0)
+        params = out * (c // groups) * k * k + (out if bias else 0)
+        args = dict(in_channels=c, out_channels=out, kernel_size=k, stride=stride, padding=pad, bias=bias)
         c = out
-        add("Conv2d", dict(in_channels=i, out_channels=out, kernel_size=k, stride=stride, padding=pad, bias=bias), params)
+        add("Conv2d", args | (dict(groups=groups) if groups > 1 else {}), params)
+
+    def after(relu: bool, bn: bool, order: str) -> None:
+        post = [("relu", relu), ("bn", bn)]
+        for what, on in post if order == "relu_bn" else post[::-1]:
+            if on and what == "relu":
+                add("ReLU", {})
+            elif on:
+                add("BatchNorm2d", dict(num_features=c), 2 * c)
 
     for n, layer in enumerate(arch.layers):
         key = f"layers[{n}]"
         if isinstance(layer, Conv):
-            conv(c, layer.out, layer.kernel, layer.padding, layer.bias, key, layer.stride)
-            post = [("relu", layer.relu), ("bn", layer.bn)]
-            for what, on in post if layer.order == "relu_bn" else post[::-1]:
-                if on and what == "relu":
-                    add("ReLU", {})
-                elif on:
-                    add("BatchNorm2d", dict(num_features=c), 2 * c)
+            conv(layer.out, layer.kernel, layer.padding, layer.bias, key, layer.stride)
+            after(layer.relu, layer.bn, layer.order)
+        elif isinstance(layer, SepConv):
+            conv(c, layer.kernel, layer.padding, layer.bias, key, layer.stride, groups=c)
+            after(layer.dw_relu, layer.dw_bn, layer.order)
+            conv(layer.out, 1, 0, layer.bias, key)
+            after(layer.relu, layer.bn, layer.order)
         elif isinstance(layer, Pool):
             if h < layer.size or w < layer.size:
                 raise SpecError(arch.name or "architecture", key, f"pooling a {h}x{w} map by {layer.size}")
@@ -122,11 +152,11 @@ def plan(arch: Arch) -> list[Step]:
         else:
             add("Dropout", dict(p=layer.p))
     if arch.head.type == "conv_gap":
-        conv(c, arch.classes, arch.head.kernel, arch.head.padding, True, "head")
+        conv(arch.classes, arch.head.kernel, arch.head.padding, arch.head.bias, "head")
     h = w = 1
     add("AdaptiveAvgPool2d", dict(output_size=1))
     if arch.head.type == "gap_conv":
-        conv(c, arch.classes, 1, 0, True, "head")
+        conv(arch.classes, 1, 0, arch.head.bias, "head")
     add("Flatten", {})
     return steps
 
@@ -228,8 +258,8 @@ def costs(arch: Arch) -> Costs:
 
 # --- TOML / dict form -------------------------------------------------------------------------
 
-_LAYER_KEYS = {"conv": Conv, "pool": Pool, "dropout": Dropout}
-_PRIMARY = {Conv: "out", Pool: "kind", Dropout: "p"}
+_LAYER_KEYS = {"conv": Conv, "sep": SepConv, "pool": Pool, "dropout": Dropout}
+_PRIMARY = {Conv: "out", SepConv: "out", Pool: "kind", Dropout: "p"}
 
 
 def _check(where: str, key: str, value: Any, kind: type, ok: Any = None, what: str = "") -> Any:
@@ -261,12 +291,12 @@ MAX_KERNEL = 15
 MAX_INPUT = 4096
 MAX_STRIDE = 8
 
-_RULES: list[tuple[type, str, Any, str]] = [
-    (Conv, "out", lambda v: 1 <= v <= MAX_CHANNELS, f"must be between 1 and {MAX_CHANNELS:,}"),
-    (Conv, "kernel", lambda v: 1 <= v <= MAX_KERNEL and v % 2 == 1, f"must be an odd integer from 1 to {MAX_KERNEL}"),
-    (Conv, "padding", lambda v: v >= 0, "must be >= 0"),
-    (Conv, "stride", lambda v: 1 <= v <= MAX_STRIDE, f"must be between 1 and {MAX_STRIDE}"),
-    (Conv, "order", lambda v: v in ORDERS, f"must be one of {', '.join(ORDERS)}"),
+_RULES: list[tuple[type | tuple[type, ...], str, Any, str]] = [
+    (CONVS, "out", lambda v: 1 <= v <= MAX_CHANNELS, f"must be between 1 and {MAX_CHANNELS:,}"),
+    (CONVS, "kernel", lambda v: 1 <= v <= MAX_KERNEL and v % 2 == 1, f"must be an odd integer from 1 to {MAX_KERNEL}"),
+    (CONVS, "padding", lambda v: v >= 0, "must be >= 0"),
+    (CONVS, "stride", lambda v: 1 <= v <= MAX_STRIDE, f"must be between 1 and {MAX_STRIDE}"),
+    (CONVS, "order", lambda v: v in ORDERS, f"must be one of {', '.join(ORDERS)}"),
     (Pool, "kind", lambda v: v in POOLS, f"must be one of {', '.join(POOLS)}"),
     (Pool, "size", lambda v: v >= 2, "must be at least 2"),
     (Dropout, "p", lambda v: 0.0 <= v < 1.0, "must be in [0, 1)"),
@@ -310,12 +340,12 @@ def arch_from_dict(data: dict[str, Any], where: str = "architecture") -> Arch:
         raw = _check(where, key, raw, dict)
         kinds = [k for k in raw if k in _LAYER_KEYS]
         if len(kinds) != 1:
-            raise SpecError(where, key, "needs exactly one of conv = <channels>, pool = \"max\"|\"avg\", dropout = <p>")
+            raise SpecError(where, key, "needs exactly one of conv = <channels>, sep = <channels>, pool = \"max\"|\"avg\", dropout = <p>")
         cls = _LAYER_KEYS[kinds[0]]
         rest = {k: v for k, v in raw.items() if k != kinds[0]}
         rest[_PRIMARY[cls]] = raw[kinds[0]]
         layers.append(_validate(_dataclass_from(cls, rest, where, key), where, key))
-    if not any(isinstance(layer, Conv) for layer in layers):
+    if not any(isinstance(layer, CONVS) for layer in layers):
         raise SpecError(where, "layers", "needs at least one conv layer, e.g. layers = [{ conv = 8 }]")
     head = _validate(_dataclass_from(Head, _check(where, "head", data.get("head", {}), dict), where, "head"), where, "head")
     if head.type == "gap_conv" and (head.kernel, head.padding) != (1, 0):
@@ -377,6 +407,12 @@ def read_toml(path: Path, hint: str) -> dict[str, Any]:
         return tomllib.loads(path.read_text())
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
         raise SpecError(str(path), "toml", f"not valid TOML ({e})") from None
+
+
+def builtin_archs() -> list[Arch]:
+    """The architectures shipped with nas: the hand-made seed first, then the others by size."""
+    archs = [load_arch(p) for p in (BUILTIN / "seeds").glob("*.toml")]
+    return sorted(archs, key=lambda a: (a.name != "seed_9274", param_count(a), a.name))
 
 
 def load_arch(path: str | Path) -> Arch:

@@ -1,7 +1,7 @@
 """The one builder: an Arch becomes an nn.Sequential, module for module as nas.arch.plan says.
 
 `build(arch, copies=K)` lays out K independent copies of the network as one: every conv is grouped
-(groups=K) and every BatchNorm has K x C channels, so copy k owns channel block k of every layer and
+(groups=K, a depthwise conv's groups=K x C) and every BatchNorm has K x C channels, so copy k owns channel block k of every layer and
 no weight, gradient or batch statistic crosses between copies. Copy k reads input channels
 k*C_in..(k+1)*C_in and writes logits k*classes..(k+1)*classes: K different batches stacked along
 the channel dimension train K networks in one launch per layer. `pack` and `unpack` move weights
@@ -29,14 +29,16 @@ def build(arch: Arch, copies: int = 1) -> nn.Sequential:
         for key in _CHANNELS.get(step.module, ()):
             args[key] *= copies
         if step.module == "Conv2d" and copies > 1:
-            args["groups"] = copies
+            args["groups"] = args.get("groups", 1) * copies
         modules.append(getattr(nn, step.module)(**args))
-    return nn.Sequential(*modules)
+    model = nn.Sequential(*modules)
+    model.copies = copies
+    return model
 
 
 def copies_of(model: nn.Module) -> int:
     """How many networks a (possibly packed) network holds."""
-    return next(m.groups for m in model.modules() if isinstance(m, nn.Conv2d))
+    return getattr(model, "copies", 1)
 
 
 @torch.no_grad()

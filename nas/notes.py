@@ -28,7 +28,7 @@ from optuna.trial import FrozenTrial, TrialState
 from optuna_dashboard._note import get_note_from_system_attrs, save_note_with_version
 
 from nas.analytics import ConvergenceRule, best_trial, counts, duration, pareto_front, study_settings
-from nas.arch import Arch, Conv, Dropout, Pool, arch_from_dict, arch_to_toml
+from nas.arch import CONVS, Arch, Conv, Dropout, Pool, SepConv, arch_from_dict, arch_to_toml
 from nas.errors import SpecError
 from nas.resources import FP32_ATTRS, RESOURCES
 from nas.settings import StudySettings
@@ -69,12 +69,13 @@ def sparkline(values: list[float]) -> str:
 
 def arch_line(arch: Arch) -> str:
     """An architecture in one line, e.g. `c4 c4 c8 max c12 c12 c16 max c20v → conv3x3v, GAP`:
-    cN is an N-channel 3x3 padded conv unless marked (v: unpadded, /1x1: pointwise, s2: stride 2)."""
+    cN is an N-channel 3x3 padded conv unless marked (v: unpadded, /1x1: pointwise, s2: stride 2);
+    dN a depthwise-separable one (depthwise 3x3, then pointwise to N channels)."""
     drops = {layer.p for layer in arch.layers if isinstance(layer, Dropout)}
     parts = []
     for layer in arch.layers:
-        if isinstance(layer, Conv):
-            s = f"c{layer.out}" + ("" if layer.kernel == 3 else f"/{layer.kernel}x{layer.kernel}")
+        if isinstance(layer, CONVS):
+            s = ("c" if isinstance(layer, Conv) else "d") + f"{layer.out}" + ("" if layer.kernel == 3 else f"/{layer.kernel}x{layer.kernel}")
             s += "v" if layer.padding == 0 and layer.kernel > 1 else ("" if layer.padding == layer.kernel // 2 else f"p{layer.padding}")
             s += "" if layer.stride == 1 else f"s{layer.stride}"
             parts.append(s + ("" if layer.bn else "-nobn") + ("" if layer.relu else "-norelu"))
@@ -84,8 +85,9 @@ def arch_line(arch: Arch) -> str:
             parts.append(f"drop{layer.p:g}")
     h = arch.head
     head = f"conv{h.kernel}x{h.kernel}{'v' if h.padding == 0 and h.kernel > 1 else ''}, GAP" if h.type == "conv_gap" else "GAP, conv1x1"
+    head += "" if h.bias else " (no bias)"
     notes = [f"dropout {drops.pop():g} after each conv"] if len(drops) == 1 else []
-    if any(isinstance(x, Conv) and x.order == "bn_relu" for x in arch.layers):
+    if any(isinstance(x, CONVS) and x.order == "bn_relu" for x in arch.layers):
         notes.append("BN before ReLU")
     return " ".join(parts) + f" → {head}" + (f" ({', '.join(notes)})" if notes else "")
 

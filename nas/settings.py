@@ -12,11 +12,11 @@ from dataclasses import dataclass, field, fields
 from functools import cached_property
 from typing import Any
 
-from nas.arch import arch_from_dict, arch_to_dict, load_arch
+from nas.arch import arch_from_dict, arch_to_dict, builtin_archs, costs
 from nas.config import DEFAULT_EPOCHS, TrainConfig
 from nas.errors import SpecError
 from nas.resources import NAMES as RESOURCE_NAMES
-from nas.resources import RESOURCES
+from nas.resources import RESOURCES, violations
 from nas.space import DEFAULT_SPACE, Space, params_for, read_space, space_from_dict
 
 PRUNING_MODES = ("on", "observe", "off")
@@ -31,10 +31,6 @@ class SettingsMismatch(SpecError):
 
 def _default_space() -> dict[str, Any]:
     return read_space(DEFAULT_SPACE)
-
-
-def _default_seeds() -> tuple[dict[str, Any], ...]:
-    return (arch_to_dict(load_arch(DEFAULT_SEED_ARCH)),)
 
 
 @dataclass(frozen=True)
@@ -61,10 +57,11 @@ class StudySettings:
     seeds_per_trial: int = 1
     seed: int = 0
     space: dict[str, Any] = field(default_factory=_default_space)  # the space file's content
-    seed_archs: tuple[dict[str, Any], ...] = field(default_factory=_default_seeds)  # architectures, not paths
+    # Architectures (not paths) enqueued as a new study's first trials. None: every built-in
+    # architecture that is a point of the space and within the budgets (builtin_seeds).
+    seed_archs: tuple[dict[str, Any], ...] | None = None
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "seed_archs", tuple(self.seed_archs))
         for key, ok, what in (
             ("max_params", self.max_params >= 1, "must be at least 1"),
             ("max_epochs", self.max_epochs >= 1, "must be at least 1"),
@@ -85,7 +82,22 @@ class StudySettings:
             if not ok:
                 raise SpecError("settings", flag(key), f"{what} (got {getattr(self, key)!r})")
         self.parsed_space  # noqa: B018 - a bad space or seed fails here, before any study exists
+        object.__setattr__(self, "seed_archs", tuple(self.builtin_seeds() if self.seed_archs is None else self.seed_archs))
         self.seed_configs  # noqa: B018
+
+    def builtin_seeds(self) -> list[dict[str, Any]]:
+        """The built-in architectures this study starts from: those that are points of its space
+        (input and classes included) and within all its budgets, seed_9274 first."""
+        out = []
+        for arch in builtin_archs():
+            cfg = TrainConfig.from_dict({**arch.train, "epochs": self.max_epochs}, arch.name)
+            try:
+                params_for(self.parsed_space, arch, cfg, arch.name)
+            except SpecError:
+                continue
+            if not violations(costs(arch), self):
+                out.append(arch_to_dict(arch))
+        return out
 
     @cached_property
     def parsed_space(self) -> Space:

@@ -10,16 +10,17 @@ from __future__ import annotations
 
 import math
 import random
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Protocol, Sequence
 
-from nas.arch import BUILTIN, HEADS, MAX_CHANNELS, MAX_STRIDE, ORDERS, POOLS, Arch, Conv, Dropout, Head, Pool, classes, costs, input_shape, locate, read_toml
+from nas.arch import BUILTIN, CONVS, HEADS, MAX_CHANNELS, MAX_STRIDE, ORDERS, POOLS, Arch, Conv, Dropout, Head, Pool, SepConv, classes, costs, input_shape, locate, read_toml
 from nas.config import DEFAULT_EPOCHS, OPTIMIZERS, TrainConfig
 from nas.errors import SpecError
 from nas.resources import RESOURCES
 
 PADDINGS = ("same", "valid")
+DROPOUT_PLACES = ("block", "pool")  # after every conv block, or once after each pooling
 
 
 class Chooser(Protocol):
@@ -35,6 +36,8 @@ class Stage:
     padding: list[str] = field(default_factory=lambda: ["same"])
     transition: list[bool] = field(default_factory=lambda: [False])
     stride: list[int] = field(default_factory=lambda: [1])  # of the stage's first kxk conv
+    pointwise: list[bool] = field(default_factory=lambda: [False])  # may a block after the first be a 1x1 conv
+    separable: list[bool] = field(default_factory=lambda: [False])  # kxk blocks depthwise-separable (never the network's first conv)
 
 
 @dataclass
@@ -55,6 +58,10 @@ class Space:
     label_smoothing: list[float]
     input: tuple[int, int, int] = (1, 28, 28)
     classes: int = 10
+    dropout_at: list[str] = field(default_factory=lambda: ["block"])
+    bias: list[bool] = field(default_factory=lambda: [True])  # of every conv and the head
+    final_bn: list[bool] = field(default_factory=lambda: [True])  # BatchNorm on the last conv block
+    dw_relu: list[bool] = field(default_factory=lambda: [False])  # ReLU after a separable block's depthwise conv
 
 
 def _choices(where: str, table: dict[str, Any], key: str, kind: type, allowed: Sequence[Any] | None = None, prefix: str = "") -> list[Any]:
@@ -98,7 +105,7 @@ def space_from_dict(data: dict[str, Any], where: str) -> Space:
     for key, table in (("architecture", a), ("training", t)):
         if not isinstance(table, dict):
             raise SpecError(where, key, "missing table")
-    _no_extra(where, a, {"stages", "kernel", "pool", "order", "dropout", "head", "head_kernel", "stage"}, "architecture.")
+    _no_extra(where, a, {"stages", "kernel", "pool", "order", "dropout", "dropout_at", "bias", "final_bn", "dw_relu", "head", "head_kernel", "stage"}, "architecture.")
     _no_extra(where, t, {"optimizer", "batch_size", "augment", "label_smoothing", *(f"lr_{o}" for o in OPTIMIZERS)}, "training.")
     raw_stages = a.get("stage")
     if not isinstance(raw_stages, list) or not raw_stages:
@@ -106,11 +113,13 @@ def space_from_dict(data: dict[str, Any], where: str) -> Space:
     stages = []
     for n, s in enumerate(raw_stages):
         p = f"architecture.stage[{n}]."
-        _no_extra(where, s, {"blocks", "channels", "padding", "transition", "stride"}, p)
+        _no_extra(where, s, {"blocks", "channels", "padding", "transition", "stride", "pointwise", "separable"}, p)
         stages.append(Stage(_range(where, s, "blocks", int, p), _choices(where, s, "channels", int, prefix=p),
                             _choices(where, s, "padding", str, PADDINGS, p) if "padding" in s else ["same"],
                             _choices(where, s, "transition", bool, prefix=p) if "transition" in s else [False],
-                            _choices(where, s, "stride", int, range(1, MAX_STRIDE + 1), p) if "stride" in s else [1]))
+                            _choices(where, s, "stride", int, range(1, MAX_STRIDE + 1), p) if "stride" in s else [1],
+                            _choices(where, s, "pointwise", bool, prefix=p) if "pointwise" in s else [False],
+                            _choices(where, s, "separable", bool, prefix=p) if "separable" in s else [False]))
     pa, pt = "architecture.", "training."
     space = Space(
         name=data.get("name", Path(where).stem),
@@ -129,6 +138,10 @@ def space_from_dict(data: dict[str, Any], where: str) -> Space:
         label_smoothing=_choices(where, t, "label_smoothing", float, prefix=pt) if "label_smoothing" in t else [0.0],
         input=input_shape(data, where),
         classes=classes(data, where),
+        dropout_at=_choices(where, a, "dropout_at", str, DROPOUT_PLACES, pa) if "dropout_at" in a else ["block"],
+        bias=_choices(where, a, "bias", bool, prefix=pa) if "bias" in a else [True],
+        final_bn=_choices(where, a, "final_bn", bool, prefix=pa) if "final_bn" in a else [True],
+        dw_relu=_choices(where, a, "dw_relu", bool, prefix=pa) if "dw_relu" in a else [False],
     )
     space.lr = {o: _range(where, t, f"lr_{o}", float, pt) for o in space.optimizer}
     if max(space.stages) > len(stages):
@@ -155,24 +168,44 @@ def load_space(path: str | Path) -> Space:
 
 
 def sample(space: Space, trial: Chooser, epochs: int = DEFAULT_EPOCHS) -> tuple[Arch, TrainConfig]:
-    """Draw an architecture and its training settings (the Arch may still be invalid or too big)."""
+    """Draw an architecture and its training settings (the Arch may still be invalid or too big).
+    A choice with one option in the space is not asked (it is no parameter of the trial)."""
     cat = trial.suggest_categorical
+
+    def pick(name: str, choices: list[Any]) -> Any:
+        return choices[0] if len(choices) == 1 else cat(name, choices)
+
     n_stages = cat("stages", space.stages)
     kernel, pool, order, dropout = cat("kernel", space.kernel), cat("pool", space.pool), cat("order", space.order), cat("dropout", space.dropout)
+    bias = pick("bias", space.bias)
+    where = pick("dropout_at", space.dropout_at) if dropout > 0 else None
+    dw_relu: bool | None = None  # asked at the first separable block, once
     layers: list[Any] = []
     for i, st in enumerate(space.stage[:n_stages], 1):
         pad = kernel // 2 if cat(f"s{i}_padding", st.padding) == "same" else 0
         stride = cat(f"s{i}_stride", st.stride)
+        separable = pick(f"s{i}_sep", st.separable)
         if cat(f"s{i}_transition", st.transition):
-            layers.append(Conv(cat(f"s{i}_t", st.channels), kernel=1, padding=0, order=order))
+            layers.append(Conv(cat(f"s{i}_t", st.channels), kernel=1, padding=0, order=order, bias=bias))
         for j in range(1, trial.suggest_int(f"s{i}_blocks", *st.blocks) + 1):
-            layers.append(Conv(cat(f"s{i}_c{j}", st.channels), kernel=kernel, padding=pad, order=order, stride=stride if j == 1 else 1))
-            if dropout > 0:
+            out, first = cat(f"s{i}_c{j}", st.channels), stride if j == 1 else 1
+            if j > 1 and pick(f"s{i}_pw{j}", st.pointwise):
+                layers.append(Conv(out, kernel=1, padding=0, order=order, bias=bias))
+            elif separable and any(isinstance(layer, CONVS) for layer in layers):
+                dw_relu = pick("dw_relu", space.dw_relu) if dw_relu is None else dw_relu
+                layers.append(SepConv(out, kernel=kernel, padding=pad, order=order, bias=bias, stride=first, dw_relu=dw_relu))
+            else:
+                layers.append(Conv(out, kernel=kernel, padding=pad, order=order, stride=first, bias=bias))
+            if where == "block":
                 layers.append(Dropout(dropout))
         if i < n_stages:
             layers.append(Pool(pool))
+            if where == "pool":
+                layers.append(Dropout(dropout))
+    last = max(n for n, layer in enumerate(layers) if isinstance(layer, CONVS))
+    layers[last] = replace(layers[last], bn=pick("final_bn", space.final_bn))
     head_type = cat("head", space.head)
-    head = Head(head_type, cat("head_kernel", space.head_kernel)) if head_type == "conv_gap" else Head("gap_conv")
+    head = Head(head_type, cat("head_kernel", space.head_kernel), bias=bias) if head_type == "conv_gap" else Head("gap_conv", bias=bias)
     opt = cat("optimizer", space.optimizer)
     cfg = TrainConfig(
         epochs=epochs,
@@ -212,16 +245,19 @@ class _Recorder:
 
 def params_for(space: Space, arch: Arch, cfg: TrainConfig, where: str = "seed") -> dict[str, Any]:
     """The trial parameters under which `sample` yields exactly (arch, cfg); SpecError if none."""
-    convs = [layer for layer in arch.layers if isinstance(layer, Conv)]
-    pools = [layer for layer in arch.layers if isinstance(layer, Pool)]
-    drops = [layer for layer in arch.layers if isinstance(layer, Dropout)]
+    convs = [layer for layer in arch.layers if isinstance(layer, CONVS)]
+    pools = [n for n, layer in enumerate(arch.layers) if isinstance(layer, Pool)]
+    drops = [n for n, layer in enumerate(arch.layers) if isinstance(layer, Dropout)]
     first = convs[0] if convs else Conv(1)
+    square = [c.kernel for c in convs if c.kernel > 1]
     values: dict[str, Any] = {
-        "stages": len(pools) + 1, "kernel": max((c.kernel for c in convs), default=3), "order": first.order,
-        "pool": pools[0].kind if pools else space.pool[0], "dropout": drops[0].p if drops else 0.0,
-        "head": arch.head.type, "optimizer": cfg.optimizer, f"lr_{cfg.optimizer}": cfg.lr, "batch_size": cfg.batch_size,
-        "augment": cfg.augment, "label_smoothing": cfg.label_smoothing,
+        "stages": len(pools) + 1, "kernel": max(square, default=max((c.kernel for c in convs), default=3)), "order": first.order,
+        "pool": arch.layers[pools[0]].kind if pools else space.pool[0], "dropout": arch.layers[drops[0]].p if drops else 0.0,
+        "bias": first.bias, "final_bn": convs[-1].bn if convs else True, "head": arch.head.type, "optimizer": cfg.optimizer,
+        f"lr_{cfg.optimizer}": cfg.lr, "batch_size": cfg.batch_size, "augment": cfg.augment, "label_smoothing": cfg.label_smoothing,
     }
+    if drops:
+        values["dropout_at"] = "pool" if drops[0] - 1 in pools else "block"
     if arch.head.type == "conv_gap":
         values["head_kernel"] = arch.head.kernel
     stage, block = 1, 0
@@ -230,13 +266,20 @@ def params_for(space: Space, arch: Arch, cfg: TrainConfig, where: str = "seed") 
             stage, block = stage + 1, 0
         elif isinstance(layer, Conv) and layer.kernel == 1 and block == 0 and values["kernel"] != 1:
             values[f"s{stage}_transition"], values[f"s{stage}_t"] = True, layer.out
-        elif isinstance(layer, Conv):
+        elif isinstance(layer, CONVS):
             block += 1
             values[f"s{stage}_c{block}"], values[f"s{stage}_blocks"] = layer.out, block
+            pointwise = isinstance(layer, Conv) and layer.kernel == 1 and values["kernel"] != 1
+            if block > 1:
+                values[f"s{stage}_pw{block}"] = pointwise
+            if isinstance(layer, SepConv):
+                values[f"s{stage}_sep"], values["dw_relu"] = True, layer.dw_relu
             if block == 1:
                 values[f"s{stage}_stride"] = layer.stride
-            values[f"s{stage}_padding"] = "same" if layer.padding == layer.kernel // 2 else "valid"
+            if not pointwise:
+                values[f"s{stage}_padding"] = "same" if layer.padding == layer.kernel // 2 else "valid"
             values.setdefault(f"s{stage}_transition", False)
+            values.setdefault(f"s{stage}_sep", False)
     recorder = _Recorder(values, where)
     again, again_cfg = sample(space, recorder, cfg.epochs)
     if again.layers != arch.layers or again.head != arch.head or again_cfg != cfg:
@@ -249,31 +292,41 @@ def random_archs(space: Space, n: int, seed: int = 0) -> list[Arch]:
     rng = random.Random(seed)
 
     class Draw:
+        """Like a trial: a parameter asked twice keeps its first value."""
+
+        def __init__(self) -> None:
+            self.drawn: dict[str, Any] = {}
+
         def suggest_categorical(self, name, choices):
-            return rng.choice(list(choices))
+            return self.drawn.setdefault(name, rng.choice(list(choices)))
 
         def suggest_int(self, name, low, high):
-            return rng.randint(low, high)
+            return self.drawn.setdefault(name, rng.randint(low, high))
 
         def suggest_float(self, name, low, high, *, log=False):
-            return math.exp(rng.uniform(math.log(low), math.log(high))) if log else rng.uniform(low, high)
+            return self.drawn.setdefault(name, math.exp(rng.uniform(math.log(low), math.log(high))) if log else rng.uniform(low, high))
 
     return [sample(space, Draw())[0] for _ in range(n)]
 
 
 def architecture_count(space: Space) -> int:
-    """Exact number of distinct architecture choices (training choices excluded)."""
+    """Number of distinct combinations of architecture choices (training choices excluded). It is
+    exact for spaces without the separable, dropout-placement and depthwise-ReLU choices, and an
+    upper bound where such a choice can change nothing (a separable stage with no kxk block after
+    the first conv, say)."""
     total = 0
     heads = (len(space.head_kernel) if "conv_gap" in space.head else 0) + (1 if "gap_conv" in space.head else 0)
     for n in space.stages:
         per = 1
         for st in space.stage[:n]:
-            c = len(st.channels)
-            blocks = sum(c**b for b in range(st.blocks[0], st.blocks[1] + 1))
+            c, kinds = len(st.channels), len(set(st.pointwise))
+            blocks = sum(c**b * kinds ** (b - 1) for b in range(st.blocks[0], st.blocks[1] + 1))
             trans = sum(c if t else 1 for t in st.transition)
-            per *= blocks * trans * len(st.padding) * len(st.stride)
+            per *= blocks * trans * len(st.padding) * len(st.stride) * len(set(st.separable))
         total += per * (len(space.pool) if n > 1 else 1)
-    return total * heads * len(space.kernel) * len(space.order) * len(space.dropout)
+    dropouts = sum(len(space.dropout_at) if p > 0 else 1 for p in space.dropout)
+    flags = len(set(space.bias)) * len(set(space.final_bn)) * len(set(space.dw_relu))
+    return total * heads * len(space.kernel) * len(space.order) * dropouts * flags
 
 
 def describe(space: Space, samples: int = 4000, **limits: float | None) -> str:
@@ -291,10 +344,11 @@ def describe(space: Space, samples: int = 4000, **limits: float | None) -> str:
             invalid += 1
     lines = [f"search space {space.name}  (input {'x'.join(map(str, space.input))}, {space.classes} classes)",
              f"  stages: {space.stages}   kernel: {space.kernel}   pool: {space.pool}   order: {space.order}",
-             f"  dropout: {space.dropout}   head: {space.head}   head kernel: {space.head_kernel}"]
+             f"  dropout: {space.dropout} after each {' or '.join(space.dropout_at)}   head: {space.head}   head kernel: {space.head_kernel}",
+             f"  conv bias: {space.bias}   BatchNorm on the last conv: {space.final_bn}   ReLU after depthwise: {space.dw_relu}"]
     for i, st in enumerate(space.stage, 1):
         lines.append(f"  stage {i}: blocks {st.blocks[0]}-{st.blocks[1]}  channels {st.channels}  padding {st.padding}  "
-                     f"transition {st.transition}  first stride {st.stride}")
+                     f"transition {st.transition}  first stride {st.stride}  1x1 blocks {st.pointwise}  separable {st.separable}")
     lines.append(f"  training: optimizer {space.optimizer}  lr {space.lr}  batch {space.batch_size}  augment {space.augment}  label smoothing {space.label_smoothing}")
     lines.append(f"  size: {architecture_count(space):.3e} architectures (times the training choices)")
     given = [(r, limits[r.setting]) for r in RESOURCES if limits.get(r.setting) is not None]

@@ -5,7 +5,7 @@ import pytest
 
 from dataclasses import replace
 
-from nas.arch import Arch, Conv, Dropout, Head, Pool, arch_from_dict, arch_to_toml, costs, load_arch, param_count, plan, receptive_field
+from nas.arch import Arch, Conv, Dropout, Head, Pool, SepConv, arch_from_dict, arch_to_toml, costs, load_arch, param_count, plan, receptive_field
 from nas.errors import SpecError
 
 from conftest import ROOT, SEED
@@ -18,7 +18,11 @@ def random_arch(rng: random.Random) -> Arch:
     layers = []
     for _ in range(rng.randint(1, 10)):
         kind = rng.random()
-        if kind < 0.7:
+        if kind < 0.15:
+            layers.append(SepConv(out=rng.randint(1, 24), kernel=rng.choice([1, 3, 5]), padding=rng.choice([0, 1, 2]), stride=rng.choice([1, 1, 2]),
+                                  dw_bn=rng.random() < 0.7, dw_relu=rng.random() < 0.5, bn=rng.random() < 0.7, relu=rng.random() < 0.8,
+                                  order=rng.choice(["relu_bn", "bn_relu"]), bias=rng.random() < 0.8))
+        elif kind < 0.7:
             layers.append(Conv(out=rng.randint(1, 24), kernel=rng.choice([1, 3, 5]), padding=rng.choice([0, 1, 2]),
                                bn=rng.random() < 0.7, relu=rng.random() < 0.8, order=rng.choice(["relu_bn", "bn_relu"]), bias=rng.random() < 0.8,
                                stride=rng.choice([1, 1, 1, 2])))
@@ -26,7 +30,7 @@ def random_arch(rng: random.Random) -> Arch:
             layers.append(Pool(kind=rng.choice(["max", "avg"])))
         else:
             layers.append(Dropout(p=rng.choice([0.0, 0.05, 0.1])))
-    head = rng.choice([Head("conv_gap", rng.choice([1, 3]), rng.choice([0, 1])), Head("gap_conv")])
+    head = rng.choice([Head("conv_gap", rng.choice([1, 3]), rng.choice([0, 1]), rng.random() < 0.8), Head("gap_conv", bias=rng.random() < 0.8)])
     return Arch(layers=layers, head=head, input=(rng.choice([1, 3]), rng.choice([16, 28, 32]), 28), classes=rng.choice([10, 7]))
 
 
@@ -64,6 +68,19 @@ def test_stride_halves_the_map_and_doubles_the_jump():
     assert convs[1].rf == 3 + 2 * 2  # the second 3x3 conv steps 2 input pixels at a time
     valid = Arch(layers=[Conv(4, padding=0, stride=2)], head=Head("gap_conv"))
     assert plan(valid)[0].shape == (4, 13, 13)  # floor((28 - 3) / 2) + 1
+
+
+def test_separable_conv_is_a_depthwise_then_a_pointwise_conv():
+    arch = Arch(layers=[Conv(4), SepConv(16, dw_relu=True, order="bn_relu")], head=Head("gap_conv", bias=False))
+    steps = plan(arch)
+    assert [s.module for s in steps] == ["Conv2d", "ReLU", "BatchNorm2d", "Conv2d", "BatchNorm2d", "ReLU", "Conv2d", "BatchNorm2d", "ReLU",
+                                         "AdaptiveAvgPool2d", "Conv2d", "Flatten"]
+    depthwise, pointwise = steps[3], steps[6]
+    assert depthwise.args["groups"] == 4 and depthwise.params == 4 * 9 + 4 and pointwise.params == 16 * 4 + 16
+    assert steps[-2].params == 16 * 10  # no head bias
+    assert depthwise.rf == 5 and pointwise.rf == 5
+    c = costs(arch)
+    assert c.macs == 28 * 28 * (4 * 9 + 4 * 9 + 4 * 16) + 16 * 10
 
 
 def test_seed_costs():
@@ -112,6 +129,8 @@ def test_seed_file_round_trip():
         ('layers = [{ conv = 4 }]\ninput = [1, 0, 28]', "input", "integers from 1"),
         ('layers = [{ conv = "8" }]', "layers[0].out", "expected int"),
         ('layers = [{ conv = 4, pool = "max" }]', "layers[0]", "exactly one"),
+        ('layers = [{ sep = 4, kernel = 4 }]', "layers[0].kernel", "odd"),
+        ('layers = [{ sep = 4, dw_relu = 1 }]', "layers[0].dw_relu", "expected bool"),
         ('layers = [{ pool = "median" }]', "layers[0].kind", "max, avg"),
         ('layers = [{ conv = 4, colour = 1 }]', "layers[0].colour", "unknown key"),
         ('layers = [{ conv = 4 }]\nhead = { type = "linear" }', "head.type", "conv_gap"),

@@ -4,7 +4,7 @@ from torch import nn
 from torch.nn.utils.fusion import fuse_conv_bn_eval
 from torch.utils.flop_counter import FlopCounterMode
 
-from nas.arch import Dropout, costs, load_arch, param_count, plan
+from nas.arch import Arch, Conv, Dropout, Head, Pool, SepConv, costs, load_arch, param_count, plan
 from nas.model import build, count_params
 
 from conftest import SEED
@@ -153,7 +153,8 @@ def test_packed_network_is_k_separate_networks_forward_and_gradients():
     from nas.model import copies_of, pack
 
     no_dropout = [a for a in ARCHS if not any(isinstance(layer, Dropout) for layer in a.layers)]  # dropout draws random masks
-    for arch in [load_arch(SEED)] + no_dropout[:4]:
+    separable = Arch(layers=[Conv(4), SepConv(8, dw_relu=True), Pool("max"), SepConv(12, order="bn_relu", stride=2)], head=Head("gap_conv"))
+    for arch in [load_arch(SEED), separable] + no_dropout[:4]:
         nets = []
         for s in range(3):
             torch.manual_seed(s)
@@ -169,7 +170,7 @@ def test_packed_network_is_k_separate_networks_forward_and_gradients():
             nn.functional.cross_entropy(alone, ys[k]).backward()
             assert torch.allclose(out[:, k], alone, atol=1e-5), (arch, k)
             for (name, p), q in zip(packed.named_parameters(), net.parameters()):
-                assert torch.allclose(p.grad.chunk(3)[k], q.grad, atol=1e-5), (arch, k, name)
+                assert torch.allclose(p.grad.chunk(3)[k], q.grad, atol=1e-5, rtol=1e-4), (arch, k, name, (p.grad.chunk(3)[k] - q.grad).abs().max())  # sums of thousands of terms in another order
             for name, buf in packed.named_buffers():  # running statistics moved per copy
                 if buf.dim():
                     assert torch.allclose(buf.chunk(3)[k], dict(net.named_buffers())[name], atol=1e-6), name

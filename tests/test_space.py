@@ -20,6 +20,33 @@ def test_seed_is_a_point_of_the_default_space():
     assert param_count(arch) == 9274
 
 
+@pytest.mark.parametrize("name", ["seed_9274", "rec_3762", "rec_7918", "rec_13562"])
+def test_builtin_architectures_are_points_of_the_default_space(name):
+    """The seed and the public records replay exactly through the space's parameters: their
+    trials are real points the sampler can learn from and mutate."""
+    space, arch = load_space(SPACE), load_arch(name)
+    cfg = TrainConfig.from_dict(arch.train)
+    again, again_cfg = sample(space, FixedTrial(params_for(space, arch, cfg)))
+    assert again.layers == arch.layers and again.head == arch.head and again_cfg == cfg
+
+
+@pytest.mark.parametrize("name, params", [("rec_3762", 3762), ("rec_7918", 7918), ("rec_13562", 13562)])
+def test_records_count_their_published_parameters(name, params):
+    assert param_count(load_arch(name)) == params == count_params(build(load_arch(name)))
+
+
+def test_separable_and_pointwise_blocks_are_drawn_and_replayed():
+    space = load_space(SPACE)
+    drawn = random_archs(space, 600, seed=11)
+    kinds = {type(layer).__name__ for arch in drawn for layer in arch.layers}
+    assert {"SepConv", "Conv", "Pool", "Dropout"} <= kinds
+    assert any(isinstance(layer, Conv) and layer.kernel == 1 for arch in drawn for layer in arch.layers)
+    assert all(isinstance(arch.layers[0], Conv) for arch in drawn)  # the first conv is never separable
+    for arch in drawn[:200]:
+        again, _ = sample(space, FixedTrial(params_for(space, arch, TrainConfig())))
+        assert again.layers == arch.layers and again.head == arch.head
+
+
 def test_variant_outside_the_space_is_refused():
     with pytest.raises(SpecError, match="not a point of search space"):
         params_for(load_space(SPACE), load_arch(SEED.parent / "seed_9274_summary.toml"), TrainConfig())
@@ -83,7 +110,7 @@ def _drawn_costs(space, n, seed):
 def test_small_memory_networks_are_points_of_the_default_space():
     """The issue's tiny-ML limit, under 2.5 KB of int8 activations, is reachable only through the
     stride-2 first convolution: with stride 1, the first conv's 28x28 input and >= 4-channel
-    output alone hold 28 * 28 * 5 = 3,920 bytes."""
+    output alone hold 28 * 28 + 4 * 26 * 26 = 3,488 bytes (unpadded; 3,920 padded)."""
     space = load_space(SPACE)
     tiny = Arch(layers=[Conv(4, stride=2), Conv(8), Pool("max"), Conv(16), Conv(16), Pool("max"), Conv(20)],
                 head=Head("conv_gap", 1), input=space.input, classes=space.classes)
@@ -92,14 +119,16 @@ def test_small_memory_networks_are_points_of_the_default_space():
     drawn = _drawn_costs(space, 1000, seed=5)
     strided = [c.activation_int8 for arch, c in drawn if arch.layers[0].stride == 2]
     plain = [c.activation_int8 for arch, c in drawn if arch.layers[0].stride == 1]
-    assert min(plain) == 28 * 28 * 5 and sum(a < 2500 for a in strided) > 0.05 * len(drawn)
+    assert min(plain) == 28 * 28 + 4 * 26 * 26 and sum(a < 2500 for a in strided) > 0.05 * len(drawn)
 
 
 @pytest.mark.parametrize(
     "edit, key",
     [
         (("stages = [2, 3]", "stages = [2, 5]"), "architecture.stages"),
-        (("channels = [4, 6, 8, 10, 12, 16]", "channels = [4, \"x\"]"), "architecture.stage[0].channels"),
+        (("channels = [4, 6, 8, 10, 12, 16, 28]", "channels = [4, \"x\"]"), "architecture.stage[0].channels"),
+        (("dropout_at = [\"block\", \"pool\"]", "dropout_at = [\"stage\"]"), "architecture.dropout_at"),
+        (("separable = [false, true]", "separable = [0]"), "architecture.stage[0].separable"),
         (("blocks = [1, 4]", "blocks = 3"), "architecture.stage[0].blocks"),
         (("stride = [1, 2]", "stride = [1, 16]"), "architecture.stage[0].stride"),
         (("pool = [\"max\", \"avg\"]", "pool = [\"max\", \"median\"]"), "architecture.pool"),
