@@ -1,16 +1,21 @@
-"""Seconds per training epoch of the seed network: nas's loop against the original notebook's
-way (a DataLoader collating single images, eager PyTorch), in the same process.
+"""Seconds per epoch on 50,000 MNIST training images with validation on 10,000: nas.train against
+the plain loop people write (a DataLoader collating single images, eager PyTorch, batch 128, the
+same validation), alternating in one process.
 
-    python3 benchmarks/epoch_speed.py [--device auto|cpu|cuda] [--epochs 2] [--data-dir DIR] [--engine auto|eager|graph]
+    python3 benchmarks/epoch_speed.py [--device cpu|cuda] [--rounds 3] [--arch seed_9274 ...] [--batch-sizes 128,1024] [--threads N]
 
-Each figure is the fastest of --epochs timed epochs on the 50,000 training images, after one
-untimed warm-up epoch (cuDNN autotuning, allocator, graph capture); the ratio is baseline / nas.
-benchmarks/gpu_suite.py measures the rest of the GPU path.
+Each round times one epoch of the baseline, then one of nas.train at each batch size, so a machine
+whose speed drifts slows both alike; the table gives the median of the rounds and the ratio
+baseline / nas. One untimed warm-up round comes first. Both loops validate on the same 10,000
+images every epoch, so they do equal work (nas.train's training also shuffles and cuts batches on
+the device; with --augment it also augments, the baseline does not).
 """
 
 from __future__ import annotations
 
 import argparse
+import platform
+import statistics
 import time
 
 import torch
@@ -20,58 +25,82 @@ from torch.utils.data import DataLoader, TensorDataset
 from nas.arch import load_arch
 from nas.data import load
 from nas.model import build
-from nas.settings import DEFAULT_SEED_ARCH as DEFAULT_SEED
 from nas.train import TrainConfig, resolve_device, train
 
 
-def baseline_epoch_seconds(data, device: torch.device, epochs: int) -> float:
-    """The notebook's loop: CPU dataset, per-image indexing and collation, copy every batch."""
+def cpu_name() -> str:
+    """The CPU's model name, as the README's tables state it."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            return next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
+    except (OSError, StopIteration):
+        return platform.processor() or platform.machine()
+
+
+def baseline_epoch(arch, data, device: torch.device) -> float:
+    """The plain loop: CPU dataset, per-image indexing and collation, a copy per batch, then the
+    validation split in batches of 1,000 under no_grad."""
     torch.manual_seed(0)
-    model = build(load_arch(DEFAULT_SEED)).to(device)
+    model = build(arch).to(device)
     opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
     loader = DataLoader(TensorDataset(data.train.x.cpu(), data.train.y.cpu()), batch_size=128, shuffle=True)
-    times = []
-    for _ in range(epochs + 1):
-        start = time.perf_counter()
-        model.train()
-        for xb, yb in loader:
-            xb, yb = xb.to(device), yb.to(device)
-            opt.zero_grad()
-            loss = F.cross_entropy(model(xb), yb)
-            loss.backward()
-            opt.step()
-        loss.item()
-        times.append(time.perf_counter() - start)
-    return min(times[1:])
+    start = time.perf_counter()
+    model.train()
+    for xb, yb in loader:
+        xb, yb = xb.to(device), yb.to(device)
+        opt.zero_grad()
+        F.cross_entropy(model(xb), yb).backward()
+        opt.step()
+    model.eval()
+    correct = 0
+    with torch.no_grad():
+        for i in range(0, len(data.val), 1000):
+            correct += (model(data.val.x[i : i + 1000]).argmax(1) == data.val.y[i : i + 1000]).sum().item()
+    return time.perf_counter() - start
 
 
-def nas_epoch_seconds(data, epochs: int, batch_size: int, engine: str = "auto") -> tuple[float, float, str]:
-    """Fastest timed epoch of nas.train (validation included), the final validation accuracy and the engine.
-    The learning rate is the baseline's (0.01 per 128 images): a few epochs at the recipe's peak
-    would diverge (nas.config.MIN_UPDATES), and speed does not depend on it."""
-    cfg = TrainConfig(epochs=epochs + 1, batch_size=batch_size, lr=0.01)
-    trained = train(load_arch(DEFAULT_SEED), data, cfg, engine=engine)
-    return min(e.seconds for e in trained.history[1:]), trained.history[-1].val_acc, trained.engine
+def nas_epoch(arch, data, batch_size: int, augment: bool) -> tuple[float, str]:
+    """One epoch of nas.train, its validation included (the learning rate is the baseline's:
+    speed does not depend on it, and one epoch at the recipe's peak would diverge)."""
+    trained = train(arch, data, TrainConfig(epochs=1, batch_size=batch_size, lr=0.01, augment=augment))
+    return trained.history[0].seconds, trained.engine
 
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--device", default="auto")
-    p.add_argument("--epochs", type=int, default=2)
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--data-dir", default=None)
-    p.add_argument("--batch-sizes", default="128,512")
-    p.add_argument("--engine", default="auto", choices=["auto", "eager", "graph"])
+    p.add_argument("--arch", action="append", help="architecture file or built-in name (repeatable; default seed_9274)")
+    p.add_argument("--batch-sizes", default="128,1024")
+    p.add_argument("--augment", action="store_true", help="nas.train augments (the baseline never does)")
+    p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's own choice)")
     args = p.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
     device = resolve_device(args.device)
     data = load(args.data_dir, device)
-    name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"cpu, {torch.get_num_threads()} threads"
-    print(f"device: {name}; torch {torch.__version__}; seed network, {len(data.train):,} training images")
-    base = baseline_epoch_seconds(data, device, args.epochs)
-    print(f"baseline (per-image DataLoader, eager, fp32, batch 128): {base:.2f} s/epoch")
-    for bs in map(int, args.batch_sizes.split(",")):
-        secs, acc, engine = nas_epoch_seconds(data, args.epochs, bs, args.engine)
-        print(f"nas.train batch {bs:>4} ({engine}, device-resident data): "
-              f"{secs:.2f} s/epoch incl. validation, {base / secs:.2f}x baseline (val acc after {args.epochs + 1} epochs {100 * acc:.2f} %)")
+    where = torch.cuda.get_device_name(device) if device.type == "cuda" else f"{cpu_name()}, {torch.get_num_threads()} threads"
+    sizes = [int(b) for b in args.batch_sizes.split(",")]
+    print(f"{where}; torch {torch.__version__}; {len(data.train):,} training and {len(data.val):,} validation images; "
+          f"median of {args.rounds} alternating rounds after a warm-up", flush=True)
+    print(f"| architecture | loop | s/epoch (min-max) | vs baseline |\n|---|---|---|---|", flush=True)
+    for name in args.arch or ["seed_9274"]:
+        arch = load_arch(name)
+        times: dict[str, list[float]] = {"baseline": [], **{f"nas {b}": [] for b in sizes}}
+        engine = ""
+        for r in range(args.rounds + 1):
+            base = baseline_epoch(arch, data, device)
+            ours = [nas_epoch(arch, data, b, args.augment) for b in sizes]
+            if r:  # round 0 warms up
+                times["baseline"].append(base)
+                for b, (secs, engine) in zip(sizes, ours):
+                    times[f"nas {b}"].append(secs)
+        base = statistics.median(times["baseline"])
+        for loop, values in times.items():
+            label = "baseline: per-image DataLoader, eager, batch 128" if loop == "baseline" else f"nas.train, batch {loop.split()[1]} ({engine})"
+            med = statistics.median(values)
+            print(f"| {arch.name} | {label} | {med:.2f} ({min(values):.2f}-{max(values):.2f}) | {base / med:.2f}x |", flush=True)
 
 
 if __name__ == "__main__":
