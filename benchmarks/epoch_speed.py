@@ -84,7 +84,7 @@ def main() -> None:
     sizes = [int(b) for b in args.batch_sizes.split(",")]
     print(f"{where}; torch {torch.__version__}; {len(data.train):,} training and {len(data.val):,} validation images; "
           f"median of {args.rounds} alternating rounds after a warm-up", flush=True)
-    print(f"| architecture | loop | s/epoch (min-max) | vs baseline |\n|---|---|---|---|", flush=True)
+    print("| architecture | loop | s/epoch (min-max) | vs baseline |\n|---|---|---|---|", flush=True)
     for name in args.arch or ["seed_9274"]:
         arch = load_arch(name)
         times: dict[str, list[float]] = {"baseline": [], **{f"nas {b}": [] for b in sizes}}

@@ -16,7 +16,7 @@ import optuna
 from optuna.trial import FrozenTrial, TrialState
 
 from nas.resources import Resource, resource
-from nas.settings import StudySettings
+from nas.settings import StudySettings, rung_epochs
 
 
 def study_settings(study: optuna.Study) -> StudySettings:
@@ -51,7 +51,94 @@ class ConvergenceRule:
         return self.first_epoch() <= epoch < self.max_epochs and val_acc < self.needed(epoch)
 
 
-OUTCOMES = ("complete", "converged", "pruned_budget", "pruned_invalid", "pruned_convergence", "failed", "running")
+@dataclass(frozen=True)
+class ParetoRule:
+    """Successive halving in the Pareto sense, for a search whose trials differ in cost: at each
+    rung (an epoch), a trial is compared with the trials that reached the same rung at no larger
+    cost (the minimised resource), and stopped when fewer than a 1/eta share of them are below
+    its accuracy there, i.e. when it is not in the top 1/eta of its cheaper-or-equal peers. Nothing
+    is stopped at a rung until 2 * eta such peers have reached it, and a trial cheaper than every
+    other has no peers, so the small end of the front is never cut. Peers are read from the study,
+    so workers on other machines share them; the live search and the replay (replay_pareto) call
+    the same `should_stop`."""
+
+    rungs: tuple[int, ...]  # epochs, 1-based
+    eta: float = 3.0
+
+    @classmethod
+    def of(cls, settings: StudySettings) -> ParetoRule:
+        return cls(settings.stop_epochs(), settings.stop_eta)
+
+    def should_stop(self, epoch: int, acc: float, cost: float, peers: list[tuple[float, float]]) -> bool:
+        """peers: (accuracy at this epoch, cost) of the other trials that reached it."""
+        if epoch not in self.rungs:
+            return False
+        comparable = [a for a, c in peers if c <= cost]
+        if len(comparable) < 2 * self.eta:
+            return False
+        better = sum(a > acc for a in comparable)
+        return better > len(comparable) * (1 - 1 / self.eta)
+
+
+def peers_at(trials: list[FrozenTrial], epoch: int, r: Resource, exclude: int | None = None) -> list[tuple[float, float]]:
+    """(accuracy at `epoch`, cost) of the trials whose stored curve reaches it."""
+    return [(t.user_attrs["curve"][epoch - 1], r.value(t.user_attrs)) for t in trials
+            if t.number != exclude and len(t.user_attrs.get("curve") or []) >= epoch and "arch" in t.user_attrs]
+
+
+def exempt(t: FrozenTrial) -> bool:
+    """Built-in architectures and retries are never stopped early."""
+    return "seed_arch" in t.user_attrs or "retry_of" in t.user_attrs
+
+
+def replay_pareto(study: optuna.Study, rule: ParetoRule) -> dict[str, Any]:
+    """The Pareto rule replayed on a study searched with --pruning observe or off: trials are taken
+    in the order they were numbered (the order they started), each compared with the curves of the
+    trials before it as far as the rule let those train. Reports the training seconds it would have
+    saved, the trials it stops, and those of them that met the target or are on the final Pareto
+    front of complete trials (what it must not lose)."""
+    settings, r = study_settings(study), minimized(study)
+    full = [t for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)) if len(t.user_attrs.get("curve", [])) == settings.max_epochs]
+    front = {t.number for t in pareto_front(study)}
+    seen: list[tuple[FrozenTrial, int]] = []  # (trial, epochs it was let train)
+    saved, stopped, lost, missed = 0.0, [], [], []
+    for t in sorted(full, key=lambda t: t.number):
+        curve, cost, until = t.user_attrs["curve"], r.value(t.user_attrs), settings.max_epochs
+        if not exempt(t):
+            for epoch in rule.rungs:
+                peers = [(p.user_attrs["curve"][epoch - 1], r.value(p.user_attrs)) for p, reached in seen if reached >= epoch]
+                if rule.should_stop(epoch, curve[epoch - 1], cost, peers):
+                    until = epoch
+                    break
+        seen.append((t, until))
+        if until < settings.max_epochs:
+            stopped.append(t.number)
+            saved += sum(t.user_attrs["epoch_seconds"][until:])
+            if t.number in front:
+                lost.append(t.number)
+            if curve[-1] >= settings.target_accuracy:
+                missed.append(t.number)
+    spent = sum(sum(t.user_attrs["epoch_seconds"]) for t in full)
+    return {"trials": len(full), "stopped": len(stopped), "seconds": spent, "saved": saved, "front_lost": lost, "target_lost": missed}
+
+
+def pareto_replays(study: optuna.Study, rung_sets: list[tuple[float, ...]], etas: tuple[float, ...] = (2.0, 3.0, 4.0)) -> list[dict[str, Any]]:
+    """Candidate Pareto rules (rungs as fractions of the epochs) replayed on a study's full curves."""
+    settings = study_settings(study)
+    rows, seen = [], set()
+    for fractions in rung_sets:
+        epochs = rung_epochs(fractions, settings.max_epochs)
+        if epochs in seen or not epochs:  # two sets of fractions can fall on the same epochs
+            continue
+        seen.add(epochs)
+        for eta in etas:
+            result = replay_pareto(study, ParetoRule(epochs, eta))
+            if result["trials"]:
+                rows.append({"rungs": fractions, "epochs": epochs, "eta": eta, **result})
+    return rows
+
+
+OUTCOMES = ("complete", "converged", "pruned_budget", "pruned_invalid", "pruned_convergence", "pruned_pareto", "failed", "running")
 
 
 def outcome(t: FrozenTrial) -> str:
@@ -137,16 +224,16 @@ def rule_replays(study: optuna.Study, starts=(0.25, 0.5, 0.75), slacks=(0.03, 0.
 
 
 def pruning_savings(study: optuna.Study) -> dict[str, Any]:
-    """What the convergence rule saves (or, in observe mode, would save) and whether it would
-    have discarded a trial that ended up meeting the target."""
+    """What the convergence and Pareto rules save (or, in observe mode, would save) and whether they
+    would have discarded a trial that ended up meeting the target."""
     settings = study_settings(study)
     trained = [t for t in study.get_trials(deepcopy=False) if t.user_attrs.get("epoch_seconds")]
     spent = sum(sum(t.user_attrs["epoch_seconds"]) for t in trained)
-    flagged = [t for t in trained if "would_prune_epoch" in t.user_attrs]
+    flagged = [t for t in trained if "would_prune_epoch" in t.user_attrs or "would_stop_epoch" in t.user_attrs]
     saved = 0.0
     for t in flagged:
         secs = t.user_attrs["epoch_seconds"]
-        done = t.user_attrs["would_prune_epoch"]
+        done = min(t.user_attrs.get(k, settings.max_epochs) for k in ("would_prune_epoch", "would_stop_epoch"))
         per_epoch = sum(secs[:done]) / done
         saved += per_epoch * (settings.max_epochs - done) if t.state == TrialState.PRUNED else sum(secs[done:])
     wrongly = [t.number for t in flagged if t.state == TrialState.COMPLETE and t.user_attrs.get("converged")]
@@ -178,7 +265,7 @@ def summary(study: optuna.Study) -> str:
     c, over = counts(study), over_budget(study)
     why = f" ({', '.join(f'{k} {v}' for k, v in over.items())})" if over else ""
     lines = [f"trials: {c['complete']} complete ({c['converged']} reached the target), pruned {c['pruned_budget']} by budget{why}, "
-             f"{c['pruned_invalid']} invalid, {c['pruned_convergence']} by convergence, {c['failed']} failed"]
+             f"{c['pruned_invalid']} invalid, {c['pruned_convergence']} by convergence, {c['pruned_pareto']} by the Pareto rule, {c['failed']} failed"]
     front, r = pareto_front(study), minimized(study)
     if front:
         extra = r.name != "params"

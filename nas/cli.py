@@ -19,7 +19,7 @@ from nas.config import MIN_UPDATES, OPTIMIZERS, TrainConfig
 from nas.placement import DEFAULT_TRIALS_PER_GPU
 from nas.resources import NAMES as RESOURCE_NAMES
 from nas.errors import UsageError, UserError
-from nas.settings import OBJECTIVES, PRUNING_MODES, StudySettings
+from nas.settings import OBJECTIVES, PRUNING_MODES, SAMPLERS, StudySettings
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False, rich_markup_mode=None,
                   help="Search for small fully convolutional networks under a hard parameter budget.")
@@ -30,6 +30,7 @@ Objective = Enum("Objective", {v: v for v in OBJECTIVES}, type=str)  # type: ign
 Pruning = Enum("Pruning", {v: v for v in PRUNING_MODES}, type=str)  # type: ignore[misc]
 Optimizer = Enum("Optimizer", {v: v for v in OPTIMIZERS}, type=str)  # type: ignore[misc]
 Minimize = Enum("Minimize", {v: v for v in RESOURCE_NAMES}, type=str)  # type: ignore[misc]
+Sampler = Enum("Sampler", {v: v for v in SAMPLERS}, type=str)  # type: ignore[misc]
 
 
 class Device(str, Enum):
@@ -172,6 +173,7 @@ def search(
     seed_arch: Annotated[Optional[list[str]], typer.Option("--seed-arch", help="Architecture enqueued first in a new study (repeatable; default seed_9274).")] = None,
     no_seed_arch: Annotated[bool, typer.Option("--no-seed-arch", help="Start a new study without seed architectures.")] = False,
     seed: Annotated[Optional[int], typer.Option(min=0, help="Seed the samplers and every trial's training derive from (default 0).")] = None,
+    sampler: Annotated[Optional[Sampler], typer.Option(help=f"How trials are drawn: tpe, nsga2, gp (needs scipy), random, or evolution (mutations of the Pareto front) (default {_STUDY['sampler']}).")] = None,
     seeds_per_trial: Annotated[Optional[int], typer.Option(min=1, max=16, help="Train each architecture with this many seeds at once and judge the mean (default 1).")] = None,
     train_size: TrainSize = None,
     val_size: ValSize = None,
@@ -194,7 +196,7 @@ def search(
 
     given: dict[str, Any] = {k: v.value if isinstance(v, Enum) else v for k, v in dict(
         max_params=max_params, max_macs=max_macs, max_activation_kb=max_activation_kb, max_model_kb=max_model_kb, minimize=minimize, max_epochs=max_epochs, target_accuracy=target_accuracy, objective=objective, pruning=pruning,
-        seed=seed, seeds_per_trial=seeds_per_trial, train_size=train_size, val_size=val_size).items() if v is not None}
+        seed=seed, sampler=sampler, seeds_per_trial=seeds_per_trial, train_size=train_size, val_size=val_size).items() if v is not None}
     if space is not None:
         given["space"] = read_space(space)
     if no_seed_arch and seed_arch:

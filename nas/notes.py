@@ -28,7 +28,7 @@ from optuna.trial import FrozenTrial, TrialState
 from optuna_dashboard._note import get_note_from_system_attrs, save_note_with_version
 
 from nas.analytics import ConvergenceRule, best_trial, counts, duration, pareto_front, study_settings
-from nas.arch import CONVS, Arch, Conv, Dropout, Pool, SepConv, arch_from_dict, arch_to_toml
+from nas.arch import CONVS, Arch, Conv, Dropout, Pool, arch_from_dict, arch_to_toml
 from nas.errors import SpecError
 from nas.resources import FP32_ATTRS, RESOURCES
 from nas.settings import StudySettings
@@ -40,7 +40,7 @@ from nas.summary import summary_table
 # carries is listed under "Other attributes" so new attributes show up without a code change.
 KNOWN_ATTRS = frozenset({
     "params", "receptive_field", "arch", "train_config", "device", "curve", "epoch_seconds", "train_seconds", "converged",
-    "prune_reason", "would_prune_epoch", "fail_reason", "seed_arch", "val_accs", "duplicate_of", "engine", "retry_of", "retries",
+    "prune_reason", "would_prune_epoch", "would_stop_epoch", "fail_reason", "seed_arch", "val_accs", "duplicate_of", "engine", "retry_of", "retries",
     "over_budget", "config_key", "worker", "recovered_from", *(r.attr for r in RESOURCES), *FP32_ATTRS.values(),
 })
 BARS = "▁▂▃▄▅▆▇█"
@@ -120,6 +120,8 @@ def ending(t: FrozenTrial, settings: StudySettings) -> tuple[str, str]:
             label, why = "below target", f"complete below the target: {pct(acc)} < {pct(settings.target_accuracy)} after all {epochs}"
         if "would_prune_epoch" in a:
             why += f" (the convergence rule would have pruned it at epoch {a['would_prune_epoch']}; pruning was {settings.pruning})"
+        if "would_stop_epoch" in a:
+            why += f" (the Pareto rule would have stopped it at epoch {a['would_stop_epoch']}; pruning was {settings.pruning})"
         return label, why
     if t.state == TrialState.PRUNED:
         reason = str(a.get("prune_reason", "convergence"))
@@ -136,6 +138,8 @@ def ending(t: FrozenTrial, settings: StudySettings) -> tuple[str, str]:
             return "pruned (convergence)", (
                 f"pruned for convergence at epoch {epoch} of {n}: {pct(curve[epoch - 1])} validation accuracy < the {pct(rule.needed(epoch))} "
                 f"needed to be on course for {pct(settings.target_accuracy)} (the rule judges from epoch {rule.first_epoch()} on, slack {rule.slack:g})")
+        if reason.startswith("pareto"):
+            return "pruned (Pareto)", f"stopped early by the Pareto rule: {reason.removeprefix('pareto').lstrip(': ')}"
         return "pruned", f"pruned: {reason}"
     if t.state == TrialState.FAIL:
         reason = a.get("fail_reason")
@@ -288,7 +292,7 @@ def time_spent(study: optuna.Study) -> tuple[float, float]:
 def counts_line(study: optuna.Study) -> str:
     c = counts(study)
     return (f"{c['complete']} complete ({c['converged']} reached the target), pruned {c['pruned_budget']} by budget, "
-            f"{c['pruned_invalid']} invalid, {c['pruned_convergence']} by convergence, {c['failed']} failed, {c['running']} running or waiting")
+            f"{c['pruned_invalid']} invalid, {c['pruned_convergence']} by convergence, {c['pruned_pareto']} by the Pareto rule, {c['failed']} failed, {c['running']} running or waiting")
 
 
 def study_note(study: optuna.Study) -> str:

@@ -16,7 +16,7 @@ import optuna
 import plotly.graph_objects as go
 from optuna.trial import FrozenTrial, TrialState
 
-from nas.analytics import ConvergenceRule, best_trial, duration, minimized, pareto_front, pruning_savings, rule_replays, study_settings
+from nas.analytics import ConvergenceRule, best_trial, duration, minimized, pareto_front, pareto_replays, pruning_savings, rule_replays, study_settings
 from nas.notes import arch_line, counts_line, ending, pct, settings_rows, time_spent, trial_arch
 from nas.resources import FP32_ATTRS, RESOURCES
 from nas.summary import summary_table
@@ -125,10 +125,17 @@ def history_figure(study: optuna.Study) -> go.Figure | str:
                      "Optimization history")
 
 
+PARETO_CANDIDATES = [(0.34,), (0.5,), (0.34, 0.67), (0.5, 0.75)]  # rungs, as fractions of the epochs
+
+
 def rule_table(study: optuna.Study) -> list[str]:
-    """Candidate convergence rules replayed on the trials that trained all their epochs, as lines."""
-    return [f"start {r['start']:.2f}, slack {r['slack']:.2f}: prunes {r['pruned']}/{r['trials']} trials, saves {r['saved']:.0f} of {r['seconds']:.0f} s "
-            f"({100 * r['saved'] / r['seconds']:.0f} %), wrongly pruned: {r['wrongly_pruned'] or 'none'}" for r in rule_replays(study)]
+    """Candidate convergence and Pareto rules replayed on the trials that trained all their epochs, as lines."""
+    lines = [f"convergence rule, start {r['start']:.2f}, slack {r['slack']:.2f}: prunes {r['pruned']}/{r['trials']} trials, saves {r['saved']:.0f} of "
+             f"{r['seconds']:.0f} s ({100 * r['saved'] / r['seconds']:.0f} %), wrongly pruned: {r['wrongly_pruned'] or 'none'}" for r in rule_replays(study)]
+    lines += [f"Pareto rule, epochs {', '.join(map(str, r['epochs']))}, eta {r['eta']:g}: stops {r['stopped']}/{r['trials']} trials, saves {r['saved']:.0f} of "
+              f"{r['seconds']:.0f} s ({100 * r['saved'] / max(r['seconds'], 1e-9):.0f} %), front members lost: {r['front_lost'] or 'none'}, "
+              f"trials at the target lost: {r['target_lost'] or 'none'}" for r in pareto_replays(study, PARETO_CANDIDATES)]
+    return lines
 
 
 # --- HTML -------------------------------------------------------------------------------------
@@ -220,6 +227,16 @@ def _pruning_html(study: optuna.Study) -> str:
         parts.append(_html_table(["judged from", "slack", "pruned", "seconds saved / spent", "saved", "wrongly pruned"], rows, {1, 2, 3, 4}, classes))
     else:
         parts.append("<p class=muted>No trial trained all its epochs yet, so no rule can be replayed.</p>")
+    pareto = pareto_replays(study, PARETO_CANDIDATES)
+    if pareto:
+        rows = [[", ".join(map(str, r["epochs"])), f"{r['eta']:g}", f"{r['stopped']} / {r['trials']}", f"{r['saved']:.0f} / {r['seconds']:.0f}",
+                 f"{100 * r['saved'] / r['seconds']:.0f} %" if r["seconds"] else "", _esc(", ".join(map(str, r["front_lost"])) or "none"),
+                 _esc(", ".join(map(str, r["target_lost"])) or "none")] for r in pareto]
+        classes = ["current" if (r["epochs"], r["eta"]) == (settings.stop_epochs(), settings.stop_eta) else "" for r in pareto]
+        parts.append("<p>Pareto rules replayed on the same trials in the order they started (highlighted: this study's rule): a trial stops at a "
+                     "rung when it is not in the top 1/eta of the trials that reached it at no larger cost.</p>")
+        parts.append(_html_table(["rungs (epochs)", "eta", "stopped", "seconds saved / spent", "saved", "front members lost", "at-target trials lost"],
+                                 rows, {1, 2, 3, 4}, classes))
     return "".join(parts)
 
 

@@ -11,13 +11,12 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
-import json
 import multiprocessing as mp
 import os
 import sys
 import threading
 import time
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import Any, Callable
 
 import optuna
@@ -27,16 +26,17 @@ from optuna.trial import FrozenTrial, TrialState
 
 from nas import notes
 from nas import storage as st
-from nas.analytics import ConvergenceRule, best_trial, describe_trial, duration, study_settings
-from nas.arch import Arch, arch_to_json, costs, receptive_field
+from nas.analytics import ConvergenceRule, ParetoRule, best_trial, describe_trial, duration, peers_at, study_settings
+from nas.arch import Arch, Costs, arch_to_json, costs, receptive_field
 from nas.config import MIN_UPDATES, TrainConfig
 from nas.data import Data, load_raw
 from nas.data import load as load_data
 from nas.errors import SpecError
 from nas.placement import Slot, plan_workers, visible_gpus
 from nas.resources import constraints, resource, trial_attrs, violations
+from nas.samplers import make_sampler
 from nas.settings import StudySettings
-from nas.space import sample
+from nas.space import point_key, sample
 from nas.train import Diverged, Epoch, resolve_device, train
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -61,11 +61,6 @@ def sampler_seed(seed: int, worker: int) -> int:
     return int.from_bytes(hashlib.sha256(f"{seed}/{worker}".encode()).digest()[:4], "little")
 
 
-def config_key(arch: Arch, cfg: TrainConfig, seeds: int) -> str:
-    """Identifies what a trial trains: the same key means the same result, so it is not trained twice."""
-    return hashlib.sha256(json.dumps([json.loads(arch_to_json(replace(arch, name=""))), cfg.to_dict(), seeds], sort_keys=True).encode()).hexdigest()[:16]
-
-
 class Objective:
     """One trial from sampling to its values; raises optuna.TrialPruned to prune."""
 
@@ -73,6 +68,7 @@ class Objective:
         self.settings, self.data, self.device, self.log, self.artifacts = settings, data, device, log, artifacts
         self.space = settings.parsed_space
         self.rule = ConvergenceRule.of(settings)
+        self.pareto_rule = ParetoRule.of(settings)
         self.pareto = settings.objective == "pareto"
         self.minimized = resource(settings.minimize)
         self.first_epoch: float | None = None  # seconds, for the estimate of the whole search
@@ -83,7 +79,7 @@ class Objective:
     def __call__(self, trial: optuna.Trial) -> Any:
         s = self.settings
         arch, drawn = sample(self.space, trial, s.max_epochs)
-        cfg = replace(drawn, seed=s.seed).fitted(len(self.data.train))
+        cfg = s.trial_config(drawn)
         if cfg.batch_size != drawn.batch_size and not self.told_fit:
             self.told_fit = True
             self.log(f"batches are halved (here {drawn.batch_size} to {cfg.batch_size}) until a trial makes {MIN_UPDATES} updates on these "
@@ -97,7 +93,7 @@ class Objective:
             self.log(f"[trial {trial.number}] PRUNED invalid architecture ({e.problem})")
             raise optuna.TrialPruned("invalid architecture") from None
         self.constrain(trial, constraints(c, s))
-        key = config_key(arch, cfg, s.seeds_per_trial)
+        key = point_key(arch, cfg, s.seeds_per_trial)
         for name, value in dict(**trial_attrs(c), receptive_field=receptive_field(arch), arch=arch_to_json(arch), train_config=cfg.to_dict(),
                                 device=str(self.device), config_key=key).items():
             trial.set_user_attr(name, value)
@@ -112,7 +108,7 @@ class Objective:
         same = self.finished_twin(trial, key)
         if same is not None:
             return self.reuse(trial, same)
-        curve = self.fit(trial, arch, cfg, c.params)
+        curve = self.fit(trial, arch, cfg, c)
         trial.set_user_attr("converged", curve[-1] >= s.target_accuracy)
         return (curve[-1], self.minimized.read(c)) if self.pareto else curve[-1]
 
@@ -131,7 +127,7 @@ class Objective:
 
     def reuse(self, trial: optuna.Trial, same: FrozenTrial) -> Any:
         """Take over an identical trial's result instead of training again, and say so."""
-        for name in ("curve", "epoch_seconds", "converged", "would_prune_epoch", "prune_reason"):
+        for name in ("curve", "epoch_seconds", "converged", "would_prune_epoch", "would_stop_epoch", "prune_reason"):
             if name in same.user_attrs:
                 trial.set_user_attr(name, same.user_attrs[name])
         trial.set_user_attr("duplicate_of", same.number)
@@ -141,8 +137,8 @@ class Objective:
             raise optuna.TrialPruned(f"as trial {same.number}")
         return tuple(same.values) if self.pareto else same.values[0]
 
-    def fit(self, trial: optuna.Trial, arch: Arch, cfg: TrainConfig, n: int) -> list[float]:
-        s, rule = self.settings, self.rule
+    def fit(self, trial: optuna.Trial, arch: Arch, cfg: TrainConfig, c: Costs) -> list[float]:
+        s, rule, n = self.settings, self.rule, c.params
         curve: list[float] = []
         seconds: list[float] = []
 
@@ -173,6 +169,8 @@ class Objective:
                     self.log(f"[trial {trial.number}] PRUNED at epoch {e.epoch}: {100 * e.val_acc:.2f} % < {100 * rule.needed(e.epoch):.2f} % "
                              f"needed to be on course for {100 * s.target_accuracy:.2f} %")
                     raise optuna.TrialPruned(f"not converging at epoch {e.epoch}")
+            if s.pruning != "off" and e.epoch in self.pareto_rule.rungs and "would_stop_epoch" not in trial.user_attrs:
+                self.pareto_stop(trial, e, self.minimized.read(c))
 
         try:
             trained = train(arch, self.data, cfg, on_epoch, seeds=s.seeds_per_trial, on_progress=self.progress)
@@ -187,6 +185,24 @@ class Objective:
         if len(trained.seeds) > 1:  # the curve is the mean over seeds; each seed's final accuracy too
             trial.set_user_attr("val_accs", trained.history[-1].val_accs)
         return curve
+
+    def pareto_stop(self, trial: optuna.Trial, e: Epoch, cost: float) -> None:
+        """The Pareto rule at a rung, against the trials of the study (any worker's) that reached it."""
+        attrs = trial.user_attrs
+        if "seed_arch" in attrs or "retry_of" in attrs:
+            return
+        trials = st.persist(lambda: trial.study.get_trials(deepcopy=False), self.log, "reading the peers of a trial")
+        peers = peers_at(trials, e.epoch, self.minimized, exclude=trial.number)
+        if not self.pareto_rule.should_stop(e.epoch, e.val_acc, cost, peers):
+            return
+        cheaper = [a for a, p in peers if p <= cost]
+        why = (f"at epoch {e.epoch}, {sum(a > e.val_acc for a in cheaper)} of the {len(cheaper)} trials with no more {self.minimized.label} "
+               f"were more accurate ({100 * e.val_acc:.2f} %; it must be in the top 1/{self.pareto_rule.eta:g})")
+        trial.set_user_attr("would_stop_epoch", e.epoch)
+        if self.settings.pruning == "on":
+            trial.set_user_attr("prune_reason", f"pareto: {why}")
+            self.log(f"[trial {trial.number}] STOPPED {why}")
+            raise optuna.TrialPruned(f"Pareto rule at epoch {e.epoch}")
 
     def estimate(self, epoch_seconds: float, epochs: int) -> str:
         """What the first epoch on this device says about the whole search, with a hint when it is hours."""
@@ -255,7 +271,7 @@ class Worker:
         self.study = optuna.load_study(study_name=name, storage=study._storage)
         self.settings = study_settings(self.study)
         number = st.next_worker(self.study, loc)
-        self.study.sampler = optuna.samplers.TPESampler(seed=sampler_seed(self.settings.seed, number))
+        self.study.sampler = make_sampler(self.settings.sampler, sampler_seed(self.settings.seed, number), self.settings)
         self.objective = Objective(self.settings, data, device, log, artifacts)
         self.current: optuna.Trial | None = None
 

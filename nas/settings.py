@@ -8,7 +8,8 @@ folder) is not here: it is an option of each run.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field, fields
+import math
+from dataclasses import dataclass, field, fields, replace
 from functools import cached_property
 from typing import Any
 
@@ -20,6 +21,7 @@ from nas.resources import RESOURCES, violations
 from nas.space import DEFAULT_SPACE, Space, params_for, read_space, space_from_dict
 
 PRUNING_MODES = ("on", "observe", "off")
+SAMPLERS = ("tpe", "nsga2", "gp", "random", "evolution")  # made by nas.samplers.make_sampler
 OBJECTIVES = ("pareto", "accuracy")
 DEFAULT_SEED_ARCH = "seed_9274"
 MNIST_TRAIN_IMAGES = 60_000
@@ -52,16 +54,23 @@ class StudySettings:
     # (nas.analytics.ConvergenceRule says how they were chosen).
     prune_start: float = 0.75
     prune_slack: float = 0.06
+    # Pareto-aware early stopping (nas.analytics.ParetoRule): rungs as fractions of the epochs (after
+    # OneCycle's warm-up), and eta: a trial stops at a rung when it is not in the top 1/eta of the
+    # trials that reached it at no larger cost. () turns the rule off.
+    stop_rungs: tuple[float, ...] = (0.5,)
+    stop_eta: float = 3.0
     train_size: int | None = None
     val_size: int = 10_000
     seeds_per_trial: int = 1
     seed: int = 0
+    sampler: str = "tpe"  # nas.samplers.SAMPLERS
     space: dict[str, Any] = field(default_factory=_default_space)  # the space file's content
     # Architectures (not paths) enqueued as a new study's first trials. None: every built-in
     # architecture that is a point of the space and within the budgets (builtin_seeds).
     seed_archs: tuple[dict[str, Any], ...] | None = None
 
     def __post_init__(self) -> None:
+        object.__setattr__(self, "stop_rungs", tuple(self.stop_rungs))  # a list when read back from a study
         for key, ok, what in (
             ("max_params", self.max_params >= 1, "must be at least 1"),
             ("max_epochs", self.max_epochs >= 1, "must be at least 1"),
@@ -70,11 +79,14 @@ class StudySettings:
             ("pruning", self.pruning in PRUNING_MODES, f"must be one of {', '.join(PRUNING_MODES)}"),
             ("prune_start", 0 <= self.prune_start <= 1, "must be in [0, 1]"),
             ("prune_slack", 0 <= self.prune_slack < 1, "must be in [0, 1)"),
+            ("stop_rungs", all(0 < f < 1 for f in self.stop_rungs), "are fractions of the epochs in (0, 1)"),
+            ("stop_eta", self.stop_eta > 1, "must be above 1"),
             ("val_size", 1 <= self.val_size < MNIST_TRAIN_IMAGES, f"must be between 1 and {MNIST_TRAIN_IMAGES - 1:,} (the search judges on it)"),
             ("train_size", self.train_size is None or 1 <= self.train_size <= MNIST_TRAIN_IMAGES - self.val_size,
              f"must be between 1 and {MNIST_TRAIN_IMAGES - self.val_size:,} (60,000 training images minus --val-size)"),
             ("seeds_per_trial", 1 <= self.seeds_per_trial <= 16, "must be between 1 and 16"),
             ("seed", self.seed >= 0, "must be >= 0"),
+            ("sampler", self.sampler in SAMPLERS, f"must be one of {', '.join(SAMPLERS)}"),
             ("minimize", self.minimize in RESOURCE_NAMES, f"must be one of {', '.join(RESOURCE_NAMES)}"),
             *((r.setting, getattr(self, r.setting) is None or getattr(self, r.setting) > 0, "must be positive (leave it out for no limit)")
               for r in RESOURCES),
@@ -84,6 +96,20 @@ class StudySettings:
         self.parsed_space  # noqa: B018 - a bad space or seed fails here, before any study exists
         object.__setattr__(self, "seed_archs", tuple(self.builtin_seeds() if self.seed_archs is None else self.seed_archs))
         self.seed_configs  # noqa: B018
+
+    def stop_epochs(self) -> tuple[int, ...]:
+        """The epochs at which the Pareto rule compares trials."""
+        return rung_epochs(self.stop_rungs, self.max_epochs)
+
+    @property
+    def train_images(self) -> int:
+        """Images each trial trains on (the training split less the validation images, or --train-size)."""
+        return self.train_size or MNIST_TRAIN_IMAGES - self.val_size
+
+    def trial_config(self, drawn: TrainConfig) -> TrainConfig:
+        """What a trial trains with: the drawn settings under the study's seed, the batch fitted
+        to the training set (TrainConfig.fitted)."""
+        return replace(drawn, seed=self.seed).fitted(self.train_images)
 
     def builtin_seeds(self) -> list[dict[str, Any]]:
         """The built-in architectures this study starts from: those that are points of its space
@@ -144,6 +170,11 @@ class StudySettings:
                 f"study {study!r}", flag(key),
                 f"the study was created with {were}, this run asks for {now}; drop {flag(key)} to resume with the stored "
                 f"settings, or start a new study with --study-name NEW")
+
+
+def rung_epochs(fractions: tuple[float, ...], max_epochs: int) -> tuple[int, ...]:
+    """The epochs of rungs given as fractions of the training (none at or after the last epoch)."""
+    return tuple(sorted({e for f in fractions if 1 <= (e := max(1, math.ceil(f * max_epochs))) < max_epochs}))
 
 
 def flag(key: str) -> str:

@@ -8,13 +8,15 @@ inverse: it proves the seed is a point of the space and gives the parameters to 
 
 from __future__ import annotations
 
+import hashlib
+import json
 import math
 import random
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Protocol, Sequence
 
-from nas.arch import BUILTIN, CONVS, HEADS, MAX_CHANNELS, MAX_STRIDE, ORDERS, POOLS, Arch, Conv, Dropout, Head, Pool, SepConv, classes, costs, input_shape, locate, read_toml
+from nas.arch import BUILTIN, CONVS, arch_to_json, HEADS, MAX_CHANNELS, MAX_STRIDE, ORDERS, POOLS, Arch, Conv, Dropout, Head, Pool, SepConv, classes, costs, input_shape, locate, read_toml
 from nas.config import DEFAULT_EPOCHS, OPTIMIZERS, TrainConfig
 from nas.errors import SpecError
 from nas.resources import RESOURCES
@@ -167,80 +169,103 @@ def load_space(path: str | Path) -> Space:
     return space_from_dict(read_space(path), str(path))
 
 
-def sample(space: Space, trial: Chooser, epochs: int = DEFAULT_EPOCHS) -> tuple[Arch, TrainConfig]:
-    """Draw an architecture and its training settings (the Arch may still be invalid or too big).
-    A choice with one option in the space is not asked (it is no parameter of the trial)."""
-    cat = trial.suggest_categorical
+def point_key(arch: Arch, cfg: TrainConfig, seeds: int) -> str:
+    """Identifies what a trial trains: the same key means the same result, so it is not trained twice."""
+    same = json.loads(arch_to_json(replace(arch, name="")))
+    return hashlib.sha256(json.dumps([same, cfg.to_dict(), seeds], sort_keys=True).encode()).hexdigest()[:16]
 
-    def pick(name: str, choices: list[Any]) -> Any:
-        return choices[0] if len(choices) == 1 else cat(name, choices)
 
-    n_stages = cat("stages", space.stages)
-    kernel, pool, order, dropout = cat("kernel", space.kernel), cat("pool", space.pool), cat("order", space.order), cat("dropout", space.dropout)
-    bias = pick("bias", space.bias)
-    where = pick("dropout_at", space.dropout_at) if dropout > 0 else None
-    dw_relu: bool | None = None  # asked at the first separable block, once
+def genome(space: Space, trial: Chooser) -> dict[str, Any]:
+    """Every choice of the space, asked in one fixed order whatever the other answers are: a
+    fixed-length encoding, so every sampler sees the same parameters on every trial (the blocks,
+    stages and learning rates an architecture does not use are asked all the same, and ignored by
+    `decode`). A choice with one option is no parameter: it is not asked."""
+    g: dict[str, Any] = {}
+
+    def ask(name: str, choices: list[Any]) -> None:
+        g[name] = choices[0] if len(choices) == 1 else trial.suggest_categorical(name, choices)
+
+    for name in ("stages", "kernel", "pool", "order", "dropout", "dropout_at", "bias", "final_bn", "dw_relu", "head", "head_kernel"):
+        ask(name, getattr(space, name))
+    for i, st in enumerate(space.stage[: max(space.stages)], 1):
+        ask(f"s{i}_padding", st.padding)
+        ask(f"s{i}_stride", st.stride)
+        ask(f"s{i}_sep", st.separable)
+        ask(f"s{i}_transition", st.transition)
+        if True in st.transition:
+            ask(f"s{i}_t", st.channels)
+        g[f"s{i}_blocks"] = st.blocks[0] if st.blocks[0] == st.blocks[1] else trial.suggest_int(f"s{i}_blocks", *st.blocks)
+        for j in range(1, st.blocks[1] + 1):
+            ask(f"s{i}_c{j}", st.channels)
+            if j > 1:
+                ask(f"s{i}_pw{j}", st.pointwise)
+    ask("optimizer", space.optimizer)
+    for opt in space.optimizer:
+        g[f"lr_{opt}"] = trial.suggest_float(f"lr_{opt}", *space.lr[opt], log=True)
+    for name in ("batch_size", "augment", "label_smoothing"):
+        ask(name, getattr(space, name))
+    return g
+
+
+def decode(space: Space, g: dict[str, Any], epochs: int = DEFAULT_EPOCHS) -> tuple[Arch, TrainConfig]:
+    """The architecture and training settings a genome stands for (the Arch may still be invalid
+    or too big)."""
+    kernel, order, dropout, bias = g["kernel"], g["order"], g["dropout"], g["bias"]
+    where = g["dropout_at"] if dropout > 0 else None
     layers: list[Any] = []
-    for i, st in enumerate(space.stage[:n_stages], 1):
-        pad = kernel // 2 if cat(f"s{i}_padding", st.padding) == "same" else 0
-        stride = cat(f"s{i}_stride", st.stride)
-        separable = pick(f"s{i}_sep", st.separable)
-        if cat(f"s{i}_transition", st.transition):
-            layers.append(Conv(cat(f"s{i}_t", st.channels), kernel=1, padding=0, order=order, bias=bias))
-        for j in range(1, trial.suggest_int(f"s{i}_blocks", *st.blocks) + 1):
-            out, first = cat(f"s{i}_c{j}", st.channels), stride if j == 1 else 1
-            if j > 1 and pick(f"s{i}_pw{j}", st.pointwise):
+    for i in range(1, g["stages"] + 1):
+        pad, stride = kernel // 2 if g[f"s{i}_padding"] == "same" else 0, g[f"s{i}_stride"]
+        if g[f"s{i}_transition"]:
+            layers.append(Conv(g[f"s{i}_t"], kernel=1, padding=0, order=order, bias=bias))
+        for j in range(1, g[f"s{i}_blocks"] + 1):
+            out, first = g[f"s{i}_c{j}"], stride if j == 1 else 1
+            if j > 1 and g[f"s{i}_pw{j}"]:
                 layers.append(Conv(out, kernel=1, padding=0, order=order, bias=bias))
-            elif separable and any(isinstance(layer, CONVS) for layer in layers):
-                dw_relu = pick("dw_relu", space.dw_relu) if dw_relu is None else dw_relu
-                layers.append(SepConv(out, kernel=kernel, padding=pad, order=order, bias=bias, stride=first, dw_relu=dw_relu))
+            elif g[f"s{i}_sep"] and any(isinstance(layer, CONVS) for layer in layers):
+                layers.append(SepConv(out, kernel=kernel, padding=pad, order=order, bias=bias, stride=first, dw_relu=g["dw_relu"]))
             else:
                 layers.append(Conv(out, kernel=kernel, padding=pad, order=order, stride=first, bias=bias))
             if where == "block":
                 layers.append(Dropout(dropout))
-        if i < n_stages:
-            layers.append(Pool(pool))
+        if i < g["stages"]:
+            layers.append(Pool(g["pool"]))
             if where == "pool":
                 layers.append(Dropout(dropout))
     last = max(n for n, layer in enumerate(layers) if isinstance(layer, CONVS))
-    layers[last] = replace(layers[last], bn=pick("final_bn", space.final_bn))
-    head_type = cat("head", space.head)
-    head = Head(head_type, cat("head_kernel", space.head_kernel), bias=bias) if head_type == "conv_gap" else Head("gap_conv", bias=bias)
-    opt = cat("optimizer", space.optimizer)
-    cfg = TrainConfig(
-        epochs=epochs,
-        optimizer=opt,
-        lr=trial.suggest_float(f"lr_{opt}", *space.lr[opt], log=True),
-        batch_size=cat("batch_size", space.batch_size),
-        augment=cat("augment", space.augment),
-        label_smoothing=cat("label_smoothing", space.label_smoothing),
-    )
+    layers[last] = replace(layers[last], bn=g["final_bn"])
+    head = Head("conv_gap", g["head_kernel"], bias=bias) if g["head"] == "conv_gap" else Head("gap_conv", bias=bias)
+    cfg = TrainConfig(epochs=epochs, optimizer=g["optimizer"], lr=g[f"lr_{g['optimizer']}"], batch_size=g["batch_size"],
+                      augment=g["augment"], label_smoothing=g["label_smoothing"])
     return Arch(layers=layers, head=head, input=space.input, classes=space.classes), cfg
 
 
+def sample(space: Space, trial: Chooser, epochs: int = DEFAULT_EPOCHS) -> tuple[Arch, TrainConfig]:
+    """Draw an architecture and its training settings (the Arch may still be invalid or too big)."""
+    return decode(space, genome(space, trial), epochs)
+
+
 class _Recorder:
-    """A chooser that answers from known values and checks each lies in the space."""
+    """A chooser that answers from known values and checks each lies in the space; a choice the
+    architecture does not use (a block it lacks) gets the first option."""
 
     def __init__(self, values: dict[str, Any], where: str):
         self.values, self.where, self.params = values, where, {}
 
-    def _take(self, name: str, ok: Any, what: str) -> Any:
-        if name not in self.values:
-            raise SpecError(self.where, name, "the architecture has no value for this choice of the space")
-        v = self.values[name]
+    def _take(self, name: str, ok: Any, what: str, unused: Any) -> Any:
+        v = self.values.get(name, unused)
         if not ok(v):
             raise SpecError(self.where, name, f"{v!r} is not in the space ({what})")
         self.params[name] = v
         return v
 
     def suggest_categorical(self, name, choices):
-        return self._take(name, lambda v: v in choices, f"choices {list(choices)}")
+        return self._take(name, lambda v: v in choices, f"choices {list(choices)}", choices[0])
 
     def suggest_int(self, name, low, high):
-        return self._take(name, lambda v: low <= v <= high, f"range [{low}, {high}]")
+        return self._take(name, lambda v: low <= v <= high, f"range [{low}, {high}]", low)
 
     def suggest_float(self, name, low, high, *, log=False):
-        return self._take(name, lambda v: low <= v <= high, f"range [{low}, {high}]")
+        return self._take(name, lambda v: low <= v <= high, f"range [{low}, {high}]", low)
 
 
 def params_for(space: Space, arch: Arch, cfg: TrainConfig, where: str = "seed") -> dict[str, Any]:

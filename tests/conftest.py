@@ -81,7 +81,7 @@ def make_study(storage: str | None = None, name: str = "synthetic", n: int = 24,
     from nas.settings import StudySettings
     from nas.space import sample
 
-    settings = StudySettings(max_params=12_000, max_epochs=4, target_accuracy=0.98, train_size=2000, val_size=1000)
+    settings = StudySettings(max_params=9_300, max_epochs=4, target_accuracy=0.98, train_size=2000, val_size=1000)
     rule = ConvergenceRule.of(settings)
     rng = random.Random(seed)
     study = optuna.create_study(study_name=name, directions=["maximize", "minimize"], sampler=optuna.samplers.RandomSampler(seed))

@@ -42,3 +42,35 @@ def test_accuracy_mode_breaks_ties_on_the_minimised_resource():
     rows = ROWS[:2]
     assert analytics.best_trial(study_of(rows, objective="accuracy")).number == 0
     assert analytics.best_trial(study_of(rows, objective="accuracy", minimize="macs")).number == 1
+
+
+def test_pareto_rule_stops_what_cheaper_peers_beat_and_never_the_cheapest():
+    from nas.analytics import ParetoRule
+
+    rule = ParetoRule(rungs=(4,), eta=3.0)
+    peers = [(0.95 + 0.005 * k, 1000 + 100 * k) for k in range(6)]  # six cheaper trials, more accurate ones cost more
+    assert not rule.should_stop(3, 0.5, 5000, peers)  # not a rung
+    assert rule.should_stop(4, 0.951, 5000, peers)  # 5 of 6 cheaper peers beat it: not in the top third
+    assert not rule.should_stop(4, 0.972, 5000, peers)  # only 1 of 6 is better
+    assert not rule.should_stop(4, 0.5, 900, peers)  # cheaper than every peer: none is comparable
+    assert not rule.should_stop(4, 0.5, 5000, peers[:5])  # fewer than 2 * eta peers: no judgement yet
+
+
+def test_replaying_the_pareto_rule_counts_savings_and_what_it_would_lose():
+    import optuna
+
+    from nas.analytics import ParetoRule, replay_pareto
+    from nas.settings import StudySettings
+
+    study = optuna.create_study(directions=["maximize", "minimize"])
+    study.set_user_attr("settings", StudySettings(max_epochs=4, target_accuracy=0.98).to_dict())
+    for n in range(8):  # eight equal trials of rising cost and accuracy, then a costly poor one and a costly good one
+        curve = [0.9, 0.95, 0.96, 0.97 + 0.001 * n]
+        study.add_trial(optuna.trial.create_trial(values=[curve[-1], 1000 + n], user_attrs={"curve": curve, "epoch_seconds": [1.0] * 4, "params": 1000 + n, "arch": "{}"}))
+    for curve in ([0.5, 0.6, 0.7, 0.99], [0.9, 0.97, 0.98, 0.985]):
+        study.add_trial(optuna.trial.create_trial(values=[curve[-1], 9000], user_attrs={"curve": curve, "epoch_seconds": [1.0] * 4, "params": 9000, "arch": "{}"}))
+    got = replay_pareto(study, ParetoRule(rungs=(2,), eta=3.0))
+    # At epoch 2 the first six trials have no 6 cheaper peers yet; trials 6 and 7 (0.95 among equals) are not beaten by more than
+    # two thirds; trial 8 (0.6) is, and it ends at 0.99 on the front and above the target: what the rule must not do. Trial 9 leads.
+    assert got["trials"] == 10 and got["stopped"] == 1 and got["saved"] == 2.0
+    assert got["front_lost"] == [8] and got["target_lost"] == [8]

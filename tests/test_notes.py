@@ -35,7 +35,7 @@ def test_every_ending_is_explained(synthetic_study):
     assert notes.sparkline(seed.user_attrs["curve"]) in note
 
     budget = by_label(study, "pruned (budget)")[0]
-    assert f"pruned by budget before training: parameters {budget.user_attrs['params']:,} > 12,000" in notes.trial_note(budget, settings)
+    assert f"pruned by budget before training: parameters {budget.user_attrs['params']:,} > 9,300" in notes.trial_note(budget, settings)
 
     pruned = by_label(study, "pruned (convergence)")[0]
     epoch = pruned.user_attrs["would_prune_epoch"]

@@ -253,3 +253,29 @@ def test_the_estimate_hints_when_a_search_takes_hours():
     slow, quick = Objective.estimate(fake, 60.0, 20), Objective.estimate(fake, 0.3, 20)
     assert "20m00s" in slow and "--train-size" in slow and "--device cuda" in slow
     assert "--train-size" not in quick and "0m06s" in quick
+
+
+def test_the_pareto_rule_stops_a_live_trial_its_cheaper_peers_beat_unless_it_is_built_in():
+    from types import SimpleNamespace
+
+    from nas.analytics import ParetoRule
+    from nas.resources import resource
+    from nas.search import Objective
+
+    study = optuna.create_study(directions=["maximize", "minimize"])
+    settings = StudySettings(max_epochs=4, stop_rungs=(0.5,), stop_eta=3.0)
+    study.set_user_attr("settings", settings.to_dict())
+    for n in range(6):
+        study.add_trial(optuna.trial.create_trial(values=[0.97, 1000], user_attrs={"curve": [0.9, 0.96, 0.97, 0.97], "params": 1000, "arch": "{}"}))
+    said = []
+    objective = Objective.__new__(Objective)
+    objective.settings, objective.log, objective.minimized, objective.pareto_rule = settings, said.append, resource("params"), ParetoRule.of(settings)
+    trial = study.ask()
+    with pytest.raises(optuna.TrialPruned):
+        objective.pareto_stop(trial, SimpleNamespace(epoch=2, val_acc=0.95), 5000)  # 6 of 6 cheaper peers beat it
+    assert trial.user_attrs["would_stop_epoch"] == 2 and trial.user_attrs["prune_reason"].startswith("pareto: at epoch 2, 6 of the 6 trials")
+    objective.pareto_stop(trial, SimpleNamespace(epoch=2, val_acc=0.975), 5000)  # in the top third: goes on
+    built_in = study.ask()
+    built_in.set_user_attr("seed_arch", "rec_3762")
+    objective.pareto_stop(built_in, SimpleNamespace(epoch=2, val_acc=0.5), 5000)  # never stopped
+    assert "would_stop_epoch" not in built_in.user_attrs
