@@ -178,8 +178,9 @@ def main() -> None:
     args.out.mkdir(parents=True, exist_ok=True)
     log = args.out / "runs.jsonl"
     done = {json.loads(line)["id"] for line in log.read_text().splitlines()} if log.exists() else set()
-    archs = architectures()
-    (args.out / "architectures.json").write_text(json.dumps(archs, indent=1))
+    fixed = args.out / "architectures.json"  # drawn once: a resumed run (or a changed space) keeps the same networks
+    archs = json.loads(fixed.read_text()) if fixed.exists() else architectures()
+    fixed.write_text(json.dumps(archs, indent=1))
     todo = [j for j in jobs(archs) if j["id"] not in done]
     if not args.table_only and todo:
         print(f"{len(todo)} runs to do ({len(done)} done), {args.workers} workers of one thread", flush=True)

@@ -1,9 +1,9 @@
 """Train the seed network with a training recipe and print its curve: the sweep behind the
 TrainConfig defaults (README, "The large-batch recipe").
 
-    python3 benchmarks/recipe.py batch_size=512 lr=0.1 augment=true [--seeds 0,1,2] [--test] [--save PREFIX] [--threads 1]
+    python3 benchmarks/recipe.py batch_size=512 lr=0.1 augment=true [--arch seed_9274] [--seeds 0,1,2] [--test] [--save PREFIX] [--threads 1]
 
-key=value pairs override the seed file's train table (any TrainConfig field). Each seed trains
+key=value pairs override the architecture's train table (any TrainConfig field). Each seed trains
 separately, 20 epochs on the 50,000 training images, and is judged on the held-out 10,000
 (nas.data.load's split); --test also reads the test set, for the recipe already chosen on
 validation accuracy. The last line is one JSON record of the run.
@@ -40,6 +40,7 @@ def value(text: str):
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("overrides", nargs="*", help="key=value, e.g. batch_size=512 lr=0.1")
+    p.add_argument("--arch", default=DEFAULT_SEED_ARCH, help="architecture file or built-in name (default the seed network)")
     p.add_argument("--seeds", default="0")
     p.add_argument("--test", action="store_true", help="also report test accuracy (only for a recipe chosen on validation)")
     p.add_argument("--save", default=None, help="save each seed's state_dict as SAVE_seed<N>.pt (to test later the recipe chosen)")
@@ -50,7 +51,7 @@ def main() -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
     device = resolve_device(args.device)
-    arch = load_arch(DEFAULT_SEED_ARCH)
+    arch = load_arch(args.arch)
     overrides = dict(kv.split("=", 1) for kv in args.overrides)
     base = TrainConfig.from_dict({**arch.train, **{k: value(v) for k, v in overrides.items()}}, "command line")
     data = load(args.data_dir, device)
@@ -70,7 +71,7 @@ def main() -> None:
         runs.append(run)
         print(f"seed {seed}: final val acc {100 * run['val_acc']:.2f} %" + (f", test acc {100 * run['test_acc']:.2f} %" if test is not None else ""), flush=True)
     mean = lambda key: sum(r[key] for r in runs) / len(runs)  # noqa: E731
-    print(json.dumps({"config": base.to_dict(), "val_acc_mean": mean("val_acc"), **({"test_acc_mean": mean("test_acc")} if test is not None else {}),
+    print(json.dumps({"arch": arch.name, "config": base.to_dict(), "val_acc_mean": mean("val_acc"), **({"test_acc_mean": mean("test_acc")} if test is not None else {}),
                       "runs": runs, "device": str(device), "threads": torch.get_num_threads()}))
 
 

@@ -32,6 +32,11 @@ class TrainConfig:
     warmup: float = 0.3  # onecycle: fraction of the steps over which the learning rate rises to its peak
     label_smoothing: float = 0.0
     augment: bool = False
+    # With augment: each image is rotated by up to +-rotate degrees, shifted by up to +-translate of
+    # its size and scaled by up to +-scale (0: not scaled), drawn uniformly per image and epoch.
+    rotate: float = 10.0
+    translate: float = 0.1
+    scale: float = 0.0
     seed: int = 0
 
     def __post_init__(self) -> None:
@@ -46,6 +51,9 @@ class TrainConfig:
             ("schedule", self.schedule in SCHEDULES, f"must be one of {', '.join(SCHEDULES)}"),
             ("warmup", 0 < self.warmup < 1, "must be in (0, 1)"),
             ("label_smoothing", 0 <= self.label_smoothing < 1, "must be in [0, 1)"),
+            ("rotate", 0 <= self.rotate <= 180, "must be in [0, 180] degrees"),
+            ("translate", 0 <= self.translate < 0.5, "must be in [0, 0.5)"),
+            ("scale", 0 <= self.scale < 0.5, "must be in [0, 0.5)"),
             ("seed", self.seed >= 0, "must be >= 0"),
         ):
             if not ok:

@@ -182,13 +182,17 @@ def load_test(data_dir: str | Path | None = None, device: str | torch.device = "
 AUGMENT_CHUNK = 16_384  # images per grid_sample call: bounds the memory of a whole-epoch augmentation
 
 
-def random_affine(x: torch.Tensor, generator: torch.Generator, degrees: float = 10.0, translate: float = 0.1) -> torch.Tensor:
-    """Per-sample small rotation and translation on x's device. The random draws for all of x are
-    made in one call and the warp runs in chunks, so the result does not depend on the chunking."""
+def random_affine(x: torch.Tensor, generator: torch.Generator, degrees: float = 10.0, translate: float = 0.1, scale: float = 0.0) -> torch.Tensor:
+    """Per-sample small rotation, translation and (if scale > 0) scaling on x's device. The random
+    draws for all of x are made in one call and the warp runs in chunks, so the result does not
+    depend on the chunking."""
     n = x.shape[0]
     u = torch.rand(n, 3, generator=generator, device=x.device) * 2 - 1
     angle = u[:, 0] * degrees * torch.pi / 180
     cos, sin = torch.cos(angle), torch.sin(angle)
+    if scale > 0:  # drawn after the others, so scale = 0 draws exactly what it always did
+        zoom = 1 + (torch.rand(n, generator=generator, device=x.device) * 2 - 1) * scale
+        cos, sin = cos / zoom, sin / zoom  # the grid maps output to input: a smaller step enlarges the digit
     theta = torch.stack([torch.stack([cos, -sin, u[:, 1] * translate * 2], 1), torch.stack([sin, cos, u[:, 2] * translate * 2], 1)], 1).to(x.dtype)
     background = -MEAN / STD  # a black pixel after normalisation
     out = torch.empty_like(x)
@@ -212,9 +216,10 @@ def static_batches(n: int, batch_size: int) -> tuple[int, int]:
     return batch, n // batch
 
 
-def shuffled_epoch(split: Split, used: int, generator: torch.Generator, augment: bool) -> tuple[torch.Tensor, torch.Tensor]:
-    """The first `used` images of a fresh permutation of `split` (augmented if asked), drawn on its
-    device in a few batched calls: the trainer then slices static batches out of it."""
+def shuffled_epoch(split: Split, used: int, generator: torch.Generator, augment: dict[str, float] | None) -> tuple[torch.Tensor, torch.Tensor]:
+    """The first `used` images of a fresh permutation of `split`, augmented by random_affine with
+    `augment` (its degrees, translate, scale) unless None, drawn on its device in a few batched
+    calls: the trainer then slices static batches out of it."""
     order = torch.randperm(len(split), generator=generator, device=split.x.device)[:used]
     x, y = split.x[order], split.y[order]
-    return (random_affine(x, generator) if augment else x), y
+    return (random_affine(x, generator, **augment) if augment is not None else x), y

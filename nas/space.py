@@ -23,6 +23,7 @@ from nas.resources import RESOURCES
 
 PADDINGS = ("same", "valid")
 DROPOUT_PLACES = ("block", "pool")  # after every conv block, or once after each pooling
+OPTIONAL_TRAINING = ("weight_decay", "rotate", "translate", "scale")  # TrainConfig fields a space may list choices for
 
 
 class Chooser(Protocol):
@@ -64,6 +65,11 @@ class Space:
     bias: list[bool] = field(default_factory=lambda: [True])  # of every conv and the head
     final_bn: list[bool] = field(default_factory=lambda: [True])  # BatchNorm on the last conv block
     dw_relu: list[bool] = field(default_factory=lambda: [False])  # ReLU after a separable block's depthwise conv
+    # Training choices beyond the required ones; one option each unless the file lists more.
+    weight_decay: list[float] = field(default_factory=lambda: [TrainConfig.weight_decay])
+    rotate: list[float] = field(default_factory=lambda: [TrainConfig.rotate])
+    translate: list[float] = field(default_factory=lambda: [TrainConfig.translate])
+    scale: list[float] = field(default_factory=lambda: [TrainConfig.scale])
 
 
 def _choices(where: str, table: dict[str, Any], key: str, kind: type, allowed: Sequence[Any] | None = None, prefix: str = "") -> list[Any]:
@@ -108,7 +114,7 @@ def space_from_dict(data: dict[str, Any], where: str) -> Space:
         if not isinstance(table, dict):
             raise SpecError(where, key, "missing table")
     _no_extra(where, a, {"stages", "kernel", "pool", "order", "dropout", "dropout_at", "bias", "final_bn", "dw_relu", "head", "head_kernel", "stage"}, "architecture.")
-    _no_extra(where, t, {"optimizer", "batch_size", "augment", "label_smoothing", *(f"lr_{o}" for o in OPTIMIZERS)}, "training.")
+    _no_extra(where, t, {"optimizer", "batch_size", "augment", "label_smoothing", *OPTIONAL_TRAINING, *(f"lr_{o}" for o in OPTIMIZERS)}, "training.")
     raw_stages = a.get("stage")
     if not isinstance(raw_stages, list) or not raw_stages:
         raise SpecError(where, "architecture.stage", "missing; add [[architecture.stage]] tables, one per stage")
@@ -144,6 +150,7 @@ def space_from_dict(data: dict[str, Any], where: str) -> Space:
         bias=_choices(where, a, "bias", bool, prefix=pa) if "bias" in a else [True],
         final_bn=_choices(where, a, "final_bn", bool, prefix=pa) if "final_bn" in a else [True],
         dw_relu=_choices(where, a, "dw_relu", bool, prefix=pa) if "dw_relu" in a else [False],
+        **{k: _choices(where, t, k, float, prefix=pt) for k in OPTIONAL_TRAINING if k in t},
     )
     space.lr = {o: _range(where, t, f"lr_{o}", float, pt) for o in space.optimizer}
     if max(space.stages) > len(stages):
@@ -152,6 +159,12 @@ def space_from_dict(data: dict[str, Any], where: str) -> Space:
         raise SpecError(where, "architecture.kernel", "kernel sizes must be odd")
     if any(not 0 <= p < 1 for p in space.dropout):
         raise SpecError(where, "architecture.dropout", "dropout choices must be in [0, 1)")
+    for key in OPTIONAL_TRAINING:
+        for v in getattr(space, key):
+            try:
+                TrainConfig(**{key: v})
+            except SpecError as e:
+                raise SpecError(where, f"training.{key}", f"choice {v!r}: {e.problem}") from None
     return space
 
 
@@ -202,7 +215,7 @@ def genome(space: Space, trial: Chooser) -> dict[str, Any]:
     ask("optimizer", space.optimizer)
     for opt in space.optimizer:
         g[f"lr_{opt}"] = trial.suggest_float(f"lr_{opt}", *space.lr[opt], log=True)
-    for name in ("batch_size", "augment", "label_smoothing"):
+    for name in ("batch_size", "augment", "label_smoothing", *OPTIONAL_TRAINING):
         ask(name, getattr(space, name))
     return g
 
@@ -235,7 +248,7 @@ def decode(space: Space, g: dict[str, Any], epochs: int = DEFAULT_EPOCHS) -> tup
     layers[last] = replace(layers[last], bn=g["final_bn"])
     head = Head("conv_gap", g["head_kernel"], bias=bias) if g["head"] == "conv_gap" else Head("gap_conv", bias=bias)
     cfg = TrainConfig(epochs=epochs, optimizer=g["optimizer"], lr=g[f"lr_{g['optimizer']}"], batch_size=g["batch_size"],
-                      augment=g["augment"], label_smoothing=g["label_smoothing"])
+                      augment=g["augment"], label_smoothing=g["label_smoothing"], **{k: g[k] for k in OPTIONAL_TRAINING})
     return Arch(layers=layers, head=head, input=space.input, classes=space.classes), cfg
 
 
@@ -280,6 +293,7 @@ def params_for(space: Space, arch: Arch, cfg: TrainConfig, where: str = "seed") 
         "pool": arch.layers[pools[0]].kind if pools else space.pool[0], "dropout": arch.layers[drops[0]].p if drops else 0.0,
         "bias": first.bias, "final_bn": convs[-1].bn if convs else True, "head": arch.head.type, "optimizer": cfg.optimizer,
         f"lr_{cfg.optimizer}": cfg.lr, "batch_size": cfg.batch_size, "augment": cfg.augment, "label_smoothing": cfg.label_smoothing,
+        **{k: getattr(cfg, k) for k in OPTIONAL_TRAINING},
     }
     if drops:
         values["dropout_at"] = "pool" if drops[0] - 1 in pools else "block"
@@ -375,6 +389,7 @@ def describe(space: Space, samples: int = 4000, **limits: float | None) -> str:
         lines.append(f"  stage {i}: blocks {st.blocks[0]}-{st.blocks[1]}  channels {st.channels}  padding {st.padding}  "
                      f"transition {st.transition}  first stride {st.stride}  1x1 blocks {st.pointwise}  separable {st.separable}")
     lines.append(f"  training: optimizer {space.optimizer}  lr {space.lr}  batch {space.batch_size}  augment {space.augment}  label smoothing {space.label_smoothing}")
+    lines.append(f"            weight decay {space.weight_decay}  rotate {space.rotate}  translate {space.translate}  scale {space.scale}")
     lines.append(f"  size: {architecture_count(space):.3e} architectures (times the training choices)")
     given = [(r, limits[r.setting]) for r in RESOURCES if limits.get(r.setting) is not None]
     if found:

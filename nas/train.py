@@ -297,8 +297,9 @@ class _Trial:
         return graph, feed
 
 
-def _epoch_batches(split: Split, used: int, generators: list[torch.Generator], augment: bool) -> tuple[torch.Tensor, torch.Tensor]:
+def _epoch_batches(split: Split, used: int, generators: list[torch.Generator], cfg: TrainConfig) -> tuple[torch.Tensor, torch.Tensor]:
     """The epoch's images of every copy stacked along channels [used, K*C, H, W], labels [used, K]."""
+    augment = dict(degrees=cfg.rotate, translate=cfg.translate, scale=cfg.scale) if cfg.augment else None
     parts = [shuffled_epoch(split, used, g, augment) for g in generators]
     if len(parts) == 1:
         return parts[0][0], parts[0][1][:, None]
@@ -418,7 +419,7 @@ def _run(arch: Arch, data: Data, cfg: TrainConfig, seeds: list[int], on_epoch: C
     captured: torch.cuda.CUDAGraph | None = None
     try:
         for epoch in range(len(history) + 1, cfg.epochs + 1):
-            x, y = _epoch_batches(data.train, steps * batch, generators, cfg.augment)
+            x, y = _epoch_batches(data.train, steps * batch, generators, cfg)
             if graph and captured is None:
                 captured, feed = trial.capture(x[:batch], y[:batch])
             for i in range(steps):

@@ -93,12 +93,12 @@ def test_static_batches_drop_the_last_partial_batch():
 
 def test_shuffled_epoch_is_a_seeded_permutation():
     split = Split(torch.arange(10.0).reshape(10, 1, 1, 1), torch.arange(10))
-    x, y = shuffled_epoch(split, 10, torch.Generator().manual_seed(0), augment=False)
+    x, y = shuffled_epoch(split, 10, torch.Generator().manual_seed(0), augment=None)
     assert sorted(y.tolist()) == list(range(10)) and y.tolist() != list(range(10))
     assert torch.equal(x.flatten(), y.float())  # images travel with their labels
-    again, _ = shuffled_epoch(split, 10, torch.Generator().manual_seed(0), augment=False)
+    again, _ = shuffled_epoch(split, 10, torch.Generator().manual_seed(0), augment=None)
     assert torch.equal(again, x)
-    part, labels = shuffled_epoch(split, 6, torch.Generator().manual_seed(1), augment=False)
+    part, labels = shuffled_epoch(split, 6, torch.Generator().manual_seed(1), augment=None)
     assert len(part) == 6 and len(set(labels.tolist())) == 6
 
 
@@ -118,3 +118,15 @@ def test_augmentation_is_small_and_per_sample():
     assert out.shape == x.shape
     assert not torch.allclose(out[0], out[1])  # each sample gets its own transform
     assert (out - x).abs().mean() < 0.5  # small: most of the picture stays put
+
+
+def test_scaling_enlarges_or_shrinks_and_costs_nothing_when_off():
+    x = torch.zeros(64, 1, 28, 28)
+    x[:, :, 10:18, 10:18] = 1.0  # an 8x8 square: 64 bright pixels
+    plain = random_affine(x, torch.Generator().manual_seed(5), degrees=0, translate=0)
+    assert torch.allclose(plain, x, atol=1e-5)  # nothing asked, nothing changed
+    zoomed = random_affine(x, torch.Generator().manual_seed(5), degrees=0, translate=0, scale=0.3)
+    areas = (zoomed > 0.5).flatten(1).sum(1).float()
+    assert areas.min() < 55 and areas.max() > 75  # some squares shrank, some grew
+    rotated = random_affine(x, torch.Generator().manual_seed(5), degrees=10, translate=0.1)
+    assert torch.equal(rotated, random_affine(x, torch.Generator().manual_seed(5), degrees=10, translate=0.1, scale=0.0))
