@@ -49,20 +49,22 @@ class GpuLock:
         with self._cond:
             return self._readers
 
-    def _enter(self, mode: str) -> None:
+    def shared(self) -> contextlib.AbstractContextManager[None]:
+        """Work that may overlap other shared work, never a capture."""
+        return self._hold("shared", self._in_shared, self._out_shared)
+
+    def exclusive(self) -> contextlib.AbstractContextManager[None]:
+        """Work that must run alone in the process."""
+        return self._hold("exclusive", self._in_exclusive, self._out_exclusive)
+
+    @contextlib.contextmanager
+    def _hold(self, mode: str, enter: Callable[[], None], leave: Callable[[], None]) -> Iterator[None]:
         if self.held() is not None:
             raise RuntimeError(f"the GPU lock is not reentrant: this thread holds it ({self.held()}) and asked for it {mode}")
         self._mine.mode = mode
-
-    @contextlib.contextmanager
-    def shared(self) -> Iterator[None]:
-        """Work that may overlap other shared work, never a capture."""
-        self._enter("shared")
         try:
             with self._cond:
-                while self._writer or self._waiting_writers:
-                    self._cond.wait()
-                self._readers += 1
+                enter()
         except BaseException:
             self._mine.mode = None
             raise
@@ -70,36 +72,35 @@ class GpuLock:
             yield
         finally:
             with self._cond:
-                self._readers -= 1
-                if not self._readers:
-                    self._cond.notify_all()
+                leave()
             self._mine.mode = None
 
-    @contextlib.contextmanager
-    def exclusive(self) -> Iterator[None]:
-        """Work that must run alone in the process."""
-        self._enter("exclusive")
+    # The four below run under self._cond.
+
+    def _in_shared(self) -> None:
+        while self._writer or self._waiting_writers:
+            self._cond.wait()
+        self._readers += 1
+
+    def _out_shared(self) -> None:
+        self._readers -= 1
+        if not self._readers:
+            self._cond.notify_all()
+
+    def _in_exclusive(self) -> None:
+        self._waiting_writers += 1
         try:
-            with self._cond:
-                self._waiting_writers += 1
-                try:
-                    while self._writer or self._readers:
-                        self._cond.wait()
-                finally:
-                    self._waiting_writers -= 1
-                    if not self._waiting_writers:
-                        self._cond.notify_all()  # readers held back by a writer that gave up waiting
-                self._writer = True
-        except BaseException:
-            self._mine.mode = None
-            raise
-        try:
-            yield
+            while self._writer or self._readers:
+                self._cond.wait()
         finally:
-            with self._cond:
-                self._writer = False
-                self._cond.notify_all()
-            self._mine.mode = None
+            self._waiting_writers -= 1
+            if not self._waiting_writers:
+                self._cond.notify_all()  # readers held back by a writer that gave up waiting
+        self._writer = True
+
+    def _out_exclusive(self) -> None:
+        self._writer = False
+        self._cond.notify_all()
 
     def alone_first(self, fn: Callable[..., T]) -> Callable[..., T]:
         """`fn` under the lock: its first call exclusive (new shapes), every later call shared."""
