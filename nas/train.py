@@ -418,9 +418,10 @@ class _Graphs:
             self.failures = max(self.failures, CAPTURE_FAILURES_TO_RESTART)
 
     def end_allocation(self, pool: Any, device: torch.device) -> None:
-        if pool.id is not None:
+        end = getattr(torch._C, "_cuda_endAllocateToPool", None)  # private: 2.11 and 2.13 have it
+        if pool.id is not None and end is not None:
             with contextlib.suppress(RuntimeError):  # raises where capture_end already ended it
-                torch._C._cuda_endAllocateToPool(_index(device), pool.id)
+                end(_index(device), pool.id)
 
     def clear_capture_state(self, device: torch.device) -> bool:
         """Capture one small kernel on the current stream and destroy the graph: its capture_begin
