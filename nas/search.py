@@ -37,11 +37,12 @@ from nas.resources import constraints, resource, trial_attrs, violations
 from nas.samplers import make_sampler
 from nas.settings import StudySettings
 from nas.space import point_key, sample
-from nas.train import Diverged, Epoch, resolve_device, train
+from nas.train import Diverged, Epoch, RestartWorker, resolve_device, train
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 
 Log = Callable[[str], None]
+EXEC: Callable[[str, list[str]], Any] = os.execv  # how a worker process restarts (RestartWorker); a test records it instead
 
 
 @dataclass(frozen=True)
@@ -75,6 +76,7 @@ class Objective:
         self.progress: EpochBar | None = None  # set where one trial at a time prints to a terminal
         self.told_fit = False  # whether the log said that batches are fitted to the training set
         self.goal: int | None = None  # trials the study should reach, for that estimate
+        self.restart: threading.Event | None = None  # set when this worker process is about to restart: trials stop at their next epoch
 
     def __call__(self, trial: optuna.Trial) -> Any:
         s = self.settings
@@ -148,6 +150,8 @@ class Objective:
             trial.set_user_attr("train_seconds", sum(seconds))
 
         def on_epoch(e: Epoch) -> None:
+            if self.restart is not None and self.restart.is_set():
+                raise RestartWorker("another trial of this worker process asked for a restart")
             curve.append(e.val_acc)
             seconds.append(e.seconds)
             try:  # live progress for the dashboard; `record` runs again, reliably, when the trial ends
@@ -174,10 +178,6 @@ class Objective:
 
         try:
             trained = train(arch, self.data, cfg, on_epoch, seeds=s.seeds_per_trial, on_progress=self.progress)
-        except torch.OutOfMemoryError:
-            if self.device.type == "cuda":
-                torch.cuda.empty_cache()
-            raise
         finally:
             if curve:
                 st.persist(record, self.log, "recording the learning curve")
@@ -266,18 +266,20 @@ class Worker:
     trials per GPU), each with its own sampler."""
 
     def __init__(self, name: str, loc: st.Location, study: optuna.Study, data: Data, device: torch.device, keeper: st.Keeper, log: Log,
-                 artifacts: Any = None):
+                 artifacts: Any = None, restart: threading.Event | None = None):
         self.loc, self.keeper, self.log = loc, keeper, log
+        self.restart = restart or threading.Event()  # shared by the Workers of a process
         self.study = optuna.load_study(study_name=name, storage=study._storage)
         self.settings = study_settings(self.study)
         number = st.next_worker(self.study, loc)
         self.study.sampler = make_sampler(self.settings.sampler, sampler_seed(self.settings.seed, number), self.settings)
         self.objective = Objective(self.settings, data, device, log, artifacts)
+        self.objective.restart = self.restart
         self.current: optuna.Trial | None = None
 
     def run(self, goal: int | None, deadline: float | None) -> None:
         self.objective.goal = goal or st.persist(lambda: self.study.user_attrs.get("trials_goal"), self.log, "reading the study")
-        while deadline is None or time.time() < deadline:
+        while (deadline is None or time.time() < deadline) and not self.restart.is_set():
             trial = st.persist(lambda: self.next_trial(goal), self.log, "starting a trial")
             if trial is None:
                 return
@@ -318,10 +320,19 @@ class Worker:
         except KeyboardInterrupt:
             self.interrupted(trial)
             raise
+        except RestartWorker as e:
+            self.restart.set()
+            self.log(f"[trial {trial.number}] stopped and enqueued again: {e}")
+            self.requeue(trial, f"its worker restarted: {e}", counted=False)
+            return
         except UpdateFinishedTrialError:  # this worker was cut off for longer than the grace: the trial is failed, its retry enqueued
             self.log(f"[trial {trial.number}] was failed as stale by another worker while it ran; its retry runs it again")
             return
         except Exception as e:  # noqa: BLE001 - a failing trial is recorded and the search goes on
+            if self.restart.is_set():  # the process's GPU state is suspect: not the trial's fault
+                self.log(f"[trial {trial.number}] stopped and enqueued again while its worker restarts ({fail_reason(e)})")
+                self.requeue(trial, f"its worker restarted: {fail_reason(e)}", counted=False)
+                return
             state, again = TrialState.FAIL, st.transient(e)  # the storage went away mid-trial: run it again
             reason = f"storage unreachable: {st.cause(e)}" if again else fail_reason(e)
             self.log(f"[trial {trial.number}] FAILED: {reason}{'; it will be retried' if again else ''}")
@@ -365,16 +376,24 @@ class Worker:
 
     def interrupted(self, trial: optuna.Trial) -> None:
         """Ctrl-C: record the trial as failed and enqueue it again, so a resumed search runs it first."""
+        self.requeue(trial, "interrupted (Ctrl-C)")
+
+    def requeue(self, trial: optuna.Trial, reason: str, counted: bool = True) -> None:
+        """Record a trial this process stops as failed and enqueue a clean copy to run first;
+        `counted=False` when the trial did nothing wrong (a restarting worker), so it does not use
+        up the retries of its configuration (nas.storage.MAX_RETRIES)."""
         try:
-            trial.set_user_attr("fail_reason", "interrupted (Ctrl-C)")
+            trial.set_user_attr("fail_reason", reason)
             self.study.tell(trial, state=TrialState.FAIL)
-            st.retry(self.study, self.study._storage.get_trial(trial._trial_id))
+            st.retry(self.study, self.study._storage.get_trial(trial._trial_id), counted=counted)
         except Exception:  # noqa: BLE001 - stopping must not fail; the reaper retries a trial left RUNNING
             pass
 
 
 def work(name: str, url: str, run: Run, goal: int | None, deadline: float | None, slot: Slot | None = None, prefix: str = "") -> None:
-    """One worker process: load the data once, then run the slot's trials at a time."""
+    """One worker process: load the data once, then run the slot's trials at a time. When a trial
+    raises RestartWorker (its CUDA state is suspect), every trial of the process stops at its next
+    epoch and is re-enqueued, and the process is re-executed as `nas worker` (restart_command)."""
     if slot is not None:
         torch.set_num_threads(slot.threads)
     threads = slot.trials if slot is not None else 1
@@ -386,24 +405,55 @@ def work(name: str, url: str, run: Run, goal: int | None, deadline: float | None
     data = load_data(run.data_dir, device, val_size=settings.val_size, train_size=settings.train_size)
     artifacts = notes.artifact_store_for(url, run.artifacts)[1]
     reaped = lambda t: quietly(lambda: notes.save_trial_note(study, t), log, "writing the trial note")  # noqa: E731
+    restart = threading.Event()
     with st.Keeper(study, log, reaped) as keeper:
-        workers = [st.persist(lambda: Worker(name, loc, study, data, device, keeper, log, artifacts), log, "starting a worker") for _ in range(threads)]
+        workers = [st.persist(lambda: Worker(name, loc, study, data, device, keeper, log, artifacts, restart), log, "starting a worker") for _ in range(threads)]
         if threads == 1:
             if sys.stdout.isatty():
                 workers[0].objective.progress = EpochBar()
             workers[0].run(goal, deadline)
-            return
-        pool = [threading.Thread(target=w.run, args=(goal, deadline), daemon=True) for w in workers]
-        for t in pool:
-            t.start()
-        try:
+        else:
+            pool = [threading.Thread(target=w.run, args=(goal, deadline), daemon=True) for w in workers]
             for t in pool:
-                t.join()
-        except KeyboardInterrupt:
-            for w in workers:
-                if w.current is not None:
-                    w.interrupted(w.current)
-            raise
+                t.start()
+            try:
+                for t in pool:
+                    t.join()
+            except KeyboardInterrupt:
+                for w in workers:
+                    if w.current is not None:
+                        w.interrupted(w.current)
+                raise
+    if restart.is_set():
+        cmd = restart_command(name, url, run, goal, deadline, slot)
+        if cmd is None:
+            log("the worker would restart, but its time is up")
+            return
+        log(f"this worker process restarts (its CUDA state is suspect after failed graph captures): {' '.join(cmd[1:])}")
+        sys.stdout.flush()
+        sys.stderr.flush()
+        EXEC(cmd[0], cmd)
+
+
+def restart_command(name: str, url: str, run: Run, goal: int | None, deadline: float | None, slot: Slot | None) -> list[str] | None:
+    """The command that takes a restarting worker's place: `nas worker` on the same study, with the
+    same per-run options, trials at a time, goal and deadline (None when the deadline has passed).
+    It inherits this process's environment, so a worker pinned to a GPU stays on it."""
+    cmd = [sys.executable, "-m", "nas", "worker", "--study-name", name, "--storage", url, "--device", run.device, "--workers", "1"]
+    if slot is not None and slot.gpu is not None:
+        cmd += ["--trials-per-gpu", str(slot.trials)]
+    if run.data_dir:
+        cmd += ["--data-dir", run.data_dir]
+    if run.artifacts:
+        cmd += ["--artifacts", run.artifacts]
+    if goal:
+        cmd += ["--trials", str(goal)]
+    if deadline is not None:
+        left = deadline - time.time()
+        if left < 1:
+            return None
+        cmd += ["--timeout", f"{left:.0f}"]
+    return cmd
 
 
 def _work_entry(args: tuple) -> None:

@@ -307,10 +307,11 @@ class Keeper:
         return reaped
 
 
-def retry(study: optuna.Study, t: FrozenTrial) -> str:
+def retry(study: optuna.Study, t: FrozenTrial, counted: bool = True) -> str:
     """Enqueue a clean copy of a trial that died with its worker (same parameters, none of its
-    attributes but where it came from); returns what was done, for the log."""
-    retries = t.user_attrs.get("retries", 0) + 1
+    attributes but where it came from); returns what was done, for the log. `counted=False` for a
+    trial stopped through no fault of its own: the copy keeps the retries it had."""
+    retries = t.user_attrs.get("retries", 0) + (1 if counted else 0)
     if retries > MAX_RETRIES:
         return f"not retried: its configuration already lost {MAX_RETRIES} workers"
     kept = {k: t.user_attrs[k] for k in _KEPT_ON_RETRY if k in t.user_attrs}

@@ -15,6 +15,14 @@ augmented batches, so it is, up to float rounding, what training alone with that
 Dropout draws its mask per element of the packed tensor, so each copy gets masks of its own, as a
 separate run would, but not that run's random numbers: with dropout, copies match separate runs
 in distribution only.
+
+Several trials may train at once in threads of one process, each on its own CUDA stream. They take
+turns on the GPU through nas.gpulock: a capture (with its warm-up), a trial's first step and first
+validation, seeding and graph destruction run alone; steps, replays, later validations, an epoch's
+shuffle and the read of its figures run shared; callbacks run outside the lock. _Graphs holds the
+CUDA-graph state of the process: graph memory pools reused across trials, failed captures
+(recovered from, and after CAPTURE_FAILURES_TO_RESTART of them RestartWorker), and how this torch
+keeps the RNG state of a capture.
 """
 
 from __future__ import annotations
@@ -24,7 +32,7 @@ import math
 import threading
 import time
 from dataclasses import dataclass, field
-from typing import Callable, Iterator
+from typing import Any, Callable, Iterator
 
 import torch
 import torch.nn.functional as F
@@ -34,6 +42,7 @@ from nas.arch import Arch
 from nas.config import TrainConfig
 from nas.data import Data, Split, shuffled_epoch, static_batches
 from nas.errors import SpecError, UsageError
+from nas.gpulock import GPU
 from nas.model import build, pack, unpack
 
 PRECISIONS = ("fp32", "bf16")
@@ -44,11 +53,13 @@ ENGINES = ("auto", "eager", "graph")
 WARMUP_STEPS = 3  # steps run before capture (cuDNN autotuning, lazy allocations); their effect is undone
 VAL_IMAGES = {"cuda": 10_000, "cpu": 1_000}  # images x copies per validation batch
 CHECKPOINT_SECONDS = 60.0  # a trial offers a checkpoint at the end of an epoch once this long has passed since its last
+CUDNN_BENCHMARK = True  # let cuDNN time its algorithms for each new shape (benchmarks/gpu_suite.py measures it off)
+CAPTURE_FAILURES_TO_RESTART = 3  # failed captures after which a worker process is re-executed (RestartWorker)
+MEMORY_SHORT = 0.1  # a finished graph trial frees cached GPU memory when less than this share of it is free
 
-# Process-wide state, one thread at a time: torch.manual_seed (it seeds the CUDA generators too, which a
-# capture in flight must not see change), graph capture, and freeing cached memory. Replays run concurrently.
-_EXCLUSIVE = threading.Lock()
-_STREAMS = threading.local()  # one CUDA stream per thread, so concurrent trials overlap and reuse their memory
+# What runs alone and what runs shared on a GPU: nas.gpulock. One CUDA stream per thread, so that
+# concurrent trials overlap.
+_STREAMS = threading.local()
 
 
 @dataclass
@@ -111,6 +122,12 @@ class Diverged(RuntimeError):
 
 class _CaptureFailed(RuntimeError):
     """The step could not be captured in a CUDA graph; training falls back to eager."""
+
+
+class RestartWorker(RuntimeError):
+    """CAPTURE_FAILURES_TO_RESTART captures failed in this process: each failure may leave memory
+    (its graph pool) or CUDA state behind that cannot be freed from Python, so the worker process
+    should re-enqueue its trials and start afresh (nas.search does) rather than go on."""
 
 
 def resolve_device(name: str = "auto") -> torch.device:
@@ -251,50 +268,213 @@ class _Trial:
         else:
             self.count = steps
 
-    def capture(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.cuda.CUDAGraph, Callable[[torch.Tensor, torch.Tensor], None]]:
-        """Capture `step` in a CUDA graph on the current stream; returns the graph and a feed
-        function that copies a batch into the static buffers and replays it.
+    def capture(self, x: torch.Tensor, y: torch.Tensor, dropout_seed: int) -> tuple[Any, Any, Callable[[torch.Tensor, torch.Tensor], None]]:
+        """Capture `step` in a CUDA graph on the current stream, alone in the process (nas.gpulock);
+        returns the graph, its memory pool and a feed function that copies a batch into the static
+        buffers and replays it (shared with other trials' work).
 
         The warm-up steps and the captured step really update the network, so its weights, its
         BatchNorm statistics, the optimizer's state, the counter and the loss sum are put back as
-        they were: the first replay is the run's first step, as in the eager engine."""
-        static_x, static_y = x.clone(), y.clone()
-        saved = {k: v.clone() for k, v in self.model.state_dict().items()}
-        # A resumed run has optimizer state already (a fresh one gets it in the first warm-up step).
-        saved_opt = {p: {k: v.clone() for k, v in state.items() if isinstance(v, torch.Tensor)} for p, state in self.opt.state.items()}
-        saved_count = self.count.clone()
-        graph = torch.cuda.CUDAGraph()
-        try:
-            for _ in range(WARMUP_STEPS):
-                self.step(static_x, static_y)
-            with _EXCLUSIVE:
-                graph.capture_begin(capture_error_mode="thread_local")
-                try:
+        they were: the first replay is the run's first step, as in the eager engine. Raises
+        _CaptureFailed (after clearing what the failed capture left behind) to fall back to eager."""
+        with GPU.exclusive():
+            static_x, static_y = x.clone(), y.clone()
+            saved = {k: v.clone() for k, v in self.model.state_dict().items()}
+            # A resumed run has optimizer state already (a fresh one gets it in the first warm-up step).
+            saved_opt = {p: {k: v.clone() for k, v in state.items() if isinstance(v, torch.Tensor)} for p, state in self.opt.state.items()}
+            saved_count = self.count.clone()
+            device = static_x.device
+            dropout = any(isinstance(m, nn.Dropout) for m in self.model.modules())
+            graph, pool = _GRAPHS.graph(), _GRAPHS.pool(device)
+            began = False
+            try:
+                for _ in range(WARMUP_STEPS):
                     self.step(static_x, static_y)
-                finally:
-                    with contextlib.suppress(RuntimeError):  # a failed step already invalidated the capture
-                        graph.capture_end()
-        except torch.OutOfMemoryError:
-            raise
-        except Exception as e:  # noqa: BLE001 - any failure to capture falls back to eager, and says why
-            graph.reset()
-            raise _CaptureFailed(f"{type(e).__name__}: {str(e).strip().splitlines()[0] if str(e).strip() else 'no message'}") from e
-        with torch.no_grad():
-            for k, v in self.model.state_dict().items():
-                v.copy_(saved[k])
-            for p, state in self.opt.state.items():
-                for k, v in state.items():
-                    if isinstance(v, torch.Tensor):  # as before the warm-up; zeroed momentum (and Adam's step and moments) act as fresh ones
-                        v.copy_(saved_opt[p][k]) if k in saved_opt.get(p, {}) else v.zero_()
-            self.count.copy_(saved_count)
-            self.loss_sum.zero_()
+                with _GRAPHS.dropout_rng(graph, device, dropout_seed, dropout):
+                    graph.capture_begin(pool=pool.id, capture_error_mode="thread_local")
+                    began = True
+                    try:
+                        self.step(static_x, static_y)
+                    except BaseException:
+                        with contextlib.suppress(RuntimeError):  # the failed step already invalidated the capture
+                            graph.capture_end()
+                        raise
+                    graph.capture_end()
+            except BaseException as e:
+                if began:
+                    _GRAPHS.recover(graph, pool, device)
+                else:
+                    graph.reset()
+                    _GRAPHS.release(pool, device)
+                if isinstance(e, torch.OutOfMemoryError) or not isinstance(e, Exception):
+                    raise
+                raise _CaptureFailed(f"{type(e).__name__}: {str(e).strip().splitlines()[0] if str(e).strip() else 'no message'}") from e
+            with torch.no_grad():
+                for k, v in self.model.state_dict().items():
+                    v.copy_(saved[k])
+                for p, state in self.opt.state.items():
+                    for k, v in state.items():
+                        if isinstance(v, torch.Tensor):  # as before the warm-up; zeroed momentum (and Adam's step and moments) act as fresh ones
+                            v.copy_(saved_opt[p][k]) if k in saved_opt.get(p, {}) else v.zero_()
+                self.count.copy_(saved_count)
+                self.loss_sum.zero_()
 
         def feed(xb: torch.Tensor, yb: torch.Tensor) -> None:
-            static_x.copy_(xb)
-            static_y.copy_(yb)
-            graph.replay()
+            with GPU.shared():
+                static_x.copy_(xb)
+                static_y.copy_(yb)
+                graph.replay()
 
-        return graph, feed
+        return graph, pool, feed
+
+
+class _Graphs:
+    """What the graph engine asks of torch.cuda, and the state it keeps for the process: memory
+    pools, failed captures, how this torch keeps the RNG state of a capture. Called only under
+    GPU.exclusive(). One instance, _GRAPHS; a test swaps in a recording fake that runs the graph
+    engine's discipline on the CPU.
+
+    Pools: one graph memory pool per trial stream (in effect per worker thread), taken at capture
+    and given back when the trial's graph is destroyed, so that the thread's next graph reuses its
+    memory instead of every trial leaving a pool behind for empty_cache to free. (Keyed by stream:
+    the allocator hands a freed block only to the stream that freed it.) The cache is emptied only
+    when memory is short (MEMORY_SHORT), never around a capture."""
+
+    def __init__(self) -> None:
+        self.failures = 0  # failed captures in this process
+        self._free: dict[tuple[torch.device, int], Any] = {}  # pools of finished trials, by device and stream, for the next capture
+        self._lost: list[Any] = []  # pools of failed captures: kept referenced (freeing one may synchronize the device), counted in `failures`
+        self._per_capture: dict[torch.device, bool] = {}
+
+    def available(self, device: torch.device) -> bool:
+        return device.type == "cuda"
+
+    def graph(self) -> Any:
+        return torch.cuda.CUDAGraph()
+
+    def pool(self, device: torch.device) -> Any:
+        """The memory pool for a capture on the current stream: its last trial's, or a new one."""
+        pool = self._free.pop((device, torch.cuda.current_stream(device).cuda_stream), None)
+        if pool is None:
+            try:
+                with torch.cuda.device(device):
+                    pool = torch.cuda.MemPool()
+            except (AttributeError, RuntimeError, TypeError):  # a torch whose MemPool cannot be made here: a fresh pool per capture
+                pool = _FreshPool()
+        return pool
+
+    def release(self, pool: Any, device: torch.device) -> None:
+        """A pool whose graph was destroyed waits for its stream's next capture; the cache is emptied only when memory is short."""
+        self._free[(device, torch.cuda.current_stream(device).cuda_stream)] = pool
+        free, total = torch.cuda.mem_get_info(device)
+        if free < MEMORY_SHORT * total:
+            torch.cuda.empty_cache()
+
+    def rng_per_capture(self, device: torch.device) -> bool:
+        """Whether this torch keeps RNG state per capture (a random draw elsewhere during a capture
+        works) or marks the generator capturing for the whole process (torch 2.11): found by
+        trying it once per device, not from the version string."""
+        if device not in self._per_capture:
+            self._per_capture[device] = _rng_survives_a_capture(device)
+        return self._per_capture[device]
+
+    @contextlib.contextmanager
+    def dropout_rng(self, graph: Any, device: torch.device, seed: int, dropout: bool) -> Iterator[None]:
+        """Around capture_begin..capture_end. Where the torch has no per-capture RNG state, a
+        network with dropout draws in its graph from a generator of its own (seeded with the
+        trial's seed), registered with the graph: the default generator is pointed at its state
+        during the capture (dropout takes no generator argument; the lock keeps every other
+        thread off it meanwhile) and back after. So no capture marks the process's default
+        generator, and concurrent graphs do not share the one seed/offset pair whose updates race
+        on replay (identical masks)."""
+        if not dropout or self.rng_per_capture(device):
+            yield
+            return
+        own = torch.Generator(device=device).manual_seed(seed)
+        graph.register_generator_state(own)
+        default = self.default_generator(device)
+        saved = default.graphsafe_get_state()
+        default.graphsafe_set_state(own)
+        try:
+            yield
+        finally:
+            default.graphsafe_set_state(saved)
+
+    def default_generator(self, device: torch.device) -> torch.Generator:
+        return torch.cuda.default_generators[_index(device)]
+
+    def recover(self, graph: Any, pool: Any, device: torch.device) -> None:
+        """After a failed capture: destroy the graph, tell the allocator the capture ended (torch
+        2.11's capture_end raises before it does), take the default generator out of its capture
+        state, and count the failure; the failed pool is kept referenced, never reused. A generator
+        that cannot be cleared counts as CAPTURE_FAILURES_TO_RESTART failures: the process restarts."""
+        self.failures += 1
+        self._lost.append(pool)
+        with contextlib.suppress(RuntimeError):
+            graph.reset()
+        self.end_allocation(pool, device)
+        if not self.clear_capture_state(device):
+            self.failures = max(self.failures, CAPTURE_FAILURES_TO_RESTART)
+
+    def end_allocation(self, pool: Any, device: torch.device) -> None:
+        end = getattr(torch._C, "_cuda_endAllocateToPool", None)  # private: 2.11 and 2.13 have it
+        if pool.id is not None and end is not None:
+            with contextlib.suppress(RuntimeError):  # raises where capture_end already ended it
+                end(_index(device), pool.id)
+
+    def clear_capture_state(self, device: torch.device) -> bool:
+        """Capture one small kernel on the current stream and destroy the graph: its capture_begin
+        and capture_end put the default generator back to "not capturing". False if that failed."""
+        try:
+            scratch = torch.zeros(1, device=device)
+            graph = torch.cuda.CUDAGraph()
+            graph.capture_begin(capture_error_mode="relaxed")
+            try:
+                scratch.add_(1)
+            finally:
+                graph.capture_end()
+            graph.reset()
+        except RuntimeError:
+            return False
+        return True
+
+
+class _FreshPool:
+    """No pool of our own: the capture makes a new one (freed by empty_cache when memory is short)."""
+
+    id = None
+
+
+def _index(device: torch.device) -> int:
+    return device.index if device.index is not None else torch.cuda.current_device()
+
+
+def _rng_survives_a_capture(device: torch.device) -> bool:
+    """Draw random numbers on one stream while another captures: torch 2.11 raises "Offset increment
+    outside graph capture encountered unexpectedly" (its generator is marked capturing for the
+    whole process); a torch with per-capture RNG state draws. Any other failure counts as the
+    former, the safe side."""
+    caller = torch.cuda.current_stream(device)
+    capturing, other = torch.cuda.Stream(device), torch.cuda.Stream(device)
+    captured, drawn = torch.zeros(1, device=device), torch.empty(16, device=device)
+    capturing.wait_stream(caller)
+    other.wait_stream(caller)
+    graph, works = torch.cuda.CUDAGraph(), False
+    with torch.cuda.stream(capturing):
+        graph.capture_begin(capture_error_mode="relaxed")
+        try:
+            captured.add_(1)
+            with torch.cuda.stream(other), contextlib.suppress(RuntimeError):
+                drawn.bernoulli_(0.5)
+                works = True
+        finally:
+            graph.capture_end()
+    graph.reset()
+    other.synchronize()
+    return works
+
+
+_GRAPHS = _Graphs()
 
 
 def _epoch_batches(split: Split, used: int, generators: list[torch.Generator], cfg: TrainConfig) -> tuple[torch.Tensor, torch.Tensor]:
@@ -312,33 +492,36 @@ def _on_trial_stream(device: torch.device) -> Iterator[None]:
     if device.type != "cuda":
         yield
         return
-    torch.backends.cudnn.benchmark = True  # small convs: let cuDNN pick (runs during warm-up, before capture)
+    torch.backends.cudnn.benchmark = CUDNN_BENCHMARK  # small convs: let cuDNN pick (at a trial's first step and validation, alone)
     streams = _STREAMS.__dict__.setdefault("by_device", {})
-    if device not in streams:
-        streams[device] = torch.cuda.Stream(device)
-    stream = streams[device]
-    caller = torch.cuda.current_stream(device)
-    stream.wait_stream(caller)  # the data was written on the caller's stream
+    with GPU.shared():
+        if device not in streams:
+            streams[device] = torch.cuda.Stream(device)
+        stream = streams[device]
+        caller = torch.cuda.current_stream(device)
+        stream.wait_stream(caller)  # the data was written on the caller's stream
     try:
         with torch.cuda.stream(stream):
             yield
     finally:
-        caller.wait_stream(stream)  # the caller may use the trained network right away
+        with GPU.shared():
+            caller.wait_stream(stream)  # the caller may use the trained network right away
 
 
 def _network(arch: Arch, seeds: list[int], device: torch.device, precision: str) -> nn.Module:
     """Plain networks initialised under each seed, packed when there are several. channels_last
     where it measured faster: bf16 on CUDA, and always on the CPU (AMD EPYC with AVX-512, one
     thread, CPU seconds per 10,000 training images of the seed network: 3.6-3.9 against 5.2-5.4 at
-    batch 128, 3.7 against 7.1 at batch 1024; validation 0.9 against 2.9)."""
-    with _EXCLUSIVE:
+    batch 128, 3.7 against 7.1 at batch 1024; validation 0.9 against 2.9). Alone in the process:
+    torch.manual_seed reseeds the CUDA generators too."""
+    with GPU.exclusive():
         nets = []
         for s in seeds:
             torch.manual_seed(s)
             nets.append(build(arch))
-    model = (nets[0] if len(nets) == 1 else pack(nets, arch)).to(device)
-    if precision == "bf16" or device.type == "cpu":
-        model = model.to(memory_format=torch.channels_last)
+        model = (nets[0] if len(nets) == 1 else pack(nets, arch)).to(device)
+        if precision == "bf16" or device.type == "cpu":
+            model = model.to(memory_format=torch.channels_last)
     return model
 
 
@@ -363,7 +546,8 @@ def train(
     images_total)` is called on the host after every step, counting within the current epoch, with
     no device sync. Raises Diverged when the loss stops being finite. Deterministic for given seeds
     on the CPU; on CUDA up to cuDNN's autotuned algorithm choice. Safe to call from several threads
-    (each runs on its own CUDA stream). `engine` ("auto": a CUDA graph on CUDA, eager elsewhere) and
+    (each runs on its own CUDA stream, taking turns through nas.gpulock); raises RestartWorker when
+    too many captures failed in the process. `engine` ("auto": a CUDA graph on CUDA, eager elsewhere) and
     `precision` (default: fp32, CUDA_PRECISION on CUDA) are for tests and benchmarks.
 
     `on_checkpoint` is offered a Checkpoint at the end of an epoch (after `on_epoch`) once
@@ -380,18 +564,26 @@ def train(
     precision = precision or (CUDA_PRECISION if device.type == "cuda" else "fp32")
     if precision not in PRECISIONS:
         raise ValueError(f"precision must be one of {', '.join(PRECISIONS)} (got {precision!r})")
-    if engine == "graph" and device.type != "cuda":
+    if engine == "graph" and not _GRAPHS.available(device):
         raise ValueError(f"the graph engine needs a CUDA device, the data is on {device}")
     seed_list = [cfg.seed + k for k in range(seeds)]
     suffix = f", {precision}" if device.type == "cuda" else ""
     with _on_trial_stream(device):
-        if device.type == "cuda" and engine != "eager":
-            try:
-                return _run(arch, data, cfg, seed_list, on_epoch, on_progress, precision, True, f"cuda graph{suffix}", resume, on_checkpoint, checkpoint_seconds)
-            except _CaptureFailed as e:
-                return _run(arch, data, cfg, seed_list, on_epoch, on_progress, precision, False, f"eager{suffix} (capture failed: {e})",
-                            resume, on_checkpoint, checkpoint_seconds)
-        return _run(arch, data, cfg, seed_list, on_epoch, on_progress, precision, False, f"eager{suffix}", resume, on_checkpoint, checkpoint_seconds)
+        try:
+            if _GRAPHS.available(device) and engine != "eager":
+                try:
+                    return _run(arch, data, cfg, seed_list, on_epoch, on_progress, precision, True, f"cuda graph{suffix}", resume, on_checkpoint, checkpoint_seconds)
+                except _CaptureFailed as e:
+                    if _GRAPHS.failures >= CAPTURE_FAILURES_TO_RESTART:
+                        raise RestartWorker(f"{_GRAPHS.failures} CUDA graph captures failed in this process (the last: {e}); the worker restarts") from e
+                    return _run(arch, data, cfg, seed_list, on_epoch, on_progress, precision, False, f"eager{suffix} (capture failed: {e})",
+                                resume, on_checkpoint, checkpoint_seconds)
+            return _run(arch, data, cfg, seed_list, on_epoch, on_progress, precision, False, f"eager{suffix}", resume, on_checkpoint, checkpoint_seconds)
+        except torch.OutOfMemoryError:
+            if device.type == "cuda":
+                with GPU.exclusive():  # freeing cached blocks synchronizes the device: never during another thread's capture
+                    torch.cuda.empty_cache()
+            raise
 
 
 def _run(arch: Arch, data: Data, cfg: TrainConfig, seeds: list[int], on_epoch: Callable[[Epoch], None] | None,
@@ -403,35 +595,40 @@ def _run(arch: Arch, data: Data, cfg: TrainConfig, seeds: list[int], on_epoch: C
     device = data.train.x.device
     batch, steps = static_batches(len(data.train), cfg.batch_size)
     model = _network(arch, seeds, device, precision)
-    trial = _Trial(model, cfg, len(seeds), cfg.epochs * steps, device, precision, graph)
-    generators = [torch.Generator(device=device).manual_seed(s) for s in seeds]
-    history: list[Epoch] = []
-    if resume is not None:
-        if len(resume.generators) != len(seeds) or not 0 < resume.epoch <= cfg.epochs:
-            raise ValueError(f"the checkpoint holds {len(resume.generators)} seed(s) after epoch {resume.epoch}; this run trains {len(seeds)} for {cfg.epochs} epochs")
-        trial.restore(resume.steps, resume.model, resume.optimizer)
-        for g, state in zip(generators, resume.generators):
-            g.set_state(state.to(g.get_state().device))
-        if device.type == "cpu":
-            torch.set_rng_state(resume.cpu_rng)
-        history = list(resume.history)
-    feed: Callable[[torch.Tensor, torch.Tensor], None] = trial.step
-    captured: torch.cuda.CUDAGraph | None = None
+    with GPU.shared():
+        trial = _Trial(model, cfg, len(seeds), cfg.epochs * steps, device, precision, graph)
+        generators = [torch.Generator(device=device).manual_seed(s) for s in seeds]
+        history: list[Epoch] = []
+        if resume is not None:
+            if len(resume.generators) != len(seeds) or not 0 < resume.epoch <= cfg.epochs:
+                raise ValueError(f"the checkpoint holds {len(resume.generators)} seed(s) after epoch {resume.epoch}; this run trains {len(seeds)} for {cfg.epochs} epochs")
+            trial.restore(resume.steps, resume.model, resume.optimizer)
+            for g, state in zip(generators, resume.generators):
+                g.set_state(state.to(g.get_state().device))
+            if device.type == "cpu":
+                torch.set_rng_state(resume.cpu_rng)
+            history = list(resume.history)
+    feed: Callable[[torch.Tensor, torch.Tensor], None] = GPU.alone_first(trial.step)  # eager: the first step alone (new shapes)
+    captured, pool = None, None
+    first = len(history) + 1
     try:
-        for epoch in range(len(history) + 1, cfg.epochs + 1):
-            x, y = _epoch_batches(data.train, steps * batch, generators, cfg)
+        for epoch in range(first, cfg.epochs + 1):
+            with GPU.shared():
+                x, y = _epoch_batches(data.train, steps * batch, generators, cfg)
             if graph and captured is None:
-                captured, feed = trial.capture(x[:batch], y[:batch])
+                captured, pool, feed = trial.capture(x[:batch], y[:batch], seeds[0])
             for i in range(steps):
                 feed(x[i * batch : (i + 1) * batch], y[i * batch : (i + 1) * batch])
                 if on_progress:
                     on_progress((i + 1) * batch, steps * batch)
-            if len(data.val):
-                val = torch.cat(_validate(model, data.val, len(seeds), trial.autocast))
-            else:  # nas export trains on every image
-                val = torch.full((2 * len(seeds),), math.nan, device=device)
-            figures = torch.cat([trial.loss_sum / steps, val]).tolist()  # the epoch's one host sync
-            trial.loss_sum.zero_()
+            with GPU.exclusive() if epoch == first else GPU.shared():  # the first validation alone: new shapes, cuDNN autotunes
+                if len(data.val):
+                    val = torch.cat(_validate(model, data.val, len(seeds), trial.autocast))
+                else:  # nas export trains on every image
+                    val = torch.full((2 * len(seeds),), math.nan, device=device)
+            with GPU.shared():
+                figures = torch.cat([trial.loss_sum / steps, val]).tolist()  # the epoch's one host sync
+                trial.loss_sum.zero_()
             k = len(seeds)
             losses, val_losses, val_accs = figures[:k], figures[k : 2 * k], figures[2 * k :]
             for what, values in (("training", losses), ("validation", val_losses if len(data.val) else [])):
@@ -443,15 +640,17 @@ def _run(arch: Arch, data: Data, cfg: TrainConfig, seeds: list[int], on_epoch: C
             if on_epoch:
                 on_epoch(history[-1])
             if on_checkpoint is not None and epoch < cfg.epochs and time.perf_counter() - last_checkpoint >= checkpoint_seconds:
-                done, weights, optimizer = trial.state()
-                on_checkpoint(Checkpoint(epoch, done, weights, optimizer, [g.get_state() for g in generators], torch.get_rng_state(), list(history)))
+                with GPU.shared():
+                    done, weights, optimizer = trial.state()
+                    states = [g.get_state() for g in generators]
+                on_checkpoint(Checkpoint(epoch, done, weights, optimizer, states, torch.get_rng_state(), list(history)))
                 last_checkpoint = time.perf_counter()
             start = time.perf_counter()  # the callback's own time is not the epoch's
     finally:
         trial.opt.zero_grad(set_to_none=True)  # on the graph engine the gradients live in the graph's memory pool
         if captured is not None:
-            captured.reset()
-            del captured, feed
-            with _EXCLUSIVE:  # no other thread is capturing while cached blocks are freed
-                torch.cuda.empty_cache()  # hands the pool back: a worker runs hundreds of trials
+            del feed
+            with GPU.exclusive():  # destroying a graph races with another thread's capture_begin
+                captured.reset()
+                _GRAPHS.release(pool, device)  # the pool serves this thread's next trial
     return Trained(model, history, name, seeds, arch)

@@ -159,6 +159,54 @@ def test_interrupted_trial_is_rerun_on_resume(store, mnist_dir, monkeypatch):
     assert rerun.state in (TrialState.COMPLETE, TrialState.PRUNED)
 
 
+def test_a_restarting_worker_requeues_its_trials_uncounted_and_execs_nas_worker(store, mnist_dir, monkeypatch):
+    """Two trials at a time in one worker process; the third training raises RestartWorker (as
+    nas.train does after repeated failed captures) once another trial is in flight: that one stops
+    at its next epoch, both are failed and enqueued again without using up a retry, finished trials
+    stay, and the process is re-executed as `nas worker` on the same study (recorded, not run)."""
+    import threading
+
+    from nas import storage as st
+    from nas.placement import Slot
+    from nas.train import RestartWorker
+
+    st.open_study("r", store, StudySettings(max_epochs=3, train_size=600, val_size=300, target_accuracy=0.5))
+    real_train, calls, running, lock = search_mod.train, [], set(), threading.Lock()
+
+    def poisoned(*a, **k):
+        with lock:
+            n = len(calls)
+            calls.append(n)
+        if n == 2:
+            for _ in range(600):  # another trial is training: it will have to stop too
+                if running:
+                    break
+                time.sleep(0.05)
+            raise RestartWorker("3 CUDA graph captures failed in this process (the last: RuntimeError: test); the worker restarts")
+        running.add(n)
+        try:
+            return real_train(*a, **k)
+        finally:
+            running.discard(n)
+
+    execs = []
+    monkeypatch.setattr(search_mod, "train", poisoned)
+    monkeypatch.setattr(search_mod, "EXEC", lambda path, argv: execs.append(argv))
+    search_mod.work("r", store, Run(device="cpu", data_dir=str(mnist_dir)), 30, None, Slot(0, None, 2, 1))
+    trials = load(store, "r").trials
+    assert not [t for t in trials if t.state == TrialState.RUNNING]
+    stopped = [t for t in trials if t.state == TrialState.FAIL]
+    assert stopped and all(t.user_attrs["fail_reason"].startswith("its worker restarted: ") for t in stopped)
+    assert any("CUDA graph captures failed" in t.user_attrs["fail_reason"] for t in stopped)
+    copies = {t.user_attrs["retry_of"]: t for t in trials if t.state == TrialState.WAITING}
+    assert sorted(copies) == [t.number for t in stopped]
+    assert all(c.user_attrs["retries"] == 0 and c.system_attrs["fixed_params"] == trials[n].params for n, c in copies.items())  # not counted as retries
+    assert [t.state for t in trials if t.state in (TrialState.COMPLETE, TrialState.PRUNED)]  # finished trials are kept
+    assert len(execs) == 1 and execs[0][0] == sys.executable
+    assert execs[0][1:] == ["-m", "nas", "worker", "--study-name", "r", "--storage", store, "--device", "cpu", "--workers", "1",
+                            "--data-dir", str(mnist_dir), "--trials", "30"]
+
+
 def test_two_workers_share_one_storage(store, mnist_dir):
     run_cli("search", "--trials", 4, "--workers", 2, "--max-params", 5000, "--storage", store, "--data-dir", mnist_dir, *SMALL)
     trials = load(store).trials

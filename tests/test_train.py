@@ -1,5 +1,6 @@
 import math
 import threading
+import time
 
 import pytest
 import torch
@@ -31,6 +32,23 @@ def avg_pool_seed():
         if isinstance(layer, Pool):
             layer.kind = "avg"
     return arch
+
+
+def with_dropout():
+    """The seed with a dropout layer after its first pool."""
+    from nas.arch import Dropout
+
+    arch = load_arch(SEED)
+    arch.layers.insert(4, Dropout(0.1))
+    return arch
+
+
+@pytest.fixture(autouse=True)
+def no_failed_captures_yet(monkeypatch):
+    """Each test starts with no failed captures counted in the process (three restart a worker)."""
+    import nas.train as t
+
+    monkeypatch.setattr(t._GRAPHS, "failures", 0)
 
 
 def test_seed_learns_real_mnist(small_data):
@@ -127,10 +145,7 @@ def test_a_resumed_run_ends_bit_identical(small_data, optimizer):
     a run with augmentation and dropout ends with the same weights and curve as one never stopped."""
     import io
 
-    from nas.arch import Dropout
-
-    arch = load_arch(SEED)
-    arch.layers.insert(4, Dropout(0.1))
+    arch = with_dropout()
     tiny = subset(small_data, 512, 256)
     cfg = TrainConfig(epochs=3, batch_size=128, augment=True, optimizer=optimizer, lr=0.05 if optimizer == "sgd" else 0.005, seed=2)
     whole = train(arch, tiny, cfg)
@@ -239,6 +254,8 @@ def test_graph_trains_the_seed(small_data, precision):
 
 @cuda
 def test_failed_capture_falls_back_to_eager_and_says_why(small_data, monkeypatch):
+    """A capture broken by a host sync, on a network with dropout: the trial falls back to eager and
+    trains, and the process is not poisoned: the next trial (dropout again) captures and replays."""
     import nas.train as t
 
     real = t._Trial.step
@@ -249,9 +266,69 @@ def test_failed_capture_falls_back_to_eager_and_says_why(small_data, monkeypatch
         real(self, x, y)
 
     monkeypatch.setattr(t._Trial, "step", syncs_when_captured)
-    trained = train(load_arch(SEED), subset(small_data, 512, 256, "cuda"), TrainConfig(epochs=1, batch_size=128))
+    tiny = subset(small_data, 512, 256, "cuda")
+    trained = train(with_dropout(), tiny, TrainConfig(epochs=1, batch_size=128))
     assert trained.engine.startswith("eager, fp32 (capture failed: "), trained.engine
-    assert math.isfinite(trained.history[0].train_loss)
+    assert math.isfinite(trained.history[0].train_loss) and t._GRAPHS.failures == 1
+    monkeypatch.setattr(t._Trial, "step", real)
+    again = train(with_dropout(), tiny, TrainConfig(epochs=2, batch_size=128))
+    assert again.engine == "cuda graph, fp32" and math.isfinite(again.history[-1].train_loss)
+
+
+@cuda
+def test_concurrent_dropout_graphs_draw_masks_of_their_own():
+    """Two graphs with dropout, captured as nas.train captures (alone, with dropout_rng) by two
+    threads and replayed at once: every replay draws a new mask, and the two graphs never draw
+    the same one, on a torch with or without per-capture RNG state."""
+    import torch.nn.functional as F
+
+    import nas.train as t
+    from nas.gpulock import GPU
+
+    device = torch.device("cuda")
+    masks: dict[int, list[torch.Tensor]] = {}
+
+    def run(seed):
+        with t._on_trial_stream(device):
+            with GPU.exclusive():
+                ones, out = torch.ones(4096, device=device), torch.empty(4096, device=device)
+                F.dropout(ones, 0.5, training=True)  # warm-up, outside the capture
+                graph, pool = t._GRAPHS.graph(), t._GRAPHS.pool(device)
+                with t._GRAPHS.dropout_rng(graph, device, seed, True):
+                    graph.capture_begin(pool=pool.id, capture_error_mode="thread_local")
+                    out.copy_(F.dropout(ones, 0.5, training=True))
+                    graph.capture_end()
+            drawn = []
+            for _ in range(20):
+                with GPU.shared():
+                    graph.replay()
+                    drawn.append((out > 0).cpu())
+            masks[seed] = drawn
+            with GPU.exclusive():
+                graph.reset()
+                t._GRAPHS.release(pool, device)
+
+    threads = [threading.Thread(target=run, args=(s,)) for s in (0, 1)]
+    for th in threads:
+        th.start()
+    for th in threads:
+        th.join()
+    a, b = masks[0], masks[1]
+    assert all(not torch.equal(x, y) for x, y in zip(a, b))
+    assert all(not torch.equal(x, y) for x, y in zip(a, a[1:]))
+    assert 0.4 < torch.stack(a).float().mean().item() < 0.6
+
+
+@cuda
+def test_graph_trials_reuse_their_memory_pool(small_data):
+    """One thread's graph trials, one after another, reuse its graph memory pool: the memory
+    reserved stops growing after the first trial (no empty_cache between trials)."""
+    tiny, cfg = subset(small_data, 1024, 512, "cuda"), TrainConfig(epochs=1, batch_size=256)
+    train(load_arch(SEED), tiny, cfg)
+    reserved = torch.cuda.memory_reserved()
+    for seed in range(3):
+        assert train(load_arch(SEED), tiny, TrainConfig(**{**cfg.to_dict(), "seed": seed})).engine == "cuda graph, fp32"
+    assert torch.cuda.memory_reserved() <= reserved + 2**21  # a 2 MB segment of slack
 
 
 @cuda
@@ -267,3 +344,228 @@ def test_trials_in_threads_match_trials_alone(small_data):
     for th in threads:
         th.join()
     assert [together[i] for i in range(4)] == pytest.approx(alone, rel=1e-3)
+
+
+# --- the graph engine's discipline on the CPU, with a recording fake of the CUDA calls -----------
+
+
+class Record:
+    """Intervals of GPU work, by kind and thread, from every thread of a test."""
+
+    def __init__(self):
+        self.lock, self.items = threading.Lock(), []
+
+    def add(self, kind, start, end=None, **info):
+        with self.lock:
+            self.items.append(dict(kind=kind, thread=threading.get_ident(), start=start, end=time.perf_counter() if end is None else end, **info))
+
+    def of(self, *kinds):
+        return [i for i in self.items if i["kind"] in kinds]
+
+
+class FakeGraph:
+    """Records capture and replay; a replay takes a millisecond (the real one only launches)."""
+
+    def __init__(self, rec, fail):
+        self.rec, self.fail = rec, fail
+
+    def capture_begin(self, pool=None, capture_error_mode="global"):
+        from nas.gpulock import GPU
+
+        self.began = time.perf_counter()
+        self.rec.add("begin", self.began, alone=GPU.held() == "exclusive" and GPU.readers() == 0, pool=pool)
+
+    def capture_end(self):
+        if self.fail:
+            raise RuntimeError("CUDA error: operation not permitted when stream is capturing")
+        self.rec.add("capture", self.began)
+
+    def replay(self):
+        start = time.perf_counter()
+        time.sleep(0.001)
+        self.rec.add("replay", start)
+
+    def reset(self):
+        self.rec.add("reset", time.perf_counter())
+
+    def register_generator_state(self, generator):
+        self.rec.add("register", time.perf_counter(), seed=generator.initial_seed())
+
+
+class FakeDefaultGenerator:
+    def __init__(self, rec):
+        self.rec, self.state = rec, "default"
+
+    def graphsafe_get_state(self):
+        return self.state
+
+    def graphsafe_set_state(self, state):
+        self.state = state if isinstance(state, str) else f"own seed {state.initial_seed()}"
+        self.rec.add("default generator", time.perf_counter(), state=self.state)
+
+
+@pytest.fixture
+def fake_cuda(monkeypatch):
+    """The graph engine on the CPU: nas.train._GRAPHS replaced by a _Graphs whose torch.cuda calls
+    are recorded (the discipline, recovery and RNG choices are the real code's), and every step,
+    validation and epoch preparation recorded as an interval."""
+    import nas.train as t
+
+    rec = Record()
+
+    class FakeGraphs(t._Graphs):
+        fail = False  # captures raise at capture_end
+        per_capture = True  # how the fake torch keeps RNG state
+        pools = 0
+
+        def available(self, device):
+            return True
+
+        def graph(self):
+            return FakeGraph(rec, self.fail)
+
+        def pool(self, device):
+            FakeGraphs.pools += 1
+            return type("Pool", (), {"id": (0, FakeGraphs.pools)})()
+
+        def release(self, pool, device):
+            rec.add("release", time.perf_counter(), pool=pool.id)
+
+        def rng_per_capture(self, device):
+            return self.per_capture
+
+        def default_generator(self, device):
+            return self.generator
+
+        def end_allocation(self, pool, device):
+            rec.add("end allocation", time.perf_counter(), pool=pool.id)
+
+        def clear_capture_state(self, device):
+            rec.add("clear capture state", time.perf_counter())
+            return True
+
+    graphs = FakeGraphs()
+    graphs.generator = FakeDefaultGenerator(rec)
+    monkeypatch.setattr(t, "_GRAPHS", graphs)
+    for name in ("_validate", "_epoch_batches"):
+        real = getattr(t, name)
+        monkeypatch.setattr(t, name, lambda *a, _real=real, _name=name: (lambda s: (_real(*a), rec.add(_name, s))[0])(time.perf_counter()))
+    step = t._Trial.step
+
+    def recorded_step(self, x, y):
+        start = time.perf_counter()
+        step(self, x, y)
+        rec.add("step", start)
+
+    monkeypatch.setattr(t._Trial, "step", recorded_step)
+    return graphs, rec
+
+
+def overlapping(a, b):
+    return a["start"] < b["end"] and b["start"] < a["end"]
+
+
+def test_no_gpu_work_of_another_trial_overlaps_a_capture(small_data, fake_cuda):
+    """Three trials in threads on the graph engine (fake CUDA): no replay, step, validation or
+    epoch preparation of another thread overlaps a capture, and every capture began with no
+    thread inside shared work."""
+    graphs, rec = fake_cuda
+    tiny = subset(small_data, 256, 64)
+    errors = []
+
+    def run(seed):
+        try:
+            trained = train(load_arch(SEED), tiny, TrainConfig(epochs=3, batch_size=32, seed=seed))
+            assert trained.engine == "cuda graph" and len(trained.history) == 3
+        except BaseException as e:  # noqa: BLE001 - reported below
+            errors.append(e)
+
+    threads = [threading.Thread(target=run, args=(s,)) for s in range(3)]
+    for th in threads:
+        th.start()
+    for th in threads:
+        th.join()
+    assert not errors, errors
+    captures, begins = rec.of("capture"), rec.of("begin")
+    assert len(captures) == 3 and all(b["alone"] for b in begins)
+    work = rec.of("replay", "step", "_validate", "_epoch_batches")
+    assert len(rec.of("replay")) == 3 * 3 * 8
+    clashes = [(c, w) for c in captures for w in work if w["thread"] != c["thread"] and overlapping(c, w)]
+    assert not clashes, clashes[:3]
+    assert len(rec.of("release")) == 3 and len(rec.of("reset")) == 3  # every graph destroyed, its pool given back
+
+
+def test_an_on_epoch_that_blocks_stalls_no_other_trial(small_data, fake_cuda):
+    """A trial whose on_epoch blocks for 1.5 s (a storage outage) holds no part of the GPU lock
+    meanwhile: a trial started then captures, trains and finishes its 3 epochs during the wait."""
+    from nas.gpulock import GPU
+
+    graphs, rec = fake_cuda
+    tiny = subset(small_data, 256, 64)
+    blocked, held, done = threading.Event(), [], {}
+
+    def slow(e):
+        held.append(GPU.held())
+        if e.epoch == 1:
+            blocked.set()
+            time.sleep(1.5)
+            done.setdefault("slow woke", time.perf_counter())
+
+    def progress(*_):
+        held.append(GPU.held())
+
+    a = threading.Thread(target=lambda: train(load_arch(SEED), tiny, TrainConfig(epochs=2, batch_size=32), slow, on_progress=progress))
+    a.start()
+    assert blocked.wait(60)
+    other = train(load_arch(SEED), tiny, TrainConfig(epochs=3, batch_size=32, seed=1), on_progress=progress)
+    done["other finished"] = time.perf_counter()
+    a.join()
+    assert other.engine == "cuda graph" and len(other.history) == 3
+    assert done["other finished"] < done["slow woke"], done
+    assert set(held) == {None}  # callbacks run outside the lock
+
+
+def test_a_failed_capture_is_cleaned_up_before_the_eager_fallback(small_data, fake_cuda):
+    """A capture that fails at capture_end (as CUDA reports an invalidated capture) on a network
+    with dropout: the graph is destroyed, the allocator told the capture ended, the generator's
+    capture state cleared and the failure counted, all before the fallback's first eager step;
+    the trial then trains eagerly and learns. The failed pool is not used again."""
+    import nas.train as t
+
+    graphs, rec = fake_cuda
+    graphs.fail, graphs.per_capture = True, False
+    trained = train(with_dropout(), subset(small_data, 1024, 500), TrainConfig(epochs=2, batch_size=64, lr=0.05, seed=4))
+    assert trained.engine.startswith("eager (capture failed: RuntimeError: CUDA error: operation not permitted"), trained.engine
+    assert trained.history[-1].val_acc > 0.7 and graphs.failures == 1
+    kinds = [i["kind"] for i in sorted(rec.items, key=lambda i: i["end"])]
+    cleared = kinds.index("clear capture state")
+    assert kinds.index("reset") < cleared and kinds.index("end allocation") < cleared
+    fallback = [i for i in rec.of("step") if i["start"] > rec.of("clear capture state")[0]["end"]]
+    assert len(fallback) == 2 * 16  # every step of the eager run came after the clean-up
+    assert rec.of("release") == []  # the failed capture's pool is kept aside, never handed out again
+    # the default generator was pointed at the trial's own (seed 4) during the capture and back after
+    assert [i["state"] for i in rec.of("default generator")] == ["own seed 4", "default"]
+    assert [i["seed"] for i in rec.of("register")] == [4]
+    graphs.failures = t.CAPTURE_FAILURES_TO_RESTART - 1
+    with pytest.raises(t.RestartWorker, match=f"{t.CAPTURE_FAILURES_TO_RESTART} CUDA graph captures failed"):
+        train(with_dropout(), subset(small_data, 256, 64), TrainConfig(epochs=1, batch_size=64))
+
+
+@pytest.mark.parametrize("per_capture, dropout, own", [(False, True, True), (True, True, False), (False, False, False)])
+def test_dropout_gets_its_own_generator_only_where_the_torch_shares_one(small_data, fake_cuda, per_capture, dropout, own):
+    """Where the torch marks its generator capturing for the whole process (2.11), a graph with
+    dropout draws from a generator of its own, seeded with the trial's seed: concurrent trials of
+    different seeds get different generators. Elsewhere, or without dropout, nothing changes."""
+    graphs, rec = fake_cuda
+    graphs.per_capture = per_capture
+    arch = with_dropout() if dropout else load_arch(SEED)
+    tiny = subset(small_data, 256, 64)
+    threads = [threading.Thread(target=train, args=(arch, tiny, TrainConfig(epochs=1, batch_size=64, seed=s))) for s in (7, 8)]
+    for th in threads:
+        th.start()
+    for th in threads:
+        th.join()
+    assert len(rec.of("capture")) == 2
+    assert sorted(i["seed"] for i in rec.of("register")) == ([7, 8] if own else [])
+    swaps = [i["state"] for i in sorted(rec.of("default generator"), key=lambda i: i["end"])]
+    assert swaps in ((["own seed 7", "default", "own seed 8", "default"], ["own seed 8", "default", "own seed 7", "default"]) if own else ([],))
