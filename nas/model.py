@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import torch
 from torch import nn
+from torch.nn.utils.fusion import fuse_conv_bn_eval
 
 from nas.arch import Arch, plan
 
@@ -63,3 +64,34 @@ def unpack(packed: nn.Module, arch: Arch, k: int) -> nn.Sequential:
 
 def count_params(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
+
+
+class Affine(nn.Module):
+    """A BatchNorm that cannot fold (it follows a ReLU) as deployed: a per-channel scale and shift, in place."""
+
+    def __init__(self, bn: nn.BatchNorm2d):
+        super().__init__()
+        scale = bn.weight / torch.sqrt(bn.running_var + bn.eps)
+        self.register_buffer("scale", scale.detach().view(-1, 1, 1))
+        self.register_buffer("shift", (bn.bias - bn.running_mean * scale).detach().view(-1, 1, 1))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x.mul_(self.scale).add_(self.shift)
+
+
+@torch.no_grad()
+def deployed(model: nn.Sequential) -> nn.Sequential:
+    """The network as a deployment holds it, which is what nas.arch.step_costs counts: a BatchNorm
+    right after a conv folded into it (order bn_relu), any other one an in-place Affine (relu_bn),
+    ReLU in place, Dropout dropped. Same outputs as `model` in eval mode."""
+    out: list[nn.Module] = []
+    for m in model:
+        if isinstance(m, nn.BatchNorm2d) and out and isinstance(out[-1], nn.Conv2d):
+            out[-1] = fuse_conv_bn_eval(out[-1], m)
+        elif isinstance(m, nn.BatchNorm2d):
+            out.append(Affine(m))
+        elif isinstance(m, nn.ReLU):
+            out.append(nn.ReLU(inplace=True))
+        elif not isinstance(m, nn.Dropout):
+            out.append(m)
+    return nn.Sequential(*out).eval()
