@@ -45,21 +45,17 @@ def missing() -> list[str]:
 
 @contextlib.contextmanager
 def _quiet() -> Iterator[None]:
-    """Silence the exporter's and quantiser's advice (torchvision absent, pre-processing, deprecations):
-    nas export prints its own lines."""
-    loggers = [logging.getLogger(name) for name in ("torch.onnx", "torch.export", "torch._export", "onnxscript")]
-    levels = [lg.level for lg in loggers]
-    logging.disable(logging.WARNING)  # onnxruntime's quantiser warns on the root logger
+    """Silence the exporter's and quantiser's advice (torchvision absent, pre-processing, deprecations),
+    logged as warnings through Python's logging (onnxruntime's on the root logger) or warned: nas
+    export prints its own lines. Errors still show."""
+    previous = logging.root.manager.disable
+    logging.disable(logging.WARNING)
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            for lg in loggers:
-                lg.setLevel(logging.ERROR)
             yield
     finally:
-        logging.disable(logging.NOTSET)
-        for lg, level in zip(loggers, levels):
-            lg.setLevel(level)
+        logging.disable(previous)
 
 
 def write_fp32(model: nn.Module, example: torch.Tensor, path: Path) -> None:

@@ -198,7 +198,7 @@ def ship_onnx(net: nn.Module, out: Path, raw: torch.Tensor, labels: torch.Tensor
         return None
     start = time.perf_counter()
     try:
-        deploy.write_fp32(RawPixels(deployed(net)), raw[:2], fp32)
+        deploy.write_fp32(RawPixels(deployed(net)), torch.zeros(2, *raw.shape[1:]), fp32)  # the input shape only
         deploy.quantize(fp32, int8, calibration.numpy())
     except Exception as e:  # noqa: BLE001 - the exporter and quantiser raise many kinds; each is one line here
         raise ExportError(f"the ONNX files could not be written ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})") from e
