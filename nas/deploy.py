@@ -94,7 +94,8 @@ def quantize(fp32: Path, int8: Path, calibration: np.ndarray) -> None:
 
 
 def stored(path: Path) -> dict[str, Any]:
-    """What an ONNX file holds: its bytes on disk, its tensors' bytes by dtype and by role (ROLES)."""
+    """What an ONNX file holds: its bytes on disk, its tensors' bytes by dtype and by role (ROLES),
+    and the operators of its graph."""
     import onnx
     from onnx import numpy_helper
 
@@ -123,7 +124,8 @@ def stored(path: Path) -> dict[str, Any]:
         used_by = target(name)
         if used_by[0] == "Conv":
             return "conv weights" if used_by[1] == 1 else "biases"
-        return "kept BatchNorm" if used_by[0] in ("Mul", "Add") else "normalisation and shapes"
+        numbers = arrays[name].dtype.kind == "f" or node.op_type == "DequantizeLinear"  # fp32, or int8 behind its dequantisation: not an index
+        return "kept BatchNorm" if used_by[0] in ("Mul", "Add") and numbers else "normalisation and shapes"
 
     by_dtype: Counter[str] = Counter()
     by_role: Counter[str] = Counter()
@@ -137,6 +139,7 @@ def stored(path: Path) -> dict[str, Any]:
         "by_dtype": dict(by_dtype.most_common()),
         "by_role": {r: by_role[r] for r in ROLES if by_role[r]},
         "budgeted_bytes": sum(by_role[r] for r in BUDGETED),
+        "ops": sorted({node.op_type for node in graph.node}),
     }
 
 

@@ -10,6 +10,8 @@ between K plain networks and the packed one.
 
 from __future__ import annotations
 
+import copy
+
 import torch
 from torch import nn
 from torch.nn.utils.fusion import fuse_conv_bn_eval
@@ -81,11 +83,13 @@ class Affine(nn.Module):
 
 @torch.no_grad()
 def deployed(model: nn.Sequential) -> nn.Sequential:
-    """The network as a deployment holds it, which is what nas.arch.step_costs counts: a BatchNorm
-    right after a conv folded into it (order bn_relu), any other one an in-place Affine (relu_bn),
-    ReLU in place, Dropout dropped. Same outputs as `model` in eval mode."""
+    """A copy of the network as a deployment holds it, which is what nas.arch.step_costs counts: a
+    BatchNorm right after a conv folded into it (order bn_relu), any other one an in-place Affine
+    (relu_bn), ReLU in place, Dropout dropped; same outputs as `model` in eval mode. Its weights are
+    in the default memory layout: one trained in channels_last would otherwise export its layout
+    as index arithmetic in the graph."""
     out: list[nn.Module] = []
-    for m in model:
+    for m in copy.deepcopy(model).to(memory_format=torch.contiguous_format):
         if isinstance(m, nn.BatchNorm2d) and out and isinstance(out[-1], nn.Conv2d):
             out[-1] = fuse_conv_bn_eval(out[-1], m)
         elif isinstance(m, nn.BatchNorm2d):

@@ -29,6 +29,10 @@ ARCHS = {
 }
 
 
+# The operators of a network nas builds, and nothing else (no index arithmetic, no shape computation).
+NETWORK_OPS = {"Sub", "Div", "Conv", "Relu", "Mul", "Add", "MaxPool", "AveragePool", "ReduceMean", "Reshape"}
+
+
 @pytest.fixture(scope="module")
 def calibration(mnist_dir) -> np.ndarray:
     return pixels(read_idx(mnist_dir / "train-images-idx3-ubyte.gz")[:200]).numpy()
@@ -45,7 +49,8 @@ def test_stored_tensors_are_the_analytic_model_bytes(name, calibration, tmp_path
     byte for byte nas.arch's model bytes; the rest is named, none is left unclassified."""
     arch = ARCHS[name]
     fp32, int8 = tmp_path / deploy.FP32, tmp_path / deploy.INT8
-    deploy.write_fp32(RawPixels(deployed(trained_looking(arch))), torch.rand(2, *arch.input), fp32)
+    trained = trained_looking(arch).to(memory_format=torch.channels_last)  # as the CPU trains at batch 1024
+    deploy.write_fp32(RawPixels(deployed(trained)), torch.rand(2, *arch.input), fp32)
     deploy.quantize(fp32, int8, calibration)
     c, f, q = costs(arch), deploy.stored(fp32), deploy.stored(int8)
     assert f["budgeted_bytes"] == c.model_fp32 and q["budgeted_bytes"] == c.model_int8, (f["by_role"], q["by_role"])
@@ -58,6 +63,7 @@ def test_stored_tensors_are_the_analytic_model_bytes(name, calibration, tmp_path
     weights = sum(p.params - (p.args["out_channels"] if p.args["bias"] else 0) for p in steps if p.module == "Conv2d")
     assert q["by_role"]["conv weights"] == weights and f["by_role"]["conv weights"] == 4 * weights
     assert sorted(p.name for p in tmp_path.iterdir()) == [deploy.INT8, deploy.FP32]  # no external data file
+    assert set(f["ops"]) <= NETWORK_OPS and set(q["ops"]) <= NETWORK_OPS | {"QuantizeLinear", "DequantizeLinear"}, (f["ops"], q["ops"])
 
 
 def test_files_run_alone_with_onnxruntime(calibration, test_pixels, tmp_path):
