@@ -46,7 +46,7 @@ with torch.no_grad():
 
 FILES = ("model.pt", "state_dict.pt", "architecture.toml", "metrics.json", "README.md", deploy.FP32, deploy.INT8)
 # ONNX logits may differ from TorchScript's by this much (absolute and relative, torch.allclose);
-# measured: 8.6e-6 for the seed on the 10,000 test images.
+# measured: at most 9.5e-6 for the exported seed network on the 10,000 test images.
 ONNX_TOLERANCE = 1e-4
 
 

@@ -19,10 +19,11 @@ from test_model import trained_looking
 
 pytestmark = pytest.mark.usefixtures("onnx_extra")
 
-SEED_BN_RELU = replace(load_arch(SEED), layers=[replace(layer, order="bn_relu") if isinstance(layer, Conv) else layer for layer in load_arch(SEED).layers])
+SEED_ARCH = load_arch(SEED)
 ARCHS = {
-    "seed (relu_bn: every BatchNorm kept)": load_arch(SEED),
-    "seed in bn_relu order (every BatchNorm folded)": SEED_BN_RELU,
+    "seed (relu_bn: every BatchNorm kept)": SEED_ARCH,
+    "seed in bn_relu order (every BatchNorm folded)": replace(
+        SEED_ARCH, layers=[replace(layer, order="bn_relu") if isinstance(layer, Conv) else layer for layer in SEED_ARCH.layers]),
     "stride 2, avg pool, dropout, a bias-free conv, gap_conv head": Arch(
         layers=[Conv(4, stride=2), Conv(6, bias=False, bn=False), Pool("avg"), Dropout(0.1), Conv(8, padding=0, order="bn_relu", bias=False)],
         head=Head("gap_conv")),
@@ -69,7 +70,7 @@ def test_stored_tensors_are_the_analytic_model_bytes(name, calibration, tmp_path
 def test_files_run_alone_with_onnxruntime(calibration, test_pixels, tmp_path):
     """A copy of model.onnx alone in an empty folder runs in a process without torch, as the
     network does in torch; the file names no path of the machine that wrote it."""
-    arch = load_arch(SEED)
+    arch = SEED_ARCH
     model = RawPixels(trained_looking(arch)).eval()
     made = tmp_path / "made"
     made.mkdir()
