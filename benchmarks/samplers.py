@@ -151,7 +151,7 @@ def main() -> None:
                 print(f"{result['sampler']} seed {result['seed']}: {len(result['trials'])} trials, hv@60 {m['hv@60']:.4f}, best@60 {100 * m['best@60']:.2f} %, "
                       f"{result['seconds']:.0f} s", flush=True)
     searches = [s for s in map(json.loads, log.read_text().splitlines()) if s["sampler"] in samplers]
-    lines = [f"| sampler | searches | " + " | ".join(f"hypervolume @{n}" for n in CHECKPOINTS) + " | " + " | ".join(f"best val acc @{n}" for n in CHECKPOINTS) + " | trials drawn for 60 trained |",
+    lines = ["| sampler | searches | " + " | ".join(f"hypervolume @{n}" for n in CHECKPOINTS) + " | " + " | ".join(f"best val acc @{n}" for n in CHECKPOINTS) + " | trials drawn for 60 trained |",
              "|---" * (3 + 2 * len(CHECKPOINTS)) + "|"]
     summary = {}
     for s in samplers:

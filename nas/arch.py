@@ -183,11 +183,12 @@ DEFINITIONS = (
     ("Activations: peak memory of one inference as deployed: the largest sum of one layer's input and output "
      "feature maps, ReLU, BatchNorm and Dropout running in place (no buffer); int8 1 byte, fp32 4 bytes an element; "
      "kernel scratch buffers excluded."),
-    ("Model bytes: the deployed weights. A BatchNorm directly after a conv is folded into it (weights scaled, one bias); "
-     "a BatchNorm after a ReLU cannot be folded and is kept as a per-channel scale and shift (2 numbers a channel). "
-     "fp32: 4 bytes a number. int8: 1 byte a conv weight, plus per output channel a 4-byte fp32 scale and a 4-byte "
-     "int32 bias (always stored), and 8 bytes a channel for a kept scale and shift. File format and per-tensor "
-     "activation scales excluded."),
+    ("Model bytes: the deployed weights. A BatchNorm directly after a conv (order bn_relu) is folded into it "
+     "(weights scaled, one bias); one after a ReLU (relu_bn) cannot be folded and is kept as a per-channel scale and "
+     "shift (2 numbers a channel). fp32: 4 bytes a number. int8, as nas export's model.int8.onnx holds them: 1 byte a "
+     "conv weight, per output channel a 4-byte fp32 scale and, where the conv has a bias or a folded BatchNorm, a "
+     "4-byte int32 bias; 1 byte a number for a kept scale and shift. File format, zero points and per-tensor "
+     "scales excluded."),
     "KB = 1,000 bytes.",
 )
 
@@ -199,7 +200,7 @@ class StepCost:
     macs: int
     activation: int  # elements held while the step runs (input + output); 0 for a step run in place
     numbers: int  # deployed stored numbers (weights, biases, kept BN scale and shift); 0 if folded away
-    int8_bytes: int  # those numbers stored as int8 with per-channel scales
+    int8_bytes: int  # those numbers stored as int8, with per-channel scales for conv weights
     folded: bool = False  # a BatchNorm folded into the conv before it
 
 
@@ -229,13 +230,14 @@ def step_costs(arch: Arch) -> list[StepCost]:
             channels = s.args["out_channels"]
             weights = s.params - (channels if s.args["bias"] else 0)
             folds = n + 1 < len(steps) and steps[n + 1].module == "BatchNorm2d"
+            biases = channels if s.args["bias"] or folds else 0
             # Each weight is used once per output position (so grouped convolutions count right too).
-            out.append(StepCost(weights * math.prod(s.shape[1:]), activation, weights + (channels if s.args["bias"] or folds else 0),
-                                weights * INT8 + channels * (FP32 + INT32)))  # + per-channel scale and bias
+            out.append(StepCost(weights * math.prod(s.shape[1:]), activation, weights + biases,
+                                weights * INT8 + channels * FP32 + biases * INT32))  # + a scale per output channel
         elif s.module == "BatchNorm2d" and n > 0 and steps[n - 1].module == "Conv2d":
             out.append(StepCost(0, activation, 0, 0, folded=True))
-        else:  # a kept BatchNorm stores its scale and shift (s.params numbers); the rest store nothing
-            out.append(StepCost(0, activation, s.params, s.params * FP32))
+        else:  # a kept BatchNorm stores its scale and shift (s.params numbers), int8 like the weights; the rest store nothing
+            out.append(StepCost(0, activation, s.params, s.params * INT8))
         previous = s.shape
     return out
 

@@ -329,7 +329,7 @@ def report(
 
 @app.command()
 def export(
-    out: Annotated[Path, typer.Option(file_okay=False, help="Folder to write model.pt, state_dict.pt, architecture.toml, metrics.json, README.md.")],
+    out: Annotated[Path, typer.Option(file_okay=False, help="Folder to write model.pt, model.onnx, model.int8.onnx, state_dict.pt, architecture.toml, metrics.json, README.md.")],
     study_name: Annotated[Optional[str], typer.Option("--study-name", "--study", help="Export the best trial of this study.")] = None,
     storage: Storage = DEFAULT_STORAGE,
     trial: Annotated[Optional[int], typer.Option(min=0, help="Export this trial number instead of the best.")] = None,
@@ -342,7 +342,7 @@ def export(
     force: Annotated[bool, typer.Option("--force", help="Overwrite an earlier export in --out.")] = False,
     artifacts: Artifacts = None,
 ) -> None:
-    """Retrain the winner on all 60,000 training images, test it once, write it as TorchScript."""
+    """Retrain the winner on all 60,000 training images, test it once, write it as TorchScript and ONNX (fp32 and int8)."""
     from nas import analytics
     from nas import export as ex
     from nas.arch import load_arch, param_count
@@ -378,12 +378,13 @@ def export(
 
         notes.record_export(study, m, out, notes.artifact_store_for(storage, artifacts)[1])
     say(f"test accuracy {100 * m['test_acc']:.2f} % (seeds: mean {100 * m['test_acc_mean']:.2f} %, range {100 * m['test_acc_min']:.2f}-{100 * m['test_acc_max']:.2f} %), "
-        f"{m['params']:,} params; TorchScript via {m['torchscript']} taking pixels in [0, 1] (normalisation inside), verified in a fresh process; wrote {out}/")
+        f"{m['params']:,} params; TorchScript via {m['torchscript']}{' and ONNX' if m['onnx'] else ''} taking pixels in [0, 1] (normalisation inside), "
+        f"verified in a fresh process; wrote {out}/")
 
 
 @app.command()
 def predict(
-    model: Annotated[Path, typer.Argument(dir_okay=False, help="Exported model.pt (TorchScript; it normalises inside).")],
+    model: Annotated[Path, typer.Argument(dir_okay=False, help="Exported model.pt (TorchScript), model.onnx or model.int8.onnx (run by onnxruntime); they normalise inside.")],
     images: Annotated[list[Path], typer.Argument(help="PNG/JPEG images or IDX files of 28x28 digits.")],
 ) -> None:
     """Print the digit an exported model sees in each image (fed as pixels in [0, 1], white on black)."""

@@ -1,8 +1,9 @@
 """Ship an architecture: retrain on all 60,000 training images, evaluate once on the test set,
-write TorchScript and friends, and prove the saved model predicts exactly as the trained one.
+write TorchScript, ONNX (fp32 and int8) and friends, and prove the saved models predict as the
+trained one.
 
-The shipped model.pt takes pixels as people have them (float in [0, 1], white digit on black,
-[N, 1, 28, 28]): MNIST's normalisation is inside it, so a caller cannot forget it."""
+The shipped models take pixels as people have them (float in [0, 1], white digit on black,
+[N, 1, 28, 28]): MNIST's normalisation is inside them, so a caller cannot forget it."""
 
 from __future__ import annotations
 
@@ -20,12 +21,14 @@ import torch
 from torch import nn
 
 import nas
+from nas import deploy
 from nas.arch import Arch, arch_to_toml, costs, param_count, receptive_field
 from nas.resources import trial_attrs
 from nas.data import MEAN, STD, Data, Split, load_full_train, load_raw, load_test
 from nas.predict import pixels
-from nas.summary import summary_table
+from nas.summary import batchnorm_line, summary_table
 from nas.config import TrainConfig
+from nas.model import deployed
 from nas.train import Epoch, accuracy, predict, train
 
 # Runs in a fresh, isolated interpreter (-I) where nas cannot be imported: only torch is needed
@@ -41,7 +44,10 @@ with torch.no_grad():
 """
 
 
-FILES = ("model.pt", "state_dict.pt", "architecture.toml", "metrics.json", "README.md")
+FILES = ("model.pt", "state_dict.pt", "architecture.toml", "metrics.json", "README.md", deploy.FP32, deploy.INT8)
+# ONNX logits may differ from TorchScript's by this much (absolute and relative, torch.allclose);
+# measured: at most 9.5e-6 for the exported seed network on the 10,000 test images.
+ONNX_TOLERANCE = 1e-4
 
 
 class ExportError(RuntimeError):
@@ -143,6 +149,8 @@ def export(
     shipped = replace(source.arch, train=cfg0.to_dict())
     (out / "architecture.toml").write_text(arch_to_toml(shipped))
     logits = verify(model_path, raw, eager_logits, out)
+    calibration = pixels(load_raw(data_dir, "train")[0][: min(deploy.CALIBRATION_IMAGES, len(full))])  # training images only
+    onnx_files = ship_onnx(model0, out, raw, test.y, logits, calibration, log)
     accs = [r["test_acc"] for r in runs]
     metrics = {
         "name": source.arch.name,
@@ -164,7 +172,9 @@ def export(
         "torchscript": how,
         "input": "model.pt: float [N, 1, 28, 28] pixels in [0, 1], white digit on black (normalisation inside); state_dict.pt: the bare network, normalised input",
         "verified": True,
-        "versions": {"nas": nas.__version__, "torch": torch.__version__, "optuna": optuna.__version__, "python": platform.python_version()},
+        "onnx": onnx_files,
+        "versions": {"nas": nas.__version__, "torch": torch.__version__, "optuna": optuna.__version__, "python": platform.python_version(),
+                     **(deploy.versions() if onnx_files else {})},
         **source.origin,
     }
     (out / "metrics.json").write_text(json.dumps(metrics, indent=1))
@@ -172,9 +182,77 @@ def export(
     return metrics
 
 
+def ship_onnx(net: nn.Module, out: Path, raw: torch.Tensor, labels: torch.Tensor, expected: torch.Tensor, calibration: torch.Tensor,
+              log: Callable[[str], None]) -> dict[str, Any] | None:
+    """Write model.onnx (the deployed network: BatchNorm folded where it can be, raw pixels in) and
+    model.int8.onnx (calibrated on `calibration`, training images), run both on the test images
+    `raw` in a fresh process with onnxruntime alone, and check model.onnx against the TorchScript
+    logits `expected`. Returns what metrics.json holds under "onnx"; None, saying so in one line,
+    when the onnx extra is not installed (and no ONNX file of an earlier export is left behind)."""
+    fp32, int8 = out / deploy.FP32, out / deploy.INT8
+    absent = deploy.missing()
+    if absent:
+        fp32.unlink(missing_ok=True)
+        int8.unlink(missing_ok=True)
+        log(f"no ONNX files: {', '.join(absent)} not installed ({deploy.INSTALL} to get {deploy.FP32} and {deploy.INT8})")
+        return None
+    start = time.perf_counter()
+    try:
+        deploy.write_fp32(RawPixels(deployed(net)), torch.zeros(2, *raw.shape[1:]), fp32)  # the input shape only
+        deploy.quantize(fp32, int8, calibration.numpy())
+    except Exception as e:  # noqa: BLE001 - the exporter and quantiser raise many kinds; each is one line here
+        raise ExportError(f"the ONNX files could not be written ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})") from e
+    try:
+        got = [torch.from_numpy(x) for x in deploy.run_isolated([fp32, int8], raw.numpy())]
+    except RuntimeError as e:
+        raise ExportError(f"the ONNX files could not be run by onnxruntime in a fresh process: {e}") from None
+    if not torch.equal(got[0].argmax(1), expected.argmax(1)) or not torch.allclose(got[0], expected, atol=ONNX_TOLERANCE, rtol=ONNX_TOLERANCE):
+        raise ExportError(f"{fp32} does not reproduce model.pt's predictions on the test set (tolerance {ONNX_TOLERANCE}); not exporting")
+    fp32_acc, int8_acc = accuracy(got[0], labels), accuracy(got[1], labels)
+    agreement = (got[1].argmax(1) == got[0].argmax(1)).float().mean().item()
+    log(f"ONNX: {deploy.FP32} {100 * fp32_acc:.2f} % (as model.pt), {deploy.INT8} {100 * int8_acc:.2f} % "
+        f"(agrees with fp32 on {100 * agreement:.2f} %), checked with onnxruntime alone, {time.perf_counter() - start:.0f} s")
+    return {
+        "input": f"{deploy.INPUT}: float32 [N, 1, 28, 28] pixels in [0, 1], white digit on black (normalisation inside); output {deploy.OUTPUT} [N, 10]",
+        "tolerance": ONNX_TOLERANCE,
+        "fp32": {"file": deploy.FP32, **deploy.stored(fp32), "test_acc": fp32_acc, "max_logit_difference": (got[0] - expected).abs().max().item()},
+        "int8": {"file": deploy.INT8, **deploy.stored(int8), "test_acc": int8_acc, "agreement": agreement},
+        "quantization": deploy.QUANTIZATION,
+        "calibration_images": len(calibration),
+    }
+
+
 def _line(e: Epoch, epochs: int, seeds: int) -> str:
     loss = f"train loss {e.train_loss:.4f}" + (f" (mean of {seeds} seeds)" if seeds > 1 else "")
     return f"epoch {e.epoch:>3}/{epochs}  lr {e.lr:.4f}  {loss}  {e.seconds:6.2f} s"
+
+
+def _bytes(f: dict[str, Any]) -> str:
+    return f"{f['tensor_bytes']:,} B (" + ", ".join(f"{dtype} {n:,}" for dtype, n in f["by_dtype"].items()) + ")"
+
+
+def onnx_card(o: dict[str, Any] | None, model_int8: int, model_fp32: int, batchnorm: str) -> str:
+    """The model card's section on the ONNX files: what they score, hold and weigh against the budget."""
+    if o is None:
+        return f"No ONNX files: the onnx extra was not installed at export (`{deploy.INSTALL}`, then export again)."
+    fp32, int8 = o["fp32"], o["int8"]
+    extra = ", ".join(f"{role} {n:,} B" for role, n in int8["by_role"].items() if role not in deploy.BUDGETED)
+    return f"""## Without PyTorch: `model.onnx` and `model.int8.onnx`
+
+| file | test accuracy | tensors stored | of which model bytes | file |
+|---|---|---|---|---|
+| `model.onnx`, fp32 | {100 * fp32['test_acc']:.2f} % (the class of `model.pt` on every test image, logits within {o['tolerance']:.0e}) | {_bytes(fp32)} | {fp32['budgeted_bytes']:,} B (analytic {model_fp32:,} B) | {fp32['file_bytes']:,} B |
+| `model.int8.onnx` | {100 * int8['test_acc']:.2f} % (agrees with fp32 on {100 * int8['agreement']:.2f} %) | {_bytes(int8)} | {int8['budgeted_bytes']:,} B (analytic {model_int8:,} B) | {int8['file_bytes']:,} B |
+
+Both are single files (weights inside), checked in a fresh process with onnxruntime alone, and
+take the same input as `model.pt`. {batchnorm}. `model.int8.onnx` is
+{o['quantization']}, the ranges calibrated on the first {o['calibration_images']:,} training images
+(never the test set). Model bytes are its conv weights, their scales, biases and kept BatchNorm
+(definitions below the layer table); its other tensors: {extra}. The files hold their graphs besides.
+
+    import onnxruntime as ort
+    session = ort.InferenceSession("model.int8.onnx")  # or model.onnx
+    digits = session.run(None, {{"{deploy.INPUT}": x.numpy()}})[0].argmax(1)  # x as above, float32"""
 
 
 def model_card(arch: Arch, m: dict[str, Any]) -> str:
@@ -197,8 +275,7 @@ receptive field {m['receptive_field']} px, no fully connected layer.
 | model bytes (deployed) | {c.model_int8:,} B at int8, {c.model_fp32:,} B at fp32 |
 
 The test set was used only for the figures above, after the architecture was chosen.
-The costs are computed from the architecture (definitions below the layer table); the int8
-figures are what an int8 deployment with per-channel scales would hold, not a file shipped here.
+The costs are computed from the architecture (definitions below the layer table).
 
 `model.pt` is TorchScript ({m['torchscript']}); it needs only torch, and takes images as people
 have them: MNIST's normalisation is inside the model, so do not normalise again.
@@ -210,6 +287,8 @@ have them: MNIST's normalisation is inside the model, so do not normalise again.
 
 `state_dict.pt` holds the bare network's weights (for `nas.model.build` of `architecture.toml`),
 which expects normalised input, `(x - {MEAN}) / {STD}`.
+
+{onnx_card(m.get('onnx'), c.model_int8, c.model_fp32, batchnorm_line(arch))}
 
 ```
 {summary_table(arch)}

@@ -10,8 +10,11 @@ between K plain networks and the packed one.
 
 from __future__ import annotations
 
+import copy
+
 import torch
 from torch import nn
+from torch.nn.utils.fusion import fuse_conv_bn_eval
 
 from nas.arch import Arch, plan
 
@@ -65,3 +68,36 @@ def unpack(packed: nn.Module, arch: Arch, k: int) -> nn.Sequential:
 
 def count_params(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
+
+
+class Affine(nn.Module):
+    """A BatchNorm that cannot fold (it follows a ReLU) as deployed: a per-channel scale and shift, in place."""
+
+    def __init__(self, bn: nn.BatchNorm2d):
+        super().__init__()
+        scale = bn.weight / torch.sqrt(bn.running_var + bn.eps)
+        self.register_buffer("scale", scale.detach().view(-1, 1, 1))
+        self.register_buffer("shift", (bn.bias - bn.running_mean * scale).detach().view(-1, 1, 1))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x.mul_(self.scale).add_(self.shift)
+
+
+@torch.no_grad()
+def deployed(model: nn.Sequential) -> nn.Sequential:
+    """A copy of the network as a deployment holds it, which is what nas.arch.step_costs counts: a
+    BatchNorm right after a conv folded into it (order bn_relu), any other one an in-place Affine
+    (relu_bn), ReLU in place, Dropout dropped; same outputs as `model` in eval mode. Its weights are
+    in the default memory layout: one trained in channels_last would otherwise export its layout
+    as index arithmetic in the graph."""
+    out: list[nn.Module] = []
+    for m in copy.deepcopy(model).to(memory_format=torch.contiguous_format):
+        if isinstance(m, nn.BatchNorm2d) and out and isinstance(out[-1], nn.Conv2d):
+            out[-1] = fuse_conv_bn_eval(out[-1], m)
+        elif isinstance(m, nn.BatchNorm2d):
+            out.append(Affine(m))
+        elif isinstance(m, nn.ReLU):
+            out.append(nn.ReLU(inplace=True))
+        elif not isinstance(m, nn.Dropout):
+            out.append(m)
+    return nn.Sequential(*out).eval()

@@ -1,4 +1,5 @@
-"""Read digits to classify from PNG/JPEG files or IDX files, the way MNIST draws them."""
+"""Read digits to classify from PNG/JPEG files or IDX files, the way MNIST draws them, and run an
+exported model on them: model.pt through torch, model.onnx or model.int8.onnx through onnxruntime."""
 
 from __future__ import annotations
 
@@ -42,9 +43,37 @@ def load_images(path: Path, size: int = 28) -> torch.Tensor:
     return images
 
 
-def load_model(path: Path) -> torch.jit.ScriptModule:
-    """An exported model.pt; one that does not normalise itself (exported before nas put the
-    normalisation inside) would silently mispredict on pixels, so it is refused."""
+class OnnxModel:
+    """An exported model.onnx or model.int8.onnx, run by onnxruntime and called like model.pt."""
+
+    def __init__(self, path: Path):
+        from nas.deploy import INPUT, INSTALL
+
+        try:
+            import onnxruntime as ort
+        except ImportError:
+            raise UsageError(f"{path}: running an ONNX model needs onnxruntime ({INSTALL}), or give the exported model.pt") from None
+        try:
+            self.session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+        except Exception as e:  # noqa: BLE001 - onnxruntime's own exception types; any of them means an unusable file
+            raise UsageError(f"{path}: not an ONNX model onnxruntime can load ({str(e).splitlines()[0]})") from None
+        names = [i.name for i in self.session.get_inputs()]
+        if names != [INPUT]:
+            raise UsageError(f"{path}: takes {', '.join(names)}, not the {INPUT!r} input of the models nas export writes; give one of those")
+        self.input = INPUT
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.from_numpy(self.session.run(None, {self.input: x.numpy()})[0])
+
+
+def load_model(path: Path) -> torch.jit.ScriptModule | OnnxModel:
+    """An exported model.pt, or a .onnx file run by onnxruntime. A model.pt that does not
+    normalise itself (exported before nas put the normalisation inside) would silently mispredict
+    on pixels, so it is refused."""
+    if path.suffix == ".onnx":
+        if not path.is_file():
+            raise UsageError(f"{path}: no such file")
+        return OnnxModel(path)
     try:
         model = torch.jit.load(str(path), map_location="cpu").eval()
     except (RuntimeError, ValueError, OSError) as e:
@@ -59,7 +88,7 @@ def pixels(images: torch.Tensor) -> torch.Tensor:
     return (images.float() / 255.0).unsqueeze(1)
 
 
-def classify(model: torch.jit.ScriptModule, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def classify(model: torch.jit.ScriptModule | OnnxModel, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """(digit, probability) per image; the model normalises (nas export puts it inside)."""
     with torch.no_grad():
         probs = torch.softmax(model(pixels(images)), 1)

@@ -15,6 +15,17 @@ def _kb(n: int) -> str:
     return f"{n:,} B ({n / KB:.2f} KB)"
 
 
+def batchnorm_line(arch: Arch) -> str:
+    """What the deployed model holds of the BatchNorms: the layer order decides (DEFINITIONS)."""
+    steps, c = plan(arch), costs(arch)
+    norms = [sc for s, sc in zip(steps, c.steps) if s.module == "BatchNorm2d"]
+    folded = sum(sc.folded for sc in norms)
+    if not norms:
+        return "BatchNorm as deployed: none"
+    return (f"BatchNorm as deployed: {folded} of {len(norms)} directly after a conv, folded into it (order bn_relu); "
+            f"{len(norms) - folded} after a ReLU, kept as a scale and shift (relu_bn)")
+
+
 def summary_table(arch: Arch) -> str:
     steps, c = plan(arch), costs(arch)
     rule = "-" * WIDTH
@@ -33,6 +44,7 @@ def summary_table(arch: Arch) -> str:
         f"MACs per image: {c.macs:,}",
         f"Peak activation memory: int8 {_kb(c.activation_int8)}, fp32 {_kb(c.activation_fp32)} (at layer {c.peak_step + 1}, marked *)",
         f"Model bytes: int8 {_kb(c.model_int8)}, fp32 {_kb(c.model_fp32)} ({c.model_fp32 // FP32:,} numbers stored)",
+        *textwrap.wrap(batchnorm_line(arch), WIDTH, subsequent_indent="  "),
         rule,
         *(textwrap.fill(text, WIDTH, subsequent_indent="  ") for text in (
             *DEFINITIONS, "Act. int8: bytes of input + output held while the layer runs; Int8 bytes: its stored weights, scales and biases.")),

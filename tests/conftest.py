@@ -57,6 +57,24 @@ def pytest_collection_modifyitems(session, config, items) -> None:
             pytest.exit(f"tests need MNIST: {e}", returncode=1)
 
 
+def require_system_deps() -> bool:
+    """NAS_REQUIRE_SYSTEM_DEPS=1 (CI sets it; .ci/run installs everything) turns a skip for a missing
+    optional dependency into a failure."""
+    return os.environ.get("NAS_REQUIRE_SYSTEM_DEPS", "") not in ("", "0")
+
+
+@pytest.fixture
+def onnx_extra() -> None:
+    """Tests of the ONNX files need the onnx extra: skipped with the reason without it, failed in CI."""
+    from nas.deploy import INSTALL, missing
+
+    absent = missing()
+    if absent and require_system_deps():
+        pytest.fail(f"{', '.join(absent)} not installed, and NAS_REQUIRE_SYSTEM_DEPS=1: install the onnx extra ({INSTALL})")
+    if absent:
+        pytest.skip(f"{', '.join(absent)} not installed ({INSTALL}; .ci/run installs it)")
+
+
 @pytest.fixture(scope="session")
 def mnist_dir(request) -> Path:
     return request.config.stash[_MNIST]

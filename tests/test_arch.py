@@ -91,7 +91,8 @@ def test_seed_costs():
     # Every BatchNorm of the seed follows a ReLU, so none folds: fp32 stores exactly the parameters.
     assert not any(s.folded for s in c.steps) and c.model_fp32 == 4 * 9274
     weights, conv_channels, bn_channels = 9036, 86, 76
-    assert c.model_int8 == weights + 8 * conv_channels + 8 * bn_channels
+    # int8: per conv channel a 4-byte scale and a 4-byte bias; a kept scale and shift at 1 byte a number.
+    assert c.model_int8 == weights + 8 * conv_channels + 2 * bn_channels
 
 
 def test_batchnorm_right_after_a_conv_folds_away():
@@ -104,6 +105,9 @@ def test_batchnorm_right_after_a_conv_folds_away():
     # A bias-free conv gains the folded bias: deployed numbers stay below the trained ones.
     nobias = Arch(layers=[Conv(8, bias=False, order="bn_relu")], head=Head("gap_conv"))
     assert costs(nobias).model_fp32 == 4 * (param_count(nobias) - 8)
+    # Without a bias or a BatchNorm to fold, a conv stores no int32 bias, only its per-channel scales.
+    bare = Arch(layers=[Conv(8, bias=False, bn=False)], head=Head("gap_conv"))
+    assert costs(bare).steps[0].int8_bytes == 8 * 9 + 8 * 4
 
 
 @pytest.mark.parametrize("arch", random_valid_archs(60, seed=1), ids=lambda a: f"{len(a.layers)}layers")

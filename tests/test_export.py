@@ -1,14 +1,17 @@
 import json
+import shutil
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 import torch
 from PIL import Image
 from typer.testing import CliRunner
 
-from nas.arch import load_arch, param_count
+from nas.arch import costs, load_arch, param_count
 from nas.cli import app
+from nas.export import FILES, RawPixels
 from nas.data import normalize, read_idx
 from nas.predict import pixels
 from nas.model import build
@@ -110,23 +113,32 @@ def test_no_feasible_trial_is_a_clear_error(exported):
     assert r.returncode == 2 and "no complete trial reaching 99.99 %" in r.stderr and len(r.stderr.splitlines()) == 1
 
 
+def digit_pngs(mnist_dir, folder, n: int = 3):
+    """The first n test images, and each saved as a PNG in folder."""
+    test = read_idx(mnist_dir / "t10k-images-idx3-ubyte.gz")[:n]
+    paths = [folder / f"{i}.png" for i in range(n)]
+    for img, path in zip(test, paths):
+        Image.fromarray(img.numpy()).save(path)
+    return test, paths
+
+
+def predicted(output: str) -> list[int]:
+    """The digits `nas predict` printed, one a line."""
+    return [int(line.split(": ")[1].split()[0]) for line in output.splitlines()]
+
+
 def test_predict_on_pngs_and_idx(exported, mnist_dir, tmp_path):
     out, _, _ = exported
-    test = read_idx(mnist_dir / "t10k-images-idx3-ubyte.gz")[:3]
-    paths = []
-    for i, img in enumerate(test):
-        Image.fromarray(img.numpy()).save(tmp_path / f"{i}.png")
-        paths.append(tmp_path / f"{i}.png")
+    test, paths = digit_pngs(mnist_dir, tmp_path)
     Image.fromarray(255 - test[0].numpy()).save(tmp_path / "paper.png")  # dark ink on white paper
     r = cli("predict", out / "model.pt", *paths, tmp_path / "paper.png", mnist_dir / "t10k-images-idx3-ubyte.gz")
     assert r.exit_code == 0, r.output
     model = torch.jit.load(str(out / "model.pt"))
     with torch.no_grad():
         expected = model(pixels(test)).argmax(1).tolist()
-    lines = r.output.splitlines()
-    got = [int(line.split(": ")[1].split()[0]) for line in lines]
+    got = predicted(r.output)
     assert got[:3] == expected and got[3] == expected[0]
-    assert len(lines) == 4 + 10000 and got[4:7] == expected
+    assert len(got) == 4 + 10000 and got[4:7] == expected
 
 
 def test_predict_bad_files(exported, tmp_path):
@@ -153,3 +165,119 @@ def test_seed_arch_exports_too(tmp_path, mnist_dir):
     assert r.exit_code == 0, r.output
     m = json.loads((tmp_path / "seed" / "metrics.json").read_text())
     assert m["params"] == 9274 and m["arch_file"].endswith("seed_9274.toml") and m["study"] is None
+
+
+# --- ONNX: model.onnx and model.int8.onnx ---------------------------------------------------------
+
+# Only onnxruntime and numpy: neither nas nor torch can be imported.
+_ORT_ONLY = """
+import sys
+sys.modules["nas"] = sys.modules["torch"] = None
+import numpy as np
+import onnxruntime as ort
+x = np.load(sys.argv[1])
+for path in sys.argv[2:]:
+    session = ort.InferenceSession(path)
+    np.save(path + ".logits.npy", session.run(None, {"pixels": x})[0])
+"""
+
+
+def test_onnx_files_run_with_onnxruntime_alone_as_model_pt_does(onnx_extra, exported, mnist_dir, tmp_path):
+    """Copied alone into an empty folder, model.onnx gives model.pt's class on every test image and
+    its logits within the stated tolerance; model.int8.onnx scores what metrics.json says."""
+    out, _, log = exported
+    m = json.loads((out / "metrics.json").read_text())
+    o = m["onnx"]
+    for name in ("model.onnx", "model.int8.onnx"):
+        shutil.copy(out / name, tmp_path / name)
+    raw = read_idx(mnist_dir / "t10k-images-idx3-ubyte.gz")
+    labels = read_idx(mnist_dir / "t10k-labels-idx1-ubyte.gz").long()
+    np.save(tmp_path / "x.npy", pixels(raw).numpy())
+    r = subprocess.run([sys.executable, "-I", "-c", _ORT_ONLY, "x.npy", "model.onnx", "model.int8.onnx"], cwd=tmp_path, capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    fp32 = torch.from_numpy(np.load(tmp_path / "model.onnx.logits.npy"))
+    int8 = torch.from_numpy(np.load(tmp_path / "model.int8.onnx.logits.npy"))
+    with torch.no_grad():
+        torchscript = torch.jit.load(str(out / "model.pt")).eval()(pixels(raw))
+    assert torch.equal(fp32.argmax(1), torchscript.argmax(1)) and torch.allclose(fp32, torchscript, atol=o["tolerance"], rtol=o["tolerance"])
+    assert o["tolerance"] == 1e-4 and o["fp32"]["max_logit_difference"] <= o["tolerance"]
+    assert (fp32.argmax(1) == labels).float().mean().item() == o["fp32"]["test_acc"] == m["test_acc"]
+    assert (int8.argmax(1) == labels).float().mean().item() == o["int8"]["test_acc"]
+    assert (int8.argmax(1) == fp32.argmax(1)).float().mean().item() == o["int8"]["agreement"] > 0.9
+    assert "model.int8.onnx" in log and "checked with onnxruntime alone" in log
+
+
+def test_onnx_metrics_and_card_hold_the_real_bytes(onnx_extra, exported):
+    out, _, _ = exported
+    m = json.loads((out / "metrics.json").read_text())
+    o, c = m["onnx"], costs(load_arch(out / "architecture.toml"))
+    assert sorted(p.name for p in out.iterdir()) == sorted(FILES)  # no external data file beside the models
+    assert o["fp32"]["budgeted_bytes"] == c.model_fp32 and o["int8"]["budgeted_bytes"] == c.model_int8
+    assert 4 * o["int8"]["by_role"]["conv weights"] == o["fp32"]["by_role"]["conv weights"] <= 4 * o["int8"]["by_dtype"]["int8"]  # int8 for real
+    assert o["fp32"]["file_bytes"] == (out / "model.onnx").stat().st_size and o["int8"]["file_bytes"] == (out / "model.int8.onnx").stat().st_size
+    assert o["calibration_images"] == 1000 and "int8" in o["quantization"] and set(m["versions"]) >= {"onnx", "onnxruntime", "onnxscript"}
+    card = (out / "README.md").read_text()
+    assert f"{o['int8']['budgeted_bytes']:,} B (analytic {c.model_int8:,} B)" in card and f"{o['int8']['file_bytes']:,} B" in card
+    assert "BatchNorm as deployed" in card and "training images" in card and 'ort.InferenceSession("model.int8.onnx")' in card
+
+
+def test_predict_runs_onnx_files(onnx_extra, exported, mnist_dir, tmp_path):
+    out, _, _ = exported
+    test, paths = digit_pngs(mnist_dir, tmp_path)
+    import onnxruntime as ort
+
+    with torch.no_grad():
+        torchscript = torch.jit.load(str(out / "model.pt"))(pixels(test)).argmax(1).tolist()
+    for name in ("model.onnx", "model.int8.onnx"):
+        r = cli("predict", out / name, *paths)
+        assert r.exit_code == 0, r.output
+        expected = ort.InferenceSession(str(out / name)).run(None, {"pixels": pixels(test).numpy()})[0].argmax(1).tolist()
+        assert predicted(r.output) == expected and (name != "model.onnx" or expected == torchscript)
+    junk = tmp_path / "junk.onnx"
+    junk.write_bytes(b"not a model")
+    r = subprocess.run([sys.executable, "-m", "nas", "predict", str(junk), str(paths[0])], capture_output=True, text=True)
+    assert r.returncode == 2 and "not an ONNX model onnxruntime can load" in r.stderr and len(r.stderr.splitlines()) == 1
+
+
+def test_predict_onnx_without_onnxruntime_says_how(monkeypatch, tmp_path):
+    from nas.errors import UsageError
+    from nas.predict import load_model
+
+    model = tmp_path / "model.onnx"
+    model.write_bytes(b"")
+    monkeypatch.setitem(sys.modules, "onnxruntime", None)
+    with pytest.raises(UsageError, match=r"needs onnxruntime \(pip install 'nas\[onnx\]'\)"):
+        load_model(model)
+
+
+def test_export_without_the_onnx_extra_writes_torchscript_and_says_how(monkeypatch, tmp_path, mnist_dir):
+    """No ONNX file (an earlier export's is removed under --force), one line saying how to get them."""
+    from nas import deploy
+
+    monkeypatch.setattr(deploy, "missing", lambda: ["onnxruntime"])
+    out = tmp_path / "seed"
+    out.mkdir()
+    (out / "model.onnx").write_text("an earlier export's")
+    r = cli("export", "--arch", SEED, "--out", out, "--epochs", 1, "--train-size", 300, "--data-dir", mnist_dir, "--force")
+    assert r.exit_code == 0, r.output
+    lines = [line for line in r.output.splitlines() if "ONNX" in line]
+    assert lines == ["no ONNX files: onnxruntime not installed (pip install 'nas[onnx]' to get model.onnx and model.int8.onnx)"]
+    assert (out / "model.pt").is_file() and not (out / "model.onnx").exists() and not (out / "model.int8.onnx").exists()
+    assert json.loads((out / "metrics.json").read_text())["onnx"] is None
+    assert "No ONNX files: the onnx extra was not installed" in (out / "README.md").read_text()
+
+
+def test_ship_onnx_refuses_a_file_that_does_not_reproduce_model_pt(onnx_extra, tmp_path, mnist_dir):
+    from nas.export import ExportError, ship_onnx
+
+    net = build(load_arch(SEED)).eval()
+    raw = pixels(read_idx(mnist_dir / "t10k-images-idx3-ubyte.gz")[:200])
+    labels = read_idx(mnist_dir / "t10k-labels-idx1-ubyte.gz")[:200].long()
+    with torch.no_grad():
+        expected = RawPixels(net)(raw)
+    o = ship_onnx(net, tmp_path, raw, labels, expected, raw[:50], log=lambda line: None)
+    assert o["fp32"]["max_logit_difference"] < 1e-4
+    off = expected.clone()
+    off[:, 0] += 1e-3  # a model whose logits are off by more than the tolerance
+    with pytest.raises(ExportError, match="does not reproduce model.pt's predictions"):
+        ship_onnx(net, tmp_path, raw, labels, off, raw[:50], log=lambda line: None)

@@ -1,11 +1,10 @@
 import pytest
 import torch
 from torch import nn
-from torch.nn.utils.fusion import fuse_conv_bn_eval
 from torch.utils.flop_counter import FlopCounterMode
 
 from nas.arch import Arch, Conv, Dropout, Head, Pool, SepConv, costs, load_arch, param_count, plan
-from nas.model import build, count_params
+from nas.model import Affine, build, count_params, deployed
 
 from conftest import SEED
 from test_arch import random_valid_archs
@@ -41,19 +40,6 @@ def test_planned_shapes_match_real_activations():
 # --- costs, checked on real torch modules -----------------------------------------------------
 
 
-class Affine(nn.Module):
-    """A BatchNorm that cannot fold (it follows a ReLU), as deployed: an in-place scale and shift."""
-
-    def __init__(self, bn: nn.BatchNorm2d):
-        super().__init__()
-        scale = bn.weight / torch.sqrt(bn.running_var + bn.eps)
-        self.register_buffer("scale", scale.detach().view(-1, 1, 1))
-        self.register_buffer("shift", (bn.bias - bn.running_mean * scale).detach().view(-1, 1, 1))
-
-    def forward(self, x):
-        return x.mul_(self.scale).add_(self.shift)
-
-
 def trained_looking(arch, seed: int = 0) -> nn.Sequential:
     """The built model in eval mode, with BatchNorm statistics away from identity so folding matters."""
     torch.manual_seed(seed)
@@ -65,22 +51,6 @@ def trained_looking(arch, seed: int = 0) -> nn.Sequential:
             nn.init.uniform_(m.weight, 0.5, 1.5)
             nn.init.uniform_(m.bias, -0.5, 0.5)
     return model
-
-
-def deploy(model: nn.Sequential) -> nn.Sequential:
-    """A deployed copy: BN folded into a conv it directly follows (torch's own fusion), other BNs
-    as in-place affines, ReLU in place, Dropout dropped."""
-    out: list[nn.Module] = []
-    for m in model:
-        if isinstance(m, nn.BatchNorm2d) and out and isinstance(out[-1], nn.Conv2d):
-            out[-1] = fuse_conv_bn_eval(out[-1], m)
-        elif isinstance(m, nn.BatchNorm2d):
-            out.append(Affine(m))
-        elif isinstance(m, nn.ReLU):
-            out.append(nn.ReLU(inplace=True))
-        elif not isinstance(m, nn.Dropout):
-            out.append(m)
-    return nn.Sequential(*out)
 
 
 def measured_peak(model: nn.Sequential, arch) -> int:
@@ -103,7 +73,9 @@ def measured_peak(model: nn.Sequential, arch) -> int:
 
 def measured_bytes(model: nn.Sequential) -> tuple[int, int]:
     """(int8, fp32) bytes of a deployed model's stored tensors; int8 quantises each conv's weights
-    per output channel for real, with an fp32 scale and an int32 bias per channel."""
+    per output channel for real, with an fp32 scale and an int32 bias (where it has one) per channel,
+    and a kept BatchNorm's scale and shift to int8 with one scale per tensor (excluded, as
+    per-tensor scales are). tests/test_deploy.py checks the same against a real int8 ONNX file."""
     int8 = fp32 = 0
     for m in model:
         tensors = [t for t in (*m.parameters(), *m.buffers()) if t is not None]
@@ -112,9 +84,10 @@ def measured_bytes(model: nn.Sequential) -> tuple[int, int]:
             w = m.weight.detach()
             scales = (w.abs().amax(dim=(1, 2, 3)) / 127).clamp_min(1e-12)
             q = torch.round(w / scales.view(-1, 1, 1, 1)).clamp(-127, 127).to(torch.int8)
-            bias = (m.bias.detach() if m.bias is not None else torch.zeros(w.shape[0])) / scales
-            kept = [q, scales.float(), bias.round().to(torch.int32)]
+            kept = [q, scales.float()] + ([(m.bias.detach() / scales).round().to(torch.int32)] if m.bias is not None else [])
             int8 += sum(t.numel() * t.element_size() for t in kept)
+        elif isinstance(m, Affine):
+            int8 += sum(torch.round(t / t.abs().max().clamp_min(1e-12) * 127).to(torch.int8).numel() for t in (m.scale, m.shift))
         else:
             int8 += sum(t.numel() * t.element_size() for t in tensors)
     return int8, fp32
@@ -137,13 +110,13 @@ def test_peak_activation_and_model_bytes_match_a_deployed_torch_copy():
     folded = 0
     for n, arch in enumerate([load_arch(SEED), *ARCHS[:100]]):
         model = trained_looking(arch, n)
-        deployed = deploy(model)
+        deployed_copy = deployed(model)
         x = torch.randn(2, *arch.input)
         with torch.no_grad():
-            assert torch.allclose(deployed(x.clone()), model(x), atol=1e-4, rtol=1e-4), arch  # the deployed copy is the same network
+            assert torch.allclose(deployed_copy(x.clone()), model(x), atol=1e-4, rtol=1e-4), arch  # the deployed copy is the same network
         c = costs(arch)
-        assert measured_peak(deployed, arch) == c.activation_int8 == c.activation_fp32 // 4, arch
-        assert measured_bytes(deployed) == (c.model_int8, c.model_fp32), arch
+        assert measured_peak(deployed_copy, arch) == c.activation_int8 == c.activation_fp32 // 4, arch
+        assert measured_bytes(deployed_copy) == (c.model_int8, c.model_fp32), arch
         folded += sum(s.folded for s in c.steps)
     assert folded > 30  # both BatchNorm orders were exercised
 
