@@ -10,11 +10,12 @@ from __future__ import annotations
 
 import math
 import random
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol, Sequence
 
-from nas.arch import BUILTIN, HEADS, MAX_CHANNELS, MAX_STRIDE, ORDERS, POOLS, Arch, Conv, Dropout, Head, Pool, classes, costs, input_shape, locate, read_toml
+from nas.arch import BUILTIN, HEADS, MAX_CHANNELS, MAX_STRIDE, ORDERS, POOLS, Arch, Conv, Costs, Dropout, Head, Pool, classes, costs, input_shape, locate, read_toml
 from nas.config import DEFAULT_EPOCHS, OPTIMIZERS, TrainConfig
 from nas.errors import SpecError
 from nas.resources import RESOURCES
@@ -259,6 +260,63 @@ def random_archs(space: Space, n: int, seed: int = 0) -> list[Arch]:
             return math.exp(rng.uniform(math.log(low), math.log(high))) if log else rng.uniform(low, high)
 
     return [sample(space, Draw())[0] for _ in range(n)]
+
+
+class _Corners:
+    """A chooser that walks every branch of the choices that shape an architecture's costs, taking
+    only the smallest of the rest (see `cheapest`). `prefix` fixes the first decisions; later
+    ones take their first option, and `options` records what each could have been."""
+
+    def __init__(self, prefix: list[Any]):
+        self.prefix, self.taken, self.options = prefix, [], []
+        self.values: dict[str, Any] = {}
+
+    def _pick(self, name: str, options: list[Any]) -> Any:
+        i = len(self.taken)
+        value = self.prefix[i] if i < len(self.prefix) else options[0]
+        self.taken.append(value)
+        self.options.append(options)
+        self.values[name] = value
+        return value
+
+    def suggest_categorical(self, name, choices):
+        choices = list(choices)
+        if re.fullmatch(r"s\d+_(c\d+|t)", name):  # channels: fewer never cost more
+            return self._pick(name, [min(choices)])
+        if name in ("pool", "dropout", "optimizer", "batch_size", "augment", "label_smoothing"):  # no effect on the costs
+            return self._pick(name, choices[:1])
+        return self._pick(name, choices)
+
+    def suggest_int(self, name, low, high):
+        stage = re.fullmatch(r"s(\d+)_blocks", name)
+        if stage and self.values.get(f"s{stage[1]}_padding") == "valid":  # unpadded blocks shrink later maps: try each
+            return self._pick(name, list(range(low, high + 1)))
+        return self._pick(name, [low])  # padded blocks only add
+
+    def suggest_float(self, name, low, high, *, log=False):
+        return self._pick(name, [low])
+
+
+def cheapest(space: Space) -> list[Costs]:
+    """The costs of the cheapest valid architectures of the space: for any valid architecture of
+    it, one of these costs no more in every resource (parameters, MACs, activations, model bytes).
+
+    Every cost grows with every channel count and with padded blocks, so those are taken at their
+    smallest; every other choice that shapes the costs (stages, kernel, BN/ReLU order, strides,
+    paddings, transitions, unpadded blocks, head) is walked in full. About a thousand
+    architectures for the default space, a fraction of a second."""
+    found, stack = [], [[]]
+    while stack:
+        prefix = stack.pop()
+        walk = _Corners(prefix)
+        arch, _ = sample(space, walk)
+        for i in range(len(prefix), len(walk.options)):
+            stack.extend(walk.taken[:i] + [other] for other in walk.options[i][1:])
+        try:
+            found.append(costs(arch))
+        except SpecError:
+            pass  # collapsed feature maps: not an architecture the search trains
+    return found
 
 
 def architecture_count(space: Space) -> int:

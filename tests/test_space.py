@@ -4,7 +4,8 @@ from optuna.trial import FixedTrial
 from nas.arch import Arch, Conv, Head, Pool, costs, load_arch, param_count
 from nas.errors import SpecError
 from nas.model import build, count_params
-from nas.space import architecture_count, describe, load_space, params_for, random_archs, sample
+from nas.resources import RESOURCES
+from nas.space import architecture_count, cheapest, describe, load_space, params_for, random_archs, sample
 from nas.train import TrainConfig
 
 from conftest import ROOT, SEED
@@ -115,3 +116,20 @@ def test_bad_space_files_name_key(tmp_path, edit, key):
     with pytest.raises(SpecError) as err:
         load_space(path)
     assert str(err.value).startswith(f"{path}: {key}: ")
+
+
+def test_the_cheapest_architectures_undercut_every_one_of_the_space():
+    """`cheapest` walks only the choices that can lower a cost; every valid random architecture
+    must cost at least as much as one of them in all four resources at once."""
+    space = load_space(SPACE)
+    corners = cheapest(space)
+    drawn = []
+    for arch in random_archs(space, 3000, seed=7):
+        try:
+            drawn.append(costs(arch))
+        except SpecError:
+            pass
+    assert drawn and corners
+    for c in drawn:
+        assert any(all(r.read(k) <= r.read(c) for r in RESOURCES) for k in corners), c
+    assert min(k.params for k in corners) == 450  # what `nas space show` samples as the minimum
