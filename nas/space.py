@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol, Sequence
 
-from nas.arch import BUILTIN, HEADS, MAX_CHANNELS, MAX_STRIDE, ORDERS, POOLS, Arch, Conv, Costs, Dropout, Head, Pool, classes, costs, input_shape, locate, read_toml
+from nas.arch import BUILTIN, HEADS, MAX_CHANNELS, MAX_STRIDE, ORDERS, POOLS, Arch, Conv, Costs, Dropout, Head, Pool, builtin_names, classes, costs, input_shape, locate, read_toml
 from nas.config import DEFAULT_EPOCHS, OPTIMIZERS, TrainConfig
 from nas.errors import SpecError
 from nas.resources import RESOURCES
@@ -147,8 +147,7 @@ DEFAULT_SPACE = BUILTIN / "mnist_fcn.toml"
 def read_space(path: str | Path) -> dict[str, Any]:
     """The raw content of a space file, or of a built-in space by name (e.g. mnist_fcn); a study
     stores this content, not the path."""
-    names = ", ".join(sorted(p.stem for p in BUILTIN.glob("*.toml")))
-    return read_toml(locate(path, BUILTIN), f"a search space .toml or a built-in one ({names})")
+    return read_toml(locate(path, BUILTIN, "search space"), f"a search space .toml or a built-in one ({builtin_names(BUILTIN)})")
 
 
 def load_space(path: str | Path) -> Space:

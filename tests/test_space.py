@@ -1,3 +1,5 @@
+from pathlib import Path
+
 import pytest
 from optuna.trial import FixedTrial
 
@@ -23,7 +25,7 @@ def test_seed_is_a_point_of_the_default_space():
 
 def test_variant_outside_the_space_is_refused():
     with pytest.raises(SpecError, match="not a point of search space"):
-        params_for(load_space(SPACE), load_arch(SEED.parent / "seed_9274_summary.toml"), TrainConfig())
+        params_for(load_space(SPACE), load_arch(Path(__file__).parent / "seed_9274_summary.toml"), TrainConfig())
 
 
 def test_sampled_architectures_build_and_count_right():
