@@ -41,7 +41,7 @@ from nas.summary import summary_table
 KNOWN_ATTRS = frozenset({
     "params", "receptive_field", "arch", "train_config", "device", "curve", "epoch_seconds", "train_seconds", "converged",
     "prune_reason", "would_prune_epoch", "fail_reason", "seed_arch", "val_accs", "duplicate_of", "engine", "retry_of", "retries",
-    "over_budget", "config_key", "worker", "recovered_from", *(r.attr for r in RESOURCES), *FP32_ATTRS.values(),
+    "over_budget", "config_key", "worker", "recovered_from", "resumed", *(r.attr for r in RESOURCES), *FP32_ATTRS.values(),
 })
 BARS = "▁▂▃▄▅▆▇█"
 
@@ -188,6 +188,9 @@ def _facts(t: FrozenTrial, settings: StudySettings) -> list[tuple[str, str]]:
         out.append(("seed network", f"`{a['seed_arch']}` (enqueued first: the hand-made starting point)"))
     if "retry_of" in a:
         out.append(("re-run of", f"trial {a['retry_of']} (interrupted or failed)"))
+    resumed = a.get("resumed")
+    if isinstance(resumed, dict) and "epoch" in resumed:
+        out.append(("resumed", f"after epoch {resumed['epoch']} from the checkpoint trial {resumed.get('from_trial', '?')} left (its epochs are in the curve)"))
     if "duplicate_of" in a:
         out.append(("same network and training as", f"trial {a['duplicate_of']}"))
     return out

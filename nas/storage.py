@@ -218,7 +218,7 @@ class Keeper:
     storage outage a keeper waits a grace period before reaping, so trials of workers that
     were merely cut off too are not failed by mistake."""
 
-    def __init__(self, study: optuna.Study, log: Callable[[str], None], on_reaped: Callable[[FrozenTrial], None] | None = None):
+    def __init__(self, study: optuna.Study, log: Callable[[str], None], on_reaped: Callable[[FrozenTrial, bool], None] | None = None):
         self.study, self.log, self.on_reaped = study, log, on_reaped
         self.backend = _unwrap(study._storage)
         self.trials: set[int] = set()
@@ -300,22 +300,26 @@ class Keeper:
             except UpdateFinishedTrialError:
                 continue  # another worker reaped it, or its own worker just finished it
             t = self.backend.get_trial(trial_id)
-            self.log(f"[trial {t.number}] FAILED: its worker stopped (no heartbeat for {GRACE_SECONDS} s); {retry(self.study, t)}")
+            retried = retry(self.study, t)
+            self.log(f"[trial {t.number}] FAILED: its worker stopped (no heartbeat for {GRACE_SECONDS} s); "
+                     + ("retried as a new trial" if retried else f"not retried: its configuration already lost {MAX_RETRIES} workers"))
             if self.on_reaped is not None:
-                self.on_reaped(t)
+                self.on_reaped(t, retried)
             reaped.append(trial_id)
         return reaped
 
 
-def retry(study: optuna.Study, t: FrozenTrial) -> str:
+def retry(study: optuna.Study, t: FrozenTrial, lost_worker: bool = True) -> bool:
     """Enqueue a clean copy of a trial that died with its worker (same parameters, none of its
-    attributes but where it came from); returns what was done, for the log."""
-    retries = t.user_attrs.get("retries", 0) + 1
+    attributes but where it came from); False when its configuration already lost MAX_RETRIES
+    workers. Only a lost worker counts toward that cap: an interrupt (Ctrl-C) is the user's
+    choice, not a fault of the configuration, and is retried however often it happens."""
+    retries = t.user_attrs.get("retries", 0) + lost_worker
     if retries > MAX_RETRIES:
-        return f"not retried: its configuration already lost {MAX_RETRIES} workers"
+        return False
     kept = {k: t.user_attrs[k] for k in _KEPT_ON_RETRY if k in t.user_attrs}
     study.enqueue_trial(t.params, user_attrs={**kept, "retry_of": t.number, "retries": retries}, skip_if_exists=False)
-    return "retried as a new trial"
+    return True
 
 
 def finished(trials: list[FrozenTrial]) -> int:

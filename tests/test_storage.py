@@ -139,7 +139,15 @@ def test_a_trial_that_never_beat_is_reaped_after_a_grace_period_seen(tmp_path, m
 def test_a_trial_is_retried_at_most_twice(tmp_path):
     study = optuna.create_study(storage=f"sqlite:///{tmp_path}/r.db")
     dead = optuna.trial.create_trial(state=TrialState.FAIL, user_attrs={"retries": 2})
-    assert "not retried" in st.retry(study, dead) and study.trials == []
+    assert not st.retry(study, dead) and study.trials == []
+
+
+def test_an_interrupt_does_not_use_up_the_retries(tmp_path):
+    """Three Ctrl-Cs during the seed trial once dropped the seed for good: an interrupt is no lost worker."""
+    study = optuna.create_study(storage=f"sqlite:///{tmp_path}/r.db")
+    interrupted = optuna.trial.create_trial(state=TrialState.FAIL, user_attrs={"retries": 2, "seed_arch": "seed_9274"})
+    assert st.retry(study, interrupted, lost_worker=False)
+    assert study.trials[0].user_attrs == {"retries": 2, "retry_of": interrupted.number, "seed_arch": "seed_9274"}
 
 
 def test_finished_counts_complete_pruned_and_unretried_failures():
