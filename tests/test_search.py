@@ -281,7 +281,9 @@ def test_the_estimate_hints_when_a_search_takes_hours():
 
     from nas.search import Objective
 
-    fake = SimpleNamespace(device="cpu", goal=50)
+    fake = SimpleNamespace(device="cpu", goal=50, left=None)
     slow, quick = Objective.estimate(fake, 60.0, 20), Objective.estimate(fake, 0.3, 20)
     assert "20m00s" in slow and "--train-size" in slow and "--device cuda" in slow
     assert "--train-size" not in quick and "0m06s" in quick
+    joining = Objective.estimate(SimpleNamespace(device="cpu", goal=20, left=5), 3.0, 20)  # a worker joining a study 15 trials in
+    assert "the 5 trials left at most 5m00s" in joining
