@@ -27,7 +27,7 @@ import optuna
 from optuna.trial import FrozenTrial, TrialState
 from optuna_dashboard._note import get_note_from_system_attrs, save_note_with_version
 
-from nas.analytics import ConvergenceRule, best_trial, counts, duration, pareto_front, study_settings
+from nas.analytics import ConvergenceRule, best_trial, count, counts, duration, pareto_front, study_settings
 from nas.arch import Arch, Conv, Dropout, Pool, arch_from_dict, arch_to_toml
 from nas.errors import SpecError
 from nas.resources import FP32_ATTRS, RESOURCES
@@ -111,7 +111,7 @@ def ending(t: FrozenTrial, settings: StudySettings) -> tuple[str, str]:
     n = settings.max_epochs
     if t.state == TrialState.COMPLETE:
         acc = t.values[0] if t.values else (curve[-1] if curve else float("nan"))
-        epochs = f"{len(curve)} epochs" if curve else "training"
+        epochs = count(len(curve), "epoch") if curve else "training"
         if a.get("converged", acc >= settings.target_accuracy):
             label, why = "converged", f"complete and converged: {pct(acc)} validation accuracy ≥ the {pct(settings.target_accuracy)} target after {epochs}"
         else:
@@ -143,7 +143,7 @@ def ending(t: FrozenTrial, settings: StudySettings) -> tuple[str, str]:
             return "failed (stale)", f"failed as stale by another worker (its own worker stopped answering): {str(reason).removeprefix('stale').lstrip(': ')}"
         return "failed", f"failed: {reason}"
     if t.state == TrialState.RUNNING:
-        return "running", f"running: {len(curve)} of {n} epochs so far"
+        return "running", f"running: {len(curve)} of {count(n, 'epoch')} so far"
     return "waiting", "waiting to run (enqueued)"
 
 
@@ -298,7 +298,7 @@ def study_note(study: optuna.Study) -> str:
     train, wall = time_spent(study)
     lines = [f"## Study `{study.study_name}`", "",
              f"The smallest fully convolutional network reaching {pct(settings.target_accuracy)} validation accuracy "
-             f"with at most {settings.max_params:,} parameters and {settings.max_epochs} epochs.", "",
+             f"with at most {settings.max_params:,} parameters and {count(settings.max_epochs, 'epoch')}.", "",
              f"**Trials:** {counts_line(study)}; {duration(train)} of training, {duration(wall)} wall-clock.", ""]
     best = best_trial(study)
     if best is not None:
