@@ -12,7 +12,7 @@ import sys
 from dataclasses import fields
 from enum import Enum
 from pathlib import Path
-from typing import Annotated, Any, Optional
+from typing import Annotated, Any, Callable, Optional
 
 import typer
 
@@ -64,7 +64,7 @@ TrainSize = Annotated[Optional[int], typer.Option(min=1, help="Train on the firs
 
 
 # Printed when Ctrl-C stops a command; the search sets its own (how long it ran, how to resume).
-_interrupted: list[Any] = [lambda: "interrupted"]
+_interrupted: list[Callable[[], str]] = [lambda: "interrupted"]
 PRINT_ONLY = ("summary", "space", "best", "report", "predict")  # stopped quietly by a closed pipe (nas best | head), as cat is
 
 
@@ -276,7 +276,7 @@ def _run_search(study_name: str, storage: str, settings: StudySettings | None, g
 
     start = time.time()
     say(f"study {study_name!r} in {masked(storage)}")
-    _interrupted[0] = lambda: f"interrupted after {analytics.elapsed(start)}; finished trials are kept: run the same command to resume"
+    _interrupted[0] = lambda: f"interrupted after {analytics.elapsed(start)}; run the same command to resume"  # short: one terminal line
     study = s.search(study_name, storage, settings, trials, timeout, run, given)
     say(f"done in {analytics.elapsed(start)}")
     say(analytics.summary(study))
@@ -442,7 +442,18 @@ def export(
         f"{m['params']:,} params; TorchScript via {m['torchscript']} taking pixels in [0, 1] (normalisation inside), verified in a fresh process; wrote {out}/")
 
 
-@app.command()
+class _ListArgument(typer.core.TyperCommand):
+    """Help names a repeatable argument by its metavar alone (`IMAGE`; the usage line says `{IMAGE}...`), without the
+    Python type recent typer adds to it (`<list[Path]>`)."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        for param in self.params:
+            if param.nargs == -1 and hasattr(param, "display_type_rich"):
+                param.display_type_rich = lambda ctx: None  # type: ignore[method-assign]
+
+
+@app.command(cls=_ListArgument)
 def predict(
     model: Annotated[Path, typer.Argument(dir_okay=False, help="Exported model.pt (TorchScript; it normalises inside).")],
     images: Annotated[list[Path], typer.Argument(metavar="IMAGE", help="PNG/JPEG images or IDX files of 28x28 digits; a dark digit on light paper is inverted first.")],

@@ -25,16 +25,15 @@ import torch
 from optuna.exceptions import UpdateFinishedTrialError
 from optuna.trial import FrozenTrial, TrialState
 
-from nas import interrupt, notes
+from nas import interrupt, notes, placement
 from nas import storage as st
 from nas.analytics import ConvergenceRule, best_trial, describe_trial, duration, study_settings
-from nas.checkpoints import Checkpoints
 from nas.arch import Arch, arch_to_json, costs, receptive_field
+from nas.checkpoints import Checkpoints
 from nas.config import MIN_UPDATES, TrainConfig
 from nas.data import Data, load_raw
 from nas.data import load as load_data
 from nas.errors import SpecError
-from nas import placement
 from nas.placement import Slot, plan_workers, visible_gpus, worker_cap
 from nas.resources import constraints, resource, trial_attrs, violations
 from nas.settings import StudySettings
@@ -150,7 +149,7 @@ class Objective:
 
     def fit(self, trial: optuna.Trial, arch: Arch, cfg: TrainConfig, n: int, key: str) -> list[float]:
         s, rule = self.settings, self.rule
-        resume, meta = self.resume(trial, key, cfg)
+        resume, meta = self.last_checkpoint(trial, key, cfg)
         curve: list[float] = []
         seconds: list[float] = []
 
@@ -218,7 +217,7 @@ class Objective:
         if self.progress is not None:
             self.progress(done, total)
 
-    def resume(self, trial: optuna.Trial, key: str, cfg: TrainConfig) -> tuple[Any, dict[str, Any]]:
+    def last_checkpoint(self, trial: optuna.Trial, key: str, cfg: TrainConfig) -> tuple[Any, dict[str, Any]]:
         """The checkpoint this configuration left when an earlier run of it was interrupted or its
         worker died (None if there is none or it was made for other data), and what a checkpoint
         of this run is made for."""

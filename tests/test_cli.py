@@ -225,3 +225,18 @@ def test_help_keeps_every_word():
         for param in cmd.params:
             for word in re.findall(r"[\w\[\]][^\s]*", param.help or ""):
                 assert word in shown, (name, param.name, word)
+
+
+def test_help_names_no_python_types_and_there_is_a_version():
+    import typer.main
+
+    from nas.cli import app
+
+    group = typer.main.get_command(app)
+    for name in [*group.commands, "space show"]:
+        shown = " ".join(nas(*name.split(), "--help").stdout.split())
+        assert "<list[" not in shown, (name, shown)
+        assert ("re-using one resumes it" in shown) == (name == "search"), (name, shown)  # only search makes or resumes a study
+    assert "more is pruned" not in nas("space", "show", "--help").stdout
+    r = nas("--version")
+    assert r.returncode == 0 and r.stdout.startswith("nas 0.") and "torch 2." in r.stdout
