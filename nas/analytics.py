@@ -242,6 +242,11 @@ def pruning_savings(study: optuna.Study) -> dict[str, Any]:
             "seconds_saved": saved, "saved_fraction": saved / total if total else 0.0, "flagged_but_converged": wrongly}
 
 
+def count(n: int, word: str) -> str:
+    """`1 epoch`, `3 epochs`, `1,000 trials`."""
+    return f"{n:,} {word}{'' if n == 1 else 's'}"
+
+
 def elapsed(start: float) -> str:
     return duration(time.time() - start)
 

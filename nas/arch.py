@@ -390,13 +390,21 @@ def arch_to_dict(arch: Arch) -> dict[str, Any]:
 BUILTIN = Path(__file__).resolve().parent / "search_spaces"  # shipped as package data
 
 
-def locate(name: str | Path, folder: Path) -> Path:
+def locate(name: str | Path, folder: Path, what: str) -> Path:
     """A file path as given, or else the built-in file of that name in `folder` (so `seed_9274`
-    or `mnist_fcn` work from any directory and in a non-editable install)."""
+    or `mnist_fcn` work from any directory and in a non-editable install); a bare name that is
+    neither is refused naming the built-in ones (`what`: "architecture", "search space")."""
     path = Path(name)
     if path.exists() or path.suffix or path.parent != Path("."):
         return path
-    return folder / f"{name}.toml"
+    builtin = folder / f"{name}.toml"
+    if not builtin.is_file():
+        raise SpecError(str(name), "file", f"no such file, and no built-in {what} of that name ({builtin_names(folder)}); give a .toml file")
+    return builtin
+
+
+def builtin_names(folder: Path) -> str:
+    return ", ".join(sorted(p.stem for p in folder.glob("*.toml")))
 
 
 def read_toml(path: Path, hint: str) -> dict[str, Any]:
@@ -419,9 +427,8 @@ def builtin_archs() -> list[Arch]:
 
 def load_arch(path: str | Path) -> Arch:
     """An architecture file, or a built-in seed by name (e.g. seed_9274)."""
-    found = locate(path, BUILTIN / "seeds")
-    names = ", ".join(sorted(p.stem for p in (BUILTIN / "seeds").glob("*.toml")))
-    return arch_from_dict(read_toml(found, f"an architecture .toml or a built-in one ({names})"), str(path))
+    found = locate(path, BUILTIN / "seeds", "architecture")
+    return arch_from_dict(read_toml(found, f"an architecture .toml or a built-in one ({builtin_names(BUILTIN / 'seeds')})"), str(path))
 
 
 def _toml_value(v: Any) -> str:

@@ -7,17 +7,19 @@ torch: heavy modules are imported inside the commands that need them.
 from __future__ import annotations
 
 import json
+import signal
 import sys
 from dataclasses import fields
 from enum import Enum
 from pathlib import Path
-from typing import Annotated, Any, Optional
+from typing import Annotated, Any, Callable, Optional
 
 import typer
 
 from nas.config import MIN_UPDATES, OPTIMIZERS, TrainConfig
 from nas.placement import DEFAULT_TRIALS_PER_GPU
 from nas.resources import NAMES as RESOURCE_NAMES
+from nas import interrupt
 from nas.errors import UsageError, UserError
 from nas.settings import OBJECTIVES, PRUNING_MODES, SAMPLERS, StudySettings
 
@@ -48,12 +50,13 @@ DataDir = Annotated[Optional[Path], typer.Option("--data-dir", envvar="NAS_DATA_
                                                  help="Folder with the MNIST IDX files (default: ~/.cache/nas/mnist, downloaded if missing).")]
 DeviceOpt = Annotated[Device, typer.Option("--device", help="Where to train.")]
 Storage = Annotated[str, typer.Option("--storage", envvar="NAS_STORAGE",
-                                      help="Optuna storage: sqlite:///FILE, postgresql+psycopg://USER@HOST/DB (many machines) or journal:///FILE.")]
-StudyName = Annotated[str, typer.Option("--study-name", "--study", help="Study name; re-using one resumes it.")]
+                                      help="Optuna storage: sqlite:///FILE (its folder is made if missing), postgresql+psycopg://USER@HOST/DB "
+                                           "(many machines; the password from ~/.pgpass or PGPASSWORD) or journal:///FILE.")]
+StudyName = Annotated[str, typer.Option("--study-name", "--study", help="The study to read.")]
 ValSize = Annotated[Optional[int], typer.Option(min=1, help=f"Training images held out for validation (default {_STUDY['val_size']:,}).")]
 MaxMacs = Annotated[Optional[int], typer.Option(min=1, help="Multiply-accumulates per image (convolutions): more is pruned before training (default: no limit).")]
-MaxActivationKB = Annotated[Optional[float], typer.Option(help="Peak int8 activation memory of one inference, in KB of 1,000 bytes (default: no limit).")]
-MaxModelKB = Annotated[Optional[float], typer.Option(help="Deployed int8 model size in KB of 1,000 bytes, BatchNorm folded (default: no limit).")]
+MaxActivationKB = Annotated[Optional[float], typer.Option(help="Peak int8 activation memory of one inference, in KB of 1,000 bytes: more is pruned before training (default: no limit).")]
+MaxModelKB = Annotated[Optional[float], typer.Option(help="Deployed int8 model size in KB of 1,000 bytes, BatchNorm folded: more is pruned before training (default: no limit).")]
 Artifacts = Annotated[Optional[Path], typer.Option(
     "--artifacts", envvar="NAS_ARTIFACTS", file_okay=False,
     help="Folder of the study's artifacts (architecture files, model cards) that the dashboard offers for download "
@@ -61,13 +64,43 @@ Artifacts = Annotated[Optional[Path], typer.Option(
 TrainSize = Annotated[Optional[int], typer.Option(min=1, help="Train on the first N of the remaining training images (default: all).")]
 
 
+# Printed when Ctrl-C stops a command; the search sets its own (how long it ran, how to resume).
+_interrupted: list[Callable[[], str]] = [lambda: "interrupted"]
+PRINT_ONLY = ("summary", "space", "best", "report", "predict")  # stopped quietly by a closed pipe (nas best | head), as cat is
+
+
 def say(message: str) -> None:
     print(message, flush=True)
 
 
 def epoch_line(e, epochs: int) -> str:
-    return (f"epoch {e.epoch:>3}/{epochs}  lr {e.lr:.4f}  train loss {e.train_loss:.4f}  "
+    return (f"epoch {e.epoch:>3}/{epochs}  mean lr {e.lr:.4f}  train loss {e.train_loss:.4f}  "
             f"val loss {e.val_loss:.4f}  val acc {100 * e.val_acc:6.2f} %  {e.seconds:6.2f} s")
+
+
+def _version(show: bool) -> None:
+    if show:
+        from importlib.metadata import PackageNotFoundError, version
+
+        import nas
+
+        def of(package: str) -> str:
+            try:
+                return version(package)
+            except PackageNotFoundError:
+                return "not installed"
+
+        say(f"nas {nas.__version__} (torch {of('torch')}, optuna {of('optuna')}, Python {sys.version.split()[0]})")
+        raise typer.Exit()
+
+
+@app.callback()
+def _options(
+    ctx: typer.Context,
+    version: Annotated[bool, typer.Option("--version", is_eager=True, callback=_version, help="Print the versions of nas, torch, optuna and Python, and exit.")] = False,
+) -> None:
+    if ctx.invoked_subcommand in PRINT_ONLY and hasattr(signal, "SIGPIPE"):
+        signal.signal(signal.SIGPIPE, signal.SIG_DFL)  # these only print: a reader that closed the pipe ends them silently
 
 
 @app.command()
@@ -81,13 +114,13 @@ def summary(arch: Annotated[str, typer.Argument(help="Architecture .toml file, o
 
 @app.command()
 def train(
-    arch: Annotated[str, typer.Argument(help="Architecture .toml file or built-in name; its train table, if any, sets the defaults.")],
+    arch: Annotated[str, typer.Argument(help="Architecture .toml file or built-in name; its train table, if any, sets the defaults of the options below.")],
     epochs: Annotated[Optional[int], typer.Option(min=1, help=f"Epochs (default {_TRAIN.epochs}).")] = None,
-    seed: Annotated[Optional[int], typer.Option(min=0, help="Random seed for initialisation, shuffling and augmentation.")] = None,
+    seed: Annotated[Optional[int], typer.Option(min=0, help=f"Random seed for initialisation, shuffling and augmentation (default {_TRAIN.seed}).")] = None,
     batch_size: Annotated[Optional[int], typer.Option(min=1, help=f"Batch size (default {_TRAIN.batch_size}; the learning rate scales with it).")] = None,
-    lr: Annotated[Optional[float], typer.Option(help="Peak learning rate at batch size 128 (must be positive).")] = None,
+    lr: Annotated[Optional[float], typer.Option(help=f"Peak learning rate at batch size 128, positive (default {_TRAIN.lr}).")] = None,
     optimizer: Annotated[Optional[Optimizer], typer.Option(help=f"Optimizer (default {_TRAIN.optimizer}).")] = None,
-    augment: Annotated[Optional[bool], typer.Option("--augment/--no-augment", help="Random small rotation/translation.")] = None,
+    augment: Annotated[Optional[bool], typer.Option("--augment/--no-augment", help=f"Random small rotation/translation (default {'on' if _TRAIN.augment else 'off'}).")] = None,
     val_size: ValSize = None,
     train_size: TrainSize = None,
     device: DeviceOpt = Device.auto,
@@ -102,6 +135,7 @@ def train(
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
     from nas import data as mnist
+    from nas.analytics import count
     from nas.arch import arch_to_toml, load_arch
     from nas.train import evaluate
     from nas.train import train as fit
@@ -113,11 +147,12 @@ def train(
     saved = ("state_dict.pt", "architecture.toml", "history.json")
     if out:
         _refuse_overwrite(out, saved, force)
+        _writable(out)
     dev = _device(device)
     splits = mnist.load(data_dir, dev, val_size=val_size or _STUDY["val_size"], train_size=train_size)
     cfg = asked if batch_size else asked.fitted(len(splits.train))
     if cfg.batch_size != asked.batch_size:
-        say(f"batch {asked.batch_size} halved to {cfg.batch_size}: {cfg.epochs} epochs of {len(splits.train):,} images must make {MIN_UPDATES} updates, "
+        say(f"batch {asked.batch_size} halved to {cfg.batch_size}: {count(cfg.epochs, 'epoch')} of {len(splits.train):,} images must make {MIN_UPDATES} updates, "
             "or a large batch diverges (pass --batch-size to choose)")
     say(f"{spec.name}: {len(spec.layers)} layers, training {len(splits.train):,} images, validating on {len(splits.val):,}, device {dev}")
     say(f"config: {json.dumps(cfg.to_dict())}")
@@ -128,7 +163,7 @@ def train(
             bar.console.print(epoch_line(e, cfg.epochs), highlight=False)
             bar.advance(task)
 
-        trained = fit(spec, splits, cfg, on_epoch=on_epoch)
+        trained = fit(spec, splits, cfg, on_epoch=on_epoch, on_progress=interrupt.check)
     model, history = trained.model(), trained.history
     test = mnist.load_test(data_dir, dev)
     test_loss, test_acc = evaluate(model, test)
@@ -147,10 +182,10 @@ def train(
 @space_app.command("show")
 def space_show(
     file: Annotated[str, typer.Argument(help="Search space .toml, or a built-in one by name.")] = "mnist_fcn",
-    max_params: Annotated[Optional[int], typer.Option(min=1, help="Also estimate the share of the space within this budget.")] = None,
-    max_macs: MaxMacs = None,
-    max_activation_kb: MaxActivationKB = None,
-    max_model_kb: MaxModelKB = None,
+    max_params: Annotated[Optional[int], typer.Option(min=1, help="Also estimate the share of the space within this many parameters.")] = None,
+    max_macs: Annotated[Optional[int], typer.Option(min=1, help="Also estimate the share within this many MACs per image.")] = None,
+    max_activation_kb: Annotated[Optional[float], typer.Option(help="Also estimate the share within this peak int8 activation memory (KB of 1,000 bytes).")] = None,
+    max_model_kb: Annotated[Optional[float], typer.Option(help="Also estimate the share within this int8 model size (KB of 1,000 bytes).")] = None,
 ) -> None:
     """Print a search space, its size and estimates of its parameters, MACs, activation memory and model size."""
     from nas.space import describe, load_space
@@ -167,10 +202,10 @@ def search(
     minimize: Annotated[Optional[Minimize], typer.Option(help="The resource the Pareto front minimises next to accuracy (default params).")] = None,
     max_epochs: Annotated[Optional[int], typer.Option(min=1, help=f"Epochs each trial trains for, at most (default {_STUDY['max_epochs']}).")] = None,
     target_accuracy: Annotated[Optional[float], typer.Option(max=1, help=f"Validation accuracy an architecture must reach (default {_STUDY['target_accuracy']}).")] = None,
-    objective: Annotated[Optional[Objective], typer.Option(help="pareto: maximise accuracy and minimise parameters; accuracy: accuracy under the budget (default pareto).")] = None,
+    objective: Annotated[Optional[Objective], typer.Option(help="pareto: maximise accuracy and minimise the --minimize resource; accuracy: accuracy under the budget (default pareto).")] = None,
     pruning: Annotated[Optional[Pruning], typer.Option(help="Convergence pruning: on, observe (record where it would prune, train on), off (default on).")] = None,
     space: Annotated[Optional[str], typer.Option(help="Search space file or built-in name (default mnist_fcn); the study stores its content.")] = None,
-    seed_arch: Annotated[Optional[list[str]], typer.Option("--seed-arch", help="Architecture enqueued first in a new study (repeatable; default seed_9274).")] = None,
+    seed_arch: Annotated[Optional[list[str]], typer.Option("--seed-arch", metavar="ARCH", help="Architecture enqueued first in a new study (repeatable; default seed_9274).")] = None,
     no_seed_arch: Annotated[bool, typer.Option("--no-seed-arch", help="Start a new study without seed architectures.")] = False,
     seed: Annotated[Optional[int], typer.Option(min=0, help="Seed the samplers and every trial's training derive from (default 0).")] = None,
     sampler: Annotated[Optional[Sampler], typer.Option(help=f"How trials are drawn: tpe, nsga2, gp (needs scipy), random, or evolution (mutations of the Pareto front) (default {_STUDY['sampler']}).")] = None,
@@ -179,9 +214,9 @@ def search(
     val_size: ValSize = None,
     trials: Annotated[Optional[int], typer.Option(min=1, help="Run until the study has this many finished trials (default 50 unless --timeout is given).")] = None,
     timeout: Annotated[Optional[float], typer.Option(min=1, help="Stop starting new trials after this many seconds.")] = None,
-    study_name: StudyName = "mnist",
+    study_name: Annotated[str, typer.Option("--study-name", "--study", help="Study name; re-using one resumes it.")] = "mnist",
     storage: Storage = DEFAULT_STORAGE,
-    workers: Annotated[Optional[int], typer.Option(min=1, help="Worker processes on this machine (default: one per GPU, or 1 on the CPU).")] = None,
+    workers: Annotated[Optional[int], typer.Option(min=1, help="Worker processes on this machine (default: one per GPU, or 1 on the CPU; at most one per core).")] = None,
     trials_per_gpu: Annotated[Optional[int], typer.Option(min=1, help=f"Trials each GPU trains at once, in one process on separate CUDA streams (default {DEFAULT_TRIALS_PER_GPU}).")] = None,
     device: DeviceOpt = Device.auto,
     data_dir: DataDir = None,
@@ -211,11 +246,11 @@ def search(
 
 @app.command()
 def worker(
-    study_name: StudyName = "mnist",
+    study_name: Annotated[str, typer.Option("--study-name", "--study", help="The study to join (made by nas search).")] = "mnist",
     storage: Storage = DEFAULT_STORAGE,
     trials: Annotated[Optional[int], typer.Option(min=1, help="Stop when the study has this many finished trials (default: the goal the study's `nas search --trials` set).")] = None,
     timeout: Annotated[Optional[float], typer.Option(min=1, help="Stop starting new trials after this many seconds.")] = None,
-    workers: Annotated[Optional[int], typer.Option(min=1, help="Worker processes on this machine (default: one per GPU, or 1 on the CPU).")] = None,
+    workers: Annotated[Optional[int], typer.Option(min=1, help="Worker processes on this machine (default: one per GPU, or 1 on the CPU; at most one per core).")] = None,
     trials_per_gpu: Annotated[Optional[int], typer.Option(min=1, help=f"Trials each GPU trains at once (default {DEFAULT_TRIALS_PER_GPU}).")] = None,
     device: DeviceOpt = Device.auto,
     data_dir: DataDir = None,
@@ -239,13 +274,12 @@ def _run_search(study_name: str, storage: str, settings: StudySettings | None, g
     from nas import analytics
     from nas import search as s
 
+    from nas.storage import masked
+
     start = time.time()
-    say(f"study {study_name!r} in {storage}")
-    try:
-        study = s.search(study_name, storage, settings, trials, timeout, run, given)
-    except KeyboardInterrupt:
-        say(f"interrupted after {analytics.elapsed(start)}: finished trials are saved in {storage}; run the same command to resume")
-        raise typer.Exit(130) from None
+    say(f"study {study_name!r} in {masked(storage)}")
+    _interrupted[0] = lambda: f"interrupted after {analytics.elapsed(start)}; run the same command to resume"  # short: one terminal line
+    study = s.search(study_name, storage, settings, trials, timeout, run, given)
     say(f"done in {analytics.elapsed(start)}")
     say(analytics.summary(study))
 
@@ -288,28 +322,52 @@ def dashboard(
     from nas import notes
     from nas import storage as st
 
-    backend = optuna.storages.get_storage(st.open_storage(st.parse(storage), create=False))
+    loc = st.parse(storage)
+    backend = optuna.storages.get_storage(st.open_storage(loc, create=False))
     names = [s.study_name for s in backend.get_all_studies()]
     if study_name is None and len(names) == 1:
         study_name = names[0]
     if study_name is not None and study_name not in names:
-        raise UsageError(f"{storage} has no study {study_name!r} (it has: {', '.join(names) or 'none'}); check --study or --storage")
+        raise UsageError(f"{loc.shown} has no study {study_name!r} (it has: {', '.join(names) or 'none'}); check --study or --storage")
+    _port_is_free(host, port)
     shown = socket.gethostname() if host in ("0.0.0.0", "::", "") else host
     url = notes.study_url(shown, port, backend.get_study_id_from_name(study_name)) if study_name else f"http://{shown}:{port}/dashboard"
     folder, store = notes.artifact_store_for(storage, artifacts)
-    say(f"optuna-dashboard for {storage}; artifacts: " + (str(folder) if folder else "none (give --artifacts DIR, the folder the workers upload to)"))
+    say(f"optuna-dashboard for {loc.shown}; artifacts: " + (str(folder) if folder else "none (give --artifacts DIR, the folder the workers upload to)"))
     say(f"study {study_name!r}: {url}" if study_name else f"studies {', '.join(names)}: {url}")
     say("Ctrl-C to stop")
     if open_browser:
         threading.Timer(1.0, webbrowser.open, [url]).start()
-    optuna_dashboard.run_server(backend, host=host, port=port, artifact_store=store)
+    _interrupted[0] = lambda: "dashboard stopped"
+    try:
+        optuna_dashboard.run_server(backend, host=host, port=port, artifact_store=store)
+    except OSError as e:  # taken between the check and now
+        raise UsageError(f"--port {port}: cannot listen on {host}:{port} ({e.strerror or e}); choose another --port") from None
+
+
+def _port_is_free(host: str, port: int) -> None:
+    """Refuse a port another server holds before printing a URL that would not answer (the
+    server itself reports it only after its "Listening on" line, as a traceback)."""
+    import socket
+
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    except OSError as e:
+        raise UsageError(f"--host {host}: not an address of this machine ({e.strerror or e}); give 127.0.0.1, or 0.0.0.0 for every interface") from None
+    family, kind, proto, _, address = infos[0]
+    with socket.socket(family, kind, proto) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as the server binds: a port in TIME_WAIT is free
+        try:
+            probe.bind(address)
+        except OSError as e:
+            raise UsageError(f"--port {port}: cannot listen on {host}:{port} ({e.strerror or e}; another nas dashboard?); choose another --port") from None
 
 
 @app.command()
 def report(
     study_name: StudyName = "mnist",
     storage: Storage = DEFAULT_STORAGE,
-    out: Annotated[Path, typer.Option(file_okay=False, help="Folder for trials.csv and report.html.")] = Path("runs/report"),
+    out: Annotated[Path, typer.Option(file_okay=False, help="Folder for trials.csv and report.html (made if missing; their earlier versions are replaced).")] = Path("runs/report"),
 ) -> None:
     """Write trials.csv and a self-contained report.html (Pareto front, history, importances, curves)."""
     from nas import analytics
@@ -317,6 +375,7 @@ def report(
     from nas.storage import load_study
 
     study = load_study(study_name, storage)
+    _writable(out)
     paths = write_report(study, out)
     say(analytics.summary(study))
     replays = rule_table(study)
@@ -330,7 +389,7 @@ def report(
 @app.command()
 def export(
     out: Annotated[Path, typer.Option(file_okay=False, help="Folder to write model.pt, model.onnx, model.int8.onnx, state_dict.pt, architecture.toml, metrics.json, README.md.")],
-    study_name: Annotated[Optional[str], typer.Option("--study-name", "--study", help="Export the best trial of this study.")] = None,
+    study_name: Annotated[Optional[str], typer.Option("--study-name", "--study", help="Export the best trial (or --trial N) of this study (default mnist, unless --arch is given).")] = None,
     storage: Storage = DEFAULT_STORAGE,
     trial: Annotated[Optional[int], typer.Option(min=0, help="Export this trial number instead of the best.")] = None,
     arch: Annotated[Optional[str], typer.Option(help="Export an architecture file (or built-in name) instead of a study's trial.")] = None,
@@ -345,12 +404,16 @@ def export(
     """Retrain the winner on all 60,000 training images, test it once, write it as TorchScript and ONNX (fp32 and int8)."""
     from nas import analytics
     from nas import export as ex
+    from nas.analytics import count
     from nas.arch import load_arch, param_count
     from nas.storage import load_study
 
-    if (arch is None) == (study_name is None):
-        raise UsageError("give either --study NAME (best or --trial N of a study) or --arch FILE")
+    if arch is not None and study_name is not None:
+        raise UsageError("give either --study NAME (best or --trial N of a study) or --arch FILE, not both")
+    if arch is None:
+        study_name = study_name or "mnist"
     _refuse_overwrite(out, ex.FILES, force)
+    _writable(out)
     if arch is not None:
         spec = load_arch(arch)
         source = ex.Source(spec, TrainConfig.from_dict(spec.train, str(arch)), {"study": None, "trial": None, "arch_file": str(arch)})
@@ -367,11 +430,11 @@ def export(
                 raise UsageError(f"study {study_name!r} has no complete trial number {trial}; see `nas report`")
             chosen = found[0]
         source = ex.from_trial(study, chosen)
-    say(f"exporting {source.arch.name}: {param_count(source.arch):,} params, {seeds} seed(s)")
+    say(f"exporting {source.arch.name}: {param_count(source.arch):,} params, {count(seeds, 'seed')}")
     try:
-        m = ex.export(source, out, str(data_dir) if data_dir else None, _device(device), seeds, epochs, log=say, train_size=train_size)
+        m = ex.export(source, out, str(data_dir) if data_dir else None, _device(device), seeds, epochs, log=say, train_size=train_size, on_progress=interrupt.check)
     except ex.ExportError as e:
-        say(f"error: {e}")
+        print(f"error: {e}", file=sys.stderr)
         raise typer.Exit(1) from None
     if study_name is not None:  # the study remembers its exports (report, study note) and offers their files for download
         from nas import notes
@@ -382,20 +445,31 @@ def export(
         f"verified in a fresh process; wrote {out}/")
 
 
-@app.command()
+class _ListArgument(typer.core.TyperCommand):
+    """Help names a repeatable argument by its metavar alone (`IMAGE`; the usage line says `{IMAGE}...`), without the
+    Python type recent typer adds to it (`<list[Path]>`)."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        for param in self.params:
+            if param.nargs == -1 and hasattr(param, "display_type_rich"):
+                param.display_type_rich = lambda ctx: None  # type: ignore[method-assign]
+
+
+@app.command(cls=_ListArgument)
 def predict(
     model: Annotated[Path, typer.Argument(dir_okay=False, help="Exported model.pt (TorchScript), model.onnx or model.int8.onnx (run by onnxruntime); they normalise inside.")],
-    images: Annotated[list[Path], typer.Argument(help="PNG/JPEG images or IDX files of 28x28 digits.")],
+    images: Annotated[list[Path], typer.Argument(metavar="IMAGE", help="PNG/JPEG images or IDX files of 28x28 digits; a dark digit on light paper is inverted first.")],
 ) -> None:
     """Print the digit an exported model sees in each image (fed as pixels in [0, 1], white on black)."""
     from nas.predict import classify, load_images, load_model
 
     pictures = [load_images(path) for path in images]  # every input is checked before any output
     net = load_model(model)
-    for path, picture in zip(images, pictures):
+    for path, (picture, inverted) in zip(images, pictures):
         digits, conf = classify(net, picture)
         for i, (d, c) in enumerate(zip(digits.tolist(), conf.tolist())):
-            say(f"{path}{f'[{i}]' if len(digits) > 1 else ''}: {d}  ({100 * c:.1f} %)")
+            say(f"{path}{f'[{i}]' if len(digits) > 1 else ''}: {d}  ({100 * c:.1f} %)" + ("  (dark on light: inverted to MNIST's white on black)" if inverted else ""))
 
 
 def _refuse_overwrite(out: Path, names: tuple[str, ...], force: bool) -> None:
@@ -407,19 +481,65 @@ def _refuse_overwrite(out: Path, names: tuple[str, ...], force: bool) -> None:
         raise UsageError(f"{out} already holds {', '.join(earlier)} from an earlier run; pass --force to overwrite, or choose another --out")
 
 
+def _writable(out: Path) -> None:
+    """Refuse an --out folder that cannot be made or written, before any work is done; a folder
+    made to find out is removed again (the command makes it when it writes)."""
+    import tempfile
+
+    made: list[Path] = []
+    try:
+        for folder in reversed((out, *out.parents)):
+            if not folder.exists():
+                folder.mkdir()
+                made.append(folder)
+        tempfile.TemporaryFile(dir=out).close()
+    except OSError as e:
+        raise UsageError(f"--out {out}: cannot write there ({e.strerror or e}); choose a writable folder") from None
+    finally:
+        for folder in reversed(made):
+            folder.rmdir()
+
+
 def _device(device: Device):
     from nas.train import resolve_device
 
     return resolve_device(device.value)
 
 
+def _error(e: BaseException) -> str | None:
+    """A command-line mistake typer (click) caught, as one line; None for anything else. Named
+    by duck type: typer vendors its own copy of click in recent versions."""
+    if not (hasattr(e, "format_message") and hasattr(e, "exit_code")) or type(e).__name__ in ("Exit", "Abort"):
+        return None
+    ctx = getattr(e, "ctx", None)
+    return e.format_message() + (f" (see {ctx.command_path} --help)" if ctx is not None else "")
+
+
 def main() -> None:
-    """Entry point: known errors become one line on stderr (exit 2), never a traceback."""
-    try:
-        app()
-    except UserError as e:
-        print(f"error: {e}", file=sys.stderr)
-        sys.exit(2)
-    except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
-        sys.exit(130)
+    """Entry point: a mistake the user can fix is one line on stderr (`error: ...`, exit 2),
+    never a traceback; Ctrl-C is one line (exit 130)."""
+    code: int = 0
+    with interrupt.catching():
+        try:
+            code = app(standalone_mode=False, prog_name="nas") or 0
+        except UserError as e:
+            print(f"error: {e}", file=sys.stderr)
+            code = 2
+        except KeyboardInterrupt:
+            code = 130
+        except Exception as e:  # noqa: BLE001 - typer's own usage errors, whatever its version calls them
+            line = _error(e)
+            if type(e).__name__ == "NoArgsIsHelpError":  # `nas` alone: the help, as click shows it
+                print(e.format_message(), file=sys.stderr)
+                code = 2
+            elif line is not None:
+                print(f"error: {line}", file=sys.stderr)
+                code = 2
+            elif type(e).__name__ == "Abort":  # click's word for a Ctrl-C
+                code = 130
+            else:
+                raise
+        if code == 130 or interrupt.happened():  # typer turns a Ctrl-C into exit code 130 without a word
+            print(_interrupted[0](), file=sys.stderr)
+            code = 130
+    sys.exit(code)

@@ -8,9 +8,12 @@ The shipped models take pixels as people have them (float in [0, 1], white digit
 from __future__ import annotations
 
 import json
+import os
 import platform
+import shutil
 import subprocess
 import sys
+import tempfile
 import time
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -26,6 +29,8 @@ from nas.arch import Arch, arch_to_toml, costs, param_count, receptive_field
 from nas.resources import trial_attrs
 from nas.data import MEAN, STD, Data, Split, load_full_train, load_raw, load_test
 from nas.predict import pixels
+from nas.analytics import count
+from nas.settings import MNIST_TRAIN_IMAGES
 from nas.summary import batchnorm_line, summary_table
 from nas.config import TrainConfig
 from nas.model import deployed
@@ -93,11 +98,14 @@ def to_torchscript(model: torch.nn.Module, example: torch.Tensor) -> tuple[torch
 
 def verify(model_path: Path, x: torch.Tensor, expected: torch.Tensor, workdir: Path) -> torch.Tensor:
     """Load model_path in a fresh, isolated Python process without nas, feed it `x` (raw pixels)
-    and check its logits match `expected` (the trained network on normalised images)."""
+    and check its logits match `expected` (the trained network on normalised images). The
+    process runs in `workdir`, so every path it is given is absolute (a relative --out once
+    failed here after the whole retraining)."""
+    workdir = workdir.resolve()
     inputs, outputs = workdir / ".verify_inputs.pt", workdir / ".verify_outputs.pt"
     torch.save(x, inputs)
     try:
-        run = subprocess.run([sys.executable, "-I", "-c", _VERIFY, str(model_path), str(inputs), str(outputs)], capture_output=True, text=True, cwd=workdir)
+        run = subprocess.run([sys.executable, "-I", "-c", _VERIFY, str(model_path.resolve()), str(inputs), str(outputs)], capture_output=True, text=True, cwd=workdir)
         if run.returncode != 0:
             raise ExportError(f"the exported model could not be loaded in a fresh process: {run.stderr.strip().splitlines()[-1]}")
         logits = torch.load(outputs)
@@ -118,11 +126,32 @@ def export(
     epochs: int | None = None,
     log: Callable[[str], None] = print,
     train_size: int | None = None,
+    on_progress: Callable[[int, int], None] | None = None,
 ) -> dict[str, Any]:
     """Retrain with `seeds` seeds on the full training set, all at once as one packed network;
     ship seed 0's model (choosing by test accuracy would leak the test set into the choice).
-    Returns what metrics.json holds."""
+    Returns what metrics.json holds.
+
+    The files are written to a hidden folder inside `out` and moved into place only once the
+    model is verified: a failed or interrupted export leaves `out` as it was."""
+    made = not out.exists()
     out.mkdir(parents=True, exist_ok=True)
+    stage = Path(tempfile.mkdtemp(prefix=".export-", dir=out))
+    try:
+        metrics = _export(source, stage, data_dir, device, seeds, epochs, log, train_size, on_progress)
+        for name in FILES:
+            os.replace(stage / name, out / name)
+    except BaseException:
+        if made:
+            shutil.rmtree(out, ignore_errors=True)
+        raise
+    finally:
+        shutil.rmtree(stage, ignore_errors=True)
+    return metrics
+
+
+def _export(source: Source, out: Path, data_dir: str | None, device: torch.device, seeds: int, epochs: int | None,
+            log: Callable[[str], None], train_size: int | None, on_progress: Callable[[int, int], None] | None) -> dict[str, Any]:
     full = load_full_train(data_dir, device)
     if train_size is not None:  # smoke runs and tests only
         full = Split(full.x[:train_size], full.y[:train_size])
@@ -132,7 +161,7 @@ def export(
     cfg0 = replace(source.cfg, seed=0, epochs=epochs or source.cfg.epochs).fitted(len(full))
     start = time.perf_counter()
     # The seeds train at once as one packed network (nas.model); copy k is what seed k gives alone.
-    trained = train(source.arch, data, cfg0, on_epoch=lambda e: log(_line(e, cfg0.epochs, seeds)), seeds=seeds)
+    trained = train(source.arch, data, cfg0, on_epoch=lambda e: log(_line(e, cfg0.epochs, seeds)), seeds=seeds, on_progress=on_progress)
     seconds = time.perf_counter() - start
     runs = []
     for k, seed in enumerate(trained.seeds):
@@ -224,7 +253,7 @@ def ship_onnx(net: nn.Module, out: Path, raw: torch.Tensor, labels: torch.Tensor
 
 def _line(e: Epoch, epochs: int, seeds: int) -> str:
     loss = f"train loss {e.train_loss:.4f}" + (f" (mean of {seeds} seeds)" if seeds > 1 else "")
-    return f"epoch {e.epoch:>3}/{epochs}  lr {e.lr:.4f}  {loss}  {e.seconds:6.2f} s"
+    return f"epoch {e.epoch:>3}/{epochs}  mean lr {e.lr:.4f}  {loss}  {e.seconds:6.2f} s"
 
 
 def _bytes(f: dict[str, Any]) -> str:
@@ -258,6 +287,8 @@ take the same input as `model.pt`. {batchnorm}. `model.int8.onnx` is
 def model_card(arch: Arch, m: dict[str, Any]) -> str:
     origin = f"study `{m['study']}`, trial {m['trial']}" if m.get("study") else "an architecture file"
     seeds = ", ".join(f"{100 * r['test_acc']:.2f} %" for r in m["seeds"])
+    n = m["train_images"]
+    images = f"all {n:,} training images" if n == MNIST_TRAIN_IMAGES else f"the first {n:,} of the {MNIST_TRAIN_IMAGES:,} training images (a smoke run)"
     c = costs(arch)
     return f"""# {arch.name}
 
@@ -267,8 +298,8 @@ receptive field {m['receptive_field']} px, no fully connected layer.
 | | |
 |---|---|
 | test accuracy of `model.pt` (seed 0) | {100 * m['test_acc']:.2f} % |
-| over {len(m['seeds'])} seed(s) | mean {100 * m['test_acc_mean']:.2f} %, range {100 * m['test_acc_min']:.2f}-{100 * m['test_acc_max']:.2f} % ({seeds}) |
-| training | {m['epochs']} epochs on all {m['train_images']:,} training images, {m['train_seconds']:.0f} s on {m['device']} |
+| over {count(len(m['seeds']), 'seed')} | mean {100 * m['test_acc_mean']:.2f} %, range {100 * m['test_acc_min']:.2f}-{100 * m['test_acc_max']:.2f} % ({seeds}) |
+| training | {count(m['epochs'], 'epoch')} on {images}, {m['train_seconds']:.0f} s on {m['device']} |
 | search validation accuracy | {'n/a' if m.get('search_val_acc') is None else f"{100 * m['search_val_acc']:.2f} %"} |
 | MACs per image | {c.macs:,} |
 | peak activation memory | {c.activation_int8:,} B at int8, {c.activation_fp32:,} B at fp32 |

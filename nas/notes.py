@@ -27,7 +27,7 @@ import optuna
 from optuna.trial import FrozenTrial, TrialState
 from optuna_dashboard._note import get_note_from_system_attrs, save_note_with_version
 
-from nas.analytics import ConvergenceRule, best_trial, counts, duration, pareto_front, study_settings
+from nas.analytics import ConvergenceRule, best_trial, count, counts, duration, pareto_front, study_settings
 from nas.arch import CONVS, Arch, Conv, Dropout, Pool, arch_from_dict, arch_to_toml
 from nas.errors import SpecError
 from nas.resources import FP32_ATTRS, RESOURCES
@@ -41,7 +41,7 @@ from nas.summary import summary_table
 KNOWN_ATTRS = frozenset({
     "params", "receptive_field", "arch", "train_config", "device", "curve", "epoch_seconds", "train_seconds", "converged",
     "prune_reason", "would_prune_epoch", "would_stop_epoch", "fail_reason", "seed_arch", "val_accs", "duplicate_of", "engine", "retry_of", "retries",
-    "over_budget", "config_key", "worker", "recovered_from", *(r.attr for r in RESOURCES), *FP32_ATTRS.values(),
+    "over_budget", "config_key", "worker", "recovered_from", "resumed", *(r.attr for r in RESOURCES), *FP32_ATTRS.values(),
 })
 BARS = "▁▂▃▄▅▆▇█"
 
@@ -113,7 +113,7 @@ def ending(t: FrozenTrial, settings: StudySettings) -> tuple[str, str]:
     n = settings.max_epochs
     if t.state == TrialState.COMPLETE:
         acc = t.values[0] if t.values else (curve[-1] if curve else float("nan"))
-        epochs = f"{len(curve)} epochs" if curve else "training"
+        epochs = count(len(curve), "epoch") if curve else "training"
         if a.get("converged", acc >= settings.target_accuracy):
             label, why = "converged", f"complete and converged: {pct(acc)} validation accuracy ≥ the {pct(settings.target_accuracy)} target after {epochs}"
         else:
@@ -149,7 +149,7 @@ def ending(t: FrozenTrial, settings: StudySettings) -> tuple[str, str]:
             return "failed (stale)", f"failed as stale by another worker (its own worker stopped answering): {str(reason).removeprefix('stale').lstrip(': ')}"
         return "failed", f"failed: {reason}"
     if t.state == TrialState.RUNNING:
-        return "running", f"running: {len(curve)} of {n} epochs so far"
+        return "running", f"running: {len(curve)} of {count(n, 'epoch')} so far"
     return "waiting", "waiting to run (enqueued)"
 
 
@@ -194,6 +194,9 @@ def _facts(t: FrozenTrial, settings: StudySettings) -> list[tuple[str, str]]:
         out.append(("seed network", f"`{a['seed_arch']}` (enqueued first: the hand-made starting point)"))
     if "retry_of" in a:
         out.append(("re-run of", f"trial {a['retry_of']} (interrupted or failed)"))
+    resumed = a.get("resumed")
+    if isinstance(resumed, dict) and "epoch" in resumed:
+        out.append(("resumed", f"after epoch {resumed['epoch']} from the checkpoint trial {resumed.get('from_trial', '?')} left (its epochs are in the curve)"))
     if "duplicate_of" in a:
         out.append(("same network and training as", f"trial {a['duplicate_of']}"))
     return out
@@ -301,7 +304,7 @@ def study_note(study: optuna.Study) -> str:
     train, wall = time_spent(study)
     lines = [f"## Study `{study.study_name}`", "",
              f"The smallest fully convolutional network reaching {pct(settings.target_accuracy)} validation accuracy "
-             f"with at most {settings.max_params:,} parameters and {settings.max_epochs} epochs.", "",
+             f"with at most {settings.max_params:,} parameters and {count(settings.max_epochs, 'epoch')}.", "",
              f"**Trials:** {counts_line(study)}; {duration(train)} of training, {duration(wall)} wall-clock.", ""]
     best = best_trial(study)
     if best is not None:

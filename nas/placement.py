@@ -44,6 +44,37 @@ def visible_gpus(count: int, environ: Mapping[str, str] | None = None) -> list[s
     return [str(i) for i in range(count)]
 
 
+def cores() -> int:
+    """The CPU cores this process may run on (a container or taskset may allow fewer than the machine has)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1
+
+
+def worker_cap(gpus: int, trials_per_gpu: int | None = None, cpus: int | None = None) -> tuple[int, str]:
+    """The most worker processes worth starting on this machine, and what sets that number: each
+    needs a CPU core, and on GPUs more processes than the GPUs' concurrent trials only wait for
+    their turn. (64 workers on 2 cores once ran for minutes without starting a trial.)"""
+    n = max(1, cpus if cpus is not None else cores())
+    why = f"{n} CPU core{'s' if n != 1 else ''}"
+    slots = gpus * (trials_per_gpu or DEFAULT_TRIALS_PER_GPU)
+    if gpus and slots < n:
+        return slots, f"{gpus} GPU{'s' if gpus != 1 else ''} x {trials_per_gpu or DEFAULT_TRIALS_PER_GPU} trials at a time"
+    return n, why
+
+
+def describe(slots: Sequence[Slot]) -> str:
+    """The plan in a few words, however many workers it has."""
+    if all(x.gpu is None for x in slots):
+        threads = slots[0].threads
+        return f"{len(slots)} worker{'s' if len(slots) != 1 else ''} on the CPU, {threads} thread{'s' if threads != 1 else ''}{' each' if len(slots) > 1 else ''}"
+    per: dict[str, list[Slot]] = {}
+    for x in slots:
+        per.setdefault(str(x.gpu), []).append(x)
+    return "; ".join(f"GPU {g}: {sum(x.trials for x in xs)} trials at a time in {len(xs)} worker{'s' if len(xs) != 1 else ''}" for g, xs in per.items())
+
+
 def plan_workers(gpus: int | Sequence[str], workers: int | None = None, trials_per_gpu: int | None = None,
                  cpus: int | None = None) -> list[Slot]:
     """The worker processes to start.
@@ -52,16 +83,15 @@ def plan_workers(gpus: int | Sequence[str], workers: int | None = None, trials_p
     workers: processes to start (default: one per GPU, or one on the CPU). Workers are spread over
     the GPUs in turn, and the trials_per_gpu concurrent trials of a GPU (default
     DEFAULT_TRIALS_PER_GPU) are shared among the workers on it, at least one each.
-    cpus: CPU cores to share (default os.cpu_count()).
+    cpus: CPU cores to share (default: the cores this process may run on).
     """
     ids = [str(i) for i in range(gpus)] if isinstance(gpus, int) else [str(g) for g in gpus]
     if workers is not None and workers < 1:
         raise ValueError(f"workers must be at least 1 (got {workers})")
     if trials_per_gpu is not None and trials_per_gpu < 1:
         raise ValueError(f"trials per GPU must be at least 1 (got {trials_per_gpu})")
-    cores = max(1, cpus if cpus is not None else os.cpu_count() or 1)
     n = workers or max(1, len(ids))
-    threads = max(1, cores // n)
+    threads = max(1, max(1, cpus if cpus is not None else cores()) // n)
     if not ids:
         # CUDA_VISIBLE_DEVICES="" keeps a CPU worker off any GPU a CPU run was asked for.
         return [Slot(w, None, 1, threads, {"CUDA_VISIBLE_DEVICES": "", "OMP_NUM_THREADS": str(threads)}) for w in range(n)]

@@ -13,10 +13,12 @@ from nas.errors import DataError, UsageError
 IDX_MAGIC = b"\x00\x00\x08"
 
 
-def load_images(path: Path, size: int = 28) -> torch.Tensor:
-    """uint8 [N, size, size]: an IDX file gives all its images, a picture gives one, turned
-    into a white digit on black (MNIST's polarity). Other sizes are refused, not resized: a
-    squashed or blown-up picture would be classified without a word of warning."""
+def load_images(path: Path, size: int = 28) -> tuple[torch.Tensor, bool]:
+    """(uint8 [N, size, size], whether it was inverted): an IDX file gives all its images, a
+    picture gives one, turned into a white digit on black (MNIST's polarity) when it is mostly
+    light. Other sizes are refused, not resized: a squashed or blown-up picture would be
+    classified without a word of warning."""
+    inverted = False
     if not path.is_file():
         raise DataError(f"{path}: no such file")
     head = path.read_bytes()[:4]
@@ -36,11 +38,11 @@ def load_images(path: Path, size: int = 28) -> torch.Tensor:
         except (UnidentifiedImageError, OSError) as e:
             raise DataError(f"{path}: not a PNG/JPEG image or IDX file ({e})") from None
         if images.float().mean() > 127:  # dark digit on light paper: invert
-            images = 255 - images
+            images, inverted = 255 - images, True
     if images.shape[1:] != (size, size):
         h, w = images.shape[1:]
         raise DataError(f"{path}: the image is {w}x{h} pixels; the model classifies {size}x{size} digits as MNIST draws them: crop or scale it to {size}x{size} first")
-    return images
+    return images, inverted
 
 
 class OnnxModel:

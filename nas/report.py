@@ -16,7 +16,7 @@ import optuna
 import plotly.graph_objects as go
 from optuna.trial import FrozenTrial, TrialState
 
-from nas.analytics import ConvergenceRule, best_trial, duration, minimized, pareto_front, pareto_replays, pruning_savings, rule_replays, study_settings
+from nas.analytics import ConvergenceRule, best_trial, count, duration, minimized, pareto_front, pareto_replays, pruning_savings, rule_replays, study_settings
 from nas.notes import arch_line, counts_line, ending, pct, settings_rows, time_spent, trial_arch
 from nas.resources import FP32_ATTRS, RESOURCES
 from nas.summary import summary_table
@@ -186,7 +186,7 @@ def _facts_html(study: optuna.Study) -> str:
     for e in study.user_attrs.get("exports", []):
         spread = f"; mean {pct(e['test_acc_mean'])} over {e['seeds']} seeds ({pct(e['test_acc_min'])}-{pct(e['test_acc_max'])})" if e.get("seeds", 1) > 1 else ""
         rows.append(("exported model", _esc(f"trial {e.get('trial')}: {pct(e['test_acc'])} test accuracy (model.pt, seed 0){spread}, "
-                                            f"{e.get('epochs', '?')} epochs on {e.get('train_images', 0):,} images; {e.get('out', '')} ({e.get('when', '')})")))
+                                            f"{count(e['epochs'], 'epoch') if 'epochs' in e else '? epochs'} on {e.get('train_images', 0):,} images; {e.get('out', '')} ({e.get('when', '')})")))
     table = "<table class=facts>" + "".join(f"<tr><th>{k}</th><td>{v}</td></tr>" for k, v in rows) + "</table>"
     if best is not None and (arch := trial_arch(best)) is not None:
         table += f"<details open><summary>Layers of the best architecture (trial {best.number})</summary><pre>{_esc(summary_table(arch))}</pre></details>"

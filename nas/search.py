@@ -24,22 +24,25 @@ import torch
 from optuna.exceptions import UpdateFinishedTrialError
 from optuna.trial import FrozenTrial, TrialState
 
-from nas import notes
+from nas import interrupt, notes, placement
 from nas import storage as st
 from nas.analytics import ConvergenceRule, ParetoRule, best_trial, describe_trial, duration, peers_at, study_settings
 from nas.arch import Arch, Costs, arch_to_json, costs, receptive_field
+from nas.checkpoints import Checkpoints
 from nas.config import MIN_UPDATES, TrainConfig
 from nas.data import Data, load_raw
 from nas.data import load as load_data
 from nas.errors import SpecError
-from nas.placement import Slot, plan_workers, visible_gpus
+from nas.placement import Slot, plan_workers, visible_gpus, worker_cap
 from nas.resources import constraints, resource, trial_attrs, violations
 from nas.samplers import make_sampler
 from nas.settings import StudySettings
 from nas.space import point_key, sample
-from nas.train import Diverged, Epoch, RestartWorker, resolve_device, train
+from nas.train import CHECKPOINT_SECONDS, Diverged, Epoch, RestartWorker, resolve_device, train
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
+# Seconds between a trial's checkpoints; NAS_CHECKPOINT_SECONDS shortens it for tests.
+CHECKPOINT_EVERY = float(os.environ.get("NAS_CHECKPOINT_SECONDS", CHECKPOINT_SECONDS))
 
 Log = Callable[[str], None]
 EXEC: Callable[[str, list[str]], Any] = os.execv  # how a worker process restarts (RestartWorker); a test records it instead
@@ -65,8 +68,10 @@ def sampler_seed(seed: int, worker: int) -> int:
 class Objective:
     """One trial from sampling to its values; raises optuna.TrialPruned to prune."""
 
-    def __init__(self, settings: StudySettings, data: Data, device: torch.device, log: Log, artifacts: Any = None):
+    def __init__(self, settings: StudySettings, data: Data, device: torch.device, log: Log, artifacts: Any = None,
+                 checkpoints: Checkpoints | None = None):
         self.settings, self.data, self.device, self.log, self.artifacts = settings, data, device, log, artifacts
+        self.checkpoints = checkpoints
         self.space = settings.parsed_space
         self.rule = ConvergenceRule.of(settings)
         self.pareto_rule = ParetoRule.of(settings)
@@ -77,6 +82,7 @@ class Objective:
         self.told_fit = False  # whether the log said that batches are fitted to the training set
         self.goal: int | None = None  # trials the study should reach, for that estimate
         self.restart: threading.Event | None = None  # set when this worker process is about to restart: trials stop at their next epoch
+        self.left: int | None = None  # of which were not finished when this worker started
 
     def __call__(self, trial: optuna.Trial) -> Any:
         s = self.settings
@@ -110,7 +116,7 @@ class Objective:
         same = self.finished_twin(trial, key)
         if same is not None:
             return self.reuse(trial, same)
-        curve = self.fit(trial, arch, cfg, c)
+        curve = self.fit(trial, arch, cfg, c, key)
         trial.set_user_attr("converged", curve[-1] >= s.target_accuracy)
         return (curve[-1], self.minimized.read(c)) if self.pareto else curve[-1]
 
@@ -139,8 +145,9 @@ class Objective:
             raise optuna.TrialPruned(f"as trial {same.number}")
         return tuple(same.values) if self.pareto else same.values[0]
 
-    def fit(self, trial: optuna.Trial, arch: Arch, cfg: TrainConfig, c: Costs) -> list[float]:
+    def fit(self, trial: optuna.Trial, arch: Arch, cfg: TrainConfig, c: Costs, key: str) -> list[float]:
         s, rule, n = self.settings, self.rule, c.params
+        resume, meta = self.last_checkpoint(trial, key, cfg)
         curve: list[float] = []
         seconds: list[float] = []
 
@@ -149,23 +156,14 @@ class Objective:
             trial.set_user_attr("epoch_seconds", seconds)
             trial.set_user_attr("train_seconds", sum(seconds))
 
-        def on_epoch(e: Epoch) -> None:
-            if self.restart is not None and self.restart.is_set():
-                raise RestartWorker("another trial of this worker process asked for a restart")
+        def add(e: Epoch) -> None:
             curve.append(e.val_acc)
             seconds.append(e.seconds)
-            try:  # live progress for the dashboard; `record` runs again, reliably, when the trial ends
-                record()
-                if not self.pareto:
-                    trial.report(e.val_acc, e.epoch)
-            except Exception as err:  # noqa: BLE001
-                if not st.transient(err):
-                    raise
-            self.log(f"[trial {trial.number}] {n:,} params  epoch {e.epoch:>2}/{cfg.epochs}  val acc {100 * e.val_acc:6.2f} %  loss {e.train_loss:.4f}  "
-                     f"{e.seconds:5.1f} s  ({duration(sum(seconds))} so far)")
-            if self.first_epoch is None:
-                self.first_epoch = e.seconds
-                self.log(self.estimate(e.seconds, cfg.epochs))
+            if not self.pareto:
+                trial.report(e.val_acc, e.epoch)
+
+        def judge(e: Epoch) -> None:
+            """Prune the trial if it is not on course for the target (or, observing, say where it would have been)."""
             if s.pruning != "off" and rule.should_prune(e.epoch, e.val_acc) and "would_prune_epoch" not in trial.user_attrs:
                 trial.set_user_attr("would_prune_epoch", e.epoch)
                 if s.pruning == "on":
@@ -176,9 +174,35 @@ class Objective:
             if s.pruning != "off" and e.epoch in self.pareto_rule.rungs and "would_stop_epoch" not in trial.user_attrs:
                 self.pareto_stop(trial, e, self.minimized.read(c))
 
+        for e in resume.history if resume else ():  # the epochs the checkpoint holds, as they were judged then
+            add(e)
+            judge(e)
+
+        def on_epoch(e: Epoch) -> None:
+            if self.restart is not None and self.restart.is_set():
+                raise RestartWorker("another trial of this worker process asked for a restart")
+            try:  # live progress for the dashboard; `record` runs again, reliably, when the trial ends
+                add(e)
+                record()
+            except Exception as err:  # noqa: BLE001
+                if not st.transient(err):
+                    raise
+            self.log(f"[trial {trial.number}] {n:,} params  epoch {e.epoch:>2}/{cfg.epochs}  val acc {100 * e.val_acc:6.2f} %  loss {e.train_loss:.4f}  "
+                     f"{e.seconds:5.1f} s  ({duration(sum(seconds))} so far)")
+            if self.first_epoch is None:
+                self.first_epoch = e.seconds
+                self.log(self.estimate(e.seconds, cfg.epochs))
+            judge(e)
+
+        def keep(ckpt) -> None:  # a checkpoint that cannot be written costs only a longer resume
+            quietly(lambda: self.checkpoints.save(key, ckpt, {**meta, "trial": trial.number}), self.log, "writing a checkpoint")
+
         try:
-            trained = train(arch, self.data, cfg, on_epoch, seeds=s.seeds_per_trial, on_progress=self.progress)
+            trained = train(arch, self.data, cfg, on_epoch, seeds=s.seeds_per_trial, on_progress=self.on_step, resume=resume,
+                            on_checkpoint=keep if self.checkpoints else None, checkpoint_seconds=CHECKPOINT_EVERY)
         finally:
+            if self.progress is not None:
+                self.progress.close()  # an interrupted epoch's bar is not drawn again under the last line
             if curve:
                 st.persist(record, self.log, "recording the learning curve")
         trial.set_user_attr("engine", trained.engine)  # e.g. why a CUDA graph could not be captured
@@ -204,13 +228,36 @@ class Objective:
             self.log(f"[trial {trial.number}] STOPPED {why}")
             raise optuna.TrialPruned(f"Pareto rule at epoch {e.epoch}")
 
+    def on_step(self, done: int, total: int) -> None:
+        interrupt.check()  # a Ctrl-C swallowed where it landed stops the trial here
+        if self.progress is not None:
+            self.progress(done, total)
+
+    def last_checkpoint(self, trial: optuna.Trial, key: str, cfg: TrainConfig) -> tuple[Any, dict[str, Any]]:
+        """The checkpoint this configuration left when an earlier run of it was interrupted or its
+        worker died (None if there is none or it was made for other data), and what a checkpoint
+        of this run is made for."""
+        meta = {"device": self.device.type, "train": len(self.data.train), "val": len(self.data.val), "epochs": cfg.epochs, "seeds": self.settings.seeds_per_trial}
+        if self.checkpoints is None:
+            return None, meta
+        found = self.checkpoints.load(key, meta)
+        if found.checkpoint is None:
+            if found.problem:
+                self.log(f"[trial {trial.number}] a checkpoint of this configuration is not used ({found.problem}); training from the start")
+            return None, meta
+        epoch = found.checkpoint.epoch
+        trial.set_user_attr("resumed", {"epoch": epoch, "from_trial": found.trial})
+        self.log(f"[trial {trial.number}] resuming after epoch {epoch}/{cfg.epochs} from the checkpoint trial {found.trial} left")
+        return found.checkpoint, meta
+
     def estimate(self, epoch_seconds: float, epochs: int) -> str:
         """What the first epoch on this device says about the whole search, with a hint when it is hours."""
         trial = epoch_seconds * epochs
         line = f"the first epoch took {epoch_seconds:.1f} s on {self.device}: a {epochs}-epoch trial takes about {duration(trial)}"
-        if self.goal:
-            line += f", {self.goal} trials at most {duration(trial * self.goal)} (pruned trials take less)"
-            if trial * self.goal > 3600:
+        left = self.left if self.left is not None else self.goal
+        if left:
+            line += f", the {left} trial{'s' if left != 1 else ''} left at most {duration(trial * left)} (pruned trials take less)"
+            if trial * left > 3600:
                 line += "; for a quicker search train on fewer images (--train-size 10000), for fewer epochs (--max-epochs 5), or on a GPU (--device cuda)"
         return line
 
@@ -240,8 +287,13 @@ class EpochBar:
             self.bar.start()
         self.bar.update(self.task, completed=done, total=total)
         if done >= total:
+            self.close()
+
+    def close(self) -> None:
+        """Take the bar off the terminal (at an epoch's end, or when training stops midway)."""
+        if self.bar is not None:
             self.bar.stop()
-            self.bar, self.began = None, None
+        self.bar, self.began = None, None
 
 
 def quietly(action: Callable[[], Any], log: Log, what: str) -> None:
@@ -266,20 +318,24 @@ class Worker:
     trials per GPU), each with its own sampler."""
 
     def __init__(self, name: str, loc: st.Location, study: optuna.Study, data: Data, device: torch.device, keeper: st.Keeper, log: Log,
-                 artifacts: Any = None, restart: threading.Event | None = None):
-        self.loc, self.keeper, self.log = loc, keeper, log
+                 artifacts: Any = None, checkpoints: Checkpoints | None = None, restart: threading.Event | None = None):
+        self.loc, self.keeper, self.log, self.checkpoints = loc, keeper, log, checkpoints
         self.restart = restart or threading.Event()  # shared by the Workers of a process
         self.study = optuna.load_study(study_name=name, storage=study._storage)
         self.settings = study_settings(self.study)
         number = st.next_worker(self.study, loc)
         self.study.sampler = make_sampler(self.settings.sampler, sampler_seed(self.settings.seed, number), self.settings)
-        self.objective = Objective(self.settings, data, device, log, artifacts)
+        self.objective = Objective(self.settings, data, device, log, artifacts, checkpoints)
         self.objective.restart = self.restart
         self.current: optuna.Trial | None = None
 
     def run(self, goal: int | None, deadline: float | None) -> None:
         self.objective.goal = goal or st.persist(lambda: self.study.user_attrs.get("trials_goal"), self.log, "reading the study")
+        if self.objective.goal:
+            done = st.persist(lambda: st.finished(self.study.get_trials(deepcopy=False)), self.log, "reading the study")
+            self.objective.left = max(0, self.objective.goal - done)
         while (deadline is None or time.time() < deadline) and not self.restart.is_set():
+            interrupt.check()
             trial = st.persist(lambda: self.next_trial(goal), self.log, "starting a trial")
             if trial is None:
                 return
@@ -305,10 +361,11 @@ class Worker:
                     return None
                 if done + sum(t.state == TrialState.RUNNING for t in trials) >= goal:
                     return False
-            trial = self.study.ask()
-            self.keeper.track(trial._trial_id)
-            with contextlib.suppress(Exception):  # for review only; a trial once asked for must be run
-                trial.set_user_attr("worker", st.worker_name())
+            with interrupt.held():  # a trial once asked for is run, or recorded as interrupted
+                trial = self.study.ask()
+                self.keeper.track(trial._trial_id)
+                with contextlib.suppress(Exception):  # for review only
+                    trial.set_user_attr("worker", st.worker_name())
             return trial
 
     def run_trial(self, trial: optuna.Trial) -> None:
@@ -323,7 +380,7 @@ class Worker:
         except RestartWorker as e:
             self.restart.set()
             self.log(f"[trial {trial.number}] stopped and enqueued again: {e}")
-            self.requeue(trial, f"its worker restarted: {e}", counted=False)
+            self.requeue(trial, f"its worker restarted: {e}", lost_worker=False)
             return
         except UpdateFinishedTrialError:  # this worker was cut off for longer than the grace: the trial is failed, its retry enqueued
             self.log(f"[trial {trial.number}] was failed as stale by another worker while it ran; its retry runs it again")
@@ -331,37 +388,43 @@ class Worker:
         except Exception as e:  # noqa: BLE001 - a failing trial is recorded and the search goes on
             if self.restart.is_set():  # the process's GPU state is suspect: not the trial's fault
                 self.log(f"[trial {trial.number}] stopped and enqueued again while its worker restarts ({fail_reason(e)})")
-                self.requeue(trial, f"its worker restarted: {fail_reason(e)}", counted=False)
+                self.requeue(trial, f"its worker restarted: {fail_reason(e)}", lost_worker=False)
                 return
             state, again = TrialState.FAIL, st.transient(e)  # the storage went away mid-trial: run it again
             reason = f"storage unreachable: {st.cause(e)}" if again else fail_reason(e)
             self.log(f"[trial {trial.number}] FAILED: {reason}{'; it will be retried' if again else ''}")
             st.persist(lambda: trial.set_user_attr("fail_reason", reason), self.log, "recording a failure")
-        self.tell(trial, values, state)
-        if again:
-            st.persist(lambda: st.retry(self.study, self.study._storage.get_trial(trial._trial_id)), self.log, "enqueuing a retry")
+        with interrupt.held():  # a finished trial's result is stored whole, even if Ctrl-C comes now
+            t = self.tell(trial, values, state)
+            if again:
+                st.persist(lambda: st.retry(self.study, self.study._storage.get_trial(trial._trial_id)), self.log, "enqueuing a retry")
+            elif self.checkpoints is not None and t is not None and "config_key" in t.user_attrs:
+                quietly(lambda: self.checkpoints.remove(t.user_attrs["config_key"]), self.log, "removing the checkpoint")
+        if t is not None:
+            self.review(t)
 
-    def tell(self, trial: optuna.Trial, values: Any, state: TrialState) -> None:
+    def tell(self, trial: optuna.Trial, values: Any, state: TrialState) -> FrozenTrial | None:
         """Store the result, waiting out a storage outage; if another worker failed the trial as
-        stale meanwhile, the result is kept as a new trial rather than lost."""
+        stale meanwhile, the result is kept as a new trial rather than lost. Returns the trial as
+        stored (None when it went to another trial)."""
         try:
             st.persist(lambda: self.study.tell(trial, values, state=state), self.log, "storing a result")
         except (ValueError, UpdateFinishedTrialError):
             frozen = self.study._storage.get_trial(trial._trial_id)
             if state == TrialState.FAIL or frozen.state != TrialState.FAIL:
-                return
+                return None
             recovered = optuna.trial.create_trial(state=state, values=values if values is None or isinstance(values, (list, tuple)) else [values],
                                                   params=frozen.params, distributions=frozen.distributions,
                                                   user_attrs={**{k: v for k, v in frozen.user_attrs.items() if k != "fail_reason"}, "recovered_from": frozen.number})
             st.persist(lambda: self.study.add_trial(recovered), self.log, "storing a recovered result")
             self.log(f"[trial {trial.number}] was failed as stale while it ran; its result is kept as a new trial")
-            return
+            return None
         t = st.persist(lambda: self.study._storage.get_trial(trial._trial_id), self.log, "reading the result")
         if state == TrialState.COMPLETE:
             best = st.persist(lambda: best_trial(self.study), self.log, "reading the best trial")
             self.log(f"[trial {t.number}] COMPLETE {100 * t.values[0]:.2f} % val acc, {t.user_attrs['params']:,} params, "
                      f"{t.user_attrs.get('train_seconds', 0):.0f} s; best so far: {describe_trial(best, self.objective.minimized) if best else 'none meets the target yet'}")
-        self.review(t)
+        return t
 
     def review(self, t: FrozenTrial) -> None:
         """The dashboard's notes: the trial's own, and the study's (one writer at a time, under
@@ -375,19 +438,22 @@ class Worker:
         quietly(study_note, self.log, "writing the study note")
 
     def interrupted(self, trial: optuna.Trial) -> None:
-        """Ctrl-C: record the trial as failed and enqueue it again, so a resumed search runs it first."""
-        self.requeue(trial, "interrupted (Ctrl-C)")
+        """Ctrl-C: record the trial as failed and enqueue it again (an interrupt is no lost worker:
+        it does not count toward the retry cap), so a resumed search runs it first, from its last
+        checkpoint."""
+        self.requeue(trial, "interrupted (Ctrl-C)", lost_worker=False)
 
-    def requeue(self, trial: optuna.Trial, reason: str, counted: bool = True) -> None:
+    def requeue(self, trial: optuna.Trial, reason: str, lost_worker: bool = True) -> None:
         """Record a trial this process stops as failed and enqueue a clean copy to run first;
-        `counted=False` when the trial did nothing wrong (a restarting worker), so it does not use
-        up the retries of its configuration (nas.storage.MAX_RETRIES)."""
-        try:
-            trial.set_user_attr("fail_reason", reason)
-            self.study.tell(trial, state=TrialState.FAIL)
-            st.retry(self.study, self.study._storage.get_trial(trial._trial_id), counted=counted)
-        except Exception:  # noqa: BLE001 - stopping must not fail; the reaper retries a trial left RUNNING
-            pass
+        `lost_worker=False` when the trial did nothing wrong (an interrupt, a restarting worker), so
+        it does not use up the retries of its configuration (nas.storage.MAX_RETRIES)."""
+        with interrupt.held():
+            try:
+                trial.set_user_attr("fail_reason", reason)
+                self.study.tell(trial, state=TrialState.FAIL)
+                st.retry(self.study, self.study._storage.get_trial(trial._trial_id), lost_worker=lost_worker)
+            except Exception:  # noqa: BLE001 - stopping must not fail; the reaper retries a trial left RUNNING
+                pass
 
 
 def work(name: str, url: str, run: Run, goal: int | None, deadline: float | None, slot: Slot | None = None, prefix: str = "") -> None:
@@ -403,11 +469,18 @@ def work(name: str, url: str, run: Run, goal: int | None, deadline: float | None
     settings = study_settings(study)
     device = resolve_device(run.device)
     data = load_data(run.data_dir, device, val_size=settings.val_size, train_size=settings.train_size)
-    artifacts = notes.artifact_store_for(url, run.artifacts)[1]
-    reaped = lambda t: quietly(lambda: notes.save_trial_note(study, t), log, "writing the trial note")  # noqa: E731
+    folder, artifacts = notes.artifact_store_for(url, run.artifacts)
+    checkpoints = Checkpoints.of(url, name, folder)
+
+    def reaped(t: FrozenTrial, retried: bool) -> None:
+        quietly(lambda: notes.save_trial_note(study, t), log, "writing the trial note")
+        if not retried and "config_key" in t.user_attrs:  # the configuration is given up: so is its checkpoint
+            quietly(lambda: checkpoints.remove(t.user_attrs["config_key"]), log, "removing the checkpoint")
+
     restart = threading.Event()
-    with st.Keeper(study, log, reaped) as keeper:
-        workers = [st.persist(lambda: Worker(name, loc, study, data, device, keeper, log, artifacts, restart), log, "starting a worker") for _ in range(threads)]
+    with st.Keeper(study, log, reaped) as keeper, interrupt.catching():
+        workers = [st.persist(lambda: Worker(name, loc, study, data, device, keeper, log, artifacts, checkpoints, restart), log, "starting a worker")
+                   for _ in range(threads)]
         if threads == 1:
             if sys.stdout.isatty():
                 workers[0].objective.progress = EpochBar()
@@ -463,12 +536,19 @@ def _work_entry(args: tuple) -> None:
         pass
 
 
-def plan(run: Run) -> list[Slot]:
+def plan(run: Run, log: Log = print) -> list[Slot]:
     """This machine's worker processes (nas.placement): one per GPU running several trials at
-    once, or on the CPU --workers processes (default 1) sharing the cores."""
+    once, or on the CPU --workers processes (default 1) sharing the cores; more than the machine
+    can run at once are not started, and the log says so."""
     device = resolve_device(run.device)
     gpus = visible_gpus(torch.cuda.device_count()) if device.type == "cuda" else []
-    return plan_workers(gpus, run.workers, run.trials_per_gpu)
+    workers = run.workers
+    if workers is not None:
+        cap, why = worker_cap(len(gpus), run.trials_per_gpu)
+        if workers > cap:
+            log(f"warning: --workers {workers} is more than this machine runs at once ({why}); starting {cap}")
+            workers = cap
+    return plan_workers(gpus, workers, run.trials_per_gpu)
 
 
 def search(name: str, url: str, settings: StudySettings | None, trials: int | None, timeout: float | None, run: Run = Run(),
@@ -478,17 +558,21 @@ def search(name: str, url: str, settings: StudySettings | None, trials: int | No
 
     Everything that can be wrong with the input is checked before the study is touched, so a
     failed start leaves nothing behind."""
-    st.parse(url)
-    slots = plan(run)
+    loc = st.parse(url)
+    if settings is not None:
+        settings.check_reachable()
+    slots = plan(run, lambda line: print(line, flush=True))
     load_raw(run.data_dir, "train")  # missing or corrupt data fails here, before any study exists
+    new_folder = loc.path is not None and not loc.path.parent.exists()
     study = st.open_study(name, url, settings, given)
+    if new_folder:
+        print(f"created the folder {loc.path.parent}/ for the study storage", flush=True)
     if trials is not None and settings is not None:
         study.set_user_attr("trials_goal", trials)
     s, done = study_settings(study), st.finished(study.get_trials(deepcopy=False))
     goal = trials or study.user_attrs.get("trials_goal")
-    where = ", ".join(f"worker {x.worker}: {f'GPU {x.gpu}, {x.trials} trials at a time' if x.gpu is not None else f'CPU, {x.threads} threads'}" for x in slots)
     print(f"budget {s.max_params:,} params, {s.max_epochs} epochs, target {100 * s.target_accuracy:.2f} % val acc, objective {s.objective}; "
-          f"{done} trial(s) finished so far{f', running until {goal}' if goal else ''}; {where}", flush=True)
+          f"{done} finished so far{f', running until {goal}' if goal else ''}; {placement.describe(slots)}", flush=True)
     deadline = time.time() + timeout if timeout else None
     if len(slots) == 1:  # in this process (its first GPU is the slot's)
         work(name, url, run, trials, deadline, slots[0])

@@ -18,7 +18,7 @@ from nas.config import DEFAULT_EPOCHS, TrainConfig
 from nas.errors import SpecError
 from nas.resources import NAMES as RESOURCE_NAMES
 from nas.resources import RESOURCES, violations
-from nas.space import DEFAULT_SPACE, Space, params_for, read_space, space_from_dict
+from nas.space import DEFAULT_SPACE, Space, cheapest, params_for, read_space, space_from_dict
 
 PRUNING_MODES = ("on", "observe", "off")
 SAMPLERS = ("tpe", "nsga2", "gp", "random", "evolution")  # made by nas.samplers.make_sampler
@@ -141,6 +141,26 @@ class StudySettings:
             out.append(params_for(self.parsed_space, arch, cfg, where))
         return out
 
+    def check_reachable(self) -> None:
+        """Refuse budgets that no architecture of the space meets: every trial would be pruned
+        before training, and the search would end saying "search longer" (nas.space.cheapest
+        finds the space's cheapest architectures exactly, in a fraction of a second)."""
+        limits = [(r, r.limit(self)) for r in RESOURCES if r.limit(self) is not None]
+        corners = cheapest(self.parsed_space)
+        if any(all(r.read(c) <= limit for r, limit in limits) for c in corners):
+            return
+        name = self.parsed_space.name
+        if not corners:
+            raise SpecError(f"search space {name}", "architecture", "every architecture of it collapses the feature map; give it more padding or fewer stages")
+        least = {r.name: min(r.read(c) for c in corners) for r, _ in limits}
+        alone = [(r, limit) for r, limit in limits if least[r.name] > limit]  # limits no architecture meets even by itself
+        named = alone or limits
+        given = " and ".join(f"{r.flag} {getattr(self, r.setting):g}" for r, _ in named)
+        smallest = "; ".join(f"{r.label} {r.format(least[r.name])}" for r, _ in named)
+        within = "this limit" if len(named) == 1 else "these limits" if alone else "these limits at once"
+        raise SpecError("settings", given, f"no architecture of search space {name} is within {within} (its smallest: {smallest}); "
+                                           f"raise {'it' if len(named) == 1 else 'them'}, or search a space with smaller choices (nas space show prints its ranges)")
+
     def to_dict(self) -> dict[str, Any]:
         out = {f.name: getattr(self, f.name) for f in fields(self)}
         out["seed_archs"] = list(self.seed_archs)
@@ -155,21 +175,28 @@ class StudySettings:
         return cls(**data)
 
     def reconcile(self, given: dict[str, Any], study: str) -> None:
-        """Refuse flags that disagree with these (stored) settings, naming both values."""
+        """Refuse flags that disagree with these (stored) settings, naming every one with both values."""
+        were, now = [], []
         for key, value in given.items():
             stored = getattr(self, key)
             if stored == value:
                 continue
             if key == "space":
-                were, now = f"search space {stored.get('name')!r}", f"a search space whose content differs ({value.get('name')!r})"
+                were.append(f"search space {stored.get('name')!r}")
+                now.append(f"a search space whose content differs ({value.get('name')!r})")
             elif key == "seed_archs":
-                were, now = f"seed architectures {[a.get('name') for a in stored]}", f"{[a.get('name') for a in value]}"
+                were.append(f"seed architectures {[a.get('name') for a in stored]}")
+                now.append(f"seed architectures {[a.get('name') for a in value]}")
             else:
-                were, now = f"{flag(key)} {stored}", str(value)
-            raise SettingsMismatch(
-                f"study {study!r}", flag(key),
-                f"the study was created with {were}, this run asks for {now}; drop {flag(key)} to resume with the stored "
-                f"settings, or start a new study with --study-name NEW")
+                were.append(f"{flag(key)} {stored}")
+                now.append(f"{flag(key)} {value}")
+        if not were:
+            return
+        keys = [flag(k) for k, v in given.items() if getattr(self, k) != v]
+        raise SettingsMismatch(
+            f"study {study!r}", ", ".join(keys),
+            f"the study was created with {', '.join(were)}; this run asks for {', '.join(now)}. Drop {' and '.join(keys)} to resume with the stored "
+            f"settings, or start a new study with --study-name NEW")
 
 
 def rung_epochs(fractions: tuple[float, ...], max_epochs: int) -> tuple[int, ...]:

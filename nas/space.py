@@ -9,6 +9,7 @@ inverse: it proves the seed is a point of the space and gives the parameters to 
 from __future__ import annotations
 
 import hashlib
+import itertools
 import json
 import math
 import random
@@ -16,7 +17,8 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Protocol, Sequence
 
-from nas.arch import BUILTIN, CONVS, arch_to_json, HEADS, MAX_CHANNELS, MAX_STRIDE, ORDERS, POOLS, Arch, Conv, Dropout, Head, Pool, SepConv, classes, costs, input_shape, locate, read_toml
+from nas.arch import (BUILTIN, CONVS, HEADS, MAX_CHANNELS, MAX_STRIDE, ORDERS, POOLS, Arch, Conv, Costs, Dropout, Head, Pool, SepConv, arch_to_json,
+                      builtin_names, classes, costs, input_shape, locate, plan, read_toml, step_costs)
 from nas.config import DEFAULT_EPOCHS, OPTIMIZERS, TrainConfig
 from nas.errors import SpecError
 from nas.resources import RESOURCES
@@ -174,8 +176,7 @@ DEFAULT_SPACE = BUILTIN / "mnist_fcn.toml"
 def read_space(path: str | Path) -> dict[str, Any]:
     """The raw content of a space file, or of a built-in space by name (e.g. mnist_fcn); a study
     stores this content, not the path."""
-    names = ", ".join(sorted(p.stem for p in BUILTIN.glob("*.toml")))
-    return read_toml(locate(path, BUILTIN), f"a search space .toml or a built-in one ({names})")
+    return read_toml(locate(path, BUILTIN, "search space"), f"a search space .toml or a built-in one ({builtin_names(BUILTIN)})")
 
 
 def load_space(path: str | Path) -> Space:
@@ -220,24 +221,33 @@ def genome(space: Space, trial: Chooser) -> dict[str, Any]:
     return g
 
 
+def _block(g: dict[str, Any], i: int, j: int, after_a_conv: bool) -> Conv | SepConv:
+    """Block j of stage i as the genome says: a 1x1 conv, a separable or a full kxk conv (the
+    network's first conv is never separable)."""
+    kernel, order, bias = g["kernel"], g["order"], g["bias"]
+    pad, out, stride = kernel // 2 if g[f"s{i}_padding"] == "same" else 0, g[f"s{i}_c{j}"], g[f"s{i}_stride"] if j == 1 else 1
+    if j > 1 and g[f"s{i}_pw{j}"]:
+        return Conv(out, kernel=1, padding=0, order=order, bias=bias)
+    if g[f"s{i}_sep"] and after_a_conv:
+        return SepConv(out, kernel=kernel, padding=pad, order=order, bias=bias, stride=stride, dw_relu=g["dw_relu"])
+    return Conv(out, kernel=kernel, padding=pad, order=order, stride=stride, bias=bias)
+
+
+def _head(g: dict[str, Any]) -> Head:
+    return Head("conv_gap", g["head_kernel"], bias=g["bias"]) if g["head"] == "conv_gap" else Head("gap_conv", bias=g["bias"])
+
+
 def decode(space: Space, g: dict[str, Any], epochs: int = DEFAULT_EPOCHS) -> tuple[Arch, TrainConfig]:
     """The architecture and training settings a genome stands for (the Arch may still be invalid
     or too big)."""
-    kernel, order, dropout, bias = g["kernel"], g["order"], g["dropout"], g["bias"]
+    dropout = g["dropout"]
     where = g["dropout_at"] if dropout > 0 else None
     layers: list[Any] = []
     for i in range(1, g["stages"] + 1):
-        pad, stride = kernel // 2 if g[f"s{i}_padding"] == "same" else 0, g[f"s{i}_stride"]
         if g[f"s{i}_transition"]:
-            layers.append(Conv(g[f"s{i}_t"], kernel=1, padding=0, order=order, bias=bias))
+            layers.append(Conv(g[f"s{i}_t"], kernel=1, padding=0, order=g["order"], bias=g["bias"]))
         for j in range(1, g[f"s{i}_blocks"] + 1):
-            out, first = g[f"s{i}_c{j}"], stride if j == 1 else 1
-            if j > 1 and g[f"s{i}_pw{j}"]:
-                layers.append(Conv(out, kernel=1, padding=0, order=order, bias=bias))
-            elif g[f"s{i}_sep"] and any(isinstance(layer, CONVS) for layer in layers):
-                layers.append(SepConv(out, kernel=kernel, padding=pad, order=order, bias=bias, stride=first, dw_relu=g["dw_relu"]))
-            else:
-                layers.append(Conv(out, kernel=kernel, padding=pad, order=order, stride=first, bias=bias))
+            layers.append(_block(g, i, j, any(isinstance(layer, CONVS) for layer in layers)))
             if where == "block":
                 layers.append(Dropout(dropout))
         if i < g["stages"]:
@@ -246,10 +256,9 @@ def decode(space: Space, g: dict[str, Any], epochs: int = DEFAULT_EPOCHS) -> tup
                 layers.append(Dropout(dropout))
     last = max(n for n, layer in enumerate(layers) if isinstance(layer, CONVS))
     layers[last] = replace(layers[last], bn=g["final_bn"])
-    head = Head("conv_gap", g["head_kernel"], bias=bias) if g["head"] == "conv_gap" else Head("gap_conv", bias=bias)
     cfg = TrainConfig(epochs=epochs, optimizer=g["optimizer"], lr=g[f"lr_{g['optimizer']}"], batch_size=g["batch_size"],
                       augment=g["augment"], label_smoothing=g["label_smoothing"], **{k: g[k] for k in OPTIONAL_TRAINING})
-    return Arch(layers=layers, head=head, input=space.input, classes=space.classes), cfg
+    return Arch(layers=layers, head=_head(g), input=space.input, classes=space.classes), cfg
 
 
 def sample(space: Space, trial: Chooser, epochs: int = DEFAULT_EPOCHS) -> tuple[Arch, TrainConfig]:
@@ -346,6 +355,83 @@ def random_archs(space: Space, n: int, seed: int = 0) -> list[Arch]:
             return self.drawn.setdefault(name, math.exp(rng.uniform(math.log(low), math.log(high))) if log else rng.uniform(low, high))
 
     return [sample(space, Draw())[0] for _ in range(n)]
+
+
+_Vector = tuple[int, int, int, int]  # params, MACs, int8 model bytes, peak activation elements
+
+
+def _prefix(layers: list[Any], space: Space) -> tuple[tuple[int, ...], _Vector] | None:
+    """The output shape and costs of the first layers of a network (None if its map collapses)."""
+    arch = Arch(layers=layers, head=Head("gap_conv", bias=False), input=space.input, classes=space.classes)
+    try:
+        steps, per = plan(arch)[:-3], step_costs(arch)[:-3]  # the head's pool, conv and flatten left out
+    except SpecError:
+        return None
+    return steps[-1].shape, (sum(x.params for x in steps), sum(c.macs for c in per), sum(c.int8_bytes for c in per), max(c.activation for c in per))
+
+
+def _undominated(items: list[tuple[list[Any], tuple[int, ...], _Vector]]) -> list[tuple[list[Any], tuple[int, ...], _Vector]]:
+    """Per output shape, the prefixes no other beats in every cost (what follows a prefix depends
+    only on its output shape, so a dominated one can never end cheaper)."""
+    kept: dict[tuple[int, ...], list[tuple[list[Any], tuple[int, ...], _Vector]]] = {}
+    for item in sorted(items, key=lambda x: x[2]):
+        same = kept.setdefault(item[1], [])
+        if not any(all(a <= b for a, b in zip(other[2], item[2])) for other in same):
+            same.append(item)
+    return [x for group in kept.values() for x in group]
+
+
+def cheapest(space: Space) -> list[Costs]:
+    """The costs of the cheapest valid architectures of the space: for any valid architecture of
+    it, one of these costs no more in every resource (parameters, MACs, activations, model bytes).
+
+    Channels are taken at their smallest and bias and last-conv BatchNorm left out where the space
+    allows (none of them ever lowers a cost), and a padded stage has its fewest blocks, 1x1 where
+    it can (more padded blocks only add). Every other choice (stages, kernel, BN/ReLU order,
+    paddings, strides, separable stages, transitions, the number of unpadded blocks and which are
+    1x1, the head) is walked block by block, keeping per output shape only the prefixes no other
+    one beats in every cost: what follows depends only on that shape, so the result is exact."""
+    found: list[Costs] = []
+    prefer = lambda options: [False] if False in options else options[:1]  # noqa: E731
+    for kernel, order, bias, final_bn in itertools.product(space.kernel, space.order, prefer(space.bias), prefer(space.final_bn)):
+        g: dict[str, Any] = {"kernel": kernel, "order": order, "bias": bias, "dw_relu": space.dw_relu[0]}
+        frontier: list[tuple[list[Any], tuple[int, ...], _Vector]] = [([], space.input, (0, 0, 0, 0))]
+        for i, st in enumerate(space.stage[: max(space.stages)], 1):
+            grown = []
+            for layers, _, _ in frontier:
+                start = layers + [Pool(space.pool[0])] if layers else []
+                for padding, stride, sep, transition in itertools.product(st.padding, st.stride, set(st.separable), set(st.transition)):
+                    g.update({f"s{i}_padding": padding, f"s{i}_stride": stride, f"s{i}_sep": sep})
+                    g.update({f"s{i}_c{j}": min(st.channels) for j in range(1, st.blocks[1] + 1)})
+                    opened = start + ([Conv(min(st.channels), kernel=1, padding=0, order=order, bias=bias)] if transition else [])
+                    level = [(opened, None, None)]
+                    padded = padding == "same"
+                    for j in range(1, (st.blocks[0] if padded else st.blocks[1]) + 1):
+                        kinds = [False] if j == 1 else ([True] if padded and True in st.pointwise else sorted(set(st.pointwise)))
+                        nxt = []
+                        for prefix, _, _ in level:
+                            for pointwise in kinds:
+                                g[f"s{i}_pw{j}"] = pointwise
+                                layers_j = prefix + [_block(g, i, j, any(isinstance(x, CONVS) for x in prefix))]
+                                measured = _prefix(layers_j, space)
+                                if measured is not None:
+                                    nxt.append((layers_j, *measured))
+                        level = _undominated(nxt)
+                        if j >= st.blocks[0]:
+                            grown.extend(level)
+            frontier = _undominated(grown)
+            if i in space.stages:
+                for layers, _, _ in frontier:
+                    last = max(n for n, layer in enumerate(layers) if isinstance(layer, CONVS))
+                    ending = layers[:last] + [replace(layers[last], bn=final_bn)] + layers[last + 1 :]
+                    for head in set(space.head):
+                        for k in space.head_kernel if head == "conv_gap" else [1]:
+                            try:
+                                found.append(costs(Arch(ending, _head({"head": head, "head_kernel": k, "bias": bias}), space.input, space.classes)))
+                            except SpecError:
+                                pass  # collapsed feature maps: not an architecture the search trains
+    vectors = {(c.params, c.macs, c.activation_int8, c.model_int8): c for c in found}
+    return [c for v, c in vectors.items() if not any(o != v and all(a <= b for a, b in zip(o, v)) for o in vectors)]
 
 
 def architecture_count(space: Space) -> int:

@@ -16,6 +16,7 @@ import contextlib
 import fcntl
 import importlib.util
 import os
+import re
 import socket
 import threading
 import time
@@ -61,12 +62,32 @@ class Location:
     def describe(self) -> str:
         return str(self.path) if self.path else self.url.split("@")[-1]
 
+    @property
+    def shown(self) -> str:
+        """The URL as it may be printed or stored: its password masked."""
+        return masked(self.url)
+
+
+def masked(url: str) -> str:
+    """A storage URL with its password (user:PASSWORD@host, or ?password=...) replaced by ***,
+    for everything nas prints, logs or stores: a terminal, a log file or a shared note is no
+    place for it (put it in ~/.pgpass or PGPASSWORD instead)."""
+    scheme, sep, rest = url.partition("://")
+    if not sep:
+        scheme, rest = "", url
+    netloc, slash, path = rest.partition("/")
+    user, at, host = netloc.rpartition("@")
+    if at and ":" in user:
+        user = user.split(":", 1)[0] + ":***"
+    path = re.sub(r"(?i)([?&]password=)[^&]*", r"\1***", path)
+    return f"{scheme}{sep}{user}{at}{host}{slash}{path}"
+
 
 def parse(url: str) -> Location:
     """Check a --storage URL without touching anything; SpecError names the problem and the fix."""
     scheme, sep, rest = url.partition("://")
     if not sep:
-        raise SpecError("--storage", url, f"not a storage URL; {_HINT}")
+        raise SpecError("--storage", masked(url), f"not a storage URL; {_HINT}")
     if scheme == "sqlite":
         if rest in ("", "/", "/:memory:") or ":memory:" in rest:
             raise SpecError("--storage", url, "an in-memory SQLite database lives and dies with one process; give a file: sqlite:///studies/nas.sqlite3")
@@ -85,7 +106,7 @@ def parse(url: str) -> Location:
         if importlib.util.find_spec(module) is None:
             raise SpecError("--storage", url.split("@")[-1], f"PostgreSQL needs the {module} driver: pip install 'nas[postgres]'")
         return Location(url, "postgresql", None, f"postgresql+{driver}://{rest}")
-    raise SpecError("--storage", url, f"unknown kind of storage {scheme!r}; {_HINT}")
+    raise SpecError("--storage", masked(url), f"unknown kind of storage {scheme!r}; {_HINT}")
 
 
 def open_storage(loc: Location, create: bool) -> optuna.storages.BaseStorage:
@@ -153,9 +174,16 @@ def study_lock(loc: Location, study: str) -> Iterator[None]:
 
     engine = _engines.get(loc.sqlalchemy_url)
     if engine is None:
-        engine = _engines[loc.sqlalchemy_url] = sqlalchemy.create_engine(loc.sqlalchemy_url, poolclass=sqlalchemy.pool.NullPool)
+        engine = _engines[loc.sqlalchemy_url] = sqlalchemy.create_engine(loc.sqlalchemy_url, poolclass=sqlalchemy.pool.NullPool,
+                                                                         connect_args={"connect_timeout": 10})
     key = zlib.crc32(f"nas:{study}".encode())
-    with engine.connect() as conn:
+    try:
+        conn = engine.connect()
+    except Exception as e:  # noqa: BLE001 - the first contact with the server: a command's start says so in one line
+        if transient(e):
+            raise StorageUnreachable("--storage", loc.describe(), f"cannot reach the database ({cause(e)}); check the URL, that the server runs and accepts this machine, and the password (~/.pgpass or PGPASSWORD)") from None
+        raise
+    with conn:
         conn.execute(sqlalchemy.text("SELECT pg_advisory_lock(:k)"), {"k": key})
         try:
             yield
@@ -218,7 +246,7 @@ class Keeper:
     storage outage a keeper waits a grace period before reaping, so trials of workers that
     were merely cut off too are not failed by mistake."""
 
-    def __init__(self, study: optuna.Study, log: Callable[[str], None], on_reaped: Callable[[FrozenTrial], None] | None = None):
+    def __init__(self, study: optuna.Study, log: Callable[[str], None], on_reaped: Callable[[FrozenTrial, bool], None] | None = None):
         self.study, self.log, self.on_reaped = study, log, on_reaped
         self.backend = _unwrap(study._storage)
         self.trials: set[int] = set()
@@ -300,23 +328,26 @@ class Keeper:
             except UpdateFinishedTrialError:
                 continue  # another worker reaped it, or its own worker just finished it
             t = self.backend.get_trial(trial_id)
-            self.log(f"[trial {t.number}] FAILED: its worker stopped (no heartbeat for {GRACE_SECONDS} s); {retry(self.study, t)}")
+            retried = retry(self.study, t)
+            self.log(f"[trial {t.number}] FAILED: its worker stopped (no heartbeat for {GRACE_SECONDS} s); "
+                     + ("retried as a new trial" if retried else f"not retried: its configuration already lost {MAX_RETRIES} workers"))
             if self.on_reaped is not None:
-                self.on_reaped(t)
+                self.on_reaped(t, retried)
             reaped.append(trial_id)
         return reaped
 
 
-def retry(study: optuna.Study, t: FrozenTrial, counted: bool = True) -> str:
+def retry(study: optuna.Study, t: FrozenTrial, lost_worker: bool = True) -> bool:
     """Enqueue a clean copy of a trial that died with its worker (same parameters, none of its
-    attributes but where it came from); returns what was done, for the log. `counted=False` for a
-    trial stopped through no fault of its own: the copy keeps the retries it had."""
-    retries = t.user_attrs.get("retries", 0) + (1 if counted else 0)
+    attributes but where it came from); False when its configuration already lost MAX_RETRIES
+    workers. Only a lost worker counts toward that cap: an interrupt (Ctrl-C) is the user's
+    choice, not a fault of the configuration, and is retried however often it happens."""
+    retries = t.user_attrs.get("retries", 0) + lost_worker
     if retries > MAX_RETRIES:
-        return f"not retried: its configuration already lost {MAX_RETRIES} workers"
+        return False
     kept = {k: t.user_attrs[k] for k in _KEPT_ON_RETRY if k in t.user_attrs}
     study.enqueue_trial(t.params, user_attrs={**kept, "retry_of": t.number, "retries": retries}, skip_if_exists=False)
-    return "retried as a new trial"
+    return True
 
 
 def finished(trials: list[FrozenTrial]) -> int:

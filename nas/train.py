@@ -65,7 +65,7 @@ _STREAMS = threading.local()
 @dataclass
 class Epoch:
     epoch: int  # 1-based
-    lr: float  # at the first step of the epoch
+    lr: float  # the mean over the epoch's updates (OneCycle moves it every step)
     train_loss: float  # mean over the packed copies
     val_loss: float  # mean over copies
     val_acc: float  # mean over copies
@@ -635,7 +635,8 @@ def _run(arch: Arch, data: Data, cfg: TrainConfig, seeds: list[int], on_epoch: C
                 bad = [v for v in values if not math.isfinite(v)]
                 if bad:  # validation too: with one step an epoch, the step's own loss is taken before its update
                     raise Diverged(f"{what} loss became {bad[0]} in epoch {epoch}")
-            history.append(Epoch(epoch, lr_at((epoch - 1) * steps, cfg, cfg.epochs * steps), sum(losses) / k, sum(val_losses) / k,
+            lr = sum(lr_at(i, cfg, cfg.epochs * steps) for i in range((epoch - 1) * steps, epoch * steps)) / steps
+            history.append(Epoch(epoch, lr, sum(losses) / k, sum(val_losses) / k,
                                  sum(val_accs) / k, time.perf_counter() - start, val_accs, steps * batch))
             if on_epoch:
                 on_epoch(history[-1])

@@ -15,6 +15,25 @@ MNIST_FILES = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-image
 
 
 _MNIST = pytest.StashKey[Path]()
+_MISSING: set[str] = set()  # Debian packages whose tests were skipped, said once at the end
+
+
+def needs_system(what: str, packages: str, present: bool) -> None:
+    """Skip a test whose Debian packages this machine lacks, saying which; with
+    NAS_REQUIRE_SYSTEM_DEPS=1 (CI, which installs them: .ci/run) fail instead, so that CI never
+    passes by skipping them."""
+    if present:
+        return
+    line = f"{what} need{'s' if not what.endswith('tests') else ''} {packages}: apt-get install {packages}"
+    if os.environ.get("NAS_REQUIRE_SYSTEM_DEPS") == "1":
+        pytest.fail(f"{line} (NAS_REQUIRE_SYSTEM_DEPS=1: these tests must run here)", pytrace=False)
+    _MISSING.add(line)
+    pytest.skip(line)
+
+
+def pytest_terminal_summary(terminalreporter) -> None:
+    for line in sorted(_MISSING):
+        terminalreporter.write_line(f"skipped: {line}", yellow=True)
 
 
 def has_mnist(folder: Path) -> bool:

@@ -1,6 +1,7 @@
 """A throw-away PostgreSQL server for the tests: initdb in a temporary folder, loopback only,
-trust authentication, stopped and removed at the end. As root, the server runs as the
-`postgres` user (initdb refuses root)."""
+trust authentication (any password is accepted, so a test can give one and look for it in the
+output), stopped and removed at the end. As root, the server runs as the `postgres` user
+(initdb refuses root)."""
 
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ import time
 from pathlib import Path
 
 import pytest
+from conftest import needs_system
 
 
 def _binary(name: str) -> str | None:
@@ -71,9 +73,9 @@ class Server:
 
 @pytest.fixture(scope="module")
 def postgres():
-    """A fresh server per test module (not skipped: .ci/run installs PostgreSQL where it is missing)."""
-    if not available():
-        pytest.fail("PostgreSQL's initdb/pg_ctl not found on PATH or under /usr/lib/postgresql/*/bin; apt-get install postgresql")
+    """A fresh server per test module; skipped, saying so, where PostgreSQL is not installed
+    (failed instead under NAS_REQUIRE_SYSTEM_DEPS=1, as in CI: .ci/run installs it)."""
+    needs_system("the PostgreSQL tests", "postgresql", available())
     server = Server()
     yield server
     server.close()

@@ -1,4 +1,5 @@
 import random
+from pathlib import Path
 import tomllib
 
 import pytest
@@ -58,7 +59,7 @@ def test_seed_counts_and_total():
 
 
 def test_seed_variant_has_same_total():
-    assert param_count(load_arch(SEED.parent / "seed_9274_summary.toml")) == 9274
+    assert param_count(load_arch(Path(__file__).parent / "seed_9274_summary.toml")) == 9274
 
 
 def test_stride_halves_the_map_and_doubles_the_jump():

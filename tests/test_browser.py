@@ -1,6 +1,7 @@
 """What a person sees, in a real browser: report.html and optuna-dashboard's pages of a tiny study,
-in headless Chromium (Debian's chromium and chromium-driver, driven by selenium; .ci/run installs
-them). Never skipped: a missing browser is a failure that says what to install."""
+in headless Chromium (Debian's chromium and chromium-driver, driven by selenium). Where they are
+missing the tests are skipped, saying which package to install; CI (.ci/run) installs them and
+sets NAS_REQUIRE_SYSTEM_DEPS=1, under which a missing browser fails."""
 
 from __future__ import annotations
 
@@ -14,7 +15,7 @@ import urllib.request
 from pathlib import Path
 
 import pytest
-from conftest import ROOT, make_study
+from conftest import ROOT, make_study, needs_system
 from optuna.trial import TrialState
 
 from nas import notes
@@ -42,8 +43,7 @@ def browser(tmp_path_factory):
         from selenium.webdriver.chrome.service import Service
     except ImportError:
         pytest.fail("selenium is missing: pip install -e '.[dev]'", pytrace=False)
-    if not (Path(CHROMIUM).is_file() and Path(DRIVER).is_file()):
-        pytest.fail(f"no {CHROMIUM} / {DRIVER}: apt-get install chromium chromium-driver (.ci/run does)", pytrace=False)
+    needs_system("the browser tests", "chromium chromium-driver", Path(CHROMIUM).is_file() and Path(DRIVER).is_file())
     opts = webdriver.ChromeOptions()
     opts.binary_location = CHROMIUM
     for flag in (*FLAGS, f"--user-data-dir={tmp_path_factory.mktemp('chromium')}"):

@@ -17,13 +17,13 @@ def nas(*args, cwd=None, env=None):
     return subprocess.run([sys.executable, "-m", "nas", *map(str, args)], capture_output=True, text=True, cwd=cwd, env=env, timeout=300)
 
 
-def refused(r, text):
-    """Exit 2 with `text` in stderr; our own errors are one line (typer's usage errors may be a few)."""
+def refused(r, text, secret=None):
+    """Exit 2 and one line on stderr, `error: ...` with `text` in it (typer's own usage errors too)."""
     assert r.returncode == 2, (r.returncode, r.stdout[-2000:], r.stderr[-2000:])
     assert text in r.stderr, r.stderr
     assert "Traceback" not in r.stderr + r.stdout
-    if r.stderr.startswith("error:"):
-        assert len(r.stderr.strip().splitlines()) == 1, r.stderr
+    assert r.stderr.startswith("error:") and len(r.stderr.strip().splitlines()) == 1, r.stderr
+    assert secret is None or secret not in r.stdout + r.stderr
 
 
 @pytest.mark.parametrize("flags, text", [
@@ -36,6 +36,59 @@ def test_search_refuses_bad_flags_and_creates_nothing(tmp_path, mnist_dir, flags
     r = nas("search", *flags, "--storage", f"sqlite:///{tmp_path}/s.db", "--data-dir", mnist_dir)
     refused(r, text)
     assert not (tmp_path / "s.db").exists()
+
+
+@pytest.mark.parametrize("command", ["search", "worker"])
+def test_an_unreachable_database_is_one_line_without_its_password(tmp_path, mnist_dir, command):
+    """It was a 139-line traceback whose first line printed the password."""
+    url = "postgresql+psycopg://nas:s3cret-pw@127.0.0.1:1/nas"  # port 1: nothing listens
+    r = nas(command, "--storage", url, "--data-dir", mnist_dir, cwd=tmp_path)
+    refused(r, "cannot reach the database", secret="s3cret-pw")
+    assert "nas:***@127.0.0.1:1/nas" in r.stdout and "~/.pgpass or PGPASSWORD" in r.stderr
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_budget_the_space_cannot_meet_is_refused_before_a_study_exists(tmp_path, mnist_dir):
+    refused(nas("search", "--max-params", 150, "--storage", f"sqlite:///{tmp_path}/s.db", "--data-dir", mnist_dir),
+            "--max-params 150: no architecture of search space mnist_fcn is within this limit (its smallest: parameters 200)")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_too_many_workers_are_capped_and_a_new_storage_folder_is_said(tmp_path, mnist_dir):
+    """--workers 64 on 2 cores started 64 processes that never began a trial, behind an 1,836-character status line."""
+    import os
+
+    r = nas("search", "--workers", 64, "--trials", 1, "--storage", "sqlite:///new_folder/s.db", "--data-dir", mnist_dir,
+            "--max-epochs", 1, "--train-size", 200, "--val-size", 100, "--target-accuracy", 0.05, "--device", "cpu", cwd=tmp_path)
+    assert r.returncode == 0, r.stdout + r.stderr
+    cores = len(os.sched_getaffinity(0))
+    assert f"warning: --workers 64 is more than this machine runs at once ({cores} CPU core" in r.stdout and f"starting {cores}" in r.stdout
+    assert "created the folder new_folder/ for the study storage" in r.stdout and (tmp_path / "new_folder" / "s.db").is_file()
+    assert max(len(line) for line in r.stdout.splitlines()) < 300
+
+
+def test_report_to_a_place_it_cannot_write(tmp_path):
+    from conftest import make_study
+
+    make_study(f"sqlite:///{tmp_path}/s.db", name="mnist", n=2)
+    refused(nas("report", "--storage", f"sqlite:///{tmp_path}/s.db", "--out", "/proc/nas-report"), "--out /proc/nas-report: cannot write there")
+    refused(nas("train", "seed_9274", "--out", "/proc/nas-train"), "--out /proc/nas-train: cannot write there")
+
+
+def test_a_second_dashboard_on_a_port_in_use(tmp_path):
+    """It printed "Listening on", then a 60-line OSError."""
+    import socket
+
+    from conftest import make_study
+
+    make_study(f"sqlite:///{tmp_path}/s.db", name="mnist", n=1)
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        r = nas("dashboard", "--storage", f"sqlite:///{tmp_path}/s.db", "--port", port)
+    refused(r, f"--port {port}: cannot listen on 127.0.0.1:{port}")
+    assert r.stdout == ""
 
 
 def test_a_failed_start_leaves_no_study(tmp_path, mnist_dir):
@@ -133,7 +186,7 @@ def test_ctrl_c_prints_one_friendly_line_and_exits_130(tmp_path, mnist_dir):
     out, err = proc.communicate(timeout=60)
     assert proc.returncode == 130, (out, err)
     assert "Traceback" not in err + out and "KeyboardInterrupt" not in err + out
-    assert "run the same command to resume" in out
+    assert "run the same command to resume" in err and len(err.strip().splitlines()) == 1, err
 
 
 _TORCH_CHECK = """
@@ -172,3 +225,18 @@ def test_help_keeps_every_word():
         for param in cmd.params:
             for word in re.findall(r"[\w\[\]][^\s]*", param.help or ""):
                 assert word in shown, (name, param.name, word)
+
+
+def test_help_names_no_python_types_and_there_is_a_version():
+    import typer.main
+
+    from nas.cli import app
+
+    group = typer.main.get_command(app)
+    for name in [*group.commands, "space show"]:
+        shown = " ".join(nas(*name.split(), "--help").stdout.split())
+        assert "<list[" not in shown, (name, shown)
+        assert ("re-using one resumes it" in shown) == (name == "search"), (name, shown)  # only search makes or resumes a study
+    assert "more is pruned" not in nas("space", "show", "--help").stdout
+    r = nas("--version")
+    assert r.returncode == 0 and r.stdout.startswith("nas 0.") and "torch 2." in r.stdout

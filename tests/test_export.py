@@ -138,6 +138,8 @@ def test_predict_on_pngs_and_idx(exported, mnist_dir, tmp_path):
         expected = model(pixels(test)).argmax(1).tolist()
     got = predicted(r.output)
     assert got[:3] == expected and got[3] == expected[0]
+    lines = r.output.splitlines()
+    assert "inverted" in lines[3] and not any("inverted" in line for line in lines[:3] + lines[4:])
     assert len(got) == 4 + 10000 and got[4:7] == expected
 
 
@@ -165,6 +167,30 @@ def test_seed_arch_exports_too(tmp_path, mnist_dir):
     assert r.exit_code == 0, r.output
     m = json.loads((tmp_path / "seed" / "metrics.json").read_text())
     assert m["params"] == 9274 and m["arch_file"].endswith("seed_9274.toml") and m["study"] is None
+
+
+def test_a_failed_export_leaves_nothing_behind(tmp_path, mnist_dir, monkeypatch):
+    """A relative --out once failed the check in a fresh process after the whole retraining, and
+    left model.pt and friends behind, so the re-run was refused."""
+    import nas.export as ex
+
+    def broken(*a, **k):
+        raise ex.ExportError("the exported model could not be loaded in a fresh process: (made to fail)")
+
+    monkeypatch.setattr(ex, "verify", broken)
+    monkeypatch.chdir(tmp_path)
+    r = cli("export", "--arch", SEED, "--out", "runs/winner", "--epochs", 1, "--train-size", 300, "--data-dir", mnist_dir)
+    assert r.exit_code == 1 and "made to fail" in r.output
+    assert not (tmp_path / "runs" / "winner").exists()
+    (tmp_path / "kept").mkdir()
+    (tmp_path / "kept" / "notes.txt").write_text("mine")
+    r = cli("export", "--arch", SEED, "--out", "kept", "--epochs", 1, "--train-size", 300, "--data-dir", mnist_dir)
+    assert r.exit_code == 1 and sorted(p.name for p in (tmp_path / "kept").iterdir()) == ["notes.txt"]
+    monkeypatch.undo()
+    monkeypatch.chdir(tmp_path)
+    r = cli("export", "--arch", SEED, "--out", "runs/winner", "--epochs", 1, "--train-size", 300, "--data-dir", mnist_dir)
+    assert r.exit_code == 0, r.output
+    assert sorted(p.name for p in (tmp_path / "runs" / "winner").iterdir()) == sorted(ex.FILES)
 
 
 # --- ONNX: model.onnx and model.int8.onnx ---------------------------------------------------------

@@ -207,6 +207,42 @@ def test_a_restarting_worker_requeues_its_trials_uncounted_and_execs_nas_worker(
                             "--data-dir", str(mnist_dir), "--trials", "30"]
 
 
+def test_an_interrupted_trial_goes_on_from_its_checkpoint_bit_identical(store, mnist_dir, monkeypatch, tmp_path):
+    """Ctrl-C three times during the seed trial, each time just after it wrote a checkpoint: every
+    re-run takes the trial up where the last one stopped, the interrupts never use up the retries
+    meant for dead workers, and the seed ends with exactly the curve of a run never stopped. The
+    checkpoint is gone once the trial is."""
+    from nas.checkpoints import Checkpoints
+
+    monkeypatch.setattr(search_mod, "CHECKPOINT_EVERY", 0.0)  # a checkpoint after every epoch but the last
+    whole = tiny("whole", store, mnist_dir, 1, max_epochs=4, pruning="off").trials[0]
+    real_train = search_mod.train
+
+    def stopped_after_a_checkpoint(*a, on_checkpoint, **k):
+        def then_ctrl_c(ckpt):
+            on_checkpoint(ckpt)
+            raise KeyboardInterrupt
+        return real_train(*a, on_checkpoint=then_ctrl_c, **k)
+
+    checkpoints = Checkpoints.of(store, "cut", tmp_path / "artifacts")  # the default artifact folder: next to the SQLite file
+    monkeypatch.setattr(search_mod, "train", stopped_after_a_checkpoint)
+    for run in range(3):
+        with pytest.raises(KeyboardInterrupt):
+            tiny("cut", store, mnist_dir, 1, max_epochs=4, pruning="off")
+        cut = load(store, "cut").trials
+        assert [t.state for t in cut] == [TrialState.FAIL] * (run + 1) + [TrialState.WAITING]
+        assert cut[-1].user_attrs == {"seed_arch": "seed_9274", "retry_of": run, "retries": 0}
+        assert checkpoints.path(cut[run].user_attrs["config_key"]).is_file()
+        assert cut[run].user_attrs.get("resumed", {}).get("epoch") == (run or None)
+    monkeypatch.setattr(search_mod, "train", real_train)
+    tiny("cut", store, mnist_dir, 1, max_epochs=4, pruning="off")
+    seed = load(store, "cut").trials[-1]
+    assert seed.state == TrialState.COMPLETE and seed.user_attrs["resumed"] == {"epoch": 3, "from_trial": 2}
+    assert seed.user_attrs["curve"] == whole.user_attrs["curve"] and seed.values == whole.values  # bit for bit
+    assert seed.user_attrs["config_key"] == whole.user_attrs["config_key"]
+    assert not checkpoints.path(seed.user_attrs["config_key"]).exists() and not list(checkpoints.folder.glob("*.tmp"))
+
+
 def test_two_workers_share_one_storage(store, mnist_dir):
     run_cli("search", "--trials", 4, "--workers", 2, "--max-params", 5000, "--storage", store, "--data-dir", mnist_dir, *SMALL)
     trials = load(store).trials
@@ -297,10 +333,12 @@ def test_the_estimate_hints_when_a_search_takes_hours():
 
     from nas.search import Objective
 
-    fake = SimpleNamespace(device="cpu", goal=50)
+    fake = SimpleNamespace(device="cpu", goal=50, left=None)
     slow, quick = Objective.estimate(fake, 60.0, 20), Objective.estimate(fake, 0.3, 20)
     assert "20m00s" in slow and "--train-size" in slow and "--device cuda" in slow
     assert "--train-size" not in quick and "0m06s" in quick
+    joining = Objective.estimate(SimpleNamespace(device="cpu", goal=20, left=5), 3.0, 20)  # a worker joining a study 15 trials in
+    assert "the 5 trials left at most 5m00s" in joining
 
 
 def test_the_pareto_rule_stops_a_live_trial_its_cheaper_peers_beat_unless_it_is_built_in():

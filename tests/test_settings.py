@@ -35,5 +35,22 @@ def test_a_study_stored_before_the_resource_settings_still_loads():
 
 
 def test_a_different_limit_on_resume_is_refused_with_both_values():
-    with pytest.raises(SettingsMismatch, match=r"--max-activation-kb: the study was created with --max-activation-kb 2.5, this run asks for 3.0"):
+    with pytest.raises(SettingsMismatch, match=r"--max-activation-kb: the study was created with --max-activation-kb 2.5; this run asks for --max-activation-kb 3.0"):
         StudySettings(max_activation_kb=2.5).reconcile({"max_activation_kb": 3.0}, "s")
+
+
+def test_every_disagreeing_flag_is_named_at_once():
+    with pytest.raises(SettingsMismatch) as err:
+        StudySettings(max_epochs=1).reconcile({"max_params": 5000, "seed": 0, "max_epochs": 3}, "s")
+    assert "--max-params, --max-epochs:" in str(err.value) and "--max-params 20000, --max-epochs 1;" in str(err.value)
+    assert "--max-params 5000, --max-epochs 3." in str(err.value) and "--seed" not in str(err.value)
+
+
+def test_a_budget_no_architecture_of_the_space_meets_is_refused():
+    """The default space's smallest network has 200 parameters (nas.space.cheapest); 150 would
+    prune every trial before training."""
+    with pytest.raises(SpecError, match=r"--max-params 150: no architecture of search space mnist_fcn is within this limit \(its smallest: parameters 200\)"):
+        StudySettings(max_params=150).check_reachable()
+    StudySettings(max_params=200).check_reachable()
+    with pytest.raises(SpecError, match=r"--max-activation-kb 1: .* \(its smallest: peak int8 activations 1,460 B\)"):
+        StudySettings(max_macs=10_000, max_activation_kb=1.0).check_reachable()

@@ -1,10 +1,13 @@
+from pathlib import Path
+
 import pytest
 from optuna.trial import FixedTrial
 
 from nas.arch import Arch, Conv, Head, Pool, costs, load_arch, param_count
 from nas.errors import SpecError
 from nas.model import build, count_params
-from nas.space import architecture_count, describe, load_space, params_for, random_archs, sample
+from nas.resources import RESOURCES
+from nas.space import architecture_count, cheapest, describe, load_space, params_for, random_archs, sample
 from nas.train import TrainConfig
 
 from conftest import ROOT, SEED
@@ -49,7 +52,7 @@ def test_separable_and_pointwise_blocks_are_drawn_and_replayed():
 
 def test_variant_outside_the_space_is_refused():
     with pytest.raises(SpecError, match="not a point of search space"):
-        params_for(load_space(SPACE), load_arch(SEED.parent / "seed_9274_summary.toml"), TrainConfig())
+        params_for(load_space(SPACE), load_arch(Path(__file__).parent / "seed_9274_summary.toml"), TrainConfig())
 
 
 def test_sampled_architectures_build_and_count_right():
@@ -144,3 +147,25 @@ def test_bad_space_files_name_key(tmp_path, edit, key):
     with pytest.raises(SpecError) as err:
         load_space(path)
     assert str(err.value).startswith(f"{path}: {key}: ")
+
+
+def test_the_cheapest_architectures_undercut_every_one_of_the_space():
+    """`cheapest` walks only the choices that can lower a cost, keeping the beginnings no other
+    beats; every valid random architecture of both built-in spaces must cost at least as much as
+    one of them in all four resources at once."""
+    for name in ("mnist_fcn", "mnist_tiny"):
+        _undercut(load_space(name))
+
+
+def _undercut(space):
+    corners = cheapest(space)
+    drawn = []
+    for arch in random_archs(space, 3000, seed=7):
+        try:
+            drawn.append(costs(arch))
+        except SpecError:
+            pass
+    assert drawn and corners
+    for c in drawn:
+        assert any(all(r.read(k) <= r.read(c) for r in RESOURCES) for k in corners), c
+    assert min(k.params for k in corners) <= min(c.params for c in drawn)

@@ -83,6 +83,58 @@ def test_eight_processes_create_one_postgres_study(postgres):  # noqa: F811
     _created_once(postgres.url)
 
 
+@pytest.mark.parametrize("url, shown", [
+    ("postgresql+psycopg://nas:pw@127.0.0.1:5999/nas", "postgresql+psycopg://nas:***@127.0.0.1:5999/nas"),
+    ("postgresql://u:p%40ss@h/db?sslmode=require&password=x", "postgresql://u:***@h/db?sslmode=require&password=***"),
+    ("postgresql+psycopg://nas@h/nas", "postgresql+psycopg://nas@h/nas"), ("sqlite:///a/b.db", "sqlite:///a/b.db"), ("nas:pw@h/db", "nas:***@h/db"),
+])
+def test_a_password_is_masked(url, shown):
+    assert st.masked(url) == shown
+
+
+def test_the_password_is_never_printed_or_stored(postgres, mnist_dir, tmp_path):  # noqa: F811
+    """A search, a report, `nas best` and a dashboard start against a URL with a password: no
+    output, no file they wrote (report, artifacts, checkpoints) and nothing in the database shows it."""
+    import json
+    import os
+    import socket
+
+    import sqlalchemy
+
+    secret = "Pa55-nas-secret"
+    url = postgres.url.replace("://nas@", f"://nas:{secret}@")  # the test server trusts any password
+    assert secret in url
+    env = {**os.environ, "NAS_CHECKPOINT_SECONDS": "0", "OMP_NUM_THREADS": "1"}
+
+    def nas(*args):
+        return subprocess.run([sys.executable, "-m", "nas", *map(str, args)], capture_output=True, text=True, cwd=tmp_path, env=env, timeout=300)
+
+    outputs = [nas("search", "--storage", url, "--study", "pw", "--trials", 2, "--max-epochs", 2, "--train-size", 200, "--val-size", 100,
+                   "--target-accuracy", 0.05, "--artifacts", "art", "--data-dir", mnist_dir, "--device", "cpu"),
+               nas("report", "--storage", url, "--study", "pw", "--out", "rep"), nas("best", "--storage", url, "--study", "pw")]
+    assert [r.returncode for r in outputs] == [0, 0, 0], [r.stdout[-1000:] + r.stderr[-1000:] for r in outputs]
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    dashboard = subprocess.Popen([sys.executable, "-m", "nas", "dashboard", "--storage", url, "--port", str(port), "--artifacts", "art"],
+                                 stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=tmp_path, env=env)
+    shown = [dashboard.stdout.readline() for _ in range(3)]
+    dashboard.terminate()
+    shown.append(dashboard.communicate(timeout=30)[0])
+    printed = "".join(r.stdout + r.stderr for r in outputs) + "".join(shown)
+    assert "nas:***@127.0.0.1" in printed and "Ctrl-C to stop" in printed
+    written = [p for p in tmp_path.rglob("*") if p.is_file()]
+    assert {p.name for p in written} >= {"report.html", "trials.csv"} and any(p.parent.name == "art" for p in written)  # an architecture file
+    engine = sqlalchemy.create_engine(postgres.url)
+    with engine.connect() as conn:
+        tables = conn.execute(sqlalchemy.text("SELECT tablename FROM pg_tables WHERE schemaname = 'public'")).scalars().all()
+        stored = json.dumps([[list(map(str, row)) for row in conn.execute(sqlalchemy.text(f'SELECT * FROM "{t}"'))] for t in tables])
+    engine.dispose()
+    assert "study_user_attributes" in tables and "settings" in stored and "Trial 0" in stored  # the settings and the notes were read
+    for where, text in [("output", printed), ("database", stored), *((str(p), p.read_bytes().decode("latin-1")) for p in written)]:
+        assert secret not in text, f"the password is in the {where}"
+
+
 def test_a_lock_whose_server_restarted_meanwhile_is_let_go_quietly(postgres):  # noqa: F811
     """The session, and with it the advisory lock, died with the server: what was done under the
     lock (a trial asked for) must not be lost to an error on unlocking."""
@@ -140,7 +192,15 @@ def test_a_trial_that_never_beat_is_reaped_after_a_grace_period_seen(tmp_path, m
 def test_a_trial_is_retried_at_most_twice(tmp_path):
     study = optuna.create_study(storage=f"sqlite:///{tmp_path}/r.db")
     dead = optuna.trial.create_trial(state=TrialState.FAIL, user_attrs={"retries": 2})
-    assert "not retried" in st.retry(study, dead) and study.trials == []
+    assert not st.retry(study, dead) and study.trials == []
+
+
+def test_an_interrupt_does_not_use_up_the_retries(tmp_path):
+    """Three Ctrl-Cs during the seed trial once dropped the seed for good: an interrupt is no lost worker."""
+    study = optuna.create_study(storage=f"sqlite:///{tmp_path}/r.db")
+    interrupted = optuna.trial.create_trial(state=TrialState.FAIL, user_attrs={"retries": 2, "seed_arch": "seed_9274"})
+    assert st.retry(study, interrupted, lost_worker=False)
+    assert study.trials[0].user_attrs == {"retries": 2, "retry_of": interrupted.number, "seed_arch": "seed_9274"}
 
 
 def test_finished_counts_complete_pruned_and_unretried_failures():

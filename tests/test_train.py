@@ -123,20 +123,35 @@ def test_step_schedule_equals_torch(total):
 @pytest.mark.parametrize("images, batch", [(640, 64), (2048, 1024)])  # 1024: channels_last on the CPU
 def test_k_seeds_train_as_k_separate_runs(small_data, images, batch):
     """Copy k of a packed run is the run of seed cfg.seed + k alone: same initial weights, its own
-    shuffled and augmented batches, its own BatchNorm statistics (up to float rounding)."""
-    arch, tiny = avg_pool_seed(), subset(small_data, images, 200)
-    cfg = TrainConfig(epochs=1, batch_size=batch, lr=0.01, augment=True, seed=5)
-    packed = train(arch, tiny, cfg, seeds=3)
-    assert packed.seeds == [5, 6, 7] and packed.packed[0].groups == 3
-    for k in range(3):
-        alone = train(arch, tiny, TrainConfig(**{**cfg.to_dict(), "seed": 5 + k}))
-        copy = packed.model(k)
-        assert copy[0].groups == 1 and count_params(copy) == 9274
-        for (name, a), b in zip(copy.state_dict().items(), alone.packed.state_dict().values()):
-            assert torch.allclose(a, b, atol=1e-4), (k, name, (a - b).abs().max())  # rounding, grown over 10 steps
-        assert packed.history[0].val_accs[k] == pytest.approx(alone.history[0].val_acc, abs=1e-9)
-    e = packed.history[0]
-    assert e.val_acc == pytest.approx(sum(e.val_accs) / 3) and e.images == images
+    shuffled and augmented batches, its own BatchNorm statistics, up to rounding.
+
+    In float64, so that rounding cannot be mistaken for a mistake on any CPU. A grouped
+    convolution sums in another order than K plain ones; in float32 that difference, grown over
+    the run's 2-10 updates, reached 3e-4 on an AMD EPYC (2,500 times float32's epsilon, 1.2e-7).
+    float64's epsilon, 2.2e-16, is 2^29 times smaller, so the same growth gives under 1e-12, and
+    1e-9 leaves a margin of 1,000 for kernels that round worse. (The step computes its loss from
+    logits cast to float32: a float64 difference that straddles a float32 rounding boundary, odds
+    of about 1e-9 per logit, would add a float32-sized step; it has not been seen.) A real
+    mistake, a copy trained on another copy's batch, seed or statistics, moves weights by a whole
+    update, lr x gradient, 1e-4 or more here."""
+    torch.set_default_dtype(torch.float64)  # the networks are built in float64
+    try:
+        arch, tiny = avg_pool_seed(), subset(small_data, images, 200)
+        tiny = Data(Split(tiny.train.x.double(), tiny.train.y), Split(tiny.val.x.double(), tiny.val.y))
+        cfg = TrainConfig(epochs=1, batch_size=batch, lr=0.01, augment=True, seed=5)
+        packed = train(arch, tiny, cfg, seeds=3)
+        assert packed.seeds == [5, 6, 7] and packed.packed[0].groups == 3 and packed.packed[0].weight.dtype == torch.float64
+        for k in range(3):
+            alone = train(arch, tiny, TrainConfig(**{**cfg.to_dict(), "seed": 5 + k}))
+            copy = packed.model(k)
+            assert copy[0].groups == 1 and count_params(copy) == 9274
+            for (name, a), b in zip(copy.state_dict().items(), alone.packed.state_dict().values()):
+                assert torch.allclose(a, b, rtol=0, atol=1e-9), (k, name, (a - b).abs().max())
+            assert packed.history[0].val_accs[k] == alone.history[0].val_acc
+        e = packed.history[0]
+        assert e.val_acc == pytest.approx(sum(e.val_accs) / 3) and e.images == images
+    finally:
+        torch.set_default_dtype(torch.float32)
 
 
 @pytest.mark.parametrize("optimizer", ["sgd", "adamw"])
