@@ -166,7 +166,7 @@ def run_isolated(paths: list[Path], x: np.ndarray) -> list[np.ndarray]:
     with tempfile.TemporaryDirectory(prefix="nas-onnx-") as tmp:
         inputs, outputs = Path(tmp) / "x.npy", Path(tmp) / "logits.npz"
         np.save(inputs, x)
-        run = subprocess.run([sys.executable, "-I", "-c", _RUN, str(inputs), str(outputs), *map(str, paths)], capture_output=True, text=True, cwd=tmp)
+        run = subprocess.run([sys.executable, "-I", "-c", _RUN, str(inputs), str(outputs), *(str(p.resolve()) for p in paths)], capture_output=True, text=True, cwd=tmp)
         if run.returncode != 0:
             raise RuntimeError((run.stderr.strip().splitlines() or ["no output"])[-1])
         with np.load(outputs) as saved:

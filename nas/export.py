@@ -139,8 +139,11 @@ def export(
     stage = Path(tempfile.mkdtemp(prefix=".export-", dir=out))
     try:
         metrics = _export(source, stage, data_dir, device, seeds, epochs, log, train_size, on_progress)
-        for name in FILES:
-            os.replace(stage / name, out / name)
+        for name in FILES:  # an ONNX file not made this time (no onnx extra) must not outlive its model
+            if (stage / name).exists():
+                os.replace(stage / name, out / name)
+            else:
+                (out / name).unlink(missing_ok=True)
     except BaseException:
         if made:
             shutil.rmtree(out, ignore_errors=True)
