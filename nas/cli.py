@@ -205,11 +205,13 @@ def search(
     objective: Annotated[Optional[Objective], typer.Option(help="pareto: maximise accuracy and minimise the --minimize resource; accuracy: accuracy under the budget (default pareto).")] = None,
     pruning: Annotated[Optional[Pruning], typer.Option(help="Convergence pruning: on, observe (record where it would prune, train on), off (default on).")] = None,
     space: Annotated[Optional[str], typer.Option(help="Search space file or built-in name (default mnist_fcn); the study stores its content.")] = None,
-    seed_arch: Annotated[Optional[list[str]], typer.Option("--seed-arch", metavar="ARCH", help="Architecture enqueued first in a new study (repeatable; default seed_9274).")] = None,
+    seed_arch: Annotated[Optional[list[str]], typer.Option("--seed-arch", metavar="ARCH", help="Architecture enqueued first in a new study (repeatable; default: the built-ins that are points of the space within its budgets).")] = None,
     no_seed_arch: Annotated[bool, typer.Option("--no-seed-arch", help="Start a new study without seed architectures.")] = False,
     seed: Annotated[Optional[int], typer.Option(min=0, help="Seed the samplers and every trial's training derive from (default 0).")] = None,
     sampler: Annotated[Optional[Sampler], typer.Option(help=f"How trials are drawn: tpe, nsga2, gp (needs scipy), random, or evolution (mutations of the Pareto front) (default {_STUDY['sampler']}).")] = None,
     seeds_per_trial: Annotated[Optional[int], typer.Option(min=1, max=16, help="Train each architecture with this many seeds at once and judge the mean (default 1).")] = None,
+    stop_at: Annotated[Optional[list[float]], typer.Option("--stop-at", min=0.01, max=0.99, metavar="FRACTION", help="Pareto rule: at these fractions of the epochs, stop a trial not in the top 1/--stop-eta of the trials that cost no more (repeatable; default: off, see the README's measurement).")] = None,
+    stop_eta: Annotated[Optional[float], typer.Option(min=1.01, help=f"Pareto rule: the share kept at each --stop-at rung is 1/eta (default {_STUDY['stop_eta']:g}).")] = None,
     train_size: TrainSize = None,
     val_size: ValSize = None,
     trials: Annotated[Optional[int], typer.Option(min=1, help="Run until the study has this many finished trials (default 50 unless --timeout is given).")] = None,
@@ -231,7 +233,8 @@ def search(
 
     given: dict[str, Any] = {k: v.value if isinstance(v, Enum) else v for k, v in dict(
         max_params=max_params, max_macs=max_macs, max_activation_kb=max_activation_kb, max_model_kb=max_model_kb, minimize=minimize, max_epochs=max_epochs, target_accuracy=target_accuracy, objective=objective, pruning=pruning,
-        seed=seed, sampler=sampler, seeds_per_trial=seeds_per_trial, train_size=train_size, val_size=val_size).items() if v is not None}
+        seed=seed, sampler=sampler, seeds_per_trial=seeds_per_trial, stop_rungs=tuple(stop_at) if stop_at else None, stop_eta=stop_eta,
+        train_size=train_size, val_size=val_size).items() if v is not None}
     if space is not None:
         given["space"] = read_space(space)
     if no_seed_arch and seed_arch:

@@ -366,3 +366,11 @@ def test_the_pareto_rule_stops_a_live_trial_its_cheaper_peers_beat_unless_it_is_
     built_in.set_user_attr("seed_arch", "rec_3762")
     objective.pareto_stop(built_in, SimpleNamespace(epoch=2, val_acc=0.5), 5000)  # never stopped
     assert "would_stop_epoch" not in built_in.user_attrs
+
+
+def test_the_pareto_rule_is_off_unless_asked_and_stored_when_it_is(store, mnist_dir):
+    assert StudySettings(max_epochs=20).stop_epochs() == ()  # measured not to earn its keep (README): off by default
+    run_cli("search", "--trials", 1, "--stop-at", 0.5, "--stop-at", 0.75, "--stop-eta", 2, "--max-epochs", 4, "--train-size", 600, "--val-size", 300,
+            "--target-accuracy", 0.5, "--storage", store, "--data-dir", mnist_dir)
+    stored = StudySettings.from_dict(load(store).user_attrs["settings"])
+    assert stored.stop_rungs == (0.5, 0.75) and stored.stop_eta == 2 and stored.stop_epochs() == (2, 3)
