@@ -9,7 +9,7 @@ nothing and are not counted). For each search, after a third, two thirds and all
 (validation accuracy, parameters) of its complete trials, with the reference point (90 % accuracy,
 the budget) and parameters scaled by the budget, and the best validation accuracy. Per sampler: the
 mean over seeds with a 95 % bootstrap interval; one sampler is called better than another only where
-their intervals do not overlap. Then each sampler's most accurate network is retrained with two more
+their intervals do not overlap. Then each sampler's most accurate network is retrained with two other
 training seeds at the same protocol, so a lucky draw is told from a good one. Searches run in their
 own processes, one thread each; studies live in OUT/studies (SQLite; an interrupted run resumes) and
 every finished search is summarised in OUT/searches.jsonl.
@@ -107,7 +107,7 @@ def bootstrap(values: list[float], rounds: int = 10_000, seed: int = 0) -> tuple
 
 
 def retrain_best(job: tuple[str, dict, argparse.Namespace]) -> dict:
-    """The most accurate network of a sampler, trained again with training seeds 1 and 2."""
+    """The most accurate network of a sampler, trained again with the two training seeds after its own."""
     import torch
 
     from nas.arch import arch_from_dict
@@ -120,8 +120,8 @@ def retrain_best(job: tuple[str, dict, argparse.Namespace]) -> dict:
     arch = arch_from_dict(json.loads(best["arch"]), "best")
     data = load(args.data_dir, "cpu", val_size=args.val_size, train_size=args.train_size)
     accs = [best["val_acc"]]
-    for seed in (1, 2):
-        cfg = TrainConfig(**{**best["train_config"], "seed": seed})
+    for step in (1, 2):  # a trial's own seed is the study's seed plus its number: retraining with seed 1 repeated one
+        cfg = TrainConfig(**{**best["train_config"], "seed": best["train_config"]["seed"] + step})
         accs.append(train(arch, data, cfg).history[-1].val_acc)
     return {"sampler": sampler, "params": best["params"], "val_accs": accs}
 
@@ -183,7 +183,7 @@ def main() -> None:
                 retrained[r["sampler"]] = r
                 with best_file.open("a") as f:
                     f.write(json.dumps(r) + "\n")
-    lines += ["", "| sampler | its most accurate network | val acc found | with training seeds 1, 2 | mean of 3 |", "|---|---|---|---|---|"]
+    lines += ["", "| sampler | its most accurate network | val acc found | with the next two training seeds | mean of 3 |", "|---|---|---|---|---|"]
     for s, r in retrained.items():
         a = r["val_accs"]
         lines.append(f"| {s} | {r['params']:,} params | {100 * a[0]:.2f} % | {100 * a[1]:.2f} %, {100 * a[2]:.2f} % | {100 * statistics.fmean(a):.2f} % |")
