@@ -3,7 +3,7 @@ export the best two with three seeds, and record every stage in benchmarks/resul
 
     python3 benchmarks/front.py search  --budget 3000 --hours 3 [--sampler evolution] [--epochs 4 --train-size 20000]
     python3 benchmarks/front.py confirm --budget 3000 [--top 5 | --under 3000,4000,5000]  # 20 epochs on 50,000 images, 1 seed, validation
-    python3 benchmarks/front.py export  --budget 3000 [--best 2]        # nas export --seeds 3: all 60,000 images, tested once
+    python3 benchmarks/front.py export  --budget 3000 [--best 2 | --trials 12,23]  # nas export --seeds 3: all 60,000 images, tested once
     python3 benchmarks/front.py record  --arch rec_3762                 # a built-in network through the same export
     python3 benchmarks/front.py table                                   # front.csv and the README's table
     python3 benchmarks/front.py restore --budget 3000                   # the study again from its committed JSON, to resume it
@@ -184,7 +184,8 @@ def export_one(name: str, budget: int | None, data_dir: str | None, threads: int
 
 def export(args: argparse.Namespace) -> None:
     log = RESULTS / "exports.jsonl"
-    confirmed = sorted(lines(RESULTS / f"{study_name(args.budget)}-confirm.jsonl"), key=lambda r: -r["full_val_acc"])[: args.best]
+    confirmed = sorted(lines(RESULTS / f"{study_name(args.budget)}-confirm.jsonl"), key=lambda r: -r["full_val_acc"])
+    confirmed = [r for r in confirmed if r["trial"] in args.trials] if args.trials else confirmed[: args.best]
     done = {r["name"] for r in lines(log)}
     for r in confirmed:
         name = keep_as_builtin(r)
@@ -250,6 +251,7 @@ def main() -> None:
     p.add_argument("--top", type=int, default=5)
     p.add_argument("--under", type=lambda v: [int(x) for x in v.split(",")], default=[], help="confirm the best within each of these parameter counts")
     p.add_argument("--best", type=int, default=2)
+    p.add_argument("--trials", type=lambda v: [int(x) for x in v.split(",")], default=[], help="export these confirmed trials instead of the --best")
     p.add_argument("--arch", default="rec_3762")
     p.add_argument("--data-dir", default=None)
     args = p.parse_args()
