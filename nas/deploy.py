@@ -58,10 +58,11 @@ def _quiet() -> Iterator[None]:
         logging.disable(previous)
 
 
-def write_fp32(model: nn.Module, example: torch.Tensor, path: Path) -> None:
+def write_fp32(model: nn.Module, example: torch.Tensor, path: Path, metadata: dict[str, str] | None = None) -> None:
     """Export `model` (eval mode; input [N, ...] like `example`, any N) as one ONNX file with its
-    weights inside. torch's exporter notes each node's Python stack (paths on this machine) in the
-    graph; that is dropped, so the file holds the network and nothing about where it was made."""
+    weights inside, and `metadata` as the model's metadata_props (quantize carries them over).
+    torch's exporter notes each node's Python stack (paths on this machine) in the graph; that is
+    dropped, so the file holds the network and nothing about where it was made."""
     import onnx
 
     with _quiet(), torch.no_grad():
@@ -71,6 +72,7 @@ def write_fp32(model: nn.Module, example: torch.Tensor, path: Path) -> None:
     for node in proto.graph.node:
         del node.metadata_props[:]
         node.doc_string = ""
+    onnx.helper.set_model_props(proto, metadata or {})
     onnx.checker.check_model(proto)
     onnx.save_model(proto, str(path), save_as_external_data=False)
 
@@ -162,11 +164,12 @@ np.savez(sys.argv[2], *logits)
 
 def run_isolated(paths: list[Path], x: np.ndarray) -> list[np.ndarray]:
     """Logits of each ONNX file on `x` (float32 pixels), computed in a fresh process that has only
-    onnxruntime. RuntimeError with the process's last line if one cannot be loaded or run."""
+    onnxruntime. RuntimeError with the process's last line if one cannot be loaded or run. The
+    process runs in a temporary folder, so it is given absolute paths (a relative --out failed here)."""
     with tempfile.TemporaryDirectory(prefix="nas-onnx-") as tmp:
         inputs, outputs = Path(tmp) / "x.npy", Path(tmp) / "logits.npz"
         np.save(inputs, x)
-        run = subprocess.run([sys.executable, "-I", "-c", _RUN, str(inputs), str(outputs), *map(str, paths)], capture_output=True, text=True, cwd=tmp)
+        run = subprocess.run([sys.executable, "-I", "-c", _RUN, str(inputs), str(outputs), *(str(p.resolve()) for p in paths)], capture_output=True, text=True, cwd=tmp)
         if run.returncode != 0:
             raise RuntimeError((run.stderr.strip().splitlines() or ["no output"])[-1])
         with np.load(outputs) as saved:

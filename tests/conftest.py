@@ -1,8 +1,13 @@
 from __future__ import annotations
 
+import contextlib
+import functools
+import http.server
 import math
 import os
 import random
+import threading
+from collections.abc import Iterator
 from pathlib import Path
 
 import optuna
@@ -42,7 +47,7 @@ def has_mnist(folder: Path) -> bool:
 
 def find_mnist() -> Path:
     """Where the tests read real MNIST, the way the CLI finds it: NAS_TEST_MNIST, then
-    ../shared/data/mnist, then the user's data folder (nas.data.default_data_dir), downloaded
+    ../shared/data/mnist, then the user's data folder (nas.datasets.default_data_dir), downloaded
     there with checksum verification if missing. RuntimeError (one line) when none works."""
     env = os.environ.get("NAS_TEST_MNIST")
     if env:
@@ -51,14 +56,14 @@ def find_mnist() -> Path:
         raise RuntimeError(f"NAS_TEST_MNIST={env} does not hold the four MNIST IDX files (.gz or raw); point it at a folder that does, or unset it")
     if has_mnist(SHARED_MNIST):
         return SHARED_MNIST
-    from nas.data import default_data_dir, download
+    from nas.datasets import NAMED, default_data_dir, download
     from nas.errors import DataError
 
     user = default_data_dir()
     if has_mnist(user):
         return user
     try:
-        download(user)
+        download(NAMED["mnist"], user)
     except DataError as e:
         reason = str(e).split(" could not be downloaded ", 1)[-1].split(";")[0].strip(" (")
         raise RuntimeError(f"real MNIST not found in {SHARED_MNIST} or {user}, and downloading it failed ({reason}); "
@@ -74,6 +79,22 @@ def pytest_collection_modifyitems(session, config, items) -> None:
             config.stash[_MNIST] = find_mnist()
         except RuntimeError as e:
             pytest.exit(f"tests need MNIST: {e}", returncode=1)
+
+
+@contextlib.contextmanager
+def serve(folder: Path) -> Iterator[str]:
+    """An HTTP server on loopback serving `folder`, as a dataset's mirror would: its base URL."""
+    class Quiet(http.server.SimpleHTTPRequestHandler):
+        def log_message(self, *args) -> None:
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(Quiet, directory=str(folder)))
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        yield f"http://127.0.0.1:{server.server_port}/"
+    finally:
+        server.shutdown()
+        server.server_close()
 
 
 def require_system_deps() -> bool:

@@ -13,7 +13,8 @@ from nas.arch import costs, load_arch, param_count
 from nas.cli import app
 from nas.export import FILES, RawPixels
 from nas.data import normalize, read_idx
-from nas.predict import pixels
+from nas.datasets import MNIST
+from nas.predict import ModelInfo, pixels
 from nas.model import build
 from nas.search import Run, search
 from nas.settings import StudySettings
@@ -50,7 +51,9 @@ def test_files_and_metrics(exported):
     assert set(m["versions"]) >= {"nas", "torch", "optuna"}
     card = (out / "README.md").read_text()
     assert "Total params" in card and "verified in a fresh process" in log
-    assert "normalisation is inside the model" in card and "pixels in [0, 1], white digit on black" in card and "pixels in [0, 1]" in m["input"]
+    assert "normalisation is inside the model" in card and "pixels to [0, 1], light on dark as the training images are" in card
+    assert m["input"].startswith("model.pt: float [N, 1, 28, 28] pixels in [0, 1]") and m["background"] == "dark" and m["dataset"]["sha256"] == MNIST.sha256
+    assert "| data | mnist, SHA-256 of its arrays 05a957b0" in card and ".reshape(-1, 1, 28, 28)" in card
 
 
 def test_torchscript_round_trip_matches_eager(exported, mnist_dir):
@@ -149,7 +152,7 @@ def test_predict_bad_files(exported, tmp_path):
     junk.write_bytes(b"not an image")
     blank = tmp_path / "blank.png"
     Image.new("L", (28, 28)).save(blank)
-    for args, text in (([out / "model.pt", junk], "not a PNG/JPEG image or IDX"), ([junk, blank], "not a TorchScript model"), ([out / "model.pt", tmp_path / "none.png"], "no such file")):
+    for args, text in (([out / "model.pt", junk], "not a PNG/JPEG image, IDX or .npz file"), ([junk, blank], "not a TorchScript model"), ([out / "model.pt", tmp_path / "none.png"], "no such file")):
         r = subprocess.run([sys.executable, "-m", "nas", "predict", *map(str, args)], capture_output=True, text=True)
         assert r.returncode == 2 and text in r.stderr, r.stderr
 
@@ -301,9 +304,9 @@ def test_ship_onnx_refuses_a_file_that_does_not_reproduce_model_pt(onnx_extra, t
     labels = read_idx(mnist_dir / "t10k-labels-idx1-ubyte.gz")[:200].long()
     with torch.no_grad():
         expected = RawPixels(net)(raw)
-    o = ship_onnx(net, tmp_path, raw, labels, expected, raw[:50], log=lambda line: None)
+    o = ship_onnx(net, MNIST, ModelInfo(), tmp_path, raw, labels, expected, raw[:50], log=lambda line: None)
     assert o["fp32"]["max_logit_difference"] < 1e-4
     off = expected.clone()
     off[:, 0] += 1e-3  # a model whose logits are off by more than the tolerance
     with pytest.raises(ExportError, match="does not reproduce model.pt's predictions"):
-        ship_onnx(net, tmp_path, raw, labels, off, raw[:50], log=lambda line: None)
+        ship_onnx(net, MNIST, ModelInfo(), tmp_path, raw, labels, off, raw[:50], log=lambda line: None)
