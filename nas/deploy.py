@@ -164,8 +164,7 @@ np.savez(sys.argv[2], *logits)
 
 def run_isolated(paths: list[Path], x: np.ndarray) -> list[np.ndarray]:
     """Logits of each ONNX file on `x` (float32 pixels), computed in a fresh process that has only
-    onnxruntime. RuntimeError with the process's last line if one cannot be loaded or run. The
-    process runs in a temporary folder, so it is given absolute paths (a relative --out failed here)."""
+    onnxruntime. RuntimeError with the process's last line if one cannot be loaded or run."""
     with tempfile.TemporaryDirectory(prefix="nas-onnx-") as tmp:
         inputs, outputs = Path(tmp) / "x.npy", Path(tmp) / "logits.npz"
         np.save(inputs, x)

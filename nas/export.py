@@ -148,10 +148,10 @@ def export(
     stage = Path(tempfile.mkdtemp(prefix=".export-", dir=out))
     try:
         metrics = _export(source, stage, ds, device, seeds, epochs, log, train_size, on_progress)
-        for name in FILES:
+        for name in FILES:  # an ONNX file not made this time (no onnx extra) must not outlive its model
             if (stage / name).exists():
                 os.replace(stage / name, out / name)
-            else:  # not written by this export (ONNX without the onnx extra): an earlier export's copy must not stay beside it
+            else:
                 (out / name).unlink(missing_ok=True)
     except BaseException:
         if made:

@@ -11,18 +11,20 @@ from __future__ import annotations
 import json
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, NamedTuple
+from typing import Any, NamedTuple
 
 from nas.arch import KB, Costs, arch_from_dict, costs
 
-if TYPE_CHECKING:
-    from nas.settings import StudySettings
+
+def flag(key: str) -> str:
+    """The command-line flag of a StudySettings field (here, below settings, so both can use it)."""
+    return {"seed_archs": "--seed-arch"}.get(key, "--" + key.replace("_", "-"))
 
 
 @dataclass(frozen=True)
 class Resource:
     name: str  # the --minimize choice and the set_constraint key
-    setting: str  # the StudySettings field of its limit (None: no limit); its flag is settings.flag(setting)
+    setting: str  # the StudySettings field of its limit (None: no limit); its flag is flag(setting)
     unit: str  # of the limit as given
     scale: int  # value units (of `attr`) per limit unit, e.g. 1,000 bytes per KB
     attr: str  # the trial user attribute that stores the value
@@ -32,11 +34,9 @@ class Resource:
 
     @property
     def flag(self) -> str:
-        from nas.settings import flag  # settings imports this module
-
         return flag(self.setting)
 
-    def limit(self, settings: StudySettings) -> float | None:
+    def limit(self, settings: Any) -> float | None:
         """The study's limit in value units (bytes, not KB), or None for no limit."""
         given = getattr(settings, self.setting)
         return None if given is None else given * self.scale
@@ -83,7 +83,7 @@ class Violation(NamedTuple):
         return f"{self.resource.label} {self.resource.format(self.value)} > {self.resource.format(self.limit)}"
 
 
-def violations(c: Costs, settings: StudySettings) -> list[Violation]:
+def violations(c: Costs, settings: Any) -> list[Violation]:
     """The study's limits that these costs exceed, in registry order."""
     out = []
     for r in RESOURCES:
@@ -93,7 +93,7 @@ def violations(c: Costs, settings: StudySettings) -> list[Violation]:
     return out
 
 
-def constraints(c: Costs | None, settings: StudySettings) -> dict[str, float]:
+def constraints(c: Costs | None, settings: Any) -> dict[str, float]:
     """Values for trial.set_constraint (feasible when <= 0): 'valid', plus each resource the study
     limits as value / limit - 1, so constraints of different units weigh alike. The keys depend
     only on the study's stored settings, so every trial of a study carries the same ones (as

@@ -18,7 +18,7 @@ from nas.config import DEFAULT_EPOCHS, TrainConfig
 from nas.datasets import MNIST, DatasetSpec
 from nas.errors import SpecError
 from nas.resources import NAMES as RESOURCE_NAMES
-from nas.resources import RESOURCES, violations
+from nas.resources import RESOURCES, flag, violations
 from nas.space import DEFAULT_SPACE, Space, cheapest, params_for, read_space, space_for
 
 PRUNING_MODES = ("on", "observe", "off")
@@ -226,7 +226,3 @@ def rung_epochs(fractions: tuple[float, ...], max_epochs: int) -> tuple[int, ...
     """The epochs of rungs given as fractions of the training (none at or after the last epoch)."""
     return tuple(sorted({e for f in fractions if 1 <= (e := max(1, math.ceil(f * max_epochs))) < max_epochs}))
 
-
-def flag(key: str) -> str:
-    """The command-line flag of a setting."""
-    return {"seed_archs": "--seed-arch"}.get(key, "--" + key.replace("_", "-"))

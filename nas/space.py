@@ -405,15 +405,16 @@ def cheapest(space: Space) -> list[Costs]:
     it, one of these costs no more in every resource (parameters, MACs, activations, model bytes).
 
     Channels are taken at their smallest and bias and last-conv BatchNorm left out where the space
-    allows (none of them ever lowers a cost), and a padded stage has its fewest blocks, 1x1 where
+    allows (none of them ever lowers a cost; a ReLU between depthwise and pointwise can, as it
+    changes where the depthwise BatchNorm folds, so both are walked), and a padded stage has its fewest blocks, 1x1 where
     it can (more padded blocks only add). Every other choice (stages, kernel, BN/ReLU order,
     paddings, strides, separable stages, transitions, the number of unpadded blocks and which are
     1x1, the head) is walked block by block, keeping per output shape only the prefixes no other
     one beats in every cost: what follows depends only on that shape, so the result is exact."""
     found: list[Costs] = []
     prefer = lambda options: [False] if False in options else options[:1]  # noqa: E731
-    for kernel, order, bias, final_bn in itertools.product(space.kernel, space.order, prefer(space.bias), prefer(space.final_bn)):
-        g: dict[str, Any] = {"kernel": kernel, "order": order, "bias": bias, "dw_relu": space.dw_relu[0]}
+    for kernel, order, bias, final_bn, dw_relu in itertools.product(space.kernel, space.order, prefer(space.bias), prefer(space.final_bn), set(space.dw_relu)):
+        g: dict[str, Any] = {"kernel": kernel, "order": order, "bias": bias, "dw_relu": dw_relu}
         frontier: list[tuple[list[Any], tuple[int, ...], _Vector]] = [([], space.input, (0, 0, 0, 0))]
         for i, st in enumerate(space.stage[: max(space.stages)], 1):
             grown = []

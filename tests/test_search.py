@@ -215,7 +215,8 @@ def test_an_interrupted_trial_goes_on_from_its_checkpoint_bit_identical(store, m
     from nas.checkpoints import Checkpoints
 
     monkeypatch.setattr(search_mod, "CHECKPOINT_EVERY", 0.0)  # a checkpoint after every epoch but the last
-    whole = tiny("whole", store, mnist_dir, 1, max_epochs=4, pruning="off").trials[0]
+    kw = dict(max_epochs=4, pruning="off", seed_archs=StudySettings().seed_archs[:1])  # seed_9274 alone, no other built-in waiting
+    whole = tiny("whole", store, mnist_dir, 1, **kw).trials[0]
     real_train = search_mod.train
 
     def stopped_after_a_checkpoint(*a, on_checkpoint, **k):
@@ -228,14 +229,14 @@ def test_an_interrupted_trial_goes_on_from_its_checkpoint_bit_identical(store, m
     monkeypatch.setattr(search_mod, "train", stopped_after_a_checkpoint)
     for run in range(3):
         with pytest.raises(KeyboardInterrupt):
-            tiny("cut", store, mnist_dir, 1, max_epochs=4, pruning="off")
+            tiny("cut", store, mnist_dir, 1, **kw)
         cut = load(store, "cut").trials
         assert [t.state for t in cut] == [TrialState.FAIL] * (run + 1) + [TrialState.WAITING]
         assert cut[-1].user_attrs == {"seed_arch": "seed_9274", "retry_of": run, "retries": 0}
         assert checkpoints.path(cut[run].user_attrs["config_key"]).is_file()
         assert cut[run].user_attrs.get("resumed", {}).get("epoch") == (run or None)
     monkeypatch.setattr(search_mod, "train", real_train)
-    tiny("cut", store, mnist_dir, 1, max_epochs=4, pruning="off")
+    tiny("cut", store, mnist_dir, 1, **kw)
     seed = load(store, "cut").trials[-1]
     assert seed.state == TrialState.COMPLETE and seed.user_attrs["resumed"] == {"epoch": 3, "from_trial": 2}
     assert seed.user_attrs["curve"] == whole.user_attrs["curve"] and seed.values == whole.values  # bit for bit
