@@ -507,7 +507,7 @@ def download(named: Named, folder: Path, log: Log = print) -> None:
             log(f"downloading {named.title} {fname} from {base} into {folder}/")
             bar = _Bar(fname) if sys.stderr.isatty() else False
             try:
-                pooch.retrieve(base + fname, known_hash=known, fname=fname, path=folder, downloader=pooch.HTTPDownloader(progressbar=bar, timeout=30))
+                pooch.retrieve(base + fname, known_hash=known, fname=fname, path=folder, downloader=pooch.HTTPDownloader(progressbar=bar, timeout=30, chunk_size=1 << 16))
                 break
             except Exception as e:  # noqa: BLE001 - requests and pooch fail in many types; each is a reason to try the next mirror
                 if bar:

@@ -209,3 +209,18 @@ def test_specs_compare_by_data_and_round_trip():
     assert replace(MNIST, sha256="0" * 64) != MNIST
     assert DatasetSpec.from_dict(MNIST.to_dict()) == MNIST and isinstance(DatasetSpec.from_dict(MNIST.to_dict()).shape, tuple)
     assert MNIST.default_val_size == 10_000 and replace(MNIST, train=600).default_val_size == 100
+
+
+def test_the_progress_bar_follows_a_download(tmp_path):
+    """The bar nas gives pooch on a terminal (rich's), driven by pooch's own downloader here."""
+    import pooch
+
+    from nas.datasets import _Bar
+
+    folder = idx_folder(tmp_path / "served")
+    bar = _Bar(IDX[0])
+    with serve(folder) as url:
+        pooch.HTTPDownloader(progressbar=bar)(url + IDX[0], str(tmp_path / "got.gz"), None)
+    task = bar.progress.tasks[0]
+    assert task.total == task.completed == (folder / IDX[0]).stat().st_size and task.finished
+    assert (tmp_path / "got.gz").read_bytes() == (folder / IDX[0]).read_bytes()
