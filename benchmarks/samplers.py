@@ -5,7 +5,7 @@ budget at the same cheap protocol, from several sampler seeds, with the same enq
 
 Each search is a real nas study (the mnist_tiny space, --max-params 5000, pruning off) trained until
 it has --trained trials that trained (trials pruned before training, over the budget or invalid, cost
-nothing and are not counted). For each search, after 20, 40 and 60 trained trials: the hypervolume of
+nothing and are not counted). For each search, after a third, two thirds and all of its trained trials: the hypervolume of
 (validation accuracy, parameters) of its complete trials, with the reference point (90 % accuracy,
 the budget) and parameters scaled by the budget, and the best validation accuracy. Per sampler: the
 mean over seeds with a 95 % bootstrap interval; one sampler is called better than another only where
@@ -25,7 +25,6 @@ import statistics
 import time
 from pathlib import Path
 
-CHECKPOINTS = (20, 40, 60)
 REF_ACC = 0.90
 
 
@@ -85,10 +84,15 @@ def hypervolume(points: list[tuple[float, int]], budget: int) -> float:
     return area
 
 
-def measures(search: dict, budget: int) -> dict[str, float]:
+def checkpoints(trained: int) -> tuple[int, ...]:
+    """Where each search is measured: after a third, two thirds and all of its trained trials."""
+    return tuple(round(trained * k / 3) for k in (1, 2, 3))
+
+
+def measures(search: dict, budget: int, at: tuple[int, ...]) -> dict[str, float]:
     ran = [t for t in search["trials"] if t["train_seconds"] and t["val_acc"] is not None]
     out = {}
-    for n in CHECKPOINTS:
+    for n in at:
         done = [(t["val_acc"], t["params"]) for t in ran[:n] if t["state"] == "COMPLETE"]
         out[f"hv@{n}"] = hypervolume(done, budget)
         out[f"best@{n}"] = max((a for a, _ in done), default=float("nan"))
@@ -141,27 +145,28 @@ def main() -> None:
     samplers = args.samplers.split(",")
     todo = [(s, seed, args) for seed in range(args.seeds) for s in samplers if (s, seed) not in done]
     ctx = mp.get_context("spawn")
+    at = checkpoints(args.trained)
     if todo:
         print(f"{len(todo)} searches to run ({len(done)} done), {args.workers} at a time, one thread each", flush=True)
         with ctx.Pool(args.workers, maxtasksperchild=1) as pool:
             for result in pool.imap_unordered(run_search, todo):
                 with log.open("a") as f:
                     f.write(json.dumps(result) + "\n")
-                m = measures(result, args.max_params)
-                print(f"{result['sampler']} seed {result['seed']}: {len(result['trials'])} trials, hv@60 {m['hv@60']:.4f}, best@60 {100 * m['best@60']:.2f} %, "
+                m = measures(result, args.max_params, at)
+                print(f"{result['sampler']} seed {result['seed']}: {len(result['trials'])} trials, hv@{at[-1]} {m[f'hv@{at[-1]}']:.4f}, best@{at[-1]} {100 * m[f'best@{at[-1]}']:.2f} %, "
                       f"{result['seconds']:.0f} s", flush=True)
     searches = [s for s in map(json.loads, log.read_text().splitlines()) if s["sampler"] in samplers]
-    lines = ["| sampler | searches | " + " | ".join(f"hypervolume @{n}" for n in CHECKPOINTS) + " | " + " | ".join(f"best val acc @{n}" for n in CHECKPOINTS) + " | trials drawn for 60 trained |",
-             "|---" * (3 + 2 * len(CHECKPOINTS)) + "|"]
+    lines = ["| sampler | searches | " + " | ".join(f"hypervolume @{n}" for n in at) + " | " + " | ".join(f"best val acc @{n}" for n in at) + f" | trials drawn for {at[-1]} trained |",
+             "|---" * (3 + 2 * len(at)) + "|"]
     summary = {}
     for s in samplers:
         mine = [x for x in searches if x["sampler"] == s]
         if not mine:
             continue
-        ms = [measures(x, args.max_params) for x in mine]
+        ms = [measures(x, args.max_params, at) for x in mine]
         summary[s] = {k: bootstrap([m[k] for m in ms]) for k in ms[0]}
-        cells = [f"{m:.4f} [{lo:.4f}, {hi:.4f}]" for m, lo, hi in (summary[s][f"hv@{n}"] for n in CHECKPOINTS)]
-        cells += [f"{100 * m:.2f} [{100 * lo:.2f}, {100 * hi:.2f}] %" for m, lo, hi in (summary[s][f"best@{n}"] for n in CHECKPOINTS)]
+        cells = [f"{m:.4f} [{lo:.4f}, {hi:.4f}]" for m, lo, hi in (summary[s][f"hv@{n}"] for n in at)]
+        cells += [f"{100 * m:.2f} [{100 * lo:.2f}, {100 * hi:.2f}] %" for m, lo, hi in (summary[s][f"best@{n}"] for n in at)]
         drawn = statistics.fmean(len(x["trials"]) for x in mine)
         lines.append(f"| {s} | {len(mine)} | " + " | ".join(cells) + f" | {drawn:.0f} |")
     best_file = args.out / "retrained.jsonl"
