@@ -317,14 +317,19 @@ def normalisation(x: np.ndarray) -> tuple[tuple[float, ...], tuple[float, ...]]:
     return tuple(means), tuple(stds)
 
 
-def background(x: np.ndarray) -> str:
-    """What the edge of the training images shows: "dark" (MNIST's black around a white digit),
-    "light", or "mixed" (natural images). nas predict inverts a picture only for a model trained on
-    dark or light backgrounds, when the picture has the other."""
+def edge_level(x: np.ndarray) -> float:
+    """Mean brightness in [0, 1] of the border pixels of images [N, C, H, W]: their background."""
     import numpy as np
 
     edge = np.concatenate([x[:, :, [0, -1], :].reshape(len(x), -1), x[:, :, :, [0, -1]].reshape(len(x), -1)], 1)
-    level = float(edge.mean()) / 255 if edge.size else 0.5
+    return float(edge.mean()) / 255 if edge.size else 0.5
+
+
+def background(x: np.ndarray) -> str:
+    """What the edge of the training images shows: "dark" (MNIST's black around a white digit),
+    "light", or "mixed" (natural images). nas predict inverts a picture only for a model trained on
+    dark or light backgrounds, when the picture is on the other side of grey."""
+    level = edge_level(x)
     return "dark" if level < 0.2 else "light" if level > 0.8 else "mixed"
 
 

@@ -355,3 +355,19 @@ def test_a_colour_dataset_exports_and_predicts_with_its_shape_names_and_normalis
                           ("grey.npz", "holds 1-channel images; the model takes 3 (RGB), as rgb.npz has them")):
         r = subprocess.run([sys.executable, "-m", "nas", "predict", str(out / "model.pt"), str(tmp_path / picture)], capture_output=True, text=True)
         assert r.returncode == 2 and text in r.stderr and len(r.stderr.splitlines()) == 1, r.stderr
+
+
+def test_pictures_are_inverted_only_across_grey_from_the_training_images(tmp_path):
+    """A digit photographed on grey paper is inverted for MNIST's white-on-black as white paper is;
+    a model trained on dark ink on light gets the opposite; pictures with mixed edges never."""
+    from nas.predict import load_images
+
+    ink = np.zeros((28, 28), np.uint8)
+    ink[8:20, 12:16] = 1
+    cases = [(np.where(ink, 20, 160), "dark", True), (np.where(ink, 0, 255), "dark", True), (np.where(ink, 255, 0), "dark", False),
+             (np.where(ink, 230, 60), "light", True), (np.where(ink, 0, 255), "light", False), (np.where(ink, 0, 255), "mixed", False)]
+    for k, (picture, trained, flipped) in enumerate(cases):
+        Image.fromarray(picture.astype(np.uint8)).save(tmp_path / f"{k}.png")
+        x, inverted = load_images(tmp_path / f"{k}.png", ModelInfo(background=trained))
+        assert inverted == flipped and x.shape == (1, 1, 28, 28), (k, trained)
+        assert torch.equal(x[0, 0], torch.from_numpy(255 - picture.astype(np.uint8) if flipped else picture.astype(np.uint8)))
