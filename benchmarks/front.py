@@ -2,7 +2,7 @@
 export the best two with three seeds, and record every stage in benchmarks/results/front.csv.
 
     python3 benchmarks/front.py search  --budget 3000 --hours 3 [--sampler evolution] [--epochs 4 --train-size 20000]
-    python3 benchmarks/front.py confirm --budget 3000 [--top 5]         # 20 epochs on 50,000 images, 1 seed, judged on validation
+    python3 benchmarks/front.py confirm --budget 3000 [--top 5 | --under 3000,4000,5000]  # 20 epochs on 50,000 images, 1 seed, validation
     python3 benchmarks/front.py export  --budget 3000 [--best 2]        # nas export --seeds 3: all 60,000 images, tested once
     python3 benchmarks/front.py record  --arch rec_3762                 # a built-in network through the same export
     python3 benchmarks/front.py table                                   # front.csv and the README's table
@@ -108,13 +108,19 @@ def restore(args: argparse.Namespace) -> None:
 
 # --- confirm ------------------------------------------------------------------------------------
 
-def top_trials(budget: int, n: int) -> list:
+def top_trials(budget: int, n: int, under: list[int]) -> list:
+    """The n most accurate complete trials within the budget or, with `under`, the most accurate
+    one within each of those parameter counts (so a front is confirmed, not n variants of one network)."""
     import optuna
     from optuna.trial import TrialState
 
     study = optuna.load_study(study_name=study_name(budget), storage=storage(budget))
-    done = [t for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)) if t.user_attrs.get("params", budget + 1) <= budget]
-    return sorted(done, key=lambda t: -t.values[0])[:n]
+    done = sorted((t for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)) if t.user_attrs.get("params", budget + 1) <= budget),
+                  key=lambda t: -t.values[0])
+    if not under:
+        return done[:n]
+    picked = {next(t.number for t in done if t.user_attrs["params"] <= cap) for cap in under if any(t.user_attrs["params"] <= cap for t in done)}
+    return [t for t in done if t.number in picked]
 
 
 def full_protocol(job: dict) -> dict:
@@ -140,7 +146,7 @@ def confirm(args: argparse.Namespace) -> None:
     done = {r["trial"] for r in lines(log)}
     jobs = [{"budget": args.budget, "trial": t.number, "name": f"trial_{t.number}", "params": t.user_attrs["params"], "macs": t.user_attrs["macs"],
              "search_val_acc": t.values[0], "arch": t.user_attrs["arch"], "train_config": t.user_attrs["train_config"], "data_dir": args.data_dir}
-            for t in top_trials(args.budget, args.top) if t.number not in done]
+            for t in top_trials(args.budget, args.top, args.under) if t.number not in done]
     with mp.get_context("spawn").Pool(args.workers, maxtasksperchild=1) as pool:
         for r in pool.imap_unordered(full_protocol, jobs):
             append(log, r)
@@ -242,6 +248,7 @@ def main() -> None:
     p.add_argument("--workers", type=int, default=1)
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--top", type=int, default=5)
+    p.add_argument("--under", type=lambda v: [int(x) for x in v.split(",")], default=[], help="confirm the best within each of these parameter counts")
     p.add_argument("--best", type=int, default=2)
     p.add_argument("--arch", default="rec_3762")
     p.add_argument("--data-dir", default=None)

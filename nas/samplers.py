@@ -70,12 +70,14 @@ class EvolutionSampler(BaseSampler):
     search that beat TPE on NAS-Bench-101 (White et al., BANANAS): a parent is drawn from the
     current front of complete trials (the most accurate five in an accuracy-only study), one of its
     choices is changed, and the child is kept only if it is a valid architecture within the study's
-    budgets that no trial has had. With probability `explore`, and while the study has no complete
-    trial, a genome is drawn at random instead. The population is read from the study at every
-    trial, so workers in other processes and on other machines share it."""
+    budgets that no trial has had. While the study has fewer than `startup` complete trials (a
+    single random start can leave the whole search mutating one poor network), and with
+    probability `explore` afterwards, a genome is drawn at random instead, under the same test, so
+    no trial is spent on an invalid or over-budget draw. The population is read from the study at
+    every trial, so workers in other processes and on other machines share it."""
 
-    def __init__(self, settings: StudySettings, seed: int | None = None, explore: float = 0.1, tries: int = 200):
-        self.settings, self.explore, self.tries = settings, explore, tries
+    def __init__(self, settings: StudySettings, seed: int | None = None, explore: float = 0.1, startup: int = 8, tries: int = 200):
+        self.settings, self.explore, self.startup, self.tries = settings, explore, startup, tries
         self.space = settings.parsed_space
         self.rng = random.Random(seed)
         self.random = RandomSampler(seed=seed)
@@ -110,17 +112,28 @@ class EvolutionSampler(BaseSampler):
         return pareto_front(study)
 
     def propose(self, study: optuna.Study) -> dict[str, Any] | None:
-        """A child genome, or None to draw at random."""
+        """A child genome (or a random admissible one), or None to leave the draw to random search."""
         parents = [t for t in self.parents(study) if set(self.distributions) <= set(t.params)]
-        if not parents or self.rng.random() < self.explore:
-            return None
         known = {t.user_attrs["config_key"] for t in study.get_trials(deepcopy=False) if "config_key" in t.user_attrs}
+        complete = len(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)))
+        at_random = not parents or complete < self.startup or self.rng.random() < self.explore
         for _ in range(self.tries):
-            parent = {**self.fixed, **self.rng.choice(parents).params}
-            child = self.mutate(parent)
+            child = {**self.fixed, **self.draw()} if at_random else self.mutate({**self.fixed, **self.rng.choice(parents).params})
             if child is not None and self.admissible(child, known):
                 return {k: v for k, v in child.items() if k in self.distributions}
         return None
+
+    def draw(self) -> dict[str, Any]:
+        """A genome drawn uniformly (learning rates log-uniformly), as random search would."""
+        g: dict[str, Any] = {}
+        for name, d in self.distributions.items():
+            if isinstance(d, CategoricalDistribution):
+                g[name] = self.rng.choice(d.choices)
+            elif isinstance(d, IntDistribution):
+                g[name] = self.rng.randint(d.low, d.high)
+            else:
+                g[name] = math.exp(self.rng.uniform(math.log(d.low), math.log(d.high))) if d.log else self.rng.uniform(d.low, d.high)
+        return g
 
     def mutate(self, g: dict[str, Any]) -> dict[str, Any] | None:
         """g with one choice changed so that the network or its training changes, or None."""
