@@ -17,6 +17,8 @@ from typing import Annotated, Any, Callable, Optional
 import typer
 
 from nas.config import MIN_UPDATES, OPTIMIZERS, TrainConfig
+from nas.datasets import DEFAULT as DEFAULT_DATASET
+from nas.datasets import MAX_VAL, NAMED
 from nas.placement import DEFAULT_TRIALS_PER_GPU
 from nas.resources import NAMES as RESOURCE_NAMES
 from nas import interrupt
@@ -47,13 +49,18 @@ DEFAULT_STORAGE = "sqlite:///studies/nas.sqlite3"
 DEFAULT_TRIALS = 50
 
 DataDir = Annotated[Optional[Path], typer.Option("--data-dir", envvar="NAS_DATA_DIR", file_okay=False,
-                                                 help="Folder with the MNIST IDX files (default: ~/.cache/nas/mnist, downloaded if missing).")]
+                                                 help="Where the named datasets are on this machine: for mnist the folder of its four IDX files, for fashion-mnist "
+                                                      "and kmnist the folder that holds their NAME/ folder (default: ~/.cache/nas/NAME; missing files are downloaded).")]
+DatasetOpt = Annotated[Optional[str], typer.Option("--dataset", metavar="NAME|PATH",
+                                                help=f"The data: {', '.join(NAMED)}, or PATH: a folder of the four IDX files, or an .npz with x (uint8 [N, H, W] or "
+                                                     "[N, H, W, C]) and y (integer labels), optionally x_test and y_test (else a test split is held out of x) "
+                                                     f"and class_names (default {DEFAULT_DATASET}).")]
 DeviceOpt = Annotated[Device, typer.Option("--device", help="Where to train.")]
 Storage = Annotated[str, typer.Option("--storage", envvar="NAS_STORAGE",
                                       help="Optuna storage: sqlite:///FILE (its folder is made if missing), postgresql+psycopg://USER@HOST/DB "
                                            "(many machines; the password from ~/.pgpass or PGPASSWORD) or journal:///FILE.")]
 StudyName = Annotated[str, typer.Option("--study-name", "--study", help="The study to read.")]
-ValSize = Annotated[Optional[int], typer.Option(min=1, help=f"Training images held out for validation (default {_STUDY['val_size']:,}).")]
+ValSize = Annotated[Optional[int], typer.Option(min=1, help=f"Training images held out for validation (default: a sixth of them, at most {MAX_VAL:,}).")]
 MaxMacs = Annotated[Optional[int], typer.Option(min=1, help="Multiply-accumulates per image (convolutions): more is pruned before training (default: no limit).")]
 MaxActivationKB = Annotated[Optional[float], typer.Option(help="Peak int8 activation memory of one inference, in KB of 1,000 bytes: more is pruned before training (default: no limit).")]
 MaxModelKB = Annotated[Optional[float], typer.Option(help="Deployed int8 model size in KB of 1,000 bytes, BatchNorm folded: more is pruned before training (default: no limit).")]
@@ -124,20 +131,22 @@ def train(
     val_size: ValSize = None,
     train_size: TrainSize = None,
     device: DeviceOpt = Device.auto,
+    dataset: DatasetOpt = None,
     data_dir: DataDir = None,
     out: Annotated[Optional[Path], typer.Option(file_okay=False, help="Save state_dict.pt, architecture.toml and history.json in this folder.")] = None,
     force: Annotated[bool, typer.Option("--force", help="Overwrite what an earlier run saved in --out.")] = False,
 ) -> None:
-    """Train one architecture on MNIST; print per-epoch progress, then validation and test accuracy."""
+    """Train one architecture on the data (MNIST unless --dataset); print per-epoch progress, then validation and test accuracy."""
     from dataclasses import asdict
 
     import torch
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
-    from nas import data as mnist
+    from nas import data as loader
+    from nas import datasets
     from nas.analytics import count
     from nas.arch import arch_to_toml, load_arch
-    from nas.train import evaluate
+    from nas.train import check_fits, evaluate
     from nas.train import train as fit
 
     spec = load_arch(arch)
@@ -149,12 +158,14 @@ def train(
         _refuse_overwrite(out, saved, force)
         _writable(out)
     dev = _device(device)
-    splits = mnist.load(data_dir, dev, val_size=val_size or _STUDY["val_size"], train_size=train_size)
+    ds = datasets.read(dataset or DEFAULT_DATASET, data_dir, log=say)
+    check_fits(spec, ds.spec)
+    splits = loader.load(data_dir, dev, val_size=val_size, train_size=train_size, dataset=ds)
     cfg = asked if batch_size else asked.fitted(len(splits.train))
     if cfg.batch_size != asked.batch_size:
         say(f"batch {asked.batch_size} halved to {cfg.batch_size}: {count(cfg.epochs, 'epoch')} of {len(splits.train):,} images must make {MIN_UPDATES} updates, "
             "or a large batch diverges (pass --batch-size to choose)")
-    say(f"{spec.name}: {len(spec.layers)} layers, training {len(splits.train):,} images, validating on {len(splits.val):,}, device {dev}")
+    say(f"{spec.name}: {len(spec.layers)} layers, training {len(splits.train):,} images of {ds.spec.name}, validating on {len(splits.val):,}, device {dev}")
     say(f"config: {json.dumps(cfg.to_dict())}")
     with Progress(TextColumn("training"), BarColumn(), MofNCompleteColumn(), TextColumn("epochs"), TimeRemainingColumn(), transient=True) as bar:
         task = bar.add_task("", total=cfg.epochs)
@@ -165,7 +176,7 @@ def train(
 
         trained = fit(spec, splits, cfg, on_epoch=on_epoch, on_progress=interrupt.check)
     model, history = trained.model(), trained.history
-    test = mnist.load_test(data_dir, dev)
+    test = loader.load_test(data_dir, dev, dataset=ds)
     test_loss, test_acc = evaluate(model, test)
     seconds = sum(e.seconds for e in history)
     say(f"final: val acc {100 * history[-1].val_acc:.2f} %  test acc {100 * test_acc:.2f} %  "
@@ -175,7 +186,8 @@ def train(
         torch.save(model.state_dict(), out / "state_dict.pt")
         spec.train = cfg.to_dict()
         (out / "architecture.toml").write_text(arch_to_toml(spec))
-        (out / "history.json").write_text(json.dumps({"history": [asdict(e) for e in history], "test_acc": test_acc, "test_loss": test_loss, "device": str(dev)}, indent=1))
+        (out / "history.json").write_text(json.dumps({"history": [asdict(e) for e in history], "test_acc": test_acc, "test_loss": test_loss, "device": str(dev),
+                                                       "dataset": ds.spec.to_dict()}, indent=1))
         say(f"saved to {out}/")
 
 
@@ -186,11 +198,19 @@ def space_show(
     max_macs: Annotated[Optional[int], typer.Option(min=1, help="Also estimate the share within this many MACs per image.")] = None,
     max_activation_kb: Annotated[Optional[float], typer.Option(help="Also estimate the share within this peak int8 activation memory (KB of 1,000 bytes).")] = None,
     max_model_kb: Annotated[Optional[float], typer.Option(help="Also estimate the share within this int8 model size (KB of 1,000 bytes).")] = None,
+    dataset: Annotated[Optional[str], typer.Option("--dataset", metavar="NAME|PATH", help="Estimate for this data's image shape and classes, as a search on it does (default: the space file's, else MNIST's).")] = None,
+    data_dir: DataDir = None,
 ) -> None:
     """Print a search space, its size and estimates of its parameters, MACs, activation memory and model size."""
-    from nas.space import describe, load_space
+    from nas.space import describe, load_space, read_space, space_for
 
-    say(describe(load_space(file), max_params=max_params, max_macs=max_macs, max_activation_kb=max_activation_kb, max_model_kb=max_model_kb))
+    if dataset is None:
+        space = load_space(file)
+    else:
+        from nas import datasets
+
+        space = space_for(read_space(file), datasets.read(dataset, data_dir, log=say).spec, str(file))
+    say(describe(space, max_params=max_params, max_macs=max_macs, max_activation_kb=max_activation_kb, max_model_kb=max_model_kb))
 
 
 @app.command()
@@ -214,6 +234,10 @@ def search(
     stop_eta: Annotated[Optional[float], typer.Option(min=1.01, help=f"Pareto rule: the share kept at each --stop-at rung is 1/eta (default {_STUDY['stop_eta']:g}).")] = None,
     train_size: TrainSize = None,
     val_size: ValSize = None,
+    dataset: Annotated[Optional[str], typer.Option("--dataset", metavar="NAME|PATH", help=(
+        f"The data, stored with a new study (its name, shape, classes, normalisation and SHA-256): {', '.join(NAMED)}, or PATH: a folder of the four "
+        "IDX files, or an .npz with x (uint8 [N, H, W] or [N, H, W, C]) and y, optionally x_test and y_test and class_names. Resuming, a PATH says "
+        f"where the study's data is on this machine and is checked against it (default {DEFAULT_DATASET}, or the study's)."))] = None,
     trials: Annotated[Optional[int], typer.Option(min=1, help="Run until the study has this many finished trials (default 50 unless --timeout is given).")] = None,
     timeout: Annotated[Optional[float], typer.Option(min=1, help="Stop starting new trials after this many seconds.")] = None,
     study_name: Annotated[str, typer.Option("--study-name", "--study", help="Study name; re-using one resumes it.")] = "mnist",
@@ -241,10 +265,14 @@ def search(
         raise UsageError("give --seed-arch or --no-seed-arch, not both")
     if no_seed_arch or seed_arch:
         given["seed_archs"] = tuple(arch_to_dict(load_arch(p)) for p in seed_arch or ())
+    if dataset is not None:
+        from nas import datasets
+
+        given["dataset"] = datasets.read(dataset, data_dir, log=say).spec
     settings = StudySettings(**given)  # validates every flag before anything is created
     if trials is None and timeout is None:
         trials = DEFAULT_TRIALS
-    _run_search(study_name, storage, settings, given, trials, timeout, _run_options(workers, trials_per_gpu, device, data_dir, artifacts))
+    _run_search(study_name, storage, settings, given, trials, timeout, _run_options(workers, trials_per_gpu, device, dataset, data_dir, artifacts))
 
 
 @app.command()
@@ -256,18 +284,21 @@ def worker(
     workers: Annotated[Optional[int], typer.Option(min=1, help="Worker processes on this machine (default: one per GPU, or 1 on the CPU; at most one per core).")] = None,
     trials_per_gpu: Annotated[Optional[int], typer.Option(min=1, help=f"Trials each GPU trains at once (default {DEFAULT_TRIALS_PER_GPU}).")] = None,
     device: DeviceOpt = Device.auto,
+    dataset: Annotated[Optional[str], typer.Option("--dataset", metavar="PATH", help=(
+        "Where the study's data is on this machine, when the study was made from a PATH that differs here; checked against the study's SHA-256 "
+        "(default: the study's named dataset from --data-dir, or the path it was made with)."))] = None,
     data_dir: DataDir = None,
     artifacts: Artifacts = None,
 ) -> None:
     """Join an existing study as one more worker (run one per machine: all settings come from the study)."""
-    _run_search(study_name, storage, None, None, trials, timeout, _run_options(workers, trials_per_gpu, device, data_dir, artifacts))
+    _run_search(study_name, storage, None, None, trials, timeout, _run_options(workers, trials_per_gpu, device, dataset, data_dir, artifacts))
 
 
-def _run_options(workers: int | None, trials_per_gpu: int | None, device: Device, data_dir: Path | None, artifacts: Path | None):
+def _run_options(workers: int | None, trials_per_gpu: int | None, device: Device, dataset: str | None, data_dir: Path | None, artifacts: Path | None):
     """The per-machine options of a search run (nas.search.Run)."""
     from nas.search import Run
 
-    return Run(device.value, str(data_dir) if data_dir else None, workers, trials_per_gpu, str(artifacts) if artifacts else None)
+    return Run(device.value, str(data_dir) if data_dir else None, workers, trials_per_gpu, str(artifacts) if artifacts else None, dataset)
 
 
 def _run_search(study_name: str, storage: str, settings: StudySettings | None, given: dict[str, Any] | None, trials: int | None,
@@ -399,17 +430,21 @@ def export(
     seeds: Annotated[int, typer.Option(min=1, help="Retrain with this many seeds to show the result holds (model.pt is seed 0's).")] = 1,
     epochs: Annotated[Optional[int], typer.Option(min=1, help="Epochs (default: the study's --max-epochs, or the file's own).")] = None,
     device: DeviceOpt = Device.auto,
+    dataset: Annotated[Optional[str], typer.Option("--dataset", metavar="NAME|PATH", help=(
+        f"With --arch, the data to train on ({', '.join(NAMED)} or PATH, default {DEFAULT_DATASET}); with a study, where the study's data is on this "
+        "machine, checked against its SHA-256 (default: the study's named dataset from --data-dir, or the path it was made with)."))] = None,
     data_dir: DataDir = None,
-    train_size: Annotated[Optional[int], typer.Option(min=1, help="Retrain on the first N training images only (smoke runs; the default is all 60,000).")] = None,
+    train_size: Annotated[Optional[int], typer.Option(min=1, help="Retrain on the first N training images only (smoke runs; the default is all of them).")] = None,
     force: Annotated[bool, typer.Option("--force", help="Overwrite an earlier export in --out.")] = False,
     artifacts: Artifacts = None,
 ) -> None:
-    """Retrain the winner on all 60,000 training images, test it once, write it as TorchScript and ONNX (fp32 and int8)."""
-    from nas import analytics
+    """Retrain the winner on all the data's training images, test it once, write it as TorchScript and ONNX (fp32 and int8)."""
+    from nas import analytics, datasets
     from nas import export as ex
     from nas.analytics import count
     from nas.arch import load_arch, param_count
     from nas.storage import load_study
+    from nas.train import check_fits
 
     if arch is not None and study_name is not None:
         raise UsageError("give either --study NAME (best or --trial N of a study) or --arch FILE, not both")
@@ -419,6 +454,7 @@ def export(
     _writable(out)
     if arch is not None:
         spec = load_arch(arch)
+        ds = datasets.read(dataset or DEFAULT_DATASET, data_dir, log=say)
         source = ex.Source(spec, TrainConfig.from_dict(spec.train, str(arch)), {"study": None, "trial": None, "arch_file": str(arch)})
     else:
         study = load_study(study_name, storage)
@@ -433,9 +469,11 @@ def export(
                 raise UsageError(f"study {study_name!r} has no complete trial number {trial}; see `nas report`")
             chosen = found[0]
         source = ex.from_trial(study, chosen)
-    say(f"exporting {source.arch.name}: {param_count(source.arch):,} params, {count(seeds, 'seed')}")
+        ds = datasets.for_study(analytics.study_settings(study).dataset, dataset, data_dir, log=say)
+    check_fits(source.arch, ds.spec)
+    say(f"exporting {source.arch.name}: {param_count(source.arch):,} params, {count(seeds, 'seed')}, {ds.spec.name}")
     try:
-        m = ex.export(source, out, str(data_dir) if data_dir else None, _device(device), seeds, epochs, log=say, train_size=train_size, on_progress=interrupt.check)
+        m = ex.export(source, out, ds, _device(device), seeds, epochs, log=say, train_size=train_size, on_progress=interrupt.check)
     except ex.ExportError as e:
         print(f"error: {e}", file=sys.stderr)
         raise typer.Exit(1) from None
@@ -462,17 +500,19 @@ class _ListArgument(typer.core.TyperCommand):
 @app.command(cls=_ListArgument)
 def predict(
     model: Annotated[Path, typer.Argument(dir_okay=False, help="Exported model.pt (TorchScript), model.onnx or model.int8.onnx (run by onnxruntime); they normalise inside.")],
-    images: Annotated[list[Path], typer.Argument(metavar="IMAGE", help="PNG/JPEG images or IDX files of 28x28 digits; a dark digit on light paper is inverted first.")],
+    images: Annotated[list[Path], typer.Argument(metavar="IMAGE", help=(
+        "PNG/JPEG pictures, IDX files or .npz files (their x) of images the model's size; a picture is read in the model's channels (grey or colour), "
+        "and inverted first when its background is the opposite of the training images' (a dark digit on light paper for MNIST)."))],
 ) -> None:
-    """Print the digit an exported model sees in each image (fed as pixels in [0, 1], white on black)."""
+    """Print the class an exported model sees in each image (fed as pixels in [0, 1]), with its name where the data has names."""
     from nas.predict import classify, load_images, load_model
 
-    pictures = [load_images(path) for path in images]  # every input is checked before any output
-    net = load_model(model)
+    net, info = load_model(model)
+    pictures = [load_images(path, info) for path in images]  # every input is checked before any output
     for path, (picture, inverted) in zip(images, pictures):
-        digits, conf = classify(net, picture)
-        for i, (d, c) in enumerate(zip(digits.tolist(), conf.tolist())):
-            say(f"{path}{f'[{i}]' if len(digits) > 1 else ''}: {d}  ({100 * c:.1f} %)" + ("  (dark on light: inverted to MNIST's white on black)" if inverted else ""))
+        classes, conf = classify(net, picture)
+        for i, (k, c) in enumerate(zip(classes.tolist(), conf.tolist())):
+            say(f"{path}{f'[{i}]' if len(classes) > 1 else ''}: {info.label(k)}  ({100 * c:.1f} %)" + (f"  ({info.inverted})" if inverted else ""))
 
 
 def _refuse_overwrite(out: Path, names: tuple[str, ...], force: bool) -> None:

@@ -58,10 +58,11 @@ def _quiet() -> Iterator[None]:
         logging.disable(previous)
 
 
-def write_fp32(model: nn.Module, example: torch.Tensor, path: Path) -> None:
+def write_fp32(model: nn.Module, example: torch.Tensor, path: Path, metadata: dict[str, str] | None = None) -> None:
     """Export `model` (eval mode; input [N, ...] like `example`, any N) as one ONNX file with its
-    weights inside. torch's exporter notes each node's Python stack (paths on this machine) in the
-    graph; that is dropped, so the file holds the network and nothing about where it was made."""
+    weights inside, and `metadata` as the model's metadata_props (quantize carries them over).
+    torch's exporter notes each node's Python stack (paths on this machine) in the graph; that is
+    dropped, so the file holds the network and nothing about where it was made."""
     import onnx
 
     with _quiet(), torch.no_grad():
@@ -71,6 +72,7 @@ def write_fp32(model: nn.Module, example: torch.Tensor, path: Path) -> None:
     for node in proto.graph.node:
         del node.metadata_props[:]
         node.doc_string = ""
+    onnx.helper.set_model_props(proto, metadata or {})
     onnx.checker.check_model(proto)
     onnx.save_model(proto, str(path), save_as_external_data=False)
 

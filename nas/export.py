@@ -1,9 +1,11 @@
-"""Ship an architecture: retrain on all 60,000 training images, evaluate once on the test set,
-write TorchScript, ONNX (fp32 and int8) and friends, and prove the saved models predict as the
-trained one.
+"""Ship an architecture: retrain on all the data's training images, evaluate once on the test
+set, write TorchScript, ONNX (fp32 and int8) and friends, and prove the saved models predict as
+the trained one.
 
-The shipped models take pixels as people have them (float in [0, 1], white digit on black,
-[N, 1, 28, 28]): MNIST's normalisation is inside them, so a caller cannot forget it."""
+The shipped models take pixels as people have them (float in [0, 1], [N, C, H, W] as the data
+has them): the data's normalisation is inside them, so a caller cannot forget it. What they take
+(size, channels, class names, the polarity of the training images) is stored in them
+(nas.predict.ModelInfo), so `nas predict` needs nothing else."""
 
 from __future__ import annotations
 
@@ -27,10 +29,10 @@ import nas
 from nas import deploy
 from nas.arch import Arch, arch_to_toml, costs, param_count, receptive_field
 from nas.resources import trial_attrs
-from nas.data import MEAN, STD, Data, Split, load_full_train, load_raw, load_test
-from nas.predict import pixels
+from nas.data import Data, Split, load_full_train, load_test
+from nas.datasets import MNIST, Dataset, DatasetSpec, background
+from nas.predict import INFO, ModelInfo, pixels
 from nas.analytics import count
-from nas.settings import MNIST_TRAIN_IMAGES
 from nas.summary import batchnorm_line, summary_table
 from nas.config import TrainConfig
 from nas.model import deployed
@@ -78,15 +80,22 @@ def from_trial(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> Source:
 
 
 class RawPixels(nn.Module):
-    """What ships: MNIST's normalisation, then the trained network."""
+    """What ships: the data's normalisation (per channel), then the trained network."""
 
-    def __init__(self, net: nn.Module, mean: float = MEAN, std: float = STD):
+    def __init__(self, net: nn.Module, spec: DatasetSpec = MNIST):
         super().__init__()
-        self.net, self.mean, self.std = net, mean, std
+        self.net = net
+        self.register_buffer("mean", torch.tensor(spec.mean).view(1, -1, 1, 1))
+        self.register_buffer("std", torch.tensor(spec.std).view(1, -1, 1, 1))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """x: float [N, 1, 28, 28], pixels in [0, 1], white digit on black."""
+        """x: float [N, C, H, W], pixels in [0, 1]."""
         return self.net((x - self.mean) / self.std)
+
+
+def model_info(ds: Dataset) -> ModelInfo:
+    """What the exported files say about the images they take."""
+    return ModelInfo(ds.spec.name, ds.spec.shape, ds.spec.class_names, background(ds.x_train))
 
 
 def to_torchscript(model: torch.nn.Module, example: torch.Tensor) -> tuple[torch.jit.ScriptModule, str]:
@@ -120,7 +129,7 @@ def verify(model_path: Path, x: torch.Tensor, expected: torch.Tensor, workdir: P
 def export(
     source: Source,
     out: Path,
-    data_dir: str | None,
+    ds: Dataset,
     device: torch.device,
     seeds: int = 1,
     epochs: int | None = None,
@@ -138,7 +147,7 @@ def export(
     out.mkdir(parents=True, exist_ok=True)
     stage = Path(tempfile.mkdtemp(prefix=".export-", dir=out))
     try:
-        metrics = _export(source, stage, data_dir, device, seeds, epochs, log, train_size, on_progress)
+        metrics = _export(source, stage, ds, device, seeds, epochs, log, train_size, on_progress)
         for name in FILES:  # an ONNX file not made this time (no onnx extra) must not outlive its model
             if (stage / name).exists():
                 os.replace(stage / name, out / name)
@@ -153,14 +162,15 @@ def export(
     return metrics
 
 
-def _export(source: Source, out: Path, data_dir: str | None, device: torch.device, seeds: int, epochs: int | None,
+def _export(source: Source, out: Path, ds: Dataset, device: torch.device, seeds: int, epochs: int | None,
             log: Callable[[str], None], train_size: int | None, on_progress: Callable[[int, int], None] | None) -> dict[str, Any]:
-    full = load_full_train(data_dir, device)
+    full = load_full_train(device=device, dataset=ds)
     if train_size is not None:  # smoke runs and tests only
-        full = Split(full.x[:train_size], full.y[:train_size])
-    data = Data(train=full, val=Split(full.x[:0], full.y[:0]))  # no validation: every image trains
-    test = load_test(data_dir)  # first touched here, after the architecture is fixed
-    raw = pixels(load_raw(data_dir, "test")[0])  # the same images as callers of model.pt have them
+        full = replace(full, x=full.x[:train_size], y=full.y[:train_size])
+    data = Data(train=full, val=replace(full, x=full.x[:0], y=full.y[:0]))  # no validation: every image trains
+    test = load_test(dataset=ds)  # first touched here, after the architecture is fixed
+    raw = pixels(torch.from_numpy(ds.x_test))  # the same images as callers of model.pt have them
+    info = model_info(ds)
     cfg0 = replace(source.cfg, seed=0, epochs=epochs or source.cfg.epochs).fitted(len(full))
     start = time.perf_counter()
     # The seeds train at once as one packed network (nas.model); copy k is what seed k gives alone.
@@ -174,15 +184,16 @@ def _export(source: Source, out: Path, data_dir: str | None, device: torch.devic
         log(f"seed {seed}: test accuracy {100 * runs[-1]['test_acc']:.2f} %")
         if k == 0:
             model0, eager_logits = model, logits
-    scripted, how = to_torchscript(RawPixels(model0).eval(), raw[:2])
+    scripted, how = to_torchscript(RawPixels(model0, ds.spec).eval(), raw[:2])
     model_path = out / "model.pt"
-    scripted.save(str(model_path))
+    scripted.save(str(model_path), _extra_files={INFO: info.to_json()})
     torch.save(model0.state_dict(), out / "state_dict.pt")
     shipped = replace(source.arch, train=cfg0.to_dict())
     (out / "architecture.toml").write_text(arch_to_toml(shipped))
     logits = verify(model_path, raw, eager_logits, out)
-    calibration = pixels(load_raw(data_dir, "train")[0][: min(deploy.CALIBRATION_IMAGES, len(full))])  # training images only
-    onnx_files = ship_onnx(model0, out, raw, test.y, logits, calibration, log)
+    calibration = pixels(torch.from_numpy(ds.x_train[: min(deploy.CALIBRATION_IMAGES, len(full))]))  # training images only
+    onnx_files = ship_onnx(model0, ds.spec, info, out, raw, test.y, logits, calibration, log)
+    c, h, w = ds.spec.shape
     accs = [r["test_acc"] for r in runs]
     metrics = {
         "name": source.arch.name,
@@ -190,6 +201,7 @@ def _export(source: Source, out: Path, data_dir: str | None, device: torch.devic
         "receptive_field": receptive_field(source.arch),
         "epochs": cfg0.epochs,
         "train_images": len(full),
+        "dataset": ds.spec.to_dict(),
         "train_config": cfg0.to_dict(),
         "seeds": runs,
         "test_acc": accuracy(logits, test.y),
@@ -202,7 +214,8 @@ def _export(source: Source, out: Path, data_dir: str | None, device: torch.devic
         "costs": trial_attrs(costs(source.arch)),
         "device": torch.cuda.get_device_name(device) if device.type == "cuda" else f"cpu ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)",
         "torchscript": how,
-        "input": "model.pt: float [N, 1, 28, 28] pixels in [0, 1], white digit on black (normalisation inside); state_dict.pt: the bare network, normalised input",
+        "input": f"model.pt: float [N, {c}, {h}, {w}] pixels in [0, 1] (normalisation inside); state_dict.pt: the bare network, normalised input",
+        "background": info.background,
         "verified": True,
         "onnx": onnx_files,
         "versions": {"nas": nas.__version__, "torch": torch.__version__, "optuna": optuna.__version__, "python": platform.python_version(),
@@ -214,8 +227,8 @@ def _export(source: Source, out: Path, data_dir: str | None, device: torch.devic
     return metrics
 
 
-def ship_onnx(net: nn.Module, out: Path, raw: torch.Tensor, labels: torch.Tensor, expected: torch.Tensor, calibration: torch.Tensor,
-              log: Callable[[str], None]) -> dict[str, Any] | None:
+def ship_onnx(net: nn.Module, spec: DatasetSpec, info: ModelInfo, out: Path, raw: torch.Tensor, labels: torch.Tensor, expected: torch.Tensor,
+              calibration: torch.Tensor, log: Callable[[str], None]) -> dict[str, Any] | None:
     """Write model.onnx (the deployed network: BatchNorm folded where it can be, raw pixels in) and
     model.int8.onnx (calibrated on `calibration`, training images), run both on the test images
     `raw` in a fresh process with onnxruntime alone, and check model.onnx against the TorchScript
@@ -230,7 +243,7 @@ def ship_onnx(net: nn.Module, out: Path, raw: torch.Tensor, labels: torch.Tensor
         return None
     start = time.perf_counter()
     try:
-        deploy.write_fp32(RawPixels(deployed(net)), torch.zeros(2, *raw.shape[1:]), fp32)  # the input shape only
+        deploy.write_fp32(RawPixels(deployed(net), spec), torch.zeros(2, *raw.shape[1:]), fp32, {INFO: info.to_json()})  # the input shape only
         deploy.quantize(fp32, int8, calibration.numpy())
     except Exception as e:  # noqa: BLE001 - the exporter and quantiser raise many kinds; each is one line here
         raise ExportError(f"the ONNX files could not be written ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})") from e
@@ -245,7 +258,7 @@ def ship_onnx(net: nn.Module, out: Path, raw: torch.Tensor, labels: torch.Tensor
     log(f"ONNX: {deploy.FP32} {100 * fp32_acc:.2f} % (as model.pt), {deploy.INT8} {100 * int8_acc:.2f} % "
         f"(agrees with fp32 on {100 * agreement:.2f} %), checked with onnxruntime alone, {time.perf_counter() - start:.0f} s")
     return {
-        "input": f"{deploy.INPUT}: float32 [N, 1, 28, 28] pixels in [0, 1], white digit on black (normalisation inside); output {deploy.OUTPUT} [N, 10]",
+        "input": f"{deploy.INPUT}: float32 [N, {', '.join(map(str, spec.shape))}] pixels in [0, 1] (normalisation inside); output {deploy.OUTPUT} [N, {spec.classes}]",
         "tolerance": ONNX_TOLERANCE,
         "fp32": {"file": deploy.FP32, **deploy.stored(fp32), "test_acc": fp32_acc, "max_logit_difference": (got[0] - expected).abs().max().item()},
         "int8": {"file": deploy.INT8, **deploy.stored(int8), "test_acc": int8_acc, "agreement": agreement},
@@ -284,43 +297,51 @@ take the same input as `model.pt`. {batchnorm}. `model.int8.onnx` is
 
     import onnxruntime as ort
     session = ort.InferenceSession("model.int8.onnx")  # or model.onnx
-    digits = session.run(None, {{"{deploy.INPUT}": x.numpy()}})[0].argmax(1)  # x as above, float32"""
+    classes = session.run(None, {{"{deploy.INPUT}": x.numpy()}})[0].argmax(1)  # x as above, float32"""
 
 
 def model_card(arch: Arch, m: dict[str, Any]) -> str:
+    d = DatasetSpec.from_dict(m["dataset"])
     origin = f"study `{m['study']}`, trial {m['trial']}" if m.get("study") else "an architecture file"
     seeds = ", ".join(f"{100 * r['test_acc']:.2f} %" for r in m["seeds"])
     n = m["train_images"]
-    images = f"all {n:,} training images" if n == MNIST_TRAIN_IMAGES else f"the first {n:,} of the {MNIST_TRAIN_IMAGES:,} training images (a smoke run)"
+    images = f"all {n:,} training images" if n == d.train else f"the first {n:,} of the {d.train:,} training images (a smoke run)"
     c = costs(arch)
+    channels, h, w = d.shape
+    polarity = {"dark": ", light on dark as the training images are (invert dark-on-light scans)",
+                "light": ", dark on light as the training images are (invert light-on-dark scans)"}.get(m["background"], "")
+    names = ("\n\n| class | name |\n|---|---|\n" + "\n".join(f"| {k} | {name} |" for k, name in enumerate(d.class_names))) if d.class_names else ""
+    shape = (f"    x = x.reshape(-1, 1, {h}, {w})\n" if channels == 1 else
+             f"    x = x.permute(0, 3, 1, 2)  # images [N, {h}, {w}, {channels}] as PIL and numpy hold them, to [N, {channels}, {h}, {w}]\n")
     return f"""# {arch.name}
 
-A fully convolutional MNIST classifier found by nas ({origin}): {m['params']:,} parameters,
-receptive field {m['receptive_field']} px, no fully connected layer.
+A fully convolutional classifier of {d.name} ({'x'.join(map(str, d.shape))} images, {d.classes} classes) found by nas
+({origin}): {m['params']:,} parameters, receptive field {m['receptive_field']} px, no fully connected layer.
 
 | | |
 |---|---|
-| test accuracy of `model.pt` (seed 0) | {100 * m['test_acc']:.2f} % |
+| test accuracy of `model.pt` (seed 0) | {100 * m['test_acc']:.2f} % on {d.test:,} test images{' (held out of the data, seeded)' if d.held_out else ''} |
 | over {count(len(m['seeds']), 'seed')} | mean {100 * m['test_acc_mean']:.2f} %, range {100 * m['test_acc_min']:.2f}-{100 * m['test_acc_max']:.2f} % ({seeds}) |
 | training | {count(m['epochs'], 'epoch')} on {images}, {m['train_seconds']:.0f} s on {m['device']} |
 | search validation accuracy | {'n/a' if m.get('search_val_acc') is None else f"{100 * m['search_val_acc']:.2f} %"} |
+| data | {d.name}, SHA-256 of its arrays {d.sha256} |
 | MACs per image | {c.macs:,} |
 | peak activation memory | {c.activation_int8:,} B at int8, {c.activation_fp32:,} B at fp32 |
-| model bytes (deployed) | {c.model_int8:,} B at int8, {c.model_fp32:,} B at fp32 |
+| model bytes (deployed) | {c.model_int8:,} B at int8, {c.model_fp32:,} B at fp32 |{names}
 
 The test set was used only for the figures above, after the architecture was chosen.
 The costs are computed from the architecture (definitions below the layer table).
 
 `model.pt` is TorchScript ({m['torchscript']}); it needs only torch, and takes images as people
-have them: MNIST's normalisation is inside the model, so do not normalise again.
+have them: the data's normalisation is inside the model, so do not normalise again.
 
     import torch
     model = torch.jit.load("model.pt").eval()
-    x = images.float().div(255).reshape(-1, 1, 28, 28)  # pixels in [0, 1], white digit on black (invert dark-on-light scans)
-    digits = model(x).argmax(1)
+    x = images.float().div(255)  # uint8 pixels to [0, 1]{polarity}
+{shape}    classes = model(x).argmax(1)
 
 `state_dict.pt` holds the bare network's weights (for `nas.model.build` of `architecture.toml`),
-which expects normalised input, `(x - {MEAN}) / {STD}`.
+which expects normalised input, `(x - mean) / std` per channel with mean {list(d.mean)} and std {list(d.std)}.
 
 {onnx_card(m.get('onnx'), c.model_int8, c.model_fp32, batchnorm_line(arch))}
 

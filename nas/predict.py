@@ -1,48 +1,100 @@
-"""Read digits to classify from PNG/JPEG files or IDX files, the way MNIST draws them, and run an
-exported model on them: model.pt through torch, model.onnx or model.int8.onnx through onnxruntime."""
+"""Classify pictures, IDX or .npz files with an exported model: model.pt through torch, model.onnx
+or model.int8.onnx through onnxruntime. The image size, channels, class names and the polarity of
+the training images come from the model itself (nas export stores them in it)."""
 
 from __future__ import annotations
 
+import json
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
 
-from nas.data import read_idx
+from nas import datasets
 from nas.errors import DataError, UsageError
 
+INFO = "nas.json"  # model.pt's extra file, and the key of the ONNX files' metadata, that holds ModelInfo
 IDX_MAGIC = b"\x00\x00\x08"
+_MODES = {1: "L", 2: "LA", 3: "RGB", 4: "RGBA"}  # PIL's mode for a number of channels
 
 
-def load_images(path: Path, size: int = 28) -> tuple[torch.Tensor, bool]:
-    """(uint8 [N, size, size], whether it was inverted): an IDX file gives all its images, a
-    picture gives one, turned into a white digit on black (MNIST's polarity) when it is mostly
-    light. Other sizes are refused, not resized: a squashed or blown-up picture would be
-    classified without a word of warning."""
-    inverted = False
+@dataclass(frozen=True)
+class ModelInfo:
+    """What an exported model takes and gives, as nas export wrote it. The defaults are MNIST's:
+    what a model.pt exported before nas stored this took."""
+
+    dataset: str = "mnist"
+    input: tuple[int, int, int] = (1, 28, 28)  # channels, height, width
+    class_names: tuple[str, ...] | None = None
+    background: str = "dark"  # of the training images' edges (nas.datasets.background)
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self))
+
+    @classmethod
+    def from_json(cls, text: str | bytes | None) -> ModelInfo:
+        if not text:
+            return cls()
+        data = json.loads(text)
+        return cls(data["dataset"], tuple(data["input"]), tuple(data["class_names"]) if data.get("class_names") else None, data["background"])
+
+    @property
+    def inverted(self) -> str:
+        """What nas predict says of a picture it inverted."""
+        picture, trained = ("dark on light", "light on dark") if self.background == "dark" else ("light on dark", "dark on light")
+        return f"{picture}: inverted to the training images' {trained}"
+
+    def label(self, k: int) -> str:
+        return f"{k} {self.class_names[k]}" if self.class_names and k < len(self.class_names) else str(k)
+
+
+def load_images(path: Path, info: ModelInfo) -> tuple[torch.Tensor, bool]:
+    """(uint8 [N, C, H, W], whether it was inverted) for the model `info` describes: an IDX file
+    gives all its images, an .npz its x, a picture one, read in the model's channels (grey, RGB, ...).
+    A picture whose background is the opposite of the training images' (a dark digit on light paper
+    for MNIST) is inverted; data files are taken as they are. Other sizes are refused, not resized:
+    a squashed or blown-up picture would be classified without a word of warning."""
     if not path.is_file():
         raise DataError(f"{path}: no such file")
     head = path.read_bytes()[:4]
+    inverted = False
     if head[:3] == IDX_MAGIC or head[:2] == b"\x1f\x8b":
-        images = read_idx(path)
-        if images.dim() == 2:
-            images = images.unsqueeze(0)
-        if images.dim() != 3:
-            raise DataError(f"{path}: IDX file holds {images.dim()}-d data, expected images [N, H, W]")
+        images = datasets.read_idx(path)
+        images = images[None] if images.ndim == 2 else images
+    elif head[:2] == b"PK":  # a zip: an .npz
+        with _npz(path) as f:
+            if "x" not in f.files:
+                raise DataError(f"{path}: no array 'x' of images to classify")
+            images = f["x"]
     else:
+        import numpy as np
         from PIL import Image, UnidentifiedImageError
 
         try:
             with Image.open(path) as im:
-                im = im.convert("L")
-                images = torch.frombuffer(bytearray(im.tobytes()), dtype=torch.uint8).reshape(1, im.height, im.width)
+                images = np.array(im.convert(_MODES[info.input[0]]))[None]
         except (UnidentifiedImageError, OSError) as e:
-            raise DataError(f"{path}: not a PNG/JPEG image or IDX file ({e})") from None
-        if images.float().mean() > 127:  # dark digit on light paper: invert
+            raise DataError(f"{path}: not a PNG/JPEG image, IDX or .npz file ({e})") from None
+        level = datasets.edge_level(datasets.images_chw(images, str(path)))  # a photo of paper is grey, not white: which side of grey counts
+        if (info.background == "dark" and level > 0.5) or (info.background == "light" and level < 0.5):
             images, inverted = 255 - images, True
-    if images.shape[1:] != (size, size):
-        h, w = images.shape[1:]
-        raise DataError(f"{path}: the image is {w}x{h} pixels; the model classifies {size}x{size} digits as MNIST draws them: crop or scale it to {size}x{size} first")
-    return images, inverted
+    x = datasets.images_chw(images, str(path))
+    c, h, w = info.input
+    if x.shape[1] != c:
+        raise DataError(f"{path}: holds {x.shape[1]}-channel images; the model takes {c} ({_MODES.get(c, c)}), as {info.dataset} has them")
+    if tuple(x.shape[2:]) != (h, w):
+        raise DataError(f"{path}: the image is {x.shape[3]}x{x.shape[2]} pixels; the model classifies {w}x{h} images as {info.dataset} has them: "
+                        f"crop or scale it to {w}x{h} first")
+    return torch.from_numpy(x), inverted
+
+
+def _npz(path: Path):
+    import numpy as np
+
+    try:
+        return np.load(path, allow_pickle=False)
+    except (OSError, ValueError) as e:
+        raise DataError(f"{path}: not a readable .npz file ({e})") from None
 
 
 class OnnxModel:
@@ -63,35 +115,39 @@ class OnnxModel:
         if names != [INPUT]:
             raise UsageError(f"{path}: takes {', '.join(names)}, not the {INPUT!r} input of the models nas export writes; give one of those")
         self.input = INPUT
+        self.info = ModelInfo.from_json(self.session.get_modelmeta().custom_metadata_map.get(INFO))
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         return torch.from_numpy(self.session.run(None, {self.input: x.numpy()})[0])
 
 
-def load_model(path: Path) -> torch.jit.ScriptModule | OnnxModel:
-    """An exported model.pt, or a .onnx file run by onnxruntime. A model.pt that does not
-    normalise itself (exported before nas put the normalisation inside) would silently mispredict
-    on pixels, so it is refused."""
+def load_model(path: Path) -> tuple[torch.jit.ScriptModule | OnnxModel, ModelInfo]:
+    """An exported model.pt, or a .onnx file run by onnxruntime, and what it takes. A model.pt
+    that does not normalise itself (exported before nas put the normalisation inside) would
+    silently mispredict on pixels, so it is refused."""
     if path.suffix == ".onnx":
         if not path.is_file():
             raise UsageError(f"{path}: no such file")
-        return OnnxModel(path)
+        model = OnnxModel(path)
+        return model, model.info
+    extra = {INFO: ""}
     try:
-        model = torch.jit.load(str(path), map_location="cpu").eval()
+        scripted = torch.jit.load(str(path), map_location="cpu", _extra_files=extra).eval()
     except (RuntimeError, ValueError, OSError) as e:
         raise UsageError(f"{path}: not a TorchScript model saved by nas export ({str(e).splitlines()[0]})") from None
-    if not (hasattr(model, "mean") and hasattr(model, "std")):
+    if not (hasattr(scripted, "mean") and hasattr(scripted, "std")):
         raise UsageError(f"{path}: exported by an older nas whose model.pt expects normalised input; export it again (nas export)")
-    return model
+    return scripted, ModelInfo.from_json(extra[INFO])
 
 
 def pixels(images: torch.Tensor) -> torch.Tensor:
-    """uint8 [N, H, W] -> float [N, 1, H, W] in [0, 1]: what an exported model.pt takes."""
-    return (images.float() / 255.0).unsqueeze(1)
+    """uint8 [N, C, H, W] (or [N, H, W], one channel) -> float in [0, 1]: what an exported model takes."""
+    x = images.float() / 255.0
+    return x.unsqueeze(1) if x.dim() == 3 else x
 
 
 def classify(model: torch.jit.ScriptModule | OnnxModel, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """(digit, probability) per image; the model normalises (nas export puts it inside)."""
+    """(class, probability) per image; the model normalises (nas export puts it inside)."""
     with torch.no_grad():
         probs = torch.softmax(model(pixels(images)), 1)
     conf, digit = probs.max(1)

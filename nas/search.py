@@ -30,7 +30,8 @@ from nas.analytics import ConvergenceRule, ParetoRule, best_trial, describe_tria
 from nas.arch import Arch, Costs, arch_to_json, costs, receptive_field
 from nas.checkpoints import Checkpoints
 from nas.config import MIN_UPDATES, TrainConfig
-from nas.data import Data, load_raw
+from nas import datasets
+from nas.data import Data
 from nas.data import load as load_data
 from nas.errors import SpecError
 from nas.placement import Slot, plan_workers, visible_gpus, worker_cap
@@ -57,6 +58,7 @@ class Run:
     workers: int | None = None  # processes on this machine (nas.placement: default one per GPU, or 1)
     trials_per_gpu: int | None = None  # trials each GPU runs at once (default nas.placement.DEFAULT_TRIALS_PER_GPU)
     artifacts: str | None = None  # folder of the artifact store (default: next to a SQLite or journal file)
+    dataset: str | None = None  # --dataset: where the study's data is on this machine (nas.datasets.for_study)
 
 
 def sampler_seed(seed: int, worker: int) -> int:
@@ -468,7 +470,8 @@ def work(name: str, url: str, run: Run, goal: int | None, deadline: float | None
     study = st.persist(lambda: st.open_study(name, url), log, "joining the study")  # the parent checked it exists: wait out an outage
     settings = study_settings(study)
     device = resolve_device(run.device)
-    data = load_data(run.data_dir, device, val_size=settings.val_size, train_size=settings.train_size)
+    ds = datasets.for_study(settings.dataset, run.dataset, run.data_dir, log)
+    data = load_data(run.data_dir, device, val_size=settings.val_size, train_size=settings.train_size, dataset=ds)
     folder, artifacts = notes.artifact_store_for(url, run.artifacts)
     checkpoints = Checkpoints.of(url, name, folder)
 
@@ -517,6 +520,8 @@ def restart_command(name: str, url: str, run: Run, goal: int | None, deadline: f
         cmd += ["--trials-per-gpu", str(slot.trials)]
     if run.data_dir:
         cmd += ["--data-dir", run.data_dir]
+    if run.dataset:
+        cmd += ["--dataset", run.dataset]
     if run.artifacts:
         cmd += ["--artifacts", run.artifacts]
     if goal:
@@ -559,14 +564,20 @@ def search(name: str, url: str, settings: StudySettings | None, trials: int | No
     Everything that can be wrong with the input is checked before the study is touched, so a
     failed start leaves nothing behind."""
     loc = st.parse(url)
-    if settings is not None:
+    stored = st.stored_settings(name, url)  # None: a new study (or no such study, which open_study says)
+    if stored is not None:
+        stored.reconcile(given or {}, name)
+    elif settings is not None:
         settings.check_reachable()
     slots = plan(run, lambda line: print(line, flush=True))
-    load_raw(run.data_dir, "train")  # missing or corrupt data fails here, before any study exists
+    if stored or settings:  # missing, corrupt or other data fails here, before any study exists
+        datasets.for_study((stored or settings).dataset, run.dataset, run.data_dir, lambda line: print(line, flush=True))
     new_folder = loc.path is not None and not loc.path.parent.exists()
     study = st.open_study(name, url, settings, given)
     if new_folder:
         print(f"created the folder {loc.path.parent}/ for the study storage", flush=True)
+    if stored is None and settings is not None and "seed_archs" not in (given or {}) and settings.unfit_builtins():
+        print(settings.unfit_builtins(), flush=True)
     if trials is not None and settings is not None:
         study.set_user_attr("trials_goal", trials)
     s, done = study_settings(study), st.finished(study.get_trials(deepcopy=False))

@@ -15,16 +15,16 @@ from typing import Any
 
 from nas.arch import arch_from_dict, arch_to_dict, builtin_archs, costs
 from nas.config import DEFAULT_EPOCHS, TrainConfig
+from nas.datasets import MNIST, DatasetSpec
 from nas.errors import SpecError
 from nas.resources import NAMES as RESOURCE_NAMES
 from nas.resources import RESOURCES, flag, violations
-from nas.space import DEFAULT_SPACE, Space, cheapest, params_for, read_space, space_from_dict
+from nas.space import DEFAULT_SPACE, Space, cheapest, params_for, read_space, space_for
 
 PRUNING_MODES = ("on", "observe", "off")
 SAMPLERS = ("tpe", "nsga2", "gp", "random", "evolution")  # made by nas.samplers.make_sampler
 OBJECTIVES = ("pareto", "accuracy")
 DEFAULT_SEED_ARCH = "seed_9274"
-MNIST_TRAIN_IMAGES = 60_000
 
 
 class SettingsMismatch(SpecError):
@@ -60,7 +60,7 @@ class StudySettings:
     stop_rungs: tuple[float, ...] = ()  # the Pareto rule is off: replayed on 216 curves its safe candidates saved 1-6 %, and on a held-out study the chosen one stopped 2 front members (README)
     stop_eta: float = 3.0
     train_size: int | None = None
-    val_size: int = 10_000
+    val_size: int | None = None  # None: the data's default (DatasetSpec.default_val_size, 10,000 for MNIST)
     seeds_per_trial: int = 1
     seed: int = 0
     sampler: str = "tpe"  # nas.samplers.SAMPLERS
@@ -68,9 +68,16 @@ class StudySettings:
     # Architectures (not paths) enqueued as a new study's first trials. None: every built-in
     # architecture that is a point of the space and within the budgets (builtin_seeds).
     seed_archs: tuple[dict[str, Any], ...] | None = None
+    # The data (nas.datasets): what it is, not where it lies, so every machine checks its copy against it.
+    dataset: DatasetSpec = MNIST
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "stop_rungs", tuple(self.stop_rungs))  # a list when read back from a study
+        if isinstance(self.dataset, dict):
+            object.__setattr__(self, "dataset", DatasetSpec.from_dict(self.dataset))
+        if self.val_size is None:
+            object.__setattr__(self, "val_size", self.dataset.default_val_size)
+        images = self.dataset.train
         for key, ok, what in (
             ("max_params", self.max_params >= 1, "must be at least 1"),
             ("max_epochs", self.max_epochs >= 1, "must be at least 1"),
@@ -81,9 +88,9 @@ class StudySettings:
             ("prune_slack", 0 <= self.prune_slack < 1, "must be in [0, 1)"),
             ("stop_rungs", all(0 < f < 1 for f in self.stop_rungs), "are fractions of the epochs in (0, 1)"),
             ("stop_eta", self.stop_eta > 1, "must be above 1"),
-            ("val_size", 1 <= self.val_size < MNIST_TRAIN_IMAGES, f"must be between 1 and {MNIST_TRAIN_IMAGES - 1:,} (the search judges on it)"),
-            ("train_size", self.train_size is None or 1 <= self.train_size <= MNIST_TRAIN_IMAGES - self.val_size,
-             f"must be between 1 and {MNIST_TRAIN_IMAGES - self.val_size:,} (60,000 training images minus --val-size)"),
+            ("val_size", 1 <= self.val_size < images, f"must be between 1 and {images - 1:,} (the search judges on it; {self.dataset.name} has {images:,} training images)"),
+            ("train_size", self.train_size is None or 1 <= self.train_size <= images - self.val_size,
+             f"must be between 1 and {images - self.val_size:,} ({self.dataset.name}'s {images:,} training images minus --val-size)"),
             ("seeds_per_trial", 1 <= self.seeds_per_trial <= 16, "must be between 1 and 16"),
             ("seed", self.seed >= 0, "must be >= 0"),
             ("sampler", self.sampler in SAMPLERS, f"must be one of {', '.join(SAMPLERS)}"),
@@ -104,7 +111,7 @@ class StudySettings:
     @property
     def train_images(self) -> int:
         """Images each trial trains on (the training split less the validation images, or --train-size)."""
-        return self.train_size or MNIST_TRAIN_IMAGES - self.val_size
+        return self.train_size or self.dataset.train - self.val_size
 
     def trial_config(self, drawn: TrainConfig) -> TrainConfig:
         """What a trial trains with: the drawn settings under the study's seed, the batch fitted
@@ -113,7 +120,7 @@ class StudySettings:
 
     def builtin_seeds(self) -> list[dict[str, Any]]:
         """The built-in architectures this study starts from: those that are points of its space
-        (input and classes included) and within all its budgets, seed_9274 first."""
+        (input and classes included: the data's) and within all its budgets, seed_9274 first."""
         out = []
         for arch in builtin_archs():
             cfg = TrainConfig.from_dict({**arch.train, "epochs": self.max_epochs}, arch.name)
@@ -125,9 +132,21 @@ class StudySettings:
                 out.append(arch_to_dict(arch))
         return out
 
+    def unfit_builtins(self) -> str | None:
+        """One line naming the built-in architectures left out because they take other images or
+        classes than the data's (None when all fit)."""
+        d = self.dataset
+        unfit = [a for a in builtin_archs() if (tuple(a.input), a.classes) != (d.shape, d.classes)]
+        if not unfit:
+            return None
+        takes = sorted({f"{'x'.join(map(str, a.input))} images in {a.classes} classes" for a in unfit})
+        return (f"the built-in seed networks {', '.join(a.name for a in unfit)} take {' or '.join(takes)}, not {d.name}'s "
+                f"{'x'.join(map(str, d.shape))} in {d.classes}: the study starts without them (--seed-arch FILE gives it one of yours)")
+
     @cached_property
     def parsed_space(self) -> Space:
-        return space_from_dict(self.space, f"search space {self.space.get('name', '')}".strip())
+        """The space as this study searches it, on its data (nas.space.space_for)."""
+        return space_for(self.space, self.dataset, f"search space {self.space.get('name', '')}".strip())
 
     @cached_property
     def seed_configs(self) -> list[dict[str, Any]]:
@@ -164,6 +183,7 @@ class StudySettings:
     def to_dict(self) -> dict[str, Any]:
         out = {f.name: getattr(self, f.name) for f in fields(self)}
         out["seed_archs"] = list(self.seed_archs)
+        out["dataset"] = self.dataset.to_dict()
         return out
 
     @classmethod
@@ -187,6 +207,9 @@ class StudySettings:
             elif key == "seed_archs":
                 were.append(f"seed architectures {[a.get('name') for a in stored]}")
                 now.append(f"seed architectures {[a.get('name') for a in value]}")
+            elif key == "dataset":
+                were.append(f"--dataset {stored.short()}")
+                now.append(f"--dataset {value.short()}")
             else:
                 were.append(f"{flag(key)} {stored}")
                 now.append(f"{flag(key)} {value}")

@@ -15,13 +15,16 @@ import math
 import random
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, Protocol, Sequence
+from typing import TYPE_CHECKING, Any, Protocol, Sequence
 
 from nas.arch import (BUILTIN, CONVS, HEADS, MAX_CHANNELS, MAX_STRIDE, ORDERS, POOLS, Arch, Conv, Costs, Dropout, Head, Pool, SepConv, arch_to_json,
                       builtin_names, classes, costs, input_shape, locate, plan, read_toml, step_costs)
 from nas.config import DEFAULT_EPOCHS, OPTIMIZERS, TrainConfig
 from nas.errors import SpecError
 from nas.resources import RESOURCES
+
+if TYPE_CHECKING:
+    from nas.datasets import DatasetSpec
 
 PADDINGS = ("same", "valid")
 DROPOUT_PLACES = ("block", "pool")  # after every conv block, or once after each pooling
@@ -183,6 +186,18 @@ def load_space(path: str | Path) -> Space:
     return space_from_dict(read_space(path), str(path))
 
 
+def space_for(raw: dict[str, Any], dataset: DatasetSpec, where: str) -> Space:
+    """A space as searched on `dataset`: its input and classes are the data's. A file that leaves
+    them out takes the data's; one that states other ones is refused."""
+    filled = dict(raw)
+    for key, value in (("input", list(dataset.shape)), ("classes", dataset.classes)):
+        if key not in filled:
+            filled[key] = value
+        elif filled[key] != value:
+            raise SpecError(where, key, f"is {filled[key]} but the data ({dataset.name}) has {value}; drop {key} from the space file to take the data's, or set {key} = {value}")
+    return space_from_dict(filled, where)
+
+
 def point_key(arch: Arch, cfg: TrainConfig, seeds: int) -> str:
     """Identifies what a trial trains: the same key means the same result, so it is not trained twice."""
     same = json.loads(arch_to_json(replace(arch, name="")))
@@ -291,7 +306,11 @@ class _Recorder:
 
 
 def params_for(space: Space, arch: Arch, cfg: TrainConfig, where: str = "seed") -> dict[str, Any]:
-    """The trial parameters under which `sample` yields exactly (arch, cfg); SpecError if none."""
+    """The trial parameters under which `sample` yields exactly (arch, cfg); SpecError if none
+    (an architecture for other images or classes than the space's is none)."""
+    for key, mine, its in (("input", list(arch.input), list(space.input)), ("classes", arch.classes, space.classes)):
+        if mine != its:
+            raise SpecError(where, key, f"is {mine}, but search space {space.name} searches {its} (the data's); give an architecture with {key} = {its}")
     convs = [layer for layer in arch.layers if isinstance(layer, CONVS)]
     pools = [n for n, layer in enumerate(arch.layers) if isinstance(layer, Pool)]
     drops = [n for n, layer in enumerate(arch.layers) if isinstance(layer, Dropout)]

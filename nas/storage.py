@@ -370,6 +370,22 @@ def load_study(name: str, url: str) -> optuna.Study:
     return study
 
 
+def stored_settings(name: str, url: str) -> StudySettings | None:
+    """The settings a study stores, or None when there is no such study yet; reads only (a
+    storage file that does not exist is not made)."""
+    loc = parse(url)
+    if loc.path is not None and not loc.path.is_file():
+        return None
+    if loc.path is not None:
+        study = _load(name, open_storage(loc, create=False), loc)
+    else:
+        with study_lock(loc, name):  # opening a PostgreSQL storage makes its tables: not while another process does
+            study = _load(name, open_storage(loc, create=False), loc)
+    if study is None or "settings" not in study.user_attrs:
+        return None
+    return StudySettings.from_dict(study.user_attrs["settings"], f"study {name!r}")
+
+
 def _load(name: str, storage: optuna.storages.BaseStorage, loc: Location) -> optuna.Study | None:
     try:
         return optuna.load_study(study_name=name, storage=storage)

@@ -41,6 +41,7 @@ from torch import nn
 from nas.arch import Arch
 from nas.config import TrainConfig
 from nas.data import Data, Split, shuffled_epoch, static_batches
+from nas.datasets import DatasetSpec
 from nas.errors import SpecError, UsageError
 from nas.gpulock import GPU
 from nas.model import build, pack, unpack
@@ -166,14 +167,18 @@ def lr_at(step: int | torch.Tensor, cfg: TrainConfig, total: int) -> float | tor
     return rising if step <= top else falling
 
 
-def check_fits(arch: Arch, data: Data) -> None:
-    """The architecture's input and classes must be the data's, or training would die in a kernel."""
-    shape = list(data.train.x.shape[1:])
+def check_fits(arch: Arch, data: Data | DatasetSpec) -> None:
+    """The architecture's input and classes must be the data's, or training would die in a kernel:
+    refused in one line before anything runs."""
+    if isinstance(data, DatasetSpec):
+        shape, classes, of = list(data.shape), data.classes, f" ({data.name})"
+    else:
+        shape, of = list(data.train.x.shape[1:]), ""
+        classes = int(data.train.y.max().item()) + 1 if len(data.train) else arch.classes
     if list(arch.input) != shape:
-        raise SpecError(arch.name or "architecture", "input", f"is {list(arch.input)} but the images are {shape}; set input = {shape}")
-    classes = int(data.train.y.max().item()) + 1 if len(data.train) else arch.classes
+        raise SpecError(arch.name or "architecture", "input", f"is {list(arch.input)} but the images are {shape}{of}; give an architecture with input = {shape}")
     if classes > arch.classes:
-        raise SpecError(arch.name or "architecture", "classes", f"is {arch.classes} but the labels go up to {classes - 1}; set classes = {classes}")
+        raise SpecError(arch.name or "architecture", "classes", f"is {arch.classes} but the labels go up to {classes - 1}{of}; give an architecture with classes = {classes}")
 
 
 def _autocast(device: torch.device, precision: str) -> torch.autocast:

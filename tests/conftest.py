@@ -1,8 +1,13 @@
 from __future__ import annotations
 
+import contextlib
+import functools
+import http.server
 import math
 import os
 import random
+import threading
+from collections.abc import Iterator
 from pathlib import Path
 
 import optuna
@@ -42,7 +47,7 @@ def has_mnist(folder: Path) -> bool:
 
 def find_mnist() -> Path:
     """Where the tests read real MNIST, the way the CLI finds it: NAS_TEST_MNIST, then
-    ../shared/data/mnist, then the user's data folder (nas.data.default_data_dir), downloaded
+    ../shared/data/mnist, then the user's data folder (nas.datasets.default_data_dir), downloaded
     there with checksum verification if missing. RuntimeError (one line) when none works."""
     env = os.environ.get("NAS_TEST_MNIST")
     if env:
@@ -51,14 +56,14 @@ def find_mnist() -> Path:
         raise RuntimeError(f"NAS_TEST_MNIST={env} does not hold the four MNIST IDX files (.gz or raw); point it at a folder that does, or unset it")
     if has_mnist(SHARED_MNIST):
         return SHARED_MNIST
-    from nas.data import default_data_dir, download
+    from nas.datasets import NAMED, default_data_dir, download
     from nas.errors import DataError
 
     user = default_data_dir()
     if has_mnist(user):
         return user
     try:
-        download(user)
+        download(NAMED["mnist"], user)
     except DataError as e:
         reason = str(e).split(" could not be downloaded ", 1)[-1].split(";")[0].strip(" (")
         raise RuntimeError(f"real MNIST not found in {SHARED_MNIST} or {user}, and downloading it failed ({reason}); "
@@ -74,6 +79,41 @@ def pytest_collection_modifyitems(session, config, items) -> None:
             config.stash[_MNIST] = find_mnist()
         except RuntimeError as e:
             pytest.exit(f"tests need MNIST: {e}", returncode=1)
+
+
+@contextlib.contextmanager
+def serve(folder: Path) -> Iterator[str]:
+    """An HTTP server on loopback serving `folder`, as a dataset's mirror would: its base URL."""
+    class Quiet(http.server.SimpleHTTPRequestHandler):
+        def log_message(self, *args) -> None:
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(Quiet, directory=str(folder)))
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        yield f"http://127.0.0.1:{server.server_port}/"
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+QUADRANTS = ("top left", "top right", "bottom left", "bottom right")
+
+
+def quadrants(path: Path, n: int = 400, seed: int = 0) -> Path:
+    """An RGB .npz of n 32x32 pictures in 4 named classes (QUADRANTS): a bright square of a random
+    colour in the quadrant the class names, on a dark, noisy, reddish ground (each channel its own
+    mean). Quick to learn."""
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    x = rng.integers(0, 60, (n, 32, 32, 3), dtype=np.uint8) // np.array([1, 2, 4], np.uint8)
+    y = np.arange(n) % 4
+    for image, k in zip(x, y):
+        r, c = divmod(int(k), 2)
+        image[4 + 16 * r : 12 + 16 * r, 4 + 16 * c : 12 + 16 * c] = rng.integers(150, 256, 3)
+    np.savez(path, x=x, y=y, class_names=np.array(QUADRANTS))
+    return path
 
 
 def require_system_deps() -> bool:

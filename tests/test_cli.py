@@ -10,7 +10,7 @@ import time
 import pytest
 from PIL import Image
 
-from conftest import SEED
+from conftest import SEED, quadrants
 
 
 def nas(*args, cwd=None, env=None):
@@ -131,6 +131,50 @@ def test_architecture_that_does_not_fit_the_data(tmp_path, mnist_dir):
     refused(nas("train", path, "--data-dir", mnist_dir, "--train-size", 100, "--epochs", 1), "the images are [1, 28, 28]")
 
 
+@pytest.mark.parametrize("name, content, text", [
+    ("none.npz", None, "no such file or folder, and not a dataset nas knows by name (mnist, fashion-mnist, kmnist)"),
+    ("data.csv", "1,2", "give an .npz file"),
+    ("float.npz", "float", "images must be uint8 pixels 0-255 (got float32)"),
+])
+def test_data_that_is_not_data_is_one_line_and_starts_nothing(tmp_path, name, content, text):
+    import numpy as np
+
+    path = tmp_path / name
+    if content == "float":
+        np.savez(path, x=np.zeros((20, 8, 8), np.float32), y=np.arange(20) % 2)
+    elif content is not None:
+        path.write_text(content)
+    refused(nas("search", "--dataset", path, "--storage", f"sqlite:///{tmp_path}/s.db"), text)
+    refused(nas("train", SEED, "--dataset", path, "--out", tmp_path / "out"), text)
+    assert not (tmp_path / "s.db").exists() and not (tmp_path / "out").exists()
+
+
+def test_a_study_on_a_users_data_skips_the_mnist_seeds_and_refuses_other_data(tmp_path):
+    """The built-in networks take 1x28x28 in 10 classes: said in one line, not trained on colour
+    32x32 pictures in 4. Resuming with a copy of the data elsewhere works; with other data, no."""
+    store = f"sqlite:///{tmp_path}/s.db"
+    small = ["--max-epochs", 1, "--val-size", 100, "--target-accuracy", 0.05, "--device", "cpu", "--storage", store, "--study", "q"]
+    data = quadrants(tmp_path / "rgb.npz")
+    r = nas("search", "--dataset", data, "--trials", 1, *small)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert ("the built-in seed networks seed_9274, rec_3762, rec_7918, rec_13562 take 1x28x28 images in 10 classes, not rgb.npz's 3x32x32 in 4: "
+            "the study starts without them") in r.stdout
+    import optuna
+
+    from nas.analytics import study_settings
+
+    study = optuna.load_study(study_name="q", storage=store)
+    (trial,) = study.trials
+    assert trial.state.name == "COMPLETE" and study_settings(study).dataset.shape == (3, 32, 32) and study_settings(study).dataset.path == str(data)
+    moved = shutil.copy(data, tmp_path / "moved.npz")
+    data.unlink()
+    refused(nas("search", "--trials", 1, *small), "give --dataset PATH to where it is here")
+    assert nas("search", "--dataset", moved, "--trials", 1, *small).returncode == 0  # the same arrays elsewhere: the same data
+    r = nas("search", "--dataset", quadrants(tmp_path / "other.npz", seed=1), "--trials", 2, *small)
+    refused(r, "--dataset: the study was created with --dataset rgb.npz (3x32x32, 4 classes")
+    assert "--study-name" in r.stderr and len(optuna.load_study(study_name="q", storage=store).trials) == 1
+
+
 def test_storage_in_a_read_only_place_or_file(tmp_path, mnist_dir):
     refused(nas("search", "--storage", "sqlite:////proc/nas/s.db", "--data-dir", mnist_dir), "writable")
     from nas.settings import StudySettings
@@ -157,11 +201,18 @@ def test_export_refuses_to_overwrite(tmp_path):
 
 @pytest.mark.parametrize("size", [(56, 28), (1, 1)])
 def test_predict_refuses_pictures_that_are_not_28x28(tmp_path, size):
+    """The size comes from the model: here one exported before models said theirs (MNIST's)."""
+    import torch
+
+    from nas.arch import load_arch
+    from nas.export import RawPixels
+    from nas.model import build
+
     path = tmp_path / "digit.png"
     Image.new("L", size).save(path)
     model = tmp_path / "model.pt"
-    model.write_bytes(b"")
-    refused(nas("predict", model, path), "28x28")
+    torch.jit.script(RawPixels(build(load_arch(SEED))).eval()).save(str(model))
+    refused(nas("predict", model, path), "the model classifies 28x28 images as mnist has them")
 
 
 def test_flags_that_disagree_with_the_study(tmp_path, mnist_dir):

@@ -1,75 +1,34 @@
 import gzip
-import hashlib
 import shutil
 
+import numpy as np
 import pytest
 import torch
 
-from nas.data import FILES, Split, download, load, load_raw, load_test, random_affine, read_idx, shuffled_epoch, static_batches
+from nas.data import Split, black, load, load_raw, load_test, normalize, random_affine, read_idx, shuffled_epoch, static_batches
+from nas import datasets
+from nas.datasets import IDX, MNIST, read
 from nas.errors import DataError
 
 
-def test_reads_real_idx_files(mnist_dir):
-    images = read_idx(mnist_dir / "t10k-images-idx3-ubyte.gz")
+def test_idx_files_as_tensors(mnist_dir):
+    """nas.data.read_idx is nas.datasets.read_idx as a torch tensor (the reading is tested there)."""
     labels = read_idx(mnist_dir / "t10k-labels-idx1-ubyte.gz")
-    assert images.shape == (10000, 28, 28) and images.dtype == torch.uint8
-    assert labels.shape == (10000,) and set(labels.tolist()) == set(range(10))
-
-
-def test_reads_uncompressed_files(tmp_path, mnist_dir):
-    raw = tmp_path / "t10k-labels-idx1-ubyte"
-    raw.write_bytes(gzip.decompress((mnist_dir / "t10k-labels-idx1-ubyte.gz").read_bytes()))
-    assert torch.equal(read_idx(raw), read_idx(mnist_dir / "t10k-labels-idx1-ubyte.gz"))
-
-
-def test_short_file_is_a_clear_error(tmp_path, mnist_dir):
-    blob = gzip.decompress((mnist_dir / "t10k-labels-idx1-ubyte.gz").read_bytes())
-    short = tmp_path / "short"
-    short.write_bytes(blob[:-100])
-    with pytest.raises(DataError, match="truncated or corrupt"):
-        read_idx(short)
-
-
-def test_bad_magic_is_a_clear_error(tmp_path):
-    bad = tmp_path / "bad"
-    bad.write_bytes(b"PK\x03\x04" + b"\x00" * 100)
-    with pytest.raises(DataError, match="bad magic number"):
-        read_idx(bad)
-
-
-def test_corrupt_gzip_is_a_clear_error(tmp_path, mnist_dir):
-    bad = tmp_path / "bad.gz"
-    bad.write_bytes((mnist_dir / "t10k-labels-idx1-ubyte.gz").read_bytes()[:200])
-    with pytest.raises(DataError, match="cannot read"):
-        read_idx(bad)
+    assert labels.dtype == torch.uint8 and labels.shape == (10000,) and np.array_equal(labels.numpy(), datasets.read_idx(mnist_dir / "t10k-labels-idx1-ubyte.gz"))
 
 
 def test_checksum_mismatch_is_refused(tmp_path, mnist_dir):
-    for name in FILES:
+    for name in IDX:
         shutil.copy(mnist_dir / name, tmp_path / name)
     tampered = tmp_path / "t10k-labels-idx1-ubyte.gz"
     tampered.write_bytes(gzip.compress(gzip.decompress(tampered.read_bytes())))  # same content, other bytes
-    with pytest.raises(DataError, match="SHA-256 does not match"):
+    with pytest.raises(DataError, match="SHA-256 does not match the published MNIST file"):
         load_raw(tmp_path, "test", fetch=False)
 
 
 def test_missing_files_say_where_to_put_them(tmp_path):
     with pytest.raises(DataError, match="NAS_DATA_DIR"):
         load_raw(tmp_path, "test", fetch=False)
-
-
-def test_download_verifies_checksums(tmp_path, mnist_dir):
-    good = tmp_path / "good_mirror"
-    evil = tmp_path / "evil_mirror"
-    good.mkdir(), evil.mkdir()
-    for name in FILES:
-        shutil.copy(mnist_dir / name, good / name)
-        (evil / name).write_bytes(b"not mnist")
-    target = tmp_path / "cache"
-    download(target, mirrors=(evil.as_uri() + "/", good.as_uri() + "/"))
-    assert all(hashlib.sha256((target / n).read_bytes()).hexdigest() == d for n, d in FILES.items())
-    with pytest.raises(DataError, match="checksum mismatch"):
-        download(tmp_path / "other", mirrors=(evil.as_uri() + "/",))
 
 
 def test_split_is_fixed_disjoint_and_sized(mnist_dir):
@@ -81,6 +40,25 @@ def test_split_is_fixed_disjoint_and_sized(mnist_dir):
     assert not any(bytes(r.numpy()) in val_rows for r in a.train.x[:, 0, 14].to(torch.float16).view(torch.uint8)[:500] if r.any())
     test = load_test(mnist_dir)
     assert len(test) == 10000 and abs(a.train.x.mean().item()) < 0.2
+    assert len(load(mnist_dir).val) == MNIST.default_val_size == 10_000  # the data's default
+
+
+def test_colour_images_are_normalised_per_channel_and_augmented_on_black(tmp_path):
+    """An RGB .npz: [N, H, W, 3] becomes [N, 3, H, W], each channel standardised with its own mean
+    and std, and the corners augmentation uncovers are black in every channel."""
+    rng = np.random.default_rng(0)
+    x = np.zeros((60, 16, 16, 3), np.uint8)
+    x[:, 4:12, 4:12] = rng.integers(0, 256, size=(60, 1, 1, 3), dtype=np.uint8) // np.array([1, 2, 4], np.uint8)  # a coloured square, channels unequal
+    np.savez(tmp_path / "rgb.npz", x=x, y=np.arange(60) % 3)
+    data = load(dataset=str(tmp_path / "rgb.npz"), val_size=10)
+    spec = read(str(tmp_path / "rgb.npz")).spec
+    assert data.train.x.shape[1:] == (3, 16, 16) and len(set(spec.mean)) == 3
+    whole = torch.cat([data.train.x, data.val.x])
+    assert torch.allclose(whole.mean((0, 2, 3)), torch.zeros(3), atol=2e-3) and torch.allclose(whole.std((0, 2, 3)), torch.ones(3), atol=2e-3)
+    assert data.train.fill == black(spec) and torch.allclose(normalize(torch.zeros(1, 3, 2, 2, dtype=torch.uint8), spec)[0, :, 0, 0], torch.tensor(black(spec)))
+    blank = normalize(torch.zeros(8, 3, 16, 16, dtype=torch.uint8), spec)  # black pictures stay black, whatever a shift uncovers
+    assert torch.allclose(random_affine(blank, torch.Generator().manual_seed(1), translate=0.3, fill=data.train.fill), blank, atol=1e-5)
+    assert not torch.allclose(random_affine(blank, torch.Generator().manual_seed(1), translate=0.3), blank, atol=1e-2)  # MNIST's black is not this data's
 
 
 def test_static_batches_drop_the_last_partial_batch():

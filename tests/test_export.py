@@ -13,12 +13,13 @@ from nas.arch import costs, load_arch, param_count
 from nas.cli import app
 from nas.export import FILES, RawPixels
 from nas.data import normalize, read_idx
-from nas.predict import pixels
+from nas.datasets import MNIST
+from nas.predict import ModelInfo, pixels
 from nas.model import build
 from nas.search import Run, search
 from nas.settings import StudySettings
 
-from conftest import SEED
+from conftest import QUADRANTS, SEED, quadrants
 
 
 def cli(*args):
@@ -50,7 +51,9 @@ def test_files_and_metrics(exported):
     assert set(m["versions"]) >= {"nas", "torch", "optuna"}
     card = (out / "README.md").read_text()
     assert "Total params" in card and "verified in a fresh process" in log
-    assert "normalisation is inside the model" in card and "pixels in [0, 1], white digit on black" in card and "pixels in [0, 1]" in m["input"]
+    assert "normalisation is inside the model" in card and "pixels to [0, 1], light on dark as the training images are" in card
+    assert m["input"].startswith("model.pt: float [N, 1, 28, 28] pixels in [0, 1]") and m["background"] == "dark" and m["dataset"]["sha256"] == MNIST.sha256
+    assert "| data | mnist, SHA-256 of its arrays 05a957b0" in card and ".reshape(-1, 1, 28, 28)" in card
 
 
 def test_torchscript_round_trip_matches_eager(exported, mnist_dir):
@@ -149,7 +152,7 @@ def test_predict_bad_files(exported, tmp_path):
     junk.write_bytes(b"not an image")
     blank = tmp_path / "blank.png"
     Image.new("L", (28, 28)).save(blank)
-    for args, text in (([out / "model.pt", junk], "not a PNG/JPEG image or IDX"), ([junk, blank], "not a TorchScript model"), ([out / "model.pt", tmp_path / "none.png"], "no such file")):
+    for args, text in (([out / "model.pt", junk], "not a PNG/JPEG image, IDX or .npz file"), ([junk, blank], "not a TorchScript model"), ([out / "model.pt", tmp_path / "none.png"], "no such file")):
         r = subprocess.run([sys.executable, "-m", "nas", "predict", *map(str, args)], capture_output=True, text=True)
         assert r.returncode == 2 and text in r.stderr, r.stderr
 
@@ -301,9 +304,70 @@ def test_ship_onnx_refuses_a_file_that_does_not_reproduce_model_pt(onnx_extra, t
     labels = read_idx(mnist_dir / "t10k-labels-idx1-ubyte.gz")[:200].long()
     with torch.no_grad():
         expected = RawPixels(net)(raw)
-    o = ship_onnx(net, tmp_path, raw, labels, expected, raw[:50], log=lambda line: None)
+    o = ship_onnx(net, MNIST, ModelInfo(), tmp_path, raw, labels, expected, raw[:50], log=lambda line: None)
     assert o["fp32"]["max_logit_difference"] < 1e-4
     off = expected.clone()
     off[:, 0] += 1e-3  # a model whose logits are off by more than the tolerance
     with pytest.raises(ExportError, match="does not reproduce model.pt's predictions"):
-        ship_onnx(net, tmp_path, raw, labels, off, raw[:50], log=lambda line: None)
+        ship_onnx(net, MNIST, ModelInfo(), tmp_path, raw, labels, off, raw[:50], log=lambda line: None)
+
+
+
+def test_a_colour_dataset_exports_and_predicts_with_its_shape_names_and_normalisation(tmp_path):
+    """The data's shape, normalisation and class names reach model.pt, the ONNX files, the card and
+    `nas predict`; pictures and files of another size or channels are refused in one line."""
+    from nas.datasets import read
+
+    data = quadrants(tmp_path / "rgb.npz")
+    spec = read(str(data)).spec
+    arch = tmp_path / "seed_rgb.toml"
+    arch.write_text(SEED.read_text().replace("input = [1, 28, 28]", "input = [3, 32, 32]").replace("classes = 10", "classes = 4"))
+    r = subprocess.run([sys.executable, "-m", "nas", "export", "--arch", str(SEED), "--dataset", str(data), "--out", str(tmp_path / "no")], capture_output=True, text=True)
+    assert r.returncode == 2 and "input: is [1, 28, 28] but the images are [3, 32, 32] (rgb.npz)" in r.stderr and len(r.stderr.splitlines()) == 1, r.stderr
+    assert not (tmp_path / "no").exists()
+    out = tmp_path / "out"
+    r = cli("export", "--arch", arch, "--dataset", data, "--out", out, "--epochs", 1, "--device", "cpu")
+    assert r.exit_code == 0, r.output
+    m = json.loads((out / "metrics.json").read_text())
+    assert m["input"].startswith("model.pt: float [N, 3, 32, 32]") and m["dataset"]["class_names"] == list(QUADRANTS) and m["background"] == "dark"
+    card = (out / "README.md").read_text()
+    assert "| 3 | bottom right |" in card and ".permute(0, 3, 1, 2)" in card and f"mean {list(spec.mean)}" in card and "(held out of the data, seeded)" in card
+    model = torch.jit.load(str(out / "model.pt"))
+    assert torch.allclose(model.mean.flatten(), torch.tensor(spec.mean)) and len(set(spec.mean)) == 3  # per channel, inside the model
+    ds = read(str(data))
+    paths = []
+    for i in range(3):
+        paths.append(tmp_path / f"{i}.png")
+        Image.fromarray(ds.x_test[i].transpose(1, 2, 0)).save(paths[-1])
+    np.savez(tmp_path / "few.npz", x=ds.x_test[:5].transpose(0, 2, 3, 1))
+    with torch.no_grad():
+        expected = model(pixels(torch.from_numpy(ds.x_test[:5]))).argmax(1).tolist()
+    models = ["model.pt"] + (["model.onnx", "model.int8.onnx"] if m["onnx"] else [])
+    for name in models:
+        r = cli("predict", out / name, *paths, tmp_path / "few.npz")
+        assert r.exit_code == 0, r.output
+        lines = r.output.splitlines()
+        assert predicted(r.output)[:3] == expected[:3] and all(line.split(": ")[1].split("  (")[0] == f"{k} {QUADRANTS[k]}" for line, k in zip(lines, predicted(r.output)))
+        assert len(lines) == 3 + 5 and (name == "model.int8.onnx" or predicted(r.output)[3:] == expected)
+    Image.new("L", (28, 28)).save(tmp_path / "grey.png")
+    np.savez(tmp_path / "grey.npz", x=ds.x_test[:2, 0])
+    for picture, text in (("grey.png", "the image is 28x28 pixels; the model classifies 32x32 images as rgb.npz has them"),
+                          ("grey.npz", "holds 1-channel images; the model takes 3 (RGB), as rgb.npz has them")):
+        r = subprocess.run([sys.executable, "-m", "nas", "predict", str(out / "model.pt"), str(tmp_path / picture)], capture_output=True, text=True)
+        assert r.returncode == 2 and text in r.stderr and len(r.stderr.splitlines()) == 1, r.stderr
+
+
+def test_pictures_are_inverted_only_across_grey_from_the_training_images(tmp_path):
+    """A digit photographed on grey paper is inverted for MNIST's white-on-black as white paper is;
+    a model trained on dark ink on light gets the opposite; pictures with mixed edges never."""
+    from nas.predict import load_images
+
+    ink = np.zeros((28, 28), np.uint8)
+    ink[8:20, 12:16] = 1
+    cases = [(np.where(ink, 20, 160), "dark", True), (np.where(ink, 0, 255), "dark", True), (np.where(ink, 255, 0), "dark", False),
+             (np.where(ink, 230, 60), "light", True), (np.where(ink, 0, 255), "light", False), (np.where(ink, 0, 255), "mixed", False)]
+    for k, (picture, trained, flipped) in enumerate(cases):
+        Image.fromarray(picture.astype(np.uint8)).save(tmp_path / f"{k}.png")
+        x, inverted = load_images(tmp_path / f"{k}.png", ModelInfo(background=trained))
+        assert inverted == flipped and x.shape == (1, 1, 28, 28), (k, trained)
+        assert torch.equal(x[0, 0], torch.from_numpy(255 - picture.astype(np.uint8) if flipped else picture.astype(np.uint8)))

@@ -1,17 +1,16 @@
 """The tests find MNIST the way the CLI does, and say in one line what to do when they cannot."""
 
-import functools
-import http.server
+import hashlib
 import os
 import subprocess
 import sys
-import threading
+from dataclasses import replace
 
 import conftest
 import pytest
-from conftest import ROOT, find_mnist
+from conftest import ROOT, find_mnist, serve
 
-import nas.data
+from nas import datasets
 
 
 @pytest.fixture
@@ -26,12 +25,8 @@ def nowhere(tmp_path, monkeypatch):
 @pytest.fixture
 def mirror(mnist_dir):
     """An HTTP server on loopback serving the real MNIST files, as a mirror would."""
-    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(mnist_dir))
-    handler.log_message = lambda *a: None
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    yield f"http://127.0.0.1:{server.server_port}/"
-    server.shutdown()
+    with serve(mnist_dir) as url:
+        yield url
 
 
 def test_explicit_folder_first_and_a_wrong_one_is_named(tmp_path, monkeypatch, mnist_dir):
@@ -42,15 +37,21 @@ def test_explicit_folder_first_and_a_wrong_one_is_named(tmp_path, monkeypatch, m
         find_mnist()
 
 
+def served_from(monkeypatch, *mirrors: str) -> None:
+    """MNIST's published files and checksums, fetched from these mirrors."""
+    monkeypatch.setitem(datasets.NAMED, "mnist", replace(datasets.NAMED["mnist"], mirrors=mirrors))
+
+
 def test_user_folder_is_downloaded_with_checksums(nowhere, mirror, monkeypatch):
-    monkeypatch.setattr(nas.data, "download", functools.partial(nas.data.download, mirrors=(mirror,)))
+    served_from(monkeypatch, mirror)
     assert find_mnist() == nowhere
-    assert sorted(p.name for p in nowhere.iterdir()) == sorted(nas.data.FILES)
-    assert all(nas.data.sha256(nowhere / name) == digest for name, digest in nas.data.FILES.items())
+    files = datasets.NAMED["mnist"].files
+    assert sorted(p.name for p in nowhere.iterdir()) == sorted(files)
+    assert all(hashlib.sha256((nowhere / name).read_bytes()).hexdigest() == known.split(":")[1] for name, known in files.items())
 
 
 def test_no_data_and_no_network_is_one_clear_line(nowhere, monkeypatch):
-    monkeypatch.setattr(nas.data, "download", functools.partial(nas.data.download, mirrors=("http://127.0.0.1:9/",)))  # refused at once
+    served_from(monkeypatch, "http://127.0.0.1:9/")  # refused at once
     with pytest.raises(RuntimeError) as e:
         find_mnist()
     message = str(e.value)

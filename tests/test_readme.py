@@ -83,8 +83,36 @@ def test_the_readme_runs_as_written_from_a_temporary_folder(tmp_path, mnist_dir)
     env.pop("NAS_ARTIFACTS", None)
     said = [run(command, tmp_path, env) for command in quick + path]
     assert (tmp_path / "studies" / "nas.sqlite3").is_file() and (tmp_path / "studies" / "artifacts").is_dir()
+    from nas import deploy
+    from nas.export import FILES
+
+    written = sorted(FILES if not deploy.missing() else set(FILES) - {deploy.FP32, deploy.INT8})  # ONNX with the onnx extra
     for folder in ("runs/quick", "runs/winner"):
-        assert sorted(p.name for p in (tmp_path / folder).iterdir()) == ["README.md", "architecture.toml", "metrics.json", "model.pt", "state_dict.pt"]
+        assert sorted(p.name for p in (tmp_path / folder).iterdir()) == written
     assert (tmp_path / "runs" / "report" / "report.html").is_file()
-    assert re.fullmatch(r"docs/digit\.png: \d  \(\d+\.\d %\)  \(dark on light: inverted to MNIST's white on black\)\n", said[4]), said[4]
+    assert re.fullmatch(r"docs/digit\.png: \d  \(\d+\.\d %\)  \(dark on light: inverted to the training images' light on dark\)\n", said[4]), said[4]
     assert said[-1].startswith("docs/digit.png: ")
+
+
+def test_your_own_data_runs_as_written(tmp_path, mnist_dir):
+    """The "Your own data" block: its .npz files made (smaller) by the script it names, then its
+    `nas` lines in order, small, from a temporary folder."""
+    lines = (ROOT / "README.md").read_text().split("## Your own data", 1)[1].splitlines()
+    script = next(line.strip() for line in lines if line.strip().startswith("python3 benchmarks/own_data.py"))
+    commands = readme_commands("## Your own data")
+    assert [c[1] for c in commands] == ["summary", "train", "train", "space", "search", "export", "predict", "search", "export", "predict"]
+    (tmp_path / "benchmarks").mkdir()
+    shutil.copy(ROOT / "benchmarks" / "own_data.py", tmp_path / "benchmarks")  # where the README's relative paths find it, as docs/digit.png below
+    made = subprocess.run([sys.executable, *shlex.split(script.split("  #")[0])[1:], "--train", "600", "--test", "200", "--data-dir", str(mnist_dir)],
+                          capture_output=True, text=True, cwd=tmp_path, env={**os.environ, "PYTHONPATH": str(ROOT)})
+    assert made.returncode == 0, made.stderr
+    (tmp_path / "docs").mkdir()
+    shutil.copy(ROOT / "docs" / "digit.png", tmp_path / "docs" / "digit.png")
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    for key in ("NAS_STORAGE", "NAS_ARTIFACTS", "NAS_DATA_DIR"):
+        env.pop(key, None)
+    said = [run(command, tmp_path, env) for command in commands]
+    assert "(input 3x32x32, 10 classes)" in said[3] and "Total params: 9,346" in said[0]
+    assert re.fullmatch(r"data/digit_rgb\.png: \d \w+  \(\d+\.\d %\)\n", said[-1]), said[-1]  # a class name, not inverted
+    card = (tmp_path / "runs" / "rgb" / "README.md").read_text()
+    assert "| 7 | seven |" in card and "[N, 32, 32, 3]" in card
