@@ -233,7 +233,8 @@ def _pruning_html(study: optuna.Study) -> str:
                  f"{100 * r['saved'] / r['seconds']:.0f} %" if r["seconds"] else "", _esc(", ".join(map(str, r["front_lost"])) or "none"),
                  _esc(", ".join(map(str, r["target_lost"])) or "none")] for r in pareto]
         classes = ["current" if (r["epochs"], r["eta"]) == (settings.stop_epochs(), settings.stop_eta) else "" for r in pareto]
-        parts.append("<p>Pareto rules replayed on the same trials in the order they started (highlighted: this study's rule): a trial stops at a "
+        own = "highlighted: this study's rule" if settings.stop_epochs() else "this study's Pareto rule is off (--stop-at turns it on)"
+        parts.append(f"<p>Pareto rules replayed on the same trials in the order they started ({own}): a trial stops at a "
                      "rung when it is not in the top 1/eta of the trials that reached it at no larger cost.</p>")
         parts.append(_html_table(["rungs (epochs)", "eta", "stopped", "seconds saved / spent", "saved", "front members lost", "at-target trials lost"],
                                  rows, {1, 2, 3, 4}, classes))

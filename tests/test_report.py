@@ -2,12 +2,14 @@
 
 import csv
 import re
+from dataclasses import replace
 
 from optuna.trial import TrialState
 
 from nas import notes
 from nas.analytics import best_trial, pareto_front, rule_replays, study_settings
 from nas.report import render, write_report
+from nas.settings import StudySettings
 
 
 def test_csv_has_one_flat_row_per_trial(synthetic_study, tmp_path):
@@ -52,6 +54,10 @@ def test_pruning_replay_is_a_table_with_the_studys_rule_marked(synthetic_study):
     current = re.findall(r"<tr class=current>(.*?)</tr>", convergence)
     assert len(current) == 1 and "75% (epoch 3)" in current[0] and "0.06" in current[0]
     assert pareto.count("<tr") == 1 + 2 * 3  # of 4 epochs, the candidate rungs fall on epoch 2, or epochs 2 and 3; three etas each
+    assert "<tr class=current>" not in pareto and "Pareto rule is off" in pareto  # off by default
+    settings = StudySettings.from_dict(synthetic_study.user_attrs["settings"])
+    synthetic_study.set_user_attr("settings", replace(settings, stop_rungs=(0.5,), stop_eta=3.0).to_dict())
+    pareto = render(synthetic_study).split("<h2>Convergence pruning</h2>")[1].split("<h2>")[0].split("</table>")[1]
     current = re.findall(r"<tr class=current>(.*?)</tr>", pareto)
     assert len(current) == 1 and current[0].startswith("<td>2</td><td class=num>3</td>")
 
