@@ -1,19 +1,27 @@
-"""Train the seed network with a training recipe and print its curve: the sweep behind the
-TrainConfig defaults (README, "The large-batch recipe").
+"""The recipe study: train a network with training recipes and keep each run's curve.
 
-    python3 benchmarks/recipe.py batch_size=512 lr=0.1 augment=true [--arch seed_9274] [--seeds 0,1,2] [--test] [--save PREFIX] [--threads 1]
+    python3 benchmarks/recipe.py batch_size=32 lr=0.4 augment=true [--arch rec_3762] [--seeds 0,1,2] [--test]
+    python3 benchmarks/recipe.py --plan benchmarks/recipe_plan.toml [--shard 0/2]
 
 key=value pairs override the architecture's train table (any TrainConfig field). Each seed trains
 separately, 20 epochs on the 50,000 training images, and is judged on the held-out 10,000
-(nas.data.load's split); --test also reads the test set, for the recipe already chosen on
+(nas.data.load's split); --test also reads the test set, for a recipe already chosen on
 validation accuracy. The last line is one JSON record of the run.
+
+With --plan, the candidates of a plan file ([[run]] tables: name, arch, seeds, train) are trained
+one (candidate, seed) at a time, and each finished run is appended as one JSON line to
+benchmarks/results/recipe/<arch>.jsonl; a run already there is skipped, so the study can be
+stopped at any moment and resumed from where it stood (--shard i/n: every n-th pending run).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import subprocess
 import time
+import tomllib
+from pathlib import Path
 
 import torch
 
@@ -22,6 +30,8 @@ from nas.config import TrainConfig
 from nas.data import load, load_test
 from nas.settings import DEFAULT_SEED_ARCH
 from nas.train import evaluate, resolve_device, train
+
+RESULTS = Path(__file__).parent / "results" / "recipe"
 
 
 def value(text: str):
@@ -37,13 +47,57 @@ def value(text: str):
     return text
 
 
+def run_one(arch, cfg: TrainConfig, data, test=None) -> dict:
+    """Train one seed of one recipe; its curve, time and (with `test`) test accuracy."""
+    start = time.perf_counter()
+    trained = train(arch, data, cfg, on_epoch=lambda e: print(
+        f"{arch.name} seed {cfg.seed} epoch {e.epoch:>2}  lr {e.lr:.4f}  train loss {e.train_loss:.4f}  "
+        f"val acc {100 * e.val_acc:.2f} %  {e.seconds:.1f} s", flush=True))
+    run = {"seed": cfg.seed, "val_acc": trained.history[-1].val_acc, "best_val_acc": max(e.val_acc for e in trained.history),
+           "curve": [e.val_acc for e in trained.history], "seconds": time.perf_counter() - start, "engine": trained.engine}
+    if test is not None:
+        run["test_acc"] = evaluate(trained.model(), test)[1]
+    return run
+
+
+def commit() -> str:
+    out = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=Path(__file__).parent)
+    return out.stdout.strip() or "unknown"
+
+
+def study(plan: Path, shard: str, data_dir: str | None, device: torch.device) -> None:
+    """Run the plan's pending (candidate, seed) pairs, appending each result as it finishes."""
+    runs = tomllib.loads(plan.read_text())["run"]
+    index, count = map(int, shard.split("/"))
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    done = set()
+    for path in RESULTS.glob("*.jsonl"):
+        for line in path.read_text().splitlines():
+            r = json.loads(line)
+            done.add((r["arch"], r["name"], r["seed"]))
+    pending = [(c, s) for c in runs for s in c.get("seeds", [0]) if (c["arch"], c["name"], s) not in done]
+    mine = pending[index::count]
+    print(f"plan {plan}: {len(pending)} runs pending, {len(mine)} in shard {shard}", flush=True)
+    data = load(data_dir, device)
+    for c, seed in mine:
+        arch = load_arch(c["arch"])
+        cfg = TrainConfig.from_dict({**arch.train, **c.get("train", {}), "seed": seed}, f"{plan}: {c['name']}")
+        run = run_one(arch, cfg, data)
+        record = {"arch": arch.name, "name": c["name"], **run, "config": cfg.to_dict(), "torch": torch.__version__,
+                  "commit": commit(), "threads": torch.get_num_threads(), "device": str(device)}
+        with open(RESULTS / f"{arch.name}.jsonl", "a") as f:
+            f.write(json.dumps(record) + "\n")
+        print(f"{arch.name} {c['name']} seed {seed}: val {100 * run['val_acc']:.2f} %  {run['seconds']:.0f} s", flush=True)
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("overrides", nargs="*", help="key=value, e.g. batch_size=512 lr=0.1")
     p.add_argument("--arch", default=DEFAULT_SEED_ARCH, help="architecture file or built-in name (default the seed network)")
     p.add_argument("--seeds", default="0")
     p.add_argument("--test", action="store_true", help="also report test accuracy (only for a recipe chosen on validation)")
-    p.add_argument("--save", default=None, help="save each seed's state_dict as SAVE_seed<N>.pt (to test later the recipe chosen)")
+    p.add_argument("--plan", type=Path, help="a plan file of candidates to run, results appended under benchmarks/results/recipe/")
+    p.add_argument("--shard", default="0/1", help="with --plan: run every n-th pending run from the i-th (i/n)")
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--device", default="auto")
     p.add_argument("--data-dir", default=None)
@@ -51,27 +105,18 @@ def main() -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
     device = resolve_device(args.device)
+    if args.plan:
+        study(args.plan, args.shard, args.data_dir, device)
+        return
     arch = load_arch(args.arch)
     overrides = dict(kv.split("=", 1) for kv in args.overrides)
     base = TrainConfig.from_dict({**arch.train, **{k: value(v) for k, v in overrides.items()}}, "command line")
     data = load(args.data_dir, device)
     test = load_test(args.data_dir, device) if args.test else None
-    runs = []
-    for seed in map(int, args.seeds.split(",")):
-        cfg = TrainConfig(**{**base.to_dict(), "seed": seed})
-        start = time.perf_counter()
-        trained = train(arch, data, cfg, on_epoch=lambda e: print(
-            f"seed {cfg.seed} epoch {e.epoch:>2}  lr {e.lr:.4f}  train loss {e.train_loss:.4f}  val acc {100 * e.val_acc:.2f} %  {e.seconds:.1f} s", flush=True))
-        run = {"seed": seed, "val_acc": trained.history[-1].val_acc, "best_val_acc": max(e.val_acc for e in trained.history),
-               "curve": [e.val_acc for e in trained.history], "seconds": time.perf_counter() - start, "engine": trained.engine}
-        if args.save:
-            torch.save(trained.model().state_dict(), f"{args.save}_seed{seed}.pt")
-        if test is not None:
-            run["test_acc"] = evaluate(trained.model(), test)[1]
-        runs.append(run)
-        print(f"seed {seed}: final val acc {100 * run['val_acc']:.2f} %" + (f", test acc {100 * run['test_acc']:.2f} %" if test is not None else ""), flush=True)
+    runs = [run_one(arch, TrainConfig(**{**base.to_dict(), "seed": seed}), data, test) for seed in map(int, args.seeds.split(","))]
     mean = lambda key: sum(r[key] for r in runs) / len(runs)  # noqa: E731
-    print(json.dumps({"arch": arch.name, "config": base.to_dict(), "val_acc_mean": mean("val_acc"), **({"test_acc_mean": mean("test_acc")} if test is not None else {}),
+    print(json.dumps({"arch": arch.name, "config": base.to_dict(), "val_acc_mean": mean("val_acc"),
+                      **({"test_acc_mean": mean("test_acc")} if test is not None else {}),
                       "runs": runs, "device": str(device), "threads": torch.get_num_threads()}))
 
 
