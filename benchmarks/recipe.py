@@ -65,13 +65,13 @@ def commit() -> str:
     return out.stdout.strip() or "unknown"
 
 
-def study(plan: Path, shard: str, data_dir: str | None, device: torch.device) -> None:
+def study(plan: Path, shard: str, data_dir: str | None, device: torch.device, results: Path = RESULTS) -> None:
     """Run the plan's pending (candidate, seed) pairs, appending each result as it finishes."""
     runs = tomllib.loads(plan.read_text())["run"]
     index, count = map(int, shard.split("/"))
-    RESULTS.mkdir(parents=True, exist_ok=True)
+    results.mkdir(parents=True, exist_ok=True)
     done = set()
-    for path in RESULTS.glob("*.jsonl"):
+    for path in results.glob("*.jsonl"):
         for line in path.read_text().splitlines():
             r = json.loads(line)
             done.add((r["arch"], r["name"], r["seed"]))
@@ -85,7 +85,7 @@ def study(plan: Path, shard: str, data_dir: str | None, device: torch.device) ->
         run = run_one(arch, cfg, data)
         record = {"arch": arch.name, "name": c["name"], **run, "config": cfg.to_dict(), "torch": torch.__version__,
                   "commit": commit(), "threads": torch.get_num_threads(), "device": str(device)}
-        with open(RESULTS / f"{arch.name}.jsonl", "a") as f:
+        with open(results / f"{arch.name}.jsonl", "a") as f:
             f.write(json.dumps(record) + "\n")
         print(f"{arch.name} {c['name']} seed {seed}: val {100 * run['val_acc']:.2f} %  {run['seconds']:.0f} s", flush=True)
 
@@ -98,6 +98,7 @@ def main() -> None:
     p.add_argument("--test", action="store_true", help="also report test accuracy (only for a recipe chosen on validation)")
     p.add_argument("--plan", type=Path, help="a plan file of candidates to run, results appended under benchmarks/results/recipe/")
     p.add_argument("--shard", default="0/1", help="with --plan: run every n-th pending run from the i-th (i/n)")
+    p.add_argument("--results", type=Path, default=RESULTS, help="with --plan: the folder of results (default benchmarks/results/recipe)")
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--device", default="auto")
     p.add_argument("--data-dir", default=None)
@@ -106,7 +107,7 @@ def main() -> None:
         torch.set_num_threads(args.threads)
     device = resolve_device(args.device)
     if args.plan:
-        study(args.plan, args.shard, args.data_dir, device)
+        study(args.plan, args.shard, args.data_dir, device, args.results)
         return
     arch = load_arch(args.arch)
     overrides = dict(kv.split("=", 1) for kv in args.overrides)

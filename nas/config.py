@@ -28,6 +28,9 @@ class TrainConfig:
     lr: float = 0.1  # peak learning rate at batch size REFERENCE_BATCH (0.8 at batch 1024)
     momentum: float = 0.9  # constant: the schedule moves the learning rate only (a CUDA graph captures momentum as a number)
     weight_decay: float = 5e-4
+    # False: BatchNorm weights and every bias (the 1-D parameters) are not decayed, only the conv
+    # weights; True decays everything, as every study before this setting did.
+    decay_norm_bias: bool = True
     schedule: str = "onecycle"
     warmup: float = 0.3  # onecycle: fraction of the steps over which the learning rate rises to its peak
     label_smoothing: float = 0.0
@@ -37,6 +40,9 @@ class TrainConfig:
     rotate: float = 10.0
     translate: float = 0.1
     scale: float = 0.0
+    # An exponential moving average of the weights (and BatchNorm statistics), which validation and
+    # export then use: its half-life in epochs, so it means the same at batch 32 and 1024 (0: off).
+    ema_half_life: float = 0.0
     seed: int = 0
 
     def __post_init__(self) -> None:
@@ -54,6 +60,7 @@ class TrainConfig:
             ("rotate", 0 <= self.rotate <= 180, "must be in [0, 180] degrees"),
             ("translate", 0 <= self.translate < 0.5, "must be in [0, 0.5)"),
             ("scale", 0 <= self.scale < 0.5, "must be in [0, 0.5)"),
+            ("ema_half_life", 0 <= self.ema_half_life <= self.epochs, "must be in [0, epochs] (0: off)"),
             ("seed", self.seed >= 0, "must be >= 0"),
         ):
             if not ok:

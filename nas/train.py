@@ -28,6 +28,7 @@ keeps the RNG state of a capture.
 from __future__ import annotations
 
 import contextlib
+import copy
 import math
 import threading
 import time
@@ -104,6 +105,7 @@ class Checkpoint:
     generators: list[torch.Tensor]
     cpu_rng: torch.Tensor
     history: list[Epoch]
+    ema: dict[str, torch.Tensor] | None = None  # the averaged network (TrainConfig.ema_half_life), None when off
 
 
 def _host(value):
@@ -232,11 +234,24 @@ class _Trial:
         # captured step reads and advances them; a fused or capturable optimizer takes a tensor lr.
         self.count: int | torch.Tensor = torch.zeros((), device=device, dtype=torch.float64) if graph else 0  # float64: exact schedule
         lr: float | torch.Tensor = torch.tensor(lr_at(0, cfg, total), device=device) if graph else lr_at(0, cfg, total)
-        params = model.parameters()
+        params: Any = model.parameters()
+        if not cfg.decay_norm_bias:  # BatchNorm weights and biases are the 1-D parameters
+            params = [{"params": [p for p in model.parameters() if p.ndim > 1]},
+                      {"params": [p for p in model.parameters() if p.ndim <= 1], "weight_decay": 0.0}]
         if cfg.optimizer == "sgd":
-            self.opt = torch.optim.SGD(params, lr=lr, momentum=cfg.momentum, nesterov=True, weight_decay=cfg.weight_decay, fused=graph or None)
+            self.opt: torch.optim.Optimizer = torch.optim.SGD(params, lr=lr, momentum=cfg.momentum, nesterov=True,
+                                                              weight_decay=cfg.weight_decay, fused=graph or None)
         else:
             self.opt = torch.optim.AdamW(params, lr=lr, weight_decay=cfg.weight_decay, capturable=graph)
+        # The weight average: a copy of the network whose floating-point weights and BatchNorm
+        # statistics move towards the trained ones after every update (one foreach op, so a CUDA
+        # graph captures it with the step); its integer batch counters are copied.
+        self.ema = copy.deepcopy(model) if cfg.ema_half_life > 0 else None
+        self.ema_weight = 1 - 0.5 ** (cfg.epochs / (cfg.ema_half_life * total)) if self.ema is not None else 0.0
+        self.averaged = model if self.ema is None else self.ema  # what validation and export use
+        live, avg = model.state_dict(), self.ema.state_dict() if self.ema is not None else {}
+        self._pairs = {kind: ([avg[k] for k in avg if avg[k].is_floating_point() == kind], [live[k] for k in avg if avg[k].is_floating_point() == kind])
+                       for kind in (True, False)}  # aliases of both networks' tensors (loading a state copies into them)
         self.loss_sum = torch.zeros(copies, device=device)
 
     def step(self, x: torch.Tensor, y: torch.Tensor) -> None:
@@ -254,16 +269,28 @@ class _Trial:
         self.opt.zero_grad(set_to_none=True)
         losses.sum().backward()  # copy k's parameters get the gradient of copy k's loss only
         self.opt.step()
+        if self.ema is not None:
+            self._average()
         self.loss_sum += losses.detach()
 
-    def state(self) -> tuple[int, dict[str, torch.Tensor], dict]:
-        """(steps done, network, optimizer), copied to the CPU."""
-        return int(self.count), _host(self.model.state_dict()), _host(self.opt.state_dict())
+    @torch.no_grad()
+    def _average(self) -> None:
+        torch._foreach_lerp_(*self._pairs[True], self.ema_weight)
+        torch._foreach_copy_(*self._pairs[False])
 
-    def restore(self, steps: int, model: dict[str, torch.Tensor], optimizer: dict) -> None:
+    def state(self) -> tuple[int, dict[str, torch.Tensor], dict, dict[str, torch.Tensor] | None]:
+        """(steps done, network, optimizer, weight average or None), copied to the CPU."""
+        ema = _host(self.ema.state_dict()) if self.ema is not None else None
+        return int(self.count), _host(self.model.state_dict()), _host(self.opt.state_dict()), ema
+
+    def restore(self, steps: int, model: dict[str, torch.Tensor], optimizer: dict, ema: dict[str, torch.Tensor] | None) -> None:
         """Put back a state from `state` (before any capture). The learning rate stays this
         trial's own (a tensor the captured step writes on the graph engine)."""
         self.model.load_state_dict(model)
+        if self.ema is not None:
+            if ema is None:
+                raise ValueError("the checkpoint holds no weight average, but this run keeps one (ema_half_life)")
+            self.ema.load_state_dict(ema)
         lrs = [group["lr"] for group in self.opt.param_groups]
         self.opt.load_state_dict(optimizer)
         for group, lr in zip(self.opt.param_groups, lrs):
@@ -285,6 +312,7 @@ class _Trial:
         with GPU.exclusive():
             static_x, static_y = x.clone(), y.clone()
             saved = {k: v.clone() for k, v in self.model.state_dict().items()}
+            saved_ema = {k: v.clone() for k, v in self.ema.state_dict().items()} if self.ema is not None else {}
             # A resumed run has optimizer state already (a fresh one gets it in the first warm-up step).
             saved_opt = {p: {k: v.clone() for k, v in state.items() if isinstance(v, torch.Tensor)} for p, state in self.opt.state.items()}
             saved_count = self.count.clone()
@@ -317,6 +345,9 @@ class _Trial:
             with torch.no_grad():
                 for k, v in self.model.state_dict().items():
                     v.copy_(saved[k])
+                if self.ema is not None:
+                    for k, v in self.ema.state_dict().items():
+                        v.copy_(saved_ema[k])
                 for p, state in self.opt.state.items():
                     for k, v in state.items():
                         if isinstance(v, torch.Tensor):  # as before the warm-up; zeroed momentum (and Adam's step and moments) act as fresh ones
@@ -607,7 +638,7 @@ def _run(arch: Arch, data: Data, cfg: TrainConfig, seeds: list[int], on_epoch: C
         if resume is not None:
             if len(resume.generators) != len(seeds) or not 0 < resume.epoch <= cfg.epochs:
                 raise ValueError(f"the checkpoint holds {len(resume.generators)} seed(s) after epoch {resume.epoch}; this run trains {len(seeds)} for {cfg.epochs} epochs")
-            trial.restore(resume.steps, resume.model, resume.optimizer)
+            trial.restore(resume.steps, resume.model, resume.optimizer, resume.ema)
             for g, state in zip(generators, resume.generators):
                 g.set_state(state.to(g.get_state().device))
             if device.type == "cpu":
@@ -628,7 +659,7 @@ def _run(arch: Arch, data: Data, cfg: TrainConfig, seeds: list[int], on_epoch: C
                     on_progress((i + 1) * batch, steps * batch)
             with GPU.exclusive() if epoch == first else GPU.shared():  # the first validation alone: new shapes, cuDNN autotunes
                 if len(data.val):
-                    val = torch.cat(_validate(model, data.val, len(seeds), trial.autocast))
+                    val = torch.cat(_validate(trial.averaged, data.val, len(seeds), trial.autocast))
                 else:  # nas export trains on every image
                     val = torch.full((2 * len(seeds),), math.nan, device=device)
             with GPU.shared():
@@ -647,9 +678,9 @@ def _run(arch: Arch, data: Data, cfg: TrainConfig, seeds: list[int], on_epoch: C
                 on_epoch(history[-1])
             if on_checkpoint is not None and epoch < cfg.epochs and time.perf_counter() - last_checkpoint >= checkpoint_seconds:
                 with GPU.shared():
-                    done, weights, optimizer = trial.state()
+                    done, weights, optimizer, ema = trial.state()
                     states = [g.get_state() for g in generators]
-                on_checkpoint(Checkpoint(epoch, done, weights, optimizer, states, torch.get_rng_state(), list(history)))
+                on_checkpoint(Checkpoint(epoch, done, weights, optimizer, states, torch.get_rng_state(), list(history), ema))
                 last_checkpoint = time.perf_counter()
             start = time.perf_counter()  # the callback's own time is not the epoch's
     finally:
@@ -659,4 +690,4 @@ def _run(arch: Arch, data: Data, cfg: TrainConfig, seeds: list[int], on_epoch: C
             with GPU.exclusive():  # destroying a graph races with another thread's capture_begin
                 captured.reset()
                 _GRAPHS.release(pool, device)  # the pool serves this thread's next trial
-    return Trained(model, history, name, seeds, arch)
+    return Trained(trial.averaged, history, name, seeds, arch)

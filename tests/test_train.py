@@ -584,3 +584,91 @@ def test_dropout_gets_its_own_generator_only_where_the_torch_shares_one(small_da
     assert sorted(i["seed"] for i in rec.of("register")) == ([7, 8] if own else [])
     swaps = [i["state"] for i in sorted(rec.of("default generator"), key=lambda i: i["end"])]
     assert swaps in ((["own seed 7", "default", "own seed 8", "default"], ["own seed 8", "default", "own seed 7", "default"]) if own else ([],))
+
+
+def test_norm_and_bias_decay_is_a_setting(small_data):
+    """decay_norm_bias=False leaves BatchNorm weights and biases (the 1-D parameters) undecayed."""
+    from nas.train import _Trial
+
+    model = train(load_arch(SEED), subset(small_data, 128, 64), TrainConfig(epochs=1, batch_size=64)).packed
+    decayed = lambda trial: {p.ndim: g["weight_decay"] for g in trial.opt.param_groups for p in g["params"]}  # noqa: E731
+    on, off = (_Trial(model, TrainConfig(decay_norm_bias=flag), 1, 10, torch.device("cpu"), "fp32", False) for flag in (True, False))
+    assert decayed(on) == {4: 5e-4, 1: 5e-4} and decayed(off) == {4: 5e-4, 1: 0.0}
+    for trial in (on, off):
+        assert sum(len(g["params"]) for g in trial.opt.param_groups) == len(list(model.parameters()))
+
+
+def test_the_weight_average_is_what_validation_and_export_see(small_data):
+    """With ema_half_life the trained network is the average: it differs from the live weights,
+    its validation figures are its own, and a half-life of a hundredth of an epoch tracks the
+    live weights closely while one of an epoch lags."""
+    from nas.train import _Trial
+
+    tiny, arch = subset(small_data, 512, 256), load_arch(SEED)
+    plain = train(arch, tiny, TrainConfig(epochs=2, batch_size=64, seed=1))
+    short = train(arch, tiny, TrainConfig(epochs=2, batch_size=64, seed=1, ema_half_life=0.01))
+    long = train(arch, tiny, TrainConfig(epochs=2, batch_size=64, seed=1, ema_half_life=1.0))
+    live = plain.packed.state_dict()
+    gap = lambda t: max((a - live[k]).abs().max().item() for k, a in t.packed.state_dict().items() if a.is_floating_point())  # noqa: E731
+    assert 0 < gap(short) < gap(long) and long.history[-1].val_loss != plain.history[-1].val_loss
+    trial = _Trial(build_seed(), TrainConfig(epochs=4, ema_half_life=2.0), 1, 40, torch.device("cpu"), "fp32", False)
+    assert (1 - trial.ema_weight) ** 20 == pytest.approx(0.5)  # a half-life of 2 epochs of 10 updates: 20 updates
+
+
+def build_seed():
+    from nas.model import build
+
+    torch.manual_seed(0)
+    return build(load_arch(SEED))
+
+
+def test_a_resumed_run_with_an_average_ends_bit_identical(small_data):
+    """The checkpoint holds the average: a stopped and resumed run ends with the same average."""
+    tiny, arch = subset(small_data, 512, 256), load_arch(SEED)
+    cfg = TrainConfig(epochs=3, batch_size=128, augment=True, seed=2, ema_half_life=0.5)
+    whole = train(arch, tiny, cfg)
+    saved = []
+
+    def stop(e):
+        if saved:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        train(arch, tiny, cfg, on_epoch=stop, on_checkpoint=saved.append, checkpoint_seconds=0)
+    assert saved[0].ema is not None
+    resumed = train(arch, tiny, cfg, resume=saved[0])
+    assert [e.val_acc for e in resumed.history] == [e.val_acc for e in whole.history]
+    for a, b in zip(resumed.packed.state_dict().values(), whole.packed.state_dict().values()):
+        assert torch.equal(a, b)
+
+
+def test_packed_seeds_keep_an_average_each(small_data):
+    """K packed seeds keep K averages: copy k's average is that seed's run alone, up to rounding."""
+    tiny, arch = subset(small_data, 256, 128), avg_pool_seed()
+    cfg = TrainConfig(epochs=2, batch_size=64, lr=0.01, seed=3, ema_half_life=0.5)
+    packed = train(arch, tiny, cfg, seeds=2)
+    for k in range(2):
+        alone = train(arch, tiny, TrainConfig(**{**cfg.to_dict(), "seed": 3 + k}))
+        for a, b in zip(packed.model(k).state_dict().values(), alone.packed.state_dict().values()):
+            assert torch.allclose(a.float(), b.float(), atol=1e-4)
+
+
+def test_the_graph_step_averages_and_capture_puts_the_average_back(small_data, fake_cuda):
+    """The step a CUDA graph captures updates the average (device-tensor learning rate, fused
+    optimizer), as the eager step does; capture() runs warm-up steps and leaves the average as it
+    was, so the first replay is the run's first update (graph engine on the CPU, as above)."""
+    from nas.train import _Trial
+
+    x, y = small_data.train.x[:64].contiguous(memory_format=torch.channels_last), small_data.train.y[:64, None]
+    cfg = TrainConfig(epochs=1, batch_size=64, ema_half_life=0.5)
+    eager, graph = (_Trial(build_seed().to(memory_format=torch.channels_last), cfg, 1, 10, torch.device("cpu"), "fp32", g) for g in (False, True))
+    before = {k: v.clone() for k, v in graph.ema.state_dict().items()}
+    graph.capture(x, y, 0)
+    for k, v in graph.ema.state_dict().items():
+        assert torch.equal(v, before[k]), k
+    for _ in range(3):
+        eager.step(x, y)
+        graph.step(x, y)
+    for (k, a), b in zip(eager.ema.state_dict().items(), graph.ema.state_dict().values()):
+        assert torch.allclose(a.float(), b.float(), atol=1e-5), k
+    assert not torch.equal(eager.ema.state_dict()["0.weight"], before["0.weight"])
