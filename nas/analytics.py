@@ -153,12 +153,22 @@ def outcome(t: FrozenTrial) -> str:
 
 
 def counts(study: optuna.Study) -> dict[str, int]:
-    """Trials by outcome: complete (converged or not), pruned by budget / invalid / convergence, failed."""
-    out = dict.fromkeys(OUTCOMES, 0)
-    for t in study.get_trials(deepcopy=False):
-        out[outcome(t)] += 1
+    """Trials by outcome: complete (converged or not), pruned by budget / invalid / convergence,
+    failed; "rerun" counts the failed ones that were stopped and enqueued again (an interrupt, a
+    lost or restarting worker), which are not failures of their configuration."""
+    out = dict.fromkeys(OUTCOMES, 0) | {"rerun": 0}
+    trials = study.get_trials(deepcopy=False)
+    retried = {t.user_attrs["retry_of"] for t in trials if "retry_of" in t.user_attrs}
+    for t in trials:
+        rerun = t.state == TrialState.FAIL and t.number in retried
+        out["rerun" if rerun else outcome(t)] += 1
         out["converged"] += bool(t.state == TrialState.COMPLETE and t.user_attrs.get("converged"))
     return out
+
+
+def untrained_builtins(study: optuna.Study) -> list[str]:
+    """Built-in networks still waiting in the queue (the --trials goal was met before them)."""
+    return [t.user_attrs["seed_arch"] for t in study.get_trials(deepcopy=False, states=(TrialState.WAITING,)) if "seed_arch" in t.user_attrs]
 
 
 def minimized(study: optuna.Study) -> Resource:
@@ -270,7 +280,11 @@ def summary(study: optuna.Study) -> str:
     c, over = counts(study), over_budget(study)
     why = f" ({', '.join(f'{k} {v}' for k, v in over.items())})" if over else ""
     lines = [f"trials: {c['complete']} complete ({c['converged']} reached the target), pruned {c['pruned_budget']} by budget{why}, "
-             f"{c['pruned_invalid']} invalid, {c['pruned_convergence']} by convergence, {c['pruned_pareto']} by the Pareto rule, {c['failed']} failed"]
+             f"{c['pruned_invalid']} invalid, {c['pruned_convergence']} by convergence, {c['pruned_pareto']} by the Pareto rule, {c['failed']} failed"
+             + (f" ({c['rerun']} more stopped and run again)" if c["rerun"] else "")]
+    waiting = untrained_builtins(study)
+    if waiting:
+        lines.append(f"built-ins not trained yet (the --trials goal came first): {', '.join(waiting)}; a higher --trials trains them")
     front, r = pareto_front(study), minimized(study)
     if front:
         extra = r.name != "params"

@@ -295,7 +295,7 @@ def time_spent(study: optuna.Study) -> tuple[float, float]:
 def counts_line(study: optuna.Study) -> str:
     c = counts(study)
     return (f"{c['complete']} complete ({c['converged']} reached the target), pruned {c['pruned_budget']} by budget, "
-            f"{c['pruned_invalid']} invalid, {c['pruned_convergence']} by convergence, {c['pruned_pareto']} by the Pareto rule, {c['failed']} failed, {c['running']} running or waiting")
+            f"{c['pruned_invalid']} invalid, {c['pruned_convergence']} by convergence, {c['pruned_pareto']} by the Pareto rule, {c['failed']} failed, {c['rerun']} stopped and run again, {c['running']} running or waiting")
 
 
 def study_note(study: optuna.Study) -> str:

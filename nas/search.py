@@ -323,7 +323,7 @@ class Worker:
                  artifacts: Any = None, checkpoints: Checkpoints | None = None, restart: threading.Event | None = None):
         self.loc, self.keeper, self.log, self.checkpoints = loc, keeper, log, checkpoints
         self.restart = restart or threading.Event()  # shared by the Workers of a process
-        self.study = optuna.load_study(study_name=name, storage=study._storage)
+        self.study = st.RetriesFirst(study_name=name, storage=study._storage)
         self.settings = study_settings(self.study)
         number = st.next_worker(self.study, loc)
         self.study.sampler = make_sampler(self.settings.sampler, sampler_seed(self.settings.seed, number), self.settings)

@@ -350,6 +350,23 @@ def retry(study: optuna.Study, t: FrozenTrial, lost_worker: bool = True) -> bool
     return True
 
 
+class RetriesFirst(optuna.Study):
+    """A study whose queue hands out the retries of stopped trials (Ctrl-C, a lost or restarting
+    worker) before anything else waiting, oldest first, then the rest in the order enqueued.
+    Optuna's own queue takes the oldest waiting trial, so a retry (enqueued last) would wait
+    behind every built-in still queued, and a --trials goal met meanwhile would leave it untrained."""
+
+    def _pop_waiting_trial_id(self) -> int | None:
+        waiting = self._storage.get_all_trials(self._study_id, deepcopy=False, states=(TrialState.WAITING,))
+        for t in sorted(waiting, key=lambda t: ("retry_of" not in t.user_attrs, t.number)):
+            try:
+                if self._storage.set_trial_state_values(t._trial_id, state=TrialState.RUNNING):  # False: another worker took it
+                    return t._trial_id
+            except UpdateFinishedTrialError:
+                continue
+        return None
+
+
 def finished(trials: list[FrozenTrial]) -> int:
     """Trials that count towards --trials: complete, pruned or failed, except a failed trial
     that was retried (its retry counts instead)."""
