@@ -16,7 +16,7 @@ from typing import Annotated, Any, Callable, Optional
 
 import typer
 
-from nas.config import MIN_UPDATES, OPTIMIZERS, TrainConfig
+from nas.config import MIN_UPDATES, OPTIMIZERS, REFERENCE_BATCH, TrainConfig
 from nas.datasets import DEFAULT as DEFAULT_DATASET
 from nas.datasets import MAX_VAL, NAMED
 from nas.placement import DEFAULT_TRIALS_PER_GPU
@@ -48,27 +48,33 @@ _TRAIN = TrainConfig()
 DEFAULT_STORAGE = "sqlite:///studies/nas.sqlite3"
 DEFAULT_TRIALS = 50
 
-DataDir = Annotated[Optional[Path], typer.Option("--data-dir", envvar="NAS_DATA_DIR", file_okay=False,
+DataDir = Annotated[Optional[Path], typer.Option("--data-dir", envvar="NAS_DATA_DIR", file_okay=False, show_default="~/.cache/nas/NAME",
                                                  help="Where the named datasets are on this machine: for mnist the folder of its four IDX files, for fashion-mnist "
-                                                      "and kmnist the folder that holds their NAME/ folder (default: ~/.cache/nas/NAME; missing files are downloaded).")]
-DatasetOpt = Annotated[Optional[str], typer.Option("--dataset", metavar="NAME|PATH",
-                                                help=f"The data: {', '.join(NAMED)}, or PATH: a folder of the four IDX files, or an .npz with x (uint8 [N, H, W] or "
-                                                     "[N, H, W, C]) and y (integer labels), optionally x_test and y_test (else a test split is held out of x) "
-                                                     f"and class_names (default {DEFAULT_DATASET}).")]
+                                                      "and kmnist the folder that holds their NAME/ folder; missing files are downloaded there.")]
+DatasetOpt = Annotated[str, typer.Option("--dataset", metavar="NAME|PATH",
+                                        help=f"The data: {', '.join(NAMED)}, or PATH: a folder of the four IDX files, or an .npz with x (uint8 [N, H, W] or "
+                                             "[N, H, W, C]) and y (integer labels), optionally x_test and y_test (else a test split is held out of x) "
+                                             "and class_names.")]
 DeviceOpt = Annotated[Device, typer.Option("--device", help="Where to train.")]
 Storage = Annotated[str, typer.Option("--storage", envvar="NAS_STORAGE",
                                       help="Optuna storage: sqlite:///FILE (its folder is made if missing), postgresql+psycopg://USER@HOST/DB "
                                            "(many machines; the password from ~/.pgpass or PGPASSWORD) or journal:///FILE.")]
 StudyName = Annotated[str, typer.Option("--study-name", "--study", help="The study to read.")]
-ValSize = Annotated[Optional[int], typer.Option(min=1, help=f"Training images held out for validation (default: a sixth of them, at most {MAX_VAL:,}).")]
-MaxMacs = Annotated[Optional[int], typer.Option(min=1, help="Multiply-accumulates per image (convolutions): more is pruned before training (default: no limit).")]
-MaxActivationKB = Annotated[Optional[float], typer.Option(help="Peak int8 activation memory of one inference, in KB of 1,000 bytes: more is pruned before training (default: no limit).")]
-MaxModelKB = Annotated[Optional[float], typer.Option(help="Deployed int8 model size in KB of 1,000 bytes, BatchNorm folded: more is pruned before training (default: no limit).")]
+ValSize = Annotated[Optional[int], typer.Option(min=1, show_default=f"a sixth of them, at most {MAX_VAL:,}", help="Training images held out for validation.")]
+MaxMacs = Annotated[Optional[int], typer.Option(min=1, show_default="no limit", help="Multiply-accumulates per image (convolutions): more is pruned before training.")]
+MaxActivationKB = Annotated[Optional[float], typer.Option(show_default="no limit", help="Peak int8 activation memory of one inference, in KB of 1,000 bytes: more is pruned before training.")]
+MaxModelKB = Annotated[Optional[float], typer.Option(show_default="no limit", help="Deployed int8 model size in KB of 1,000 bytes, BatchNorm folded: more is pruned before training.")]
 Artifacts = Annotated[Optional[Path], typer.Option(
-    "--artifacts", envvar="NAS_ARTIFACTS", file_okay=False,
-    help="Folder of the study's artifacts (architecture files, model cards) that the dashboard offers for download "
-         "(default: artifacts/ next to a SQLite storage file; with workers on several machines, a folder all of them and the dashboard share).")]
-TrainSize = Annotated[Optional[int], typer.Option(min=1, help="Train on the first N of the remaining training images (default: all).")]
+    "--artifacts", envvar="NAS_ARTIFACTS", file_okay=False, show_default="artifacts/ next to a SQLite storage file",
+    help="Folder of the study's artifacts (architecture files, model cards) that the dashboard offers for download; "
+         "with workers on several machines, give a folder all of them and the dashboard share.")]
+TrainSize = Annotated[Optional[int], typer.Option(min=1, show_default="all", help="Train on the first N of the remaining training images.")]
+Workers = Annotated[Optional[int], typer.Option(min=1, show_default="one per GPU, or 1 on the CPU", help="Worker processes on this machine, at most one per core.")]
+
+
+def _table(default: object) -> str:
+    """The default of a train option: the architecture's train table sets it (TrainConfig where it says nothing)."""
+    return f"the architecture's train table, else {default}"
 
 
 # Printed when Ctrl-C stops a command; the search sets its own (how long it ran, how to resume).
@@ -110,7 +116,7 @@ def _options(
         signal.signal(signal.SIGPIPE, signal.SIG_DFL)  # these only print: a reader that closed the pipe ends them silently
 
 
-@app.command()
+@app.command(short_help="Print an architecture's layer table.")
 def summary(arch: Annotated[str, typer.Argument(help="Architecture .toml file, or a built-in one by name (seed_9274).")]) -> None:
     """Print the layer table (output shape, parameters, receptive field) of an architecture."""
     from nas.arch import load_arch
@@ -119,19 +125,21 @@ def summary(arch: Annotated[str, typer.Argument(help="Architecture .toml file, o
     say(summary_table(load_arch(arch)))
 
 
-@app.command()
+@app.command(short_help="Train one architecture and print its accuracy.")
 def train(
-    arch: Annotated[str, typer.Argument(help="Architecture .toml file or built-in name; its train table, if any, sets the defaults of the options below.")],
-    epochs: Annotated[Optional[int], typer.Option(min=1, help=f"Epochs (default {_TRAIN.epochs}).")] = None,
-    seed: Annotated[Optional[int], typer.Option(min=0, help=f"Random seed for initialisation, shuffling and augmentation (default {_TRAIN.seed}).")] = None,
-    batch_size: Annotated[Optional[int], typer.Option(min=1, help=f"Batch size (default {_TRAIN.batch_size}; the learning rate scales with it).")] = None,
-    lr: Annotated[Optional[float], typer.Option(help=f"Peak learning rate at batch size 128, positive (default {_TRAIN.lr}).")] = None,
-    optimizer: Annotated[Optional[Optimizer], typer.Option(help=f"Optimizer (default {_TRAIN.optimizer}).")] = None,
-    augment: Annotated[Optional[bool], typer.Option("--augment/--no-augment", help=f"Random small rotation/translation (default {'on' if _TRAIN.augment else 'off'}).")] = None,
+    arch: Annotated[str, typer.Argument(help="Architecture .toml file or built-in name; its train table, if any, sets the training defaults.")],
+    epochs: Annotated[Optional[int], typer.Option(min=1, show_default=_table(_TRAIN.epochs), help="Epochs.")] = None,
+    seed: Annotated[Optional[int], typer.Option(min=0, show_default=_table(_TRAIN.seed), help="Random seed for initialisation, shuffling and augmentation.")] = None,
+    batch_size: Annotated[Optional[int], typer.Option(min=1, show_default=_table(_TRAIN.batch_size), help=(
+        f"Batch size; the learning rate scales with it. Unless given, it is halved (down to {REFERENCE_BATCH}) until the epochs make {MIN_UPDATES} updates."))] = None,
+    lr: Annotated[Optional[float], typer.Option(show_default=_table(_TRAIN.lr), help="Peak learning rate at batch size 128, positive.")] = None,
+    optimizer: Annotated[Optional[Optimizer], typer.Option(show_default=_table(_TRAIN.optimizer), help="Optimizer.")] = None,
+    augment: Annotated[Optional[bool], typer.Option("--augment/--no-augment", show_default=_table("on" if _TRAIN.augment else "off"),
+                                                    help="Random small rotation/translation.")] = None,
     val_size: ValSize = None,
     train_size: TrainSize = None,
     device: DeviceOpt = Device.auto,
-    dataset: DatasetOpt = None,
+    dataset: DatasetOpt = DEFAULT_DATASET,
     data_dir: DataDir = None,
     out: Annotated[Optional[Path], typer.Option(file_okay=False, help="Save state_dict.pt, architecture.toml and history.json in this folder.")] = None,
     force: Annotated[bool, typer.Option("--force", help="Overwrite what an earlier run saved in --out.")] = False,
@@ -158,7 +166,7 @@ def train(
         _refuse_overwrite(out, saved, force)
         _writable(out)
     dev = _device(device)
-    ds = datasets.read(dataset or DEFAULT_DATASET, data_dir, log=say)
+    ds = datasets.read(dataset, data_dir, log=say)
     check_fits(spec, ds.spec)
     splits = loader.load(data_dir, dev, val_size=val_size, train_size=train_size, dataset=ds)
     cfg = asked if batch_size else asked.fitted(len(splits.train))
@@ -191,14 +199,15 @@ def train(
         say(f"saved to {out}/")
 
 
-@space_app.command("show")
+@space_app.command("show", short_help="Print a search space, its size and cost estimates.")
 def space_show(
     file: Annotated[str, typer.Argument(help="Search space .toml, or a built-in one by name.")] = "mnist_fcn",
     max_params: Annotated[Optional[int], typer.Option(min=1, help="Also estimate the share of the space within this many parameters.")] = None,
     max_macs: Annotated[Optional[int], typer.Option(min=1, help="Also estimate the share within this many MACs per image.")] = None,
     max_activation_kb: Annotated[Optional[float], typer.Option(help="Also estimate the share within this peak int8 activation memory (KB of 1,000 bytes).")] = None,
     max_model_kb: Annotated[Optional[float], typer.Option(help="Also estimate the share within this int8 model size (KB of 1,000 bytes).")] = None,
-    dataset: Annotated[Optional[str], typer.Option("--dataset", metavar="NAME|PATH", help="Estimate for this data's image shape and classes, as a search on it does (default: the space file's, else MNIST's).")] = None,
+    dataset: Annotated[Optional[str], typer.Option("--dataset", metavar="NAME|PATH", show_default="the space file's, else MNIST's",
+                                                 help="Estimate for this data's image shape and classes, as a search on it does.")] = None,
     data_dir: DataDir = None,
 ) -> None:
     """Print a search space, its size and estimates of its parameters, MACs, activation memory and model size."""
@@ -213,37 +222,39 @@ def space_show(
     say(describe(space, max_params=max_params, max_macs=max_macs, max_activation_kb=max_activation_kb, max_model_kb=max_model_kb))
 
 
-@app.command()
+@app.command(short_help="Search for the smallest networks that reach a target accuracy.")
 def search(
-    max_params: Annotated[Optional[int], typer.Option(min=1, help=f"Parameter budget: bigger architectures are pruned before training (default {_STUDY['max_params']:,}).")] = None,
+    max_params: Annotated[Optional[int], typer.Option(min=1, show_default=f"{_STUDY['max_params']:,}", help="Parameter budget: bigger architectures are pruned before training.")] = None,
     max_macs: MaxMacs = None,
     max_activation_kb: MaxActivationKB = None,
     max_model_kb: MaxModelKB = None,
-    minimize: Annotated[Optional[Minimize], typer.Option(help="The resource the Pareto front minimises next to accuracy (default params).")] = None,
-    max_epochs: Annotated[Optional[int], typer.Option(min=1, help=f"Epochs each trial trains for, at most (default {_STUDY['max_epochs']}).")] = None,
-    target_accuracy: Annotated[Optional[float], typer.Option(max=1, help=f"Validation accuracy an architecture must reach (default {_STUDY['target_accuracy']}).")] = None,
-    objective: Annotated[Optional[Objective], typer.Option(help="pareto: maximise accuracy and minimise the --minimize resource; accuracy: accuracy under the budget (default pareto).")] = None,
-    pruning: Annotated[Optional[Pruning], typer.Option(help="Convergence pruning: on, observe (record where it would prune, train on), off (default on).")] = None,
-    space: Annotated[Optional[str], typer.Option(help="Search space file or built-in name (default mnist_fcn); the study stores its content.")] = None,
-    seed_arch: Annotated[Optional[list[str]], typer.Option("--seed-arch", metavar="ARCH", help="Architecture enqueued first in a new study (repeatable; default: the built-ins that are points of the space within its budgets).")] = None,
+    minimize: Annotated[Optional[Minimize], typer.Option(show_default=_STUDY["minimize"], help="The resource the Pareto front minimises next to accuracy.")] = None,
+    max_epochs: Annotated[Optional[int], typer.Option(min=1, show_default=str(_STUDY["max_epochs"]), help="Epochs each trial trains for, at most.")] = None,
+    target_accuracy: Annotated[Optional[float], typer.Option(max=1, show_default=str(_STUDY["target_accuracy"]), help="Validation accuracy an architecture must reach.")] = None,
+    objective: Annotated[Optional[Objective], typer.Option(show_default=_STUDY["objective"], help="pareto: maximise accuracy and minimise the --minimize resource; accuracy: accuracy under the budget.")] = None,
+    pruning: Annotated[Optional[Pruning], typer.Option(show_default=_STUDY["pruning"], help="Convergence pruning: on, observe (record where it would prune, train on), off.")] = None,
+    space: Annotated[Optional[str], typer.Option(show_default="mnist_fcn", help="Search space file or built-in name; the study stores its content.")] = None,
+    seed_arch: Annotated[Optional[list[str]], typer.Option("--seed-arch", metavar="ARCH", show_default="the built-ins that are points of the space within its budgets",
+                                                           help="Architecture enqueued first in a new study (repeatable).")] = None,
     no_seed_arch: Annotated[bool, typer.Option("--no-seed-arch", help="Start a new study without seed architectures.")] = False,
-    seed: Annotated[Optional[int], typer.Option(min=0, help="Seed the samplers and every trial's training derive from (default 0).")] = None,
-    sampler: Annotated[Optional[Sampler], typer.Option(help=f"How trials are drawn: tpe, nsga2, gp (needs scipy), random, or evolution (mutations of the Pareto front) (default {_STUDY['sampler']}).")] = None,
-    seeds_per_trial: Annotated[Optional[int], typer.Option(min=1, max=16, help="Train each architecture with this many seeds at once and judge the mean (default 1).")] = None,
-    stop_at: Annotated[Optional[list[float]], typer.Option("--stop-at", min=0.01, max=0.99, metavar="FRACTION", help="Pareto rule: at these fractions of the epochs, stop a trial not in the top 1/--stop-eta of the trials that cost no more (repeatable; default: off, see the README's measurement).")] = None,
-    stop_eta: Annotated[Optional[float], typer.Option(min=1.01, help=f"Pareto rule: the share kept at each --stop-at rung is 1/eta (default {_STUDY['stop_eta']:g}).")] = None,
+    seed: Annotated[Optional[int], typer.Option(min=0, show_default=str(_STUDY["seed"]), help="Seed the samplers and every trial's training derive from.")] = None,
+    sampler: Annotated[Optional[Sampler], typer.Option(show_default=_STUDY["sampler"], help="How trials are drawn: tpe, nsga2, gp (needs scipy), random, or evolution (mutations of the Pareto front).")] = None,
+    seeds_per_trial: Annotated[Optional[int], typer.Option(min=1, max=16, show_default=str(_STUDY["seeds_per_trial"]), help="Train each architecture with this many seeds at once and judge the mean.")] = None,
+    stop_at: Annotated[Optional[list[float]], typer.Option("--stop-at", min=0.01, max=0.99, metavar="FRACTION", show_default="off, see the README's measurement",
+                                                           help="Pareto rule: at these fractions of the epochs, stop a trial not in the top 1/--stop-eta of the trials that cost no more (repeatable).")] = None,
+    stop_eta: Annotated[Optional[float], typer.Option(min=1.01, show_default=f"{_STUDY['stop_eta']:g}", help="Pareto rule: the share kept at each --stop-at rung is 1/eta.")] = None,
     train_size: TrainSize = None,
     val_size: ValSize = None,
-    dataset: Annotated[Optional[str], typer.Option("--dataset", metavar="NAME|PATH", help=(
+    dataset: Annotated[Optional[str], typer.Option("--dataset", metavar="NAME|PATH", show_default=f"{DEFAULT_DATASET}, or a resumed study's", help=(
         f"The data, stored with a new study (its name, shape, classes, normalisation and SHA-256): {', '.join(NAMED)}, or PATH: a folder of the four "
         "IDX files, or an .npz with x (uint8 [N, H, W] or [N, H, W, C]) and y, optionally x_test and y_test and class_names. Resuming, a PATH says "
-        f"where the study's data is on this machine and is checked against it (default {DEFAULT_DATASET}, or the study's)."))] = None,
-    trials: Annotated[Optional[int], typer.Option(min=1, help="Run until the study has this many finished trials (default 50 unless --timeout is given).")] = None,
+        "where the study's data is on this machine and is checked against it."))] = None,
+    trials: Annotated[Optional[int], typer.Option(min=1, show_default=f"{DEFAULT_TRIALS} unless --timeout is given", help="Run until the study has this many finished trials.")] = None,
     timeout: Annotated[Optional[float], typer.Option(min=1, help="Stop starting new trials after this many seconds.")] = None,
     study_name: Annotated[str, typer.Option("--study-name", "--study", help="Study name; re-using one resumes it.")] = "mnist",
     storage: Storage = DEFAULT_STORAGE,
-    workers: Annotated[Optional[int], typer.Option(min=1, help="Worker processes on this machine (default: one per GPU, or 1 on the CPU; at most one per core).")] = None,
-    trials_per_gpu: Annotated[Optional[int], typer.Option(min=1, help=f"Trials each GPU trains at once, in one process on separate CUDA streams (default {DEFAULT_TRIALS_PER_GPU}).")] = None,
+    workers: Workers = None,
+    trials_per_gpu: Annotated[int, typer.Option(min=1, help="Trials each GPU trains at once, in one process on separate CUDA streams.")] = DEFAULT_TRIALS_PER_GPU,
     device: DeviceOpt = Device.auto,
     data_dir: DataDir = None,
     artifacts: Artifacts = None,
@@ -275,18 +286,17 @@ def search(
     _run_search(study_name, storage, settings, given, trials, timeout, _run_options(workers, trials_per_gpu, device, dataset, data_dir, artifacts))
 
 
-@app.command()
+@app.command(short_help="Join an existing study as one more worker.")
 def worker(
     study_name: Annotated[str, typer.Option("--study-name", "--study", help="The study to join (made by nas search).")] = "mnist",
     storage: Storage = DEFAULT_STORAGE,
-    trials: Annotated[Optional[int], typer.Option(min=1, help="Stop when the study has this many finished trials (default: the goal the study's `nas search --trials` set).")] = None,
+    trials: Annotated[Optional[int], typer.Option(min=1, show_default="the goal the study's `nas search --trials` set", help="Stop when the study has this many finished trials.")] = None,
     timeout: Annotated[Optional[float], typer.Option(min=1, help="Stop starting new trials after this many seconds.")] = None,
-    workers: Annotated[Optional[int], typer.Option(min=1, help="Worker processes on this machine (default: one per GPU, or 1 on the CPU; at most one per core).")] = None,
-    trials_per_gpu: Annotated[Optional[int], typer.Option(min=1, help=f"Trials each GPU trains at once (default {DEFAULT_TRIALS_PER_GPU}).")] = None,
+    workers: Workers = None,
+    trials_per_gpu: Annotated[int, typer.Option(min=1, help="Trials each GPU trains at once.")] = DEFAULT_TRIALS_PER_GPU,
     device: DeviceOpt = Device.auto,
-    dataset: Annotated[Optional[str], typer.Option("--dataset", metavar="PATH", help=(
-        "Where the study's data is on this machine, when the study was made from a PATH that differs here; checked against the study's SHA-256 "
-        "(default: the study's named dataset from --data-dir, or the path it was made with)."))] = None,
+    dataset: Annotated[Optional[str], typer.Option("--dataset", metavar="PATH", show_default="the study's named dataset from --data-dir, or the path it was made with", help=(
+        "Where the study's data is on this machine, when the study was made from a PATH that differs here; checked against the study's SHA-256."))] = None,
     data_dir: DataDir = None,
     artifacts: Artifacts = None,
 ) -> None:
@@ -294,7 +304,7 @@ def worker(
     _run_search(study_name, storage, None, None, trials, timeout, _run_options(workers, trials_per_gpu, device, dataset, data_dir, artifacts))
 
 
-def _run_options(workers: int | None, trials_per_gpu: int | None, device: Device, dataset: str | None, data_dir: Path | None, artifacts: Path | None):
+def _run_options(workers: int | None, trials_per_gpu: int, device: Device, dataset: str | None, data_dir: Path | None, artifacts: Path | None):
     """The per-machine options of a search run (nas.search.Run)."""
     from nas.search import Run
 
@@ -308,17 +318,19 @@ def _run_search(study_name: str, storage: str, settings: StudySettings | None, g
     from nas import analytics
     from nas import search as s
 
-    from nas.storage import masked
+    from nas import storage as st
 
+    if settings is None and st.stored_settings(study_name, storage) is None:  # a worker of no study: its error is all it prints
+        st.load_study(study_name, storage)  # raises the one line (no such storage or study, or not one nas search made)
     start = time.time()
-    say(f"study {study_name!r} in {masked(storage)}")
+    say(f"study {study_name!r} in {st.masked(storage)}")
     _interrupted[0] = lambda: f"interrupted after {analytics.elapsed(start)}; run the same command to resume"  # short: one terminal line
     study = s.search(study_name, storage, settings, trials, timeout, run, given)
     say(f"done in {analytics.elapsed(start)}")
     say(analytics.summary(study))
 
 
-@app.command()
+@app.command(short_help="Print the best architecture of a study.")
 def best(study_name: StudyName = "mnist", storage: Storage = DEFAULT_STORAGE) -> None:
     """Print the best architecture of a study (smallest one meeting the target) as a layer table."""
     from nas import analytics
@@ -336,11 +348,11 @@ def best(study_name: StudyName = "mnist", storage: Storage = DEFAULT_STORAGE) ->
     say(f"training: {json.dumps(t.user_attrs['train_config'])}")
 
 
-@app.command()
+@app.command(short_help="Serve optuna-dashboard on the study storage.")
 def dashboard(
-    study_name: Annotated[Optional[str], typer.Option("--study-name", "--study", help="The study whose page to print and open (default: the storage's only study).")] = None,
+    study_name: Annotated[Optional[str], typer.Option("--study-name", "--study", show_default="the storage's only study", help="The study whose page to print and open.")] = None,
     storage: Storage = DEFAULT_STORAGE,
-    host: Annotated[str, typer.Option(help="Interface to listen on (loopback by default).")] = "127.0.0.1",
+    host: Annotated[str, typer.Option(help="Interface to listen on: the loopback, or 0.0.0.0 for every interface.")] = "127.0.0.1",
     port: Annotated[int, typer.Option(min=1, max=65535, help="Port.")] = 8080,
     artifacts: Artifacts = None,
     open_browser: Annotated[bool, typer.Option("--open", help="Also open the study's page in a web browser on this machine.")] = False,
@@ -397,7 +409,7 @@ def _port_is_free(host: str, port: int) -> None:
             raise UsageError(f"--port {port}: cannot listen on {host}:{port} ({e.strerror or e}; another nas dashboard?); choose another --port") from None
 
 
-@app.command()
+@app.command(short_help="Write a study's trials.csv and report.html.")
 def report(
     study_name: StudyName = "mnist",
     storage: Storage = DEFAULT_STORAGE,
@@ -420,25 +432,28 @@ def report(
     say("wrote " + ", ".join(str(p) for p in paths))
 
 
-@app.command()
+@app.command(short_help="Retrain the winner on all the data and write its model files.")
 def export(
-    out: Annotated[Path, typer.Option(file_okay=False, help="Folder to write model.pt, model.onnx, model.int8.onnx, state_dict.pt, architecture.toml, metrics.json, README.md.")],
-    study_name: Annotated[Optional[str], typer.Option("--study-name", "--study", help="Export the best trial (or --trial N) of this study (default mnist, unless --arch is given).")] = None,
+    out: Annotated[Path, typer.Option(file_okay=False, help=(
+        "Folder to write model.pt (TorchScript), model.pt2 (torch.export), state_dict.pt, architecture.toml, metrics.json and README.md "
+        "(the model card), and with the onnx extra model.onnx and model.int8.onnx."))],
+    study_name: Annotated[Optional[str], typer.Option("--study-name", "--study", show_default="mnist, unless --arch is given", help="Export the best trial (or --trial N) of this study.")] = None,
     storage: Storage = DEFAULT_STORAGE,
     trial: Annotated[Optional[int], typer.Option(min=0, help="Export this trial number instead of the best.")] = None,
     arch: Annotated[Optional[str], typer.Option(help="Export an architecture file (or built-in name) instead of a study's trial.")] = None,
     seeds: Annotated[int, typer.Option(min=1, help="Retrain with this many seeds to show the result holds (model.pt is seed 0's).")] = 1,
-    epochs: Annotated[Optional[int], typer.Option(min=1, help="Epochs (default: the study's --max-epochs, or the file's own).")] = None,
+    epochs: Annotated[Optional[int], typer.Option(min=1, show_default=f"the study's --max-epochs; with --arch, {_table(_TRAIN.epochs)}", help="Epochs.")] = None,
     device: DeviceOpt = Device.auto,
-    dataset: Annotated[Optional[str], typer.Option("--dataset", metavar="NAME|PATH", help=(
-        f"With --arch, the data to train on ({', '.join(NAMED)} or PATH, default {DEFAULT_DATASET}); with a study, where the study's data is on this "
-        "machine, checked against its SHA-256 (default: the study's named dataset from --data-dir, or the path it was made with)."))] = None,
+    dataset: Annotated[Optional[str], typer.Option("--dataset", metavar="NAME|PATH", show_default=(
+        f"with --arch {DEFAULT_DATASET}; with a study, its named dataset from --data-dir, or the path it was made with"), help=(
+        f"With --arch, the data to train on ({', '.join(NAMED)} or PATH); with a study, where the study's data is on this machine, checked against its SHA-256."))] = None,
     data_dir: DataDir = None,
-    train_size: Annotated[Optional[int], typer.Option(min=1, help="Retrain on the first N training images only (smoke runs; the default is all of them).")] = None,
+    train_size: Annotated[Optional[int], typer.Option(min=1, show_default="all", help="Retrain on the first N training images only (smoke runs).")] = None,
     force: Annotated[bool, typer.Option("--force", help="Overwrite an earlier export in --out.")] = False,
     artifacts: Artifacts = None,
 ) -> None:
-    """Retrain the winner on all the data's training images, test it once, write it as TorchScript and ONNX (fp32 and int8)."""
+    """Retrain the winner on all the data's training images, test it once, and write it as TorchScript (model.pt), a torch.export
+    program (model.pt2) and, with the onnx extra, ONNX (fp32 and int8)."""
     from nas import analytics, datasets
     from nas import export as ex
     from nas.analytics import count
@@ -497,7 +512,7 @@ class _ListArgument(typer.core.TyperCommand):
                 param.display_type_rich = lambda ctx: None  # type: ignore[method-assign]
 
 
-@app.command(cls=_ListArgument)
+@app.command(cls=_ListArgument, short_help="Classify images with an exported model.")
 def predict(
     model: Annotated[Path, typer.Argument(dir_okay=False, help="Exported model.pt (TorchScript), model.onnx or model.int8.onnx (run by onnxruntime); they normalise inside.")],
     images: Annotated[list[Path], typer.Argument(metavar="IMAGE", help=(

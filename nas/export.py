@@ -1,6 +1,6 @@
 """Ship an architecture: retrain on all the data's training images, evaluate once on the test
-set, write TorchScript, ONNX (fp32 and int8) and friends, and prove the saved models predict as
-the trained one.
+set, write TorchScript (model.pt), torch.export's program (model.pt2, TorchScript's successor),
+ONNX (fp32 and int8) and friends, and prove the saved models predict as the trained one.
 
 The shipped models take pixels as people have them (float in [0, 1], [N, C, H, W] as the data
 has them): the data's normalisation is inside them, so a caller cannot forget it. What they take
@@ -9,6 +9,7 @@ has them): the data's normalisation is inside them, so a caller cannot forget it
 
 from __future__ import annotations
 
+import copy
 import json
 import os
 import platform
@@ -31,7 +32,7 @@ from nas.arch import Arch, arch_to_toml, costs, param_count, receptive_field
 from nas.resources import trial_attrs
 from nas.data import Data, Split, load_full_train, load_test
 from nas.datasets import MNIST, Dataset, DatasetSpec, background
-from nas.predict import INFO, ModelInfo, pixels
+from nas.predict import INFO, ModelInfo, jit_quietly, pixels
 from nas.analytics import count
 from nas.summary import batchnorm_line, summary_table
 from nas.config import TrainConfig
@@ -39,19 +40,20 @@ from nas.model import deployed
 from nas.train import Epoch, accuracy, predict, train
 
 # Runs in a fresh, isolated interpreter (-I) where nas cannot be imported: only torch is needed
-# to load and run the exported model.
+# to load and run the exported model (argv: kind "pt" or "pt2", model, inputs, outputs).
 _VERIFY = """
-import sys
+import sys, warnings
 sys.modules["nas"] = None
 import torch
-model = torch.jit.load(sys.argv[1])
-x = torch.load(sys.argv[2])
+warnings.filterwarnings("ignore", message=".*torch[.]jit[.].*deprecated")  # torch 2.13-2.14 deprecate torch.jit.load
+model = torch.jit.load(sys.argv[2]) if sys.argv[1] == "pt" else torch.export.load(sys.argv[2]).module()
+x = torch.load(sys.argv[3])
 with torch.no_grad():
-    torch.save(torch.cat([model(x[i:i + 2000]) for i in range(0, len(x), 2000)]), sys.argv[3])
+    torch.save(torch.cat([model(x[i:i + 2000]) for i in range(0, len(x), 2000)]), sys.argv[4])
 """
 
 
-FILES = ("model.pt", "state_dict.pt", "architecture.toml", "metrics.json", "README.md", deploy.FP32, deploy.INT8)
+FILES = ("model.pt", "model.pt2", "state_dict.pt", "architecture.toml", "metrics.json", "README.md", deploy.FP32, deploy.INT8)
 # ONNX logits may differ from TorchScript's by this much (absolute and relative, torch.allclose);
 # measured: at most 9.5e-6 for the exported seed network on the 10,000 test images.
 ONNX_TOLERANCE = 1e-4
@@ -99,10 +101,21 @@ def model_info(ds: Dataset) -> ModelInfo:
 
 
 def to_torchscript(model: torch.nn.Module, example: torch.Tensor) -> tuple[torch.jit.ScriptModule, str]:
-    try:
-        return torch.jit.script(model), "script"
-    except Exception as e:  # noqa: BLE001 - any scripting failure falls back, and says why
-        return torch.jit.trace(model, example), f"trace (script failed: {str(e).splitlines()[0]})"
+    with jit_quietly():
+        try:
+            return torch.jit.script(model), "script"
+        except Exception as e:  # noqa: BLE001 - any scripting failure falls back, and says why
+            return torch.jit.trace(model, example), f"trace (script failed: {str(e).splitlines()[0]})"
+
+
+def to_exported(model: torch.nn.Module, example: torch.Tensor, path: Path, info: ModelInfo) -> None:
+    """model.pt2: torch.export's program of the shipped network, any batch size, with the same
+    ModelInfo as model.pt (load with torch.export.load(path).module())."""
+    # Weights in the standard layout: the trainer's channels_last ones save as views that
+    # torch.export's archive warns about when loaded ("No complete tensor found in the group").
+    model = copy.deepcopy(model).to(memory_format=torch.contiguous_format)
+    program = torch.export.export(model, (example,), dynamic_shapes={"x": {0: torch.export.Dim("batch")}})
+    torch.export.save(program, str(path), extra_files={INFO: info.to_json()})
 
 
 def verify(model_path: Path, x: torch.Tensor, expected: torch.Tensor, workdir: Path) -> torch.Tensor:
@@ -114,7 +127,9 @@ def verify(model_path: Path, x: torch.Tensor, expected: torch.Tensor, workdir: P
     inputs, outputs = workdir / ".verify_inputs.pt", workdir / ".verify_outputs.pt"
     torch.save(x, inputs)
     try:
-        run = subprocess.run([sys.executable, "-I", "-c", _VERIFY, str(model_path.resolve()), str(inputs), str(outputs)], capture_output=True, text=True, cwd=workdir)
+        kind = "pt2" if model_path.suffix == ".pt2" else "pt"
+        run = subprocess.run([sys.executable, "-I", "-c", _VERIFY, kind, str(model_path.resolve()), str(inputs), str(outputs)],
+                             capture_output=True, text=True, cwd=workdir)
         if run.returncode != 0:
             raise ExportError(f"the exported model could not be loaded in a fresh process: {run.stderr.strip().splitlines()[-1]}")
         logits = torch.load(outputs)
@@ -191,6 +206,8 @@ def _export(source: Source, out: Path, ds: Dataset, device: torch.device, seeds:
     shipped = replace(source.arch, train=cfg0.to_dict())
     (out / "architecture.toml").write_text(arch_to_toml(shipped))
     logits = verify(model_path, raw, eager_logits, out)
+    to_exported(RawPixels(model0, ds.spec).eval(), raw[:2], out / "model.pt2", info)
+    verify(out / "model.pt2", raw, eager_logits, out)
     calibration = pixels(torch.from_numpy(ds.x_train[: min(deploy.CALIBRATION_IMAGES, len(full))]))  # training images only
     onnx_files = ship_onnx(model0, ds.spec, info, out, raw, test.y, logits, calibration, log)
     c, h, w = ds.spec.shape
@@ -214,7 +231,7 @@ def _export(source: Source, out: Path, ds: Dataset, device: torch.device, seeds:
         "costs": trial_attrs(costs(source.arch)),
         "device": torch.cuda.get_device_name(device) if device.type == "cuda" else f"cpu ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)",
         "torchscript": how,
-        "input": f"model.pt: float [N, {c}, {h}, {w}] pixels in [0, 1] (normalisation inside); state_dict.pt: the bare network, normalised input",
+        "input": f"model.pt: float [N, {c}, {h}, {w}] pixels in [0, 1] (normalisation inside), as model.pt2; state_dict.pt: the bare network, normalised input",
         "background": info.background,
         "verified": True,
         "onnx": onnx_files,
@@ -339,6 +356,11 @@ have them: the data's normalisation is inside the model, so do not normalise aga
     model = torch.jit.load("model.pt").eval()
     x = images.float().div(255)  # uint8 pixels to [0, 1]{polarity}
 {shape}    classes = model(x).argmax(1)
+
+`model.pt2` is the same network as a `torch.export` program (TorchScript's successor, which
+torch 2.14 recommends), checked in a fresh process like `model.pt`:
+
+    model = torch.export.load("model.pt2").module()
 
 `state_dict.pt` holds the bare network's weights (for `nas.model.build` of `architecture.toml`),
 which expects normalised input, `(x - mean) / std` per channel with mean {list(d.mean)} and std {list(d.std)}.

@@ -4,7 +4,10 @@ the training images come from the model itself (nas export stores them in it).""
 
 from __future__ import annotations
 
+import contextlib
 import json
+import warnings
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -110,7 +113,8 @@ class OnnxModel:
         try:
             self.session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
         except Exception as e:  # noqa: BLE001 - onnxruntime's own exception types; any of them means an unusable file
-            raise UsageError(f"{path}: not an ONNX model onnxruntime can load ({str(e).splitlines()[0]})") from None
+            cause = (str(e).splitlines() or [type(e).__name__])[0].rsplit(" : ", 1)[-1].rsplit("failed:", 1)[-1].strip()  # past "[ONNXRuntimeError] : 7 : ..."
+            raise not_a_model(path, f"not an ONNX model onnxruntime can load: {cause}") from None
         names = [i.name for i in self.session.get_inputs()]
         if names != [INPUT]:
             raise UsageError(f"{path}: takes {', '.join(names)}, not the {INPUT!r} input of the models nas export writes; give one of those")
@@ -121,20 +125,85 @@ class OnnxModel:
         return torch.from_numpy(self.session.run(None, {self.input: x.numpy()})[0])
 
 
-def load_model(path: Path) -> tuple[torch.jit.ScriptModule | OnnxModel, ModelInfo]:
-    """An exported model.pt, or a .onnx file run by onnxruntime, and what it takes. A model.pt
-    that does not normalise itself (exported before nas put the normalisation inside) would
-    silently mispredict on pixels, so it is refused."""
-    if path.suffix == ".onnx":
-        if not path.is_file():
-            raise UsageError(f"{path}: no such file")
-        model = OnnxModel(path)
-        return model, model.info
+def not_a_model(path: Path, why: str) -> UsageError:
+    """The one line for a MODEL argument that is no model nas export wrote."""
+    files = "model.onnx (or model.pt)" if path.suffix == ".onnx" else "model.pt (or model.onnx)"
+    return UsageError(f"{path} is not a model written by nas export ({why}); give the {files} of an export")
+
+
+def _members(path: Path) -> list[str] | None:
+    """The files in a zip archive (torch's formats are zips), without its top folder; None for no zip."""
+    import zipfile
+
+    try:
+        with zipfile.ZipFile(path) as z:
+            return [n.split("/", 1)[-1] for n in z.namelist()]
+    except (zipfile.BadZipFile, OSError):
+        return None
+
+
+def _what_it_is(path: Path, e: Exception) -> str:
+    """Why torch.jit.load refused `path`, in a few words: torch's own message is a paragraph about
+    corrupt checkpoints, also for a file that never was one."""
+    with open(path, "rb") as f:
+        head = f.read(8)
+    if not head:
+        return "an empty file"
+    if head.startswith((b"\x89PNG", b"\xff\xd8\xff")):
+        return "a picture: the model comes first, nas predict MODEL IMAGE..."
+    if not head.startswith(b"PK"):
+        return "not a TorchScript archive"
+    names = _members(path)
+    if names is None:
+        return "a damaged zip archive"
+    if "data.pkl" in names and "constants.pkl" not in names:
+        return "weights saved by torch.save, as in state_dict.pt, not TorchScript"
+    return str(e).splitlines()[0].split(". This is an internal")[0] if str(e) else type(e).__name__
+
+
+@contextlib.contextmanager
+def jit_quietly() -> Iterator[None]:
+    """torch 2.13-2.14 deprecate torch.jit.script/trace/load with a warning on every call; nas
+    still ships TorchScript (its users asked for model.pt; model.pt2 is there beside it), so the
+    warning is not the user's to read in every export and predict."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=r".*torch\.jit\..*deprecated")  # FutureWarning in 2.14, DeprecationWarning in 2.13
+        yield
+
+
+def _load_program(path: Path) -> tuple[torch.nn.Module, ModelInfo]:
+    """model.pt2: torch.export's program of an exported network, with its ModelInfo."""
     extra = {INFO: ""}
     try:
-        scripted = torch.jit.load(str(path), map_location="cpu", _extra_files=extra).eval()
+        with warnings.catch_warnings():  # torch 2.13 warns of its own archive layout ("No complete tensor found")
+            warnings.simplefilter("ignore", UserWarning)
+            program = torch.export.load(str(path), extra_files=extra)
+    except Exception as e:  # noqa: BLE001 - whatever torch.export.load raises, the file is not a program
+        raise not_a_model(path, _what_it_is(path, e)) from None
+    if not extra[INFO]:
+        raise not_a_model(path, "a torch.export program without the model information nas export stores")
+    return program.module(), ModelInfo.from_json(extra[INFO])
+
+
+def load_model(path: Path) -> tuple[torch.jit.ScriptModule | torch.nn.Module | OnnxModel, ModelInfo]:
+    """An exported model.pt (or model.pt2), or a .onnx file run by onnxruntime, and what it takes. A model.pt
+    that does not normalise itself (exported before nas put the normalisation inside) would
+    silently mispredict on pixels, so it is refused."""
+    if not path.is_file():
+        raise UsageError(f"{path}: no such file")
+    if path.suffix == ".onnx":
+        model = OnnxModel(path)
+        return model, model.info
+    if path.suffix == ".pt2":
+        return _load_program(path)
+    extra = {INFO: ""}
+    try:
+        with jit_quietly():
+            scripted = torch.jit.load(str(path), map_location="cpu", _extra_files=extra).eval()
     except (RuntimeError, ValueError, OSError) as e:
-        raise UsageError(f"{path}: not a TorchScript model saved by nas export ({str(e).splitlines()[0]})") from None
+        if "archive_format" in (_members(path) or ()):  # torch.export's archive under another name
+            return _load_program(path)
+        raise not_a_model(path, _what_it_is(path, e)) from None
     if not (hasattr(scripted, "mean") and hasattr(scripted, "std")):
         raise UsageError(f"{path}: exported by an older nas whose model.pt expects normalised input; export it again (nas export)")
     return scripted, ModelInfo.from_json(extra[INFO])
@@ -146,7 +215,7 @@ def pixels(images: torch.Tensor) -> torch.Tensor:
     return x.unsqueeze(1) if x.dim() == 3 else x
 
 
-def classify(model: torch.jit.ScriptModule | OnnxModel, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def classify(model: torch.jit.ScriptModule | torch.nn.Module | OnnxModel, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """(class, probability) per image; the model normalises (nas export puts it inside)."""
     with torch.no_grad():
         probs = torch.softmax(model(pixels(images)), 1)
