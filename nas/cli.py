@@ -323,7 +323,6 @@ def _run_search(study_name: str, storage: str, settings: StudySettings | None, g
     if settings is None and st.stored_settings(study_name, storage) is None:  # a worker of no study: its error is all it prints
         st.load_study(study_name, storage)  # raises the one line (no such storage or study, or not one nas search made)
     start = time.time()
-    say(f"study {study_name!r} in {st.masked(storage)}")
     _interrupted[0] = lambda: f"interrupted after {analytics.elapsed(start)}; run the same command to resume"  # short: one terminal line
     study = s.search(study_name, storage, settings, trials, timeout, run, given)
     say(f"done in {analytics.elapsed(start)}")

@@ -574,6 +574,7 @@ def search(name: str, url: str, settings: StudySettings | None, trials: int | No
         datasets.for_study((stored or settings).dataset, run.dataset, run.data_dir, lambda line: print(line, flush=True))
     new_folder = loc.path is not None and not loc.path.parent.exists()
     study = st.open_study(name, url, settings, given)
+    print(f"study {name!r} in {st.masked(url)}", flush=True)  # after opening: a study that cannot be opened is its error line alone
     if new_folder:
         print(f"created the folder {loc.path.parent}/ for the study storage", flush=True)
     if stored is None and settings is not None and "seed_archs" not in (given or {}) and settings.unfit_builtins():
