@@ -4,7 +4,7 @@ printed as the rows of the README's deployment table.
 
     python3 benchmarks/deploy.py EXPORT_DIR [EXPORT_DIR ...] [--threads 1] [--repeats 5] [--data-dir DIR]
 
-Accuracy and bytes are computed again from the files (the 10,000 test images, nas.deploy.stored),
+Accuracy and bytes are computed again from the files (the 10,000 test images, nas.ship.deploy.stored),
 next to the analytic model bytes of architecture.toml that a --max-model-kb budget uses. Time per
 image is the median of --repeats timed passes over the test images after one untimed pass: one
 image a call (latency, as a device classifying one digit sees it) and 1,000 a call (throughput),
@@ -23,10 +23,10 @@ from pathlib import Path
 
 import numpy as np
 
-from nas.arch import costs, load_arch
-from nas.data import load_raw
-from nas.deploy import FP32, INPUT, INT8, stored, versions
-from nas.predict import pixels
+from nas.arch.spec import costs, load_arch
+from nas.data.tensors import load_raw
+from nas.ship.deploy import FP32, INPUT, INT8, stored, versions
+from nas.ship.predict import pixels
 
 BATCHES = (1, 1000)
 

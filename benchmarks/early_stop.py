@@ -4,10 +4,10 @@
 
 Every study must have trained its trials to the end (--pruning observe or off). Each candidate rule
 (rungs as fractions of the epochs, after OneCycle's warm-up; eta) is replayed on every choice study
-with nas.analytics.replay_pareto, the function the live search calls; the chosen rule is the one
+with nas.study.analytics.replay_pareto, the function the live search calls; the chosen rule is the one
 that saves the largest share of the training seconds summed over the choice studies while stopping
 no trial on a study's final Pareto front and none that met its target. It is then replayed on the
-report study, beside the convergence rule of the study's settings (nas.analytics.replay_rule).
+report study, beside the convergence rule of the study's settings (nas.study.analytics.replay_rule).
 Writes table.md and results.json under --out.
 """
 
@@ -29,8 +29,8 @@ def open_study(spec: str):
 
 
 def pooled(studies: list, fractions: tuple[float, ...], eta: float) -> dict:
-    from nas.analytics import ParetoRule, replay_pareto, study_settings
-    from nas.settings import rung_epochs
+    from nas.study.analytics import ParetoRule, replay_pareto, study_settings
+    from nas.study.settings import rung_epochs
 
     total = {"trials": 0, "stopped": 0, "seconds": 0.0, "saved": 0.0, "front_lost": [], "target_lost": []}
     for study in studies:
@@ -50,7 +50,7 @@ def row(label: str, r: dict) -> str:
 
 
 def main() -> None:
-    from nas.analytics import ConvergenceRule, replay_rule, study_settings
+    from nas.study.analytics import ConvergenceRule, replay_rule, study_settings
 
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--choose", action="append", required=True, help="URL::STUDY of a study to choose on (repeatable)")

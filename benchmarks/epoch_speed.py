@@ -1,13 +1,13 @@
-"""Seconds per epoch on 50,000 MNIST training images with validation on 10,000: nas.train against
+"""Seconds per epoch on 50,000 MNIST training images with validation on 10,000: nas.train.engine against
 the plain loop people write (a DataLoader collating single images, eager PyTorch, batch 128, the
 same validation), alternating in one process.
 
     python3 benchmarks/epoch_speed.py [--device cpu|cuda] [--rounds 3] [--arch seed_9274 ...] [--batch-sizes 128,1024] [--threads N]
 
-Each round times one epoch of the baseline, then one of nas.train at each batch size, so a machine
+Each round times one epoch of the baseline, then one of nas.train.engine at each batch size, so a machine
 whose speed drifts slows both alike; the table gives the median of the rounds and the ratio
 baseline / nas. One untimed warm-up round comes first. Both loops validate on the same 10,000
-images every epoch, so they do equal work (nas.train's training also shuffles and cuts batches on
+images every epoch, so they do equal work (nas.train.engine's training also shuffles and cuts batches on
 the device; with --augment it also augments, the baseline does not).
 """
 
@@ -22,10 +22,10 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader, TensorDataset
 
-from nas.arch import load_arch
-from nas.data import load
-from nas.model import build
-from nas.train import TrainConfig, resolve_device, train
+from nas.arch.model import build
+from nas.arch.spec import load_arch
+from nas.data.tensors import load
+from nas.train.engine import TrainConfig, resolve_device, train
 
 
 def cpu_name() -> str:
@@ -60,7 +60,7 @@ def baseline_epoch(arch, data, device: torch.device) -> float:
 
 
 def nas_epoch(arch, data, batch_size: int, augment: bool) -> tuple[float, str]:
-    """One epoch of nas.train, its validation included (the learning rate is the baseline's:
+    """One epoch of nas.train.engine, its validation included (the learning rate is the baseline's:
     speed does not depend on it, and one epoch at the recipe's peak would diverge)."""
     trained = train(arch, data, TrainConfig(epochs=1, batch_size=batch_size, lr=0.01, augment=augment))
     return trained.history[0].seconds, trained.engine
@@ -73,7 +73,7 @@ def main() -> None:
     p.add_argument("--data-dir", default=None)
     p.add_argument("--arch", action="append", help="architecture file or built-in name (repeatable; default seed_9274)")
     p.add_argument("--batch-sizes", default="128,1024")
-    p.add_argument("--augment", action="store_true", help="nas.train augments (the baseline never does)")
+    p.add_argument("--augment", action="store_true", help="nas.train.engine augments (the baseline never does)")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's own choice)")
     args = p.parse_args()
     if args.threads:
@@ -98,7 +98,7 @@ def main() -> None:
                     times[f"nas {b}"].append(secs)
         base = statistics.median(times["baseline"])
         for loop, values in times.items():
-            label = "baseline: per-image DataLoader, eager, batch 128" if loop == "baseline" else f"nas.train, batch {loop.split()[1]} ({engine})"
+            label = "baseline: per-image DataLoader, eager, batch 128" if loop == "baseline" else f"nas.train.engine, batch {loop.split()[1]} ({engine})"
             med = statistics.median(values)
             print(f"| {arch.name} | {label} | {med:.2f} ({min(values):.2f}-{max(values):.2f}) | {base / med:.2f}x |", flush=True)
 

@@ -127,10 +127,10 @@ def full_protocol(job: dict) -> dict:
     """20 epochs on the 50,000 training images, one seed, judged on the 10,000 held-out ones."""
     import torch
 
-    from nas.arch import arch_from_dict
-    from nas.config import TrainConfig
-    from nas.data import load
-    from nas.train import train
+    from nas.arch.spec import arch_from_dict
+    from nas.data.tensors import load
+    from nas.train.config import TrainConfig
+    from nas.train.engine import train
 
     torch.set_num_threads(1)
     arch = arch_from_dict(json.loads(job["arch"]), job["name"])
@@ -157,7 +157,7 @@ def confirm(args: argparse.Namespace) -> None:
 
 def keep_as_builtin(r: dict) -> str:
     """The confirmed network as a built-in architecture file, its full-protocol recipe as its train table."""
-    from nas.arch import arch_from_dict, arch_to_toml
+    from nas.arch.spec import arch_from_dict, arch_to_toml
 
     arch = arch_from_dict(json.loads(r["arch"]), "found")
     arch.name = f"found_{r['params']}"
@@ -204,7 +204,7 @@ def record(args: argparse.Namespace) -> None:
 # --- table --------------------------------------------------------------------------------------
 
 def table(args: argparse.Namespace) -> None:
-    from nas.arch import costs, load_arch
+    from nas.arch.spec import costs, load_arch
 
     exports = {r["name"]: r for r in lines(RESULTS / "exports.jsonl")}
     rows = []

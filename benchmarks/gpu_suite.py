@@ -47,13 +47,13 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 
 import torch  # noqa: E402
 
-import nas.train  # noqa: E402
-from nas.arch import Arch, Pool, load_arch, param_count  # noqa: E402
-from nas.config import TrainConfig  # noqa: E402
-from nas.data import Data, Split, load, load_test  # noqa: E402
-from nas.placement import DEFAULT_TRIALS_PER_GPU  # noqa: E402
-from nas.settings import DEFAULT_SEED_ARCH  # noqa: E402
-from nas.train import Trained, evaluate, train  # noqa: E402
+import nas.train.engine  # noqa: E402
+from nas.arch.spec import Arch, Pool, load_arch, param_count  # noqa: E402
+from nas.data.tensors import Data, Split, load, load_test  # noqa: E402
+from nas.search.placement import DEFAULT_TRIALS_PER_GPU  # noqa: E402
+from nas.study.settings import DEFAULT_SEED_ARCH  # noqa: E402
+from nas.train.config import TrainConfig  # noqa: E402
+from nas.train.engine import Trained, evaluate, train  # noqa: E402
 
 # In order of what matters most should the budget run out: correctness, then issue 7's goals.
 SECTIONS = ("checks", "recipe", "kseeds", "concurrent", "search", "speed", "archs")
@@ -186,7 +186,7 @@ def timed_train(sec: Section, arch: Arch, data: Data, cfg: TrainConfig, **kw: An
     network, capture and autotuning included) to the last validation. Each run starts with no
     failed capture counted: restarting after repeated failures is the search worker's policy."""
     sync()
-    nas.train._GRAPHS.failures = 0
+    nas.train.engine._GRAPHS.failures = 0
     start = time.perf_counter()
     if kw.get("engine") == "graph":
         kw["engine"] = graph_engine(data.train.x.device)
@@ -331,7 +331,7 @@ def archs(sec: Section, data: Data, test: Split) -> None:
     files = files[:2] if Smoke.on else files
     means = {}
     for benchmark in (True, False):
-        nas.train.CUDNN_BENCHMARK = benchmark
+        nas.train.engine.CUDNN_BENCHMARK = benchmark
         label = "autotuning on" if benchmark else "autotuning off"
         try:
             for path in files:
@@ -346,7 +346,7 @@ def archs(sec: Section, data: Data, test: Split) -> None:
                 sec.row(f"{path.stem} ({param_count(arch):,} params, {cfg.optimizer}, batch {cfg.batch_size}), {label}: first epoch, next, {cfg.epochs}-epoch trial",
                         f"{secs[0]:.2f} s, {rest:.3f} s/epoch, ~{estimate_s:.1f} s ({trained.engine})")
         finally:
-            nas.train.CUDNN_BENCHMARK = True
+            nas.train.engine.CUDNN_BENCHMARK = True
         rows = [r for r in sec.figures["archs"] if r["cudnn_benchmark"] == benchmark]
         means[benchmark] = statistics.mean(r["trial_seconds_estimate"] for r in rows)
         sec.row(f"mean estimated trial seconds, {label}", f"{means[benchmark]:.2f}", f"mean_trial_seconds_{'on' if benchmark else 'off'}", means[benchmark])
@@ -373,7 +373,7 @@ def concurrent(sec: Section, data: Data, test: Split, state: dict[str, Any]) -> 
                 errors.append(e)
 
         threads = [threading.Thread(target=run, args=(c,)) for c in cfgs]
-        nas.train._GRAPHS.failures = 0
+        nas.train.engine._GRAPHS.failures = 0
         sync()
         start = time.perf_counter()
         for t in threads:
@@ -407,7 +407,7 @@ def search(sec: Section, data_dir: str, workdir: Path, device: str, costs: Costs
     minute. Each study's SQLite file is kept next to --out."""
     import optuna
 
-    from nas.analytics import rule_replays
+    from nas.study.analytics import rule_replays
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     runs = [("one at a time", ["--trials-per-gpu", "1"]), ("defaults", [])]

@@ -23,7 +23,7 @@ from collections import Counter
 from optuna.trial import TrialState
 
 from nas.errors import SpecError
-from nas.storage import finished, load_study
+from nas.study.storage import finished, load_study
 
 
 def main() -> None:

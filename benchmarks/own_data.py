@@ -19,8 +19,8 @@ from pathlib import Path
 
 import numpy as np
 
-from nas.arch import arch_to_toml, load_arch
-from nas.datasets import read
+from nas.arch.spec import arch_to_toml, load_arch
+from nas.data.datasets import read
 
 NAMES = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine")
 

@@ -44,9 +44,9 @@ def seed_variant(name: str, channels: list[int], last: int) -> dict:
 
 def architectures() -> list[dict]:
     """The architectures to calibrate on, as TOML-like dicts with their train tables."""
-    from nas.arch import arch_from_dict, arch_to_dict, costs, load_arch
+    from nas.arch.spec import arch_from_dict, arch_to_dict, costs, load_arch
     from nas.errors import SpecError
-    from nas.space import load_space, sample
+    from nas.space.spaces import load_space, sample
 
     out = [arch_to_dict(load_arch("rec_3762")) | {"train": load_arch("rec_3762").train},
            seed_variant("seed_x0.6", [3, 3, 5, 7, 7, 10], 12), seed_variant("seed_x0.7", [3, 3, 6, 8, 8, 12], 14)]
@@ -94,10 +94,10 @@ def jobs(archs: list[dict]) -> list[dict]:
 def run_job(job: dict, data_dir: str | None) -> dict:
     import torch
 
-    from nas.arch import arch_from_dict, param_count
-    from nas.config import TrainConfig
-    from nas.data import load
-    from nas.train import train
+    from nas.arch.spec import arch_from_dict, param_count
+    from nas.data.tensors import load
+    from nas.train.config import TrainConfig
+    from nas.train.engine import train
 
     torch.set_num_threads(1)
     arch = arch_from_dict(job["arch"], job["arch"]["name"])

@@ -5,7 +5,7 @@
 
 key=value pairs override the architecture's train table (any TrainConfig field). Each seed trains
 separately, 20 epochs on the 50,000 training images, and is judged on the held-out 10,000
-(nas.data.load's split); --test also reads the test set, for a recipe already chosen on
+(nas.data.tensors.load's split); --test also reads the test set, for a recipe already chosen on
 validation accuracy. The last line is one JSON record of the run.
 
 With --plan, the candidates of a plan file ([[run]] tables: name, arch, seeds, train) are trained
@@ -25,11 +25,11 @@ from pathlib import Path
 
 import torch
 
-from nas.arch import load_arch
-from nas.config import TrainConfig
-from nas.data import load, load_test
-from nas.settings import DEFAULT_SEED_ARCH
-from nas.train import evaluate, resolve_device, train
+from nas.arch.spec import load_arch
+from nas.data.tensors import load, load_test
+from nas.study.settings import DEFAULT_SEED_ARCH
+from nas.train.config import TrainConfig
+from nas.train.engine import evaluate, resolve_device, train
 
 RESULTS = Path(__file__).parent / "results" / "recipe"
 

@@ -1,4 +1,4 @@
-"""Which sampler finds good small networks soonest? Every sampler of nas.samplers searches the same
+"""Which sampler finds good small networks soonest? Every sampler of nas.search.samplers searches the same
 budget at the same cheap protocol, from several sampler seeds, with the same enqueued built-ins.
 
     python3 benchmarks/samplers.py --out benchmarks/results/samplers [--seeds 5] [--trained 60] [--workers 2]
@@ -29,8 +29,8 @@ REF_ACC = 0.90
 
 
 def settings_for(sampler: str, seed: int, args: argparse.Namespace):
-    from nas.settings import StudySettings
-    from nas.space import read_space
+    from nas.space.spaces import read_space
+    from nas.study.settings import StudySettings
 
     return StudySettings(max_params=args.max_params, max_epochs=args.epochs, train_size=args.train_size, val_size=args.val_size,
                          target_accuracy=0.98, pruning="off", sampler=sampler, seed=seed, space=read_space("mnist_tiny"))
@@ -45,10 +45,10 @@ def run_search(job: tuple[str, int, argparse.Namespace]) -> dict:
     import optuna
     import torch
 
-    from nas import storage as st
-    from nas.data import load
-    from nas.samplers import make_sampler
-    from nas.search import Objective, sampler_seed
+    from nas.data.tensors import load
+    from nas.search.samplers import make_sampler
+    from nas.search.worker import Objective, sampler_seed
+    from nas.study import storage as st
 
     sampler, seed, args = job
     torch.set_num_threads(1)
@@ -110,10 +110,10 @@ def retrain_best(job: tuple[str, dict, argparse.Namespace]) -> dict:
     """The most accurate network of a sampler, trained again with the two training seeds after its own."""
     import torch
 
-    from nas.arch import arch_from_dict
-    from nas.config import TrainConfig
-    from nas.data import load
-    from nas.train import train
+    from nas.arch.spec import arch_from_dict
+    from nas.data.tensors import load
+    from nas.train.config import TrainConfig
+    from nas.train.engine import train
 
     sampler, best, args = job
     torch.set_num_threads(1)

@@ -19,10 +19,10 @@ from dataclasses import replace
 
 import torch
 
-from nas.arch import load_arch
-from nas.config import TrainConfig
-from nas.data import Data, load
-from nas.train import train
+from nas.arch.spec import load_arch
+from nas.data.tensors import Data, load
+from nas.train.config import TrainConfig
+from nas.train.engine import train
 
 
 def main() -> None:

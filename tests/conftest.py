@@ -47,7 +47,7 @@ def has_mnist(folder: Path) -> bool:
 
 def find_mnist() -> Path:
     """Where the tests read real MNIST, the way the CLI finds it: NAS_TEST_MNIST, then
-    ../shared/data/mnist, then the user's data folder (nas.datasets.default_data_dir), downloaded
+    ../shared/data/mnist, then the user's data folder (nas.data.datasets.default_data_dir), downloaded
     there with checksum verification if missing. RuntimeError (one line) when none works."""
     env = os.environ.get("NAS_TEST_MNIST")
     if env:
@@ -56,7 +56,7 @@ def find_mnist() -> Path:
         raise RuntimeError(f"NAS_TEST_MNIST={env} does not hold the four MNIST IDX files (.gz or raw); point it at a folder that does, or unset it")
     if has_mnist(SHARED_MNIST):
         return SHARED_MNIST
-    from nas.datasets import NAMED, default_data_dir, download
+    from nas.data.datasets import NAMED, default_data_dir, download
     from nas.errors import DataError
 
     user = default_data_dir()
@@ -125,7 +125,7 @@ def require_system_deps() -> bool:
 @pytest.fixture
 def onnx_extra() -> None:
     """Tests of the ONNX files need the onnx extra: skipped with the reason without it, failed in CI."""
-    from nas.deploy import INSTALL, missing
+    from nas.ship.deploy import INSTALL, missing
 
     absent = missing()
     if absent and require_system_deps():
@@ -142,21 +142,21 @@ def mnist_dir(request) -> Path:
 @pytest.fixture(scope="session")
 def small_data(mnist_dir):
     """4,000 training and 2,000 validation images: enough to see learning within seconds."""
-    from nas.data import load
+    from nas.data.tensors import load
 
     return load(mnist_dir, val_size=2000, train_size=4000)
 
 
 def make_study(storage: str | None = None, name: str = "synthetic", n: int = 24, seed: int = 0) -> optuna.Study:
-    """A study with the attributes a real search writes (nas.search), without training: trials are
+    """A study with the attributes a real search writes (nas.search.worker), without training: trials are
     drawn from the default space by a random sampler, and complete, converge, get pruned (budget,
     invalid, convergence) or fail (diverged, stale) with made-up but plausible learning curves."""
-    from nas.analytics import ConvergenceRule
-    from nas.arch import arch_to_json, costs, param_count, receptive_field
-    from nas.resources import trial_attrs
+    from nas.arch.budgets import trial_attrs
+    from nas.arch.spec import arch_to_json, costs, param_count, receptive_field
     from nas.errors import SpecError
-    from nas.settings import StudySettings
-    from nas.space import sample
+    from nas.space.spaces import sample
+    from nas.study.analytics import ConvergenceRule
+    from nas.study.settings import StudySettings
 
     settings = StudySettings(max_params=9_300, max_epochs=4, target_accuracy=0.98, train_size=2000, val_size=1000)
     rule = ConvergenceRule.of(settings)

@@ -1,12 +1,11 @@
 import optuna
+from conftest import SEED
 from optuna.distributions import FloatDistribution
 from optuna.trial import create_trial
 
-from nas import analytics
-from nas.arch import arch_to_json, load_arch
-from nas.settings import StudySettings
-
-from conftest import SEED
+from nas.arch.spec import arch_to_json, load_arch
+from nas.study import analytics
+from nas.study.settings import StudySettings
 
 
 def study_of(rows, **settings) -> optuna.Study:
@@ -45,7 +44,7 @@ def test_accuracy_mode_breaks_ties_on_the_minimised_resource():
 
 
 def test_pareto_rule_stops_what_cheaper_peers_beat_and_never_the_cheapest():
-    from nas.analytics import ParetoRule
+    from nas.study.analytics import ParetoRule
 
     rule = ParetoRule(rungs=(4,), eta=3.0)
     peers = [(0.95 + 0.005 * k, 1000 + 100 * k) for k in range(6)]  # six cheaper trials, more accurate ones cost more
@@ -59,8 +58,8 @@ def test_pareto_rule_stops_what_cheaper_peers_beat_and_never_the_cheapest():
 def test_replaying_the_pareto_rule_counts_savings_and_what_it_would_lose():
     import optuna
 
-    from nas.analytics import ParetoRule, replay_pareto
-    from nas.settings import StudySettings
+    from nas.study.analytics import ParetoRule, replay_pareto
+    from nas.study.settings import StudySettings
 
     study = optuna.create_study(directions=["maximize", "minimize"])
     study.set_user_attr("settings", StudySettings(max_epochs=4, target_accuracy=0.98).to_dict())

@@ -1,15 +1,27 @@
 import random
-from pathlib import Path
 import tomllib
+from dataclasses import replace
+from pathlib import Path
 
 import pytest
-
-from dataclasses import replace
-
-from nas.arch import Arch, Conv, Dropout, Head, Pool, SepConv, arch_from_dict, arch_to_toml, costs, load_arch, param_count, plan, receptive_field
-from nas.errors import SpecError
-
 from conftest import ROOT, SEED
+
+from nas.arch.spec import (
+    Arch,
+    Conv,
+    Dropout,
+    Head,
+    Pool,
+    SepConv,
+    arch_from_dict,
+    arch_to_toml,
+    costs,
+    load_arch,
+    param_count,
+    plan,
+    receptive_field,
+)
+from nas.errors import SpecError
 
 SEED_COUNTS = [40, 8, 148, 8, 296, 16, 876, 24, 1308, 24, 1744, 32, 2900, 40, 1810]
 

@@ -18,8 +18,8 @@ import pytest
 from conftest import ROOT, make_study, needs_system
 from optuna.trial import TrialState
 
-from nas import notes
-from nas.report import write_report
+from nas.study import notes
+from nas.study.report import write_report
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 DRIVER = shutil.which("chromedriver") or "/usr/bin/chromedriver"

@@ -8,9 +8,8 @@ import sys
 import time
 
 import pytest
-from PIL import Image
-
 from conftest import SEED, quadrants
+from PIL import Image
 
 
 def nas(*args, cwd=None, env=None):
@@ -158,14 +157,14 @@ def test_a_study_on_a_users_data_skips_the_mnist_seeds_and_refuses_other_data(tm
     data = quadrants(tmp_path / "rgb.npz")
     r = nas("search", "--dataset", data, "--trials", 1, *small)
     assert r.returncode == 0, r.stderr[-2000:]
-    from nas.arch import builtin_archs
+    from nas.arch.spec import builtin_archs
 
     builtins = ", ".join(a.name for a in builtin_archs())  # the hand-made ones and those nas found
     assert (f"the built-in seed networks {builtins} take 1x28x28 images in 10 classes, not rgb.npz's 3x32x32 in 4: "
             "the study starts without them") in r.stdout
     import optuna
 
-    from nas.analytics import study_settings
+    from nas.study.analytics import study_settings
 
     study = optuna.load_study(study_name="q", storage=store)
     (trial,) = study.trials
@@ -181,8 +180,8 @@ def test_a_study_on_a_users_data_skips_the_mnist_seeds_and_refuses_other_data(tm
 
 def test_storage_in_a_read_only_place_or_file(tmp_path, mnist_dir):
     refused(nas("search", "--storage", "sqlite:////proc/nas/s.db", "--data-dir", mnist_dir), "writable")
-    from nas.settings import StudySettings
-    from nas.storage import open_study
+    from nas.study.settings import StudySettings
+    from nas.study.storage import open_study
 
     db = tmp_path / "ro.db"
     open_study("mnist", f"sqlite:///{db}", StudySettings())
@@ -208,9 +207,9 @@ def test_predict_refuses_pictures_that_are_not_28x28(tmp_path, size):
     """The size comes from the model: here one exported before models said theirs (MNIST's)."""
     import torch
 
-    from nas.arch import load_arch
-    from nas.export import RawPixels
-    from nas.model import build
+    from nas.arch.model import build
+    from nas.arch.spec import load_arch
+    from nas.ship.export import RawPixels
 
     path = tmp_path / "digit.png"
     Image.new("L", size).save(path)
@@ -247,7 +246,7 @@ def test_ctrl_c_prints_one_friendly_line_and_exits_130(tmp_path, mnist_dir):
 _TORCH_CHECK = """
 import atexit, sys
 atexit.register(lambda: sys.stderr.write("\\nTORCH-LOADED\\n" if "torch" in sys.modules else "\\nNO-TORCH\\n"))
-from nas.cli import main
+from nas.cli.app import main
 
 sys.argv = ["nas", *sys.argv[1:]]
 main()
@@ -255,8 +254,8 @@ main()
 
 
 def test_reading_commands_do_not_import_torch(tmp_path):
-    from nas.settings import StudySettings
-    from nas.storage import open_study
+    from nas.study.settings import StudySettings
+    from nas.study.storage import open_study
 
     store = f"sqlite:///{tmp_path}/s.db"
     open_study("mnist", store, StudySettings())
@@ -272,7 +271,7 @@ def test_help_keeps_every_word():
 
     import typer.main
 
-    from nas.cli import app
+    from nas.cli.app import app
 
     group = typer.main.get_command(app)
     commands = [(name, cmd) for name, cmd in group.commands.items() if name != "space"] + list(group.commands["space"].commands.items())
@@ -286,7 +285,7 @@ def test_help_keeps_every_word():
 def test_help_names_no_python_types_and_there_is_a_version():
     import typer.main
 
-    from nas.cli import app
+    from nas.cli.app import app
 
     group = typer.main.get_command(app)
     for name in [*group.commands, "space show"]:
@@ -302,7 +301,7 @@ def _help(*args: str) -> str:
     """`nas ARGS --help`, 80 columns wide (in this process: quick)."""
     from typer.testing import CliRunner
 
-    from nas.cli import app
+    from nas.cli.app import app
 
     r = CliRunner().invoke(app, [*args, "--help"], prog_name="nas")
     assert r.exit_code == 0, r.output
@@ -312,7 +311,7 @@ def _help(*args: str) -> str:
 def _commands() -> list[list[str]]:
     import typer.main
 
-    from nas.cli import app
+    from nas.cli.app import app
 
     group = typer.main.get_command(app)
     return [[]] + [[name] for name in group.commands] + [["space", name] for name in group.commands["space"].commands]
@@ -323,7 +322,7 @@ def test_the_command_lists_say_each_command_whole(columns):
     """`nas --help` cut every command's description short with "..."."""
     import typer.main
 
-    from nas.cli import app
+    from nas.cli.app import app
 
     group = typer.main.get_command(app)
     for args, names in (([], group.commands), (["space"], group.commands["space"].commands)):
@@ -346,7 +345,7 @@ def test_train_defaults_are_the_architectures_own():
     """`nas train --augment` said "(default off)" while the seed network's train table turns augmentation on."""
     import re
 
-    from nas.arch import load_arch
+    from nas.arch.spec import load_arch
 
     assert load_arch("seed_9274").train["augment"] is True
     shown = " ".join(_help("train").split())

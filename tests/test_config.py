@@ -2,8 +2,8 @@
 
 import pytest
 
-from nas.config import MIN_UPDATES, REFERENCE_BATCH, TrainConfig
 from nas.errors import SpecError
+from nas.train.config import MIN_UPDATES, REFERENCE_BATCH, TrainConfig
 
 
 @pytest.mark.parametrize("images, epochs, batch", [

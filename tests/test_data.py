@@ -5,14 +5,25 @@ import numpy as np
 import pytest
 import torch
 
-from nas.data import Split, black, load, load_raw, load_test, normalize, random_affine, read_idx, shuffled_epoch, static_batches
-from nas import datasets
-from nas.datasets import IDX, MNIST, read
+from nas.data import datasets
+from nas.data.datasets import IDX, MNIST, read
+from nas.data.tensors import (
+    Split,
+    black,
+    load,
+    load_raw,
+    load_test,
+    normalize,
+    random_affine,
+    read_idx,
+    shuffled_epoch,
+    static_batches,
+)
 from nas.errors import DataError
 
 
 def test_idx_files_as_tensors(mnist_dir):
-    """nas.data.read_idx is nas.datasets.read_idx as a torch tensor (the reading is tested there)."""
+    """nas.data.tensors.read_idx is nas.data.datasets.read_idx as a torch tensor (the reading is tested there)."""
     labels = read_idx(mnist_dir / "t10k-labels-idx1-ubyte.gz")
     assert labels.dtype == torch.uint8 and labels.shape == (10000,) and np.array_equal(labels.numpy(), datasets.read_idx(mnist_dir / "t10k-labels-idx1-ubyte.gz"))
 
@@ -81,11 +92,11 @@ def test_shuffled_epoch_is_a_seeded_permutation():
 
 
 def test_whole_epoch_augmentation_does_not_depend_on_chunking(monkeypatch):
-    import nas.data
+    import nas.data.tensors
 
     x = torch.randn(50, 1, 28, 28)
     whole = random_affine(x, torch.Generator().manual_seed(3))
-    monkeypatch.setattr(nas.data, "AUGMENT_CHUNK", 7)
+    monkeypatch.setattr(nas.data.tensors, "AUGMENT_CHUNK", 7)
     assert torch.allclose(random_affine(x, torch.Generator().manual_seed(3)), whole, atol=1e-6)
 
 

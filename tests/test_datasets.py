@@ -9,11 +9,10 @@ from dataclasses import replace
 
 import numpy as np
 import pytest
-
-from nas.datasets import IDX, MNIST, NAMED, DatasetSpec, digest, for_study, normalisation, read, read_idx
-from nas.errors import DataError
-
 from conftest import serve
+
+from nas.data.datasets import IDX, MNIST, NAMED, DatasetSpec, digest, for_study, normalisation, read, read_idx
+from nas.errors import DataError
 
 
 def write_idx(path, array: np.ndarray, compress: bool = True) -> None:
@@ -215,7 +214,7 @@ def test_the_progress_bar_follows_a_download(tmp_path):
     """The bar nas gives pooch on a terminal (rich's), driven by pooch's own downloader here."""
     import pooch
 
-    from nas.datasets import _Bar
+    from nas.data.datasets import _Bar
 
     folder = idx_folder(tmp_path / "served")
     bar = _Bar(IDX[0])

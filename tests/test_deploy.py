@@ -6,16 +6,15 @@ from dataclasses import replace
 import numpy as np
 import pytest
 import torch
-
-from nas import deploy
-from nas.arch import Arch, Conv, Dropout, Head, Pool, costs, load_arch, plan
-from nas.data import read_idx
-from nas.export import RawPixels
-from nas.model import deployed
-from nas.predict import pixels
-
 from conftest import SEED
 from test_model import trained_looking
+
+from nas.arch.model import deployed
+from nas.arch.spec import Arch, Conv, Dropout, Head, Pool, costs, load_arch, plan
+from nas.data.tensors import read_idx
+from nas.ship import deploy
+from nas.ship.export import RawPixels
+from nas.ship.predict import pixels
 
 pytestmark = pytest.mark.usefixtures("onnx_extra")
 
@@ -47,7 +46,7 @@ def test_pixels(mnist_dir) -> np.ndarray:
 @pytest.mark.parametrize("name", ARCHS)
 def test_stored_tensors_are_the_analytic_model_bytes(name, calibration, tmp_path):
     """Of each file's tensors, the conv weights, their scales, biases and kept BatchNorms are
-    byte for byte nas.arch's model bytes; the rest is named, none is left unclassified."""
+    byte for byte nas.arch.spec's model bytes; the rest is named, none is left unclassified."""
     arch = ARCHS[name]
     fp32, int8 = tmp_path / deploy.FP32, tmp_path / deploy.INT8
     trained = trained_looking(arch).to(memory_format=torch.channels_last)  # as the CPU trains at batch 1024

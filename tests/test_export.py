@@ -6,20 +6,19 @@ import sys
 import numpy as np
 import pytest
 import torch
+from conftest import QUADRANTS, SEED, quadrants
 from PIL import Image
 from typer.testing import CliRunner
 
-from nas.arch import costs, load_arch, param_count
-from nas.cli import app
-from nas.export import FILES, RawPixels
-from nas.data import normalize, read_idx
-from nas.datasets import MNIST
-from nas.predict import ModelInfo, pixels
-from nas.model import build
-from nas.search import Run, search
-from nas.settings import StudySettings
-
-from conftest import QUADRANTS, SEED, quadrants
+from nas.arch.model import build
+from nas.arch.spec import costs, load_arch, param_count
+from nas.cli.app import app
+from nas.data.datasets import MNIST
+from nas.data.tensors import normalize, read_idx
+from nas.search.worker import Run, search
+from nas.ship.export import FILES, RawPixels
+from nas.ship.predict import ModelInfo, pixels
+from nas.study.settings import StudySettings
 
 
 def cli(*args):
@@ -179,7 +178,7 @@ def test_seed_arch_exports_too(tmp_path, mnist_dir):
 def test_a_failed_export_leaves_nothing_behind(tmp_path, mnist_dir, monkeypatch):
     """A relative --out once failed the check in a fresh process after the whole retraining, and
     left model.pt and friends behind, so the re-run was refused."""
-    import nas.export as ex
+    import nas.ship.export as ex
 
     def broken(*a, **k):
         raise ex.ExportError("the exported model could not be loaded in a fresh process: (made to fail)")
@@ -275,7 +274,7 @@ def test_predict_runs_onnx_files(onnx_extra, exported, mnist_dir, tmp_path):
 
 def test_predict_onnx_without_onnxruntime_says_how(monkeypatch, tmp_path):
     from nas.errors import UsageError
-    from nas.predict import load_model
+    from nas.ship.predict import load_model
 
     model = tmp_path / "model.onnx"
     model.write_bytes(b"")
@@ -286,7 +285,7 @@ def test_predict_onnx_without_onnxruntime_says_how(monkeypatch, tmp_path):
 
 def test_export_without_the_onnx_extra_writes_torchscript_and_says_how(monkeypatch, tmp_path, mnist_dir):
     """No ONNX file (an earlier export's is removed under --force), one line saying how to get them."""
-    from nas import deploy
+    from nas.ship import deploy
 
     monkeypatch.setattr(deploy, "missing", lambda: ["onnxruntime"])
     out = tmp_path / "seed"
@@ -302,7 +301,7 @@ def test_export_without_the_onnx_extra_writes_torchscript_and_says_how(monkeypat
 
 
 def test_ship_onnx_refuses_a_file_that_does_not_reproduce_model_pt(onnx_extra, tmp_path, mnist_dir):
-    from nas.export import ExportError, ship_onnx
+    from nas.ship.export import ExportError, ship_onnx
 
     net = build(load_arch(SEED)).eval()
     raw = pixels(read_idx(mnist_dir / "t10k-images-idx3-ubyte.gz")[:200])
@@ -321,7 +320,7 @@ def test_ship_onnx_refuses_a_file_that_does_not_reproduce_model_pt(onnx_extra, t
 def test_a_colour_dataset_exports_and_predicts_with_its_shape_names_and_normalisation(tmp_path):
     """The data's shape, normalisation and class names reach model.pt, the ONNX files, the card and
     `nas predict`; pictures and files of another size or channels are refused in one line."""
-    from nas.datasets import read
+    from nas.data.datasets import read
 
     data = quadrants(tmp_path / "rgb.npz")
     spec = read(str(data)).spec
@@ -365,7 +364,7 @@ def test_a_colour_dataset_exports_and_predicts_with_its_shape_names_and_normalis
 def test_pictures_are_inverted_only_across_grey_from_the_training_images(tmp_path):
     """A digit photographed on grey paper is inverted for MNIST's white-on-black as white paper is;
     a model trained on dark ink on light gets the opposite; pictures with mixed edges never."""
-    from nas.predict import load_images
+    from nas.ship.predict import load_images
 
     ink = np.zeros((28, 28), np.uint8)
     ink[8:20, 12:16] = 1

@@ -10,7 +10,7 @@ import conftest
 import pytest
 from conftest import ROOT, find_mnist, serve
 
-from nas import datasets
+from nas.data import datasets
 
 
 @pytest.fixture

@@ -5,7 +5,7 @@ import time
 
 import pytest
 
-from nas.gpulock import GpuLock
+from nas.train.gpulock import GpuLock
 
 
 def test_shared_holders_overlap_and_a_writer_runs_alone():

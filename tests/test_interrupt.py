@@ -1,4 +1,4 @@
-"""Ctrl-C is never lost, and never cuts a trial's bookkeeping in half (nas.interrupt)."""
+"""Ctrl-C is never lost, and never cuts a trial's bookkeeping in half (nas.search.interrupt)."""
 
 import gc
 import signal
@@ -7,7 +7,7 @@ import weakref
 
 import pytest
 
-from nas import interrupt
+from nas.search import interrupt
 
 
 class Thing:

@@ -1,13 +1,12 @@
 import pytest
 import torch
+from conftest import SEED
+from test_arch import random_valid_archs
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
-from nas.arch import Arch, Conv, Dropout, Head, Pool, SepConv, costs, load_arch, param_count, plan
-from nas.model import Affine, build, count_params, deployed
-
-from conftest import SEED
-from test_arch import random_valid_archs
+from nas.arch.model import Affine, build, count_params, deployed
+from nas.arch.spec import Arch, Conv, Dropout, Head, Pool, SepConv, costs, load_arch, param_count, plan
 
 ARCHS = random_valid_archs(300, seed=7)
 
@@ -123,7 +122,7 @@ def test_peak_activation_and_model_bytes_match_a_deployed_torch_copy():
 
 def test_packed_network_is_k_separate_networks_forward_and_gradients():
     """Grouped convs and K x C BatchNorm channels: copy k depends on copy k's weights and input only."""
-    from nas.model import copies_of, pack
+    from nas.arch.model import copies_of, pack
 
     no_dropout = [a for a in ARCHS if not any(isinstance(layer, Dropout) for layer in a.layers)]  # dropout draws random masks
     separable = Arch(layers=[Conv(4), SepConv(8, dw_relu=True), Pool("max"), SepConv(12, order="bn_relu", stride=2)], head=Head("gap_conv"))
@@ -150,7 +149,7 @@ def test_packed_network_is_k_separate_networks_forward_and_gradients():
 
 
 def test_unpack_gives_back_each_plain_network():
-    from nas.model import pack, unpack
+    from nas.arch.model import pack, unpack
 
     arch = load_arch(SEED)
     nets = [build(arch) for _ in range(2)]

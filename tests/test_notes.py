@@ -10,10 +10,10 @@ from conftest import ROOT, make_study
 from optuna.trial import TrialState
 from optuna_dashboard._note import get_note_from_system_attrs
 
-from nas import notes
-from nas.analytics import ConvergenceRule, study_settings
-from nas.arch import arch_from_dict, arch_to_dict, param_count, read_toml
-from nas.settings import StudySettings
+from nas.arch.spec import arch_from_dict, arch_to_dict, param_count, read_toml
+from nas.study import notes
+from nas.study.analytics import ConvergenceRule, study_settings
+from nas.study.settings import StudySettings
 
 
 def by_label(study, label):
@@ -136,7 +136,7 @@ def test_arch_line_and_sparkline():
 
 
 def test_notes_and_report_do_not_import_torch():
-    code = "import sys, nas.notes, nas.report; assert 'torch' not in sys.modules, 'torch imported'"
+    code = "import sys, nas.study.notes, nas.study.report; assert 'torch' not in sys.modules, 'torch imported'"
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert r.returncode == 0, r.stderr
 

@@ -4,7 +4,7 @@ from collections import Counter
 
 import pytest
 
-from nas.placement import DEFAULT_TRIALS_PER_GPU, plan_workers, visible_gpus
+from nas.search.placement import DEFAULT_TRIALS_PER_GPU, plan_workers, visible_gpus
 
 
 def per_gpu(slots):
@@ -61,14 +61,14 @@ def test_bad_counts_are_refused(kwargs):
 
 
 def test_placement_does_not_import_torch():
-    code = "import sys, nas.placement; sys.exit('torch' in sys.modules)"
+    code = "import sys, nas.search.placement; sys.exit('torch' in sys.modules)"
     assert subprocess.run([sys.executable, "-c", code]).returncode == 0
 
 
 def test_more_workers_than_the_machine_runs_at_once_are_capped():
     """64 workers on 2 cores once ran for minutes without a trial; on GPUs, processes beyond
     the concurrent trials only wait their turn."""
-    from nas.placement import worker_cap
+    from nas.search.placement import worker_cap
 
     assert worker_cap(0, cpus=2) == (2, "2 CPU cores")
     assert worker_cap(1, None, cpus=16) == (DEFAULT_TRIALS_PER_GPU, f"1 GPU x {DEFAULT_TRIALS_PER_GPU} trials at a time")
@@ -76,7 +76,7 @@ def test_more_workers_than_the_machine_runs_at_once_are_capped():
 
 
 def test_the_plan_is_told_in_a_few_words_however_many_workers():
-    from nas.placement import describe
+    from nas.search.placement import describe
 
     assert describe(plan_workers(0, 64, cpus=2)) == "64 workers on the CPU, 1 thread each"
     assert describe(plan_workers(0, None, cpus=2)) == "1 worker on the CPU, 2 threads"

@@ -83,8 +83,8 @@ def test_the_readme_runs_as_written_from_a_temporary_folder(tmp_path, mnist_dir)
     env.pop("NAS_ARTIFACTS", None)
     said = [run(command, tmp_path, env) for command in quick + path]
     assert (tmp_path / "studies" / "nas.sqlite3").is_file() and (tmp_path / "studies" / "artifacts").is_dir()
-    from nas import deploy
-    from nas.export import FILES
+    from nas.ship import deploy
+    from nas.ship.export import FILES
 
     written = sorted(FILES if not deploy.missing() else set(FILES) - {deploy.FP32, deploy.INT8})  # ONNX with the onnx extra
     for folder in ("runs/quick", "runs/winner"):

@@ -6,10 +6,10 @@ from dataclasses import replace
 
 from optuna.trial import TrialState
 
-from nas import notes
-from nas.analytics import best_trial, pareto_front, rule_replays, study_settings
-from nas.report import render, write_report
-from nas.settings import StudySettings
+from nas.study import notes
+from nas.study.analytics import best_trial, pareto_front, rule_replays, study_settings
+from nas.study.report import render, write_report
+from nas.study.settings import StudySettings
 
 
 def test_csv_has_one_flat_row_per_trial(synthetic_study, tmp_path):
@@ -82,7 +82,7 @@ def test_export_shows_its_test_accuracy(synthetic_study, tmp_path):
 def test_report_of_an_empty_study_says_so(tmp_path):
     import optuna
 
-    from nas.settings import StudySettings
+    from nas.study.settings import StudySettings
 
     study = optuna.create_study(directions=["maximize", "minimize"])
     study.set_user_attr("settings", StudySettings().to_dict())

@@ -1,12 +1,11 @@
 from dataclasses import fields
 
 import pytest
-
-from nas.arch import arch_to_json, costs, load_arch
-from nas.resources import NAMES, RESOURCES, constraints, resource, trial_attrs, violations
-from nas.settings import StudySettings
-
 from conftest import SEED
+
+from nas.arch.budgets import NAMES, RESOURCES, constraints, resource, trial_attrs, violations
+from nas.arch.spec import arch_to_json, costs, load_arch
+from nas.study.settings import StudySettings
 
 SEED_COSTS = costs(load_arch(SEED))
 

@@ -5,19 +5,19 @@ import optuna
 import pytest
 from optuna.trial import TrialState
 
-from nas.analytics import pareto_front
-from nas.arch import costs
+from nas.arch.budgets import constraints, violations
+from nas.arch.spec import costs
 from nas.errors import SpecError
-from nas.resources import constraints, violations
-from nas.samplers import EvolutionSampler, make_sampler
-from nas.settings import SAMPLERS, StudySettings
-from nas.space import decode, genome, point_key, read_space, sample
+from nas.search.samplers import EvolutionSampler, make_sampler
+from nas.space.spaces import decode, genome, point_key, read_space, sample
+from nas.study.analytics import pareto_front
+from nas.study.settings import SAMPLERS, StudySettings
 
 SETTINGS = StudySettings(max_params=4000, max_epochs=2, space=read_space("mnist_tiny"), train_size=2000, val_size=1000)
 
 
 def fake_objective(settings):
-    """What nas.search.Objective does before training, and a made-up accuracy that grows with size."""
+    """What nas.search.worker.Objective does before training, and a made-up accuracy that grows with size."""
 
     def objective(trial):
         arch, cfg = sample(settings.parsed_space, trial, settings.max_epochs)

@@ -10,18 +10,17 @@ import urllib.request
 import optuna
 import pandas as pd
 import pytest
+from conftest import ROOT
 from optuna.trial import TrialState
 from typer.testing import CliRunner
 
-import nas.search as search_mod
-from nas import storage as st
-from nas.cli import app
-from nas.analytics import ConvergenceRule
-from nas.arch import arch_to_dict, load_arch
-from nas.search import Run, search
-from nas.settings import StudySettings
-
-from conftest import ROOT
+import nas.search.worker as search_mod
+from nas.arch.spec import arch_to_dict, load_arch
+from nas.cli.app import app
+from nas.search.worker import Run, search
+from nas.study import storage as st
+from nas.study.analytics import ConvergenceRule
+from nas.study.settings import StudySettings
 
 SPACE = ROOT / "search_spaces" / "mnist_fcn.toml"
 SEED_9274 = arch_to_dict(load_arch("seed_9274"))
@@ -84,14 +83,14 @@ def test_over_budget_is_pruned_without_training(store, mnist_dir, monkeypatch):
     assert seed.state == TrialState.PRUNED and seed.user_attrs["prune_reason"] == "budget: parameters 9,274 > 5,000"
     assert seed.user_attrs["params"] == 9274 and "curve" not in seed.user_attrs
     assert seed.constraints == pytest.approx({"valid": 0.0, "params": 9274 / 5000 - 1})
-    from nas.arch import param_count
+    from nas.arch.spec import param_count
 
     assert all(param_count(a) <= 5000 for a in trained)
     assert len(trained) == sum(1 for t in trials if "curve" in t.user_attrs)
 
 
 def test_every_budget_prunes_with_its_own_reason(store, mnist_dir):
-    from nas.analytics import over_budget
+    from nas.study.analytics import over_budget
 
     study = tiny("m", store, mnist_dir, 8, max_macs=600_000, max_activation_kb=5.0, seed_archs=(SEED_9274,))
     seed = study.trials[0]
@@ -165,7 +164,7 @@ def test_a_ctrl_c_in_the_seed_trial_never_loses_it(store, mnist_dir, monkeypatch
     command again. The seed's retry runs first (ahead of the built-ins still queued), so the seed
     is trained once and counted once, the goal of 3 is met, the summary counts no failure, and
     the built-ins the goal left untrained are named."""
-    from nas import analytics
+    from nas.study import analytics
 
     real_train = search_mod.train
 
@@ -191,14 +190,14 @@ def test_a_ctrl_c_in_the_seed_trial_never_loses_it(store, mnist_dir, monkeypatch
 
 def test_a_restarting_worker_requeues_its_trials_uncounted_and_execs_nas_worker(store, mnist_dir, monkeypatch):
     """Two trials at a time in one worker process; the third training raises RestartWorker (as
-    nas.train does after repeated failed captures) once another trial is in flight: that one stops
+    nas.train.engine does after repeated failed captures) once another trial is in flight: that one stops
     at its next epoch, both are failed and enqueued again without using up a retry, finished trials
     stay, and the process is re-executed as `nas worker` on the same study (recorded, not run)."""
     import threading
 
-    from nas import storage as st
-    from nas.placement import Slot
-    from nas.train import RestartWorker
+    from nas.search.placement import Slot
+    from nas.study import storage as st
+    from nas.train.engine import RestartWorker
 
     st.open_study("r", store, StudySettings(max_epochs=3, train_size=600, val_size=300, target_accuracy=0.5))
     real_train, calls, running, lock = search_mod.train, [], set(), threading.Lock()
@@ -245,7 +244,7 @@ def test_an_interrupted_trial_goes_on_from_its_checkpoint_bit_identical(store, m
     re-run takes the trial up where the last one stopped, the interrupts never use up the retries
     meant for dead workers, and the seed ends with exactly the curve of a run never stopped. The
     checkpoint is gone once the trial is."""
-    from nas.checkpoints import Checkpoints
+    from nas.search.checkpoints import Checkpoints
 
     monkeypatch.setattr(search_mod, "CHECKPOINT_EVERY", 0.0)  # a checkpoint after every epoch but the last
     kw = dict(max_epochs=4, pruning="off", seed_archs=StudySettings().seed_archs[:1])  # seed_9274 alone, no other built-in waiting
@@ -349,7 +348,7 @@ def test_bad_input_is_one_line_exit_2(tmp_path):
 
 
 def test_replaying_a_rule_counts_savings_and_wrong_prunes():
-    from nas.analytics import replay_rule
+    from nas.study.analytics import replay_rule
 
     study = optuna.create_study(directions=["maximize", "minimize"])
     study.set_user_attr("settings", StudySettings(max_epochs=4, target_accuracy=0.98).to_dict())
@@ -365,7 +364,7 @@ def test_replaying_a_rule_counts_savings_and_wrong_prunes():
 def test_the_estimate_hints_when_a_search_takes_hours():
     from types import SimpleNamespace
 
-    from nas.search import Objective
+    from nas.search.worker import Objective
 
     fake = SimpleNamespace(device="cpu", goal=50, left=None)
     slow, quick = Objective.estimate(fake, 60.0, 20), Objective.estimate(fake, 0.3, 20)
@@ -378,9 +377,9 @@ def test_the_estimate_hints_when_a_search_takes_hours():
 def test_the_pareto_rule_stops_a_live_trial_its_cheaper_peers_beat_unless_it_is_built_in():
     from types import SimpleNamespace
 
-    from nas.analytics import ParetoRule
-    from nas.resources import resource
-    from nas.search import Objective
+    from nas.arch.budgets import resource
+    from nas.search.worker import Objective
+    from nas.study.analytics import ParetoRule
 
     study = optuna.create_study(directions=["maximize", "minimize"])
     settings = StudySettings(max_epochs=4, stop_rungs=(0.5,), stop_eta=3.0)

@@ -2,11 +2,11 @@ from dataclasses import replace
 
 import pytest
 
-from nas.arch import arch_to_dict, builtin_archs, load_arch
-from nas.datasets import MNIST
+from nas.arch.spec import arch_to_dict, builtin_archs, load_arch
+from nas.data.datasets import MNIST
 from nas.errors import SpecError
-from nas.settings import SettingsMismatch, StudySettings
-from nas.space import read_space
+from nas.space.spaces import read_space
+from nas.study.settings import SettingsMismatch, StudySettings
 
 BUILTINS = ", ".join(a.name for a in builtin_archs())  # the hand-made ones and those nas found
 
@@ -54,7 +54,7 @@ def test_every_disagreeing_flag_is_named_at_once():
 
 
 def test_a_budget_no_architecture_of_the_space_meets_is_refused():
-    """The default space's smallest network has 200 parameters (nas.space.cheapest); 150 would
+    """The default space's smallest network has 200 parameters (nas.space.spaces.cheapest); 150 would
     prune every trial before training."""
     with pytest.raises(SpecError, match=r"--max-params 150: no architecture of search space mnist_fcn is within this limit \(its smallest: parameters 200\)"):
         StudySettings(max_params=150).check_reachable()

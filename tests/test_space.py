@@ -1,16 +1,15 @@
 from pathlib import Path
 
 import pytest
+from conftest import ROOT, SEED
 from optuna.trial import FixedTrial
 
-from nas.arch import Arch, Conv, Head, Pool, costs, load_arch, param_count
+from nas.arch.budgets import RESOURCES
+from nas.arch.model import build, count_params
+from nas.arch.spec import Arch, Conv, Head, Pool, costs, load_arch, param_count
 from nas.errors import SpecError
-from nas.model import build, count_params
-from nas.resources import RESOURCES
-from nas.space import architecture_count, cheapest, describe, load_space, params_for, random_archs, sample
-from nas.train import TrainConfig
-
-from conftest import ROOT, SEED
+from nas.space.spaces import architecture_count, cheapest, describe, load_space, params_for, random_archs, sample
+from nas.train.engine import TrainConfig
 
 SPACE = ROOT / "search_spaces" / "mnist_fcn.toml"
 

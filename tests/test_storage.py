@@ -9,9 +9,9 @@ import pytest
 from optuna.trial import TrialState
 from pgserver import postgres  # noqa: F401 - fixture
 
-from nas import storage as st
 from nas.errors import SpecError
-from nas.settings import StudySettings
+from nas.study import storage as st
+from nas.study.settings import StudySettings
 
 
 @pytest.mark.parametrize("url, kind", [
@@ -55,8 +55,8 @@ def test_unwritable_place_is_one_line():
 
 _CREATE = """
 import sys
-from nas.storage import open_study
-from nas.settings import StudySettings
+from nas.study.storage import open_study
+from nas.study.settings import StudySettings
 open_study("race", sys.argv[1], StudySettings(max_epochs=1))
 """
 

@@ -1,9 +1,9 @@
-from nas.arch import DEFINITIONS, costs, load_arch
-from nas.datasets import MNIST
-from nas.summary import summary_table
-
 from conftest import SEED
 from test_arch import SEED_COUNTS
+
+from nas.arch.spec import DEFINITIONS, costs, load_arch
+from nas.arch.summary import summary_table
+from nas.data.datasets import MNIST
 
 
 def test_summary_table_lists_seed_numbers():
@@ -31,7 +31,7 @@ def test_summary_shows_costs_per_layer_and_totals_with_definitions():
 
 
 def test_model_card_lists_the_costs():
-    from nas.export import model_card
+    from nas.ship.export import model_card
 
     arch = load_arch(SEED)
     run = {"test_acc": 0.995}
@@ -51,8 +51,8 @@ def flat(text: str) -> str:
 def test_summary_and_card_say_which_batchnorms_fold():
     from dataclasses import replace
 
-    from nas.arch import Conv
-    from nas.export import model_card
+    from nas.arch.spec import Conv
+    from nas.ship.export import model_card
 
     seed = load_arch(SEED)
     folded = replace(seed, layers=[replace(layer, order="bn_relu") if isinstance(layer, Conv) else layer for layer in seed.layers])

@@ -4,15 +4,13 @@ import time
 
 import pytest
 import torch
-
-from nas.arch import Pool, load_arch
-from nas.data import Data, Split
-from nas.errors import SpecError
-from nas.model import count_params
-from nas.train import Diverged, TrainConfig, evaluate, lr_at, train
-
 from conftest import SEED
 
+from nas.arch.model import count_params
+from nas.arch.spec import Pool, load_arch
+from nas.data.tensors import Data, Split
+from nas.errors import SpecError
+from nas.train.engine import Diverged, TrainConfig, evaluate, lr_at, train
 
 
 def cuda(test):
@@ -36,7 +34,7 @@ def avg_pool_seed():
 
 def with_dropout():
     """The seed with a dropout layer after its first pool."""
-    from nas.arch import Dropout
+    from nas.arch.spec import Dropout
 
     arch = load_arch(SEED)
     arch.layers.insert(4, Dropout(0.1))
@@ -46,7 +44,7 @@ def with_dropout():
 @pytest.fixture(autouse=True)
 def no_failed_captures_yet(monkeypatch):
     """Each test starts with no failed captures counted in the process (three restart a worker)."""
-    import nas.train as t
+    import nas.train.engine as t
 
     monkeypatch.setattr(t._GRAPHS, "failures", 0)
 
@@ -229,7 +227,7 @@ def test_bad_train_config(data, key):
 def test_nas_train_cli_prints_epochs_and_saves(tmp_path, mnist_dir):
     from typer.testing import CliRunner
 
-    from nas.cli import app
+    from nas.cli.app import app
 
     r = CliRunner().invoke(app, ["train", str(SEED), "--epochs", "2", "--train-size", "500", "--val-size", "500", "--data-dir", str(mnist_dir), "--out", str(tmp_path)])
     assert r.exit_code == 0, r.output
@@ -271,7 +269,7 @@ def test_graph_trains_the_seed(small_data, precision):
 def test_failed_capture_falls_back_to_eager_and_says_why(small_data, monkeypatch):
     """A capture broken by a host sync, on a network with dropout: the trial falls back to eager and
     trains, and the process is not poisoned: the next trial (dropout again) captures and replays."""
-    import nas.train as t
+    import nas.train.engine as t
 
     real = t._Trial.step
 
@@ -292,13 +290,13 @@ def test_failed_capture_falls_back_to_eager_and_says_why(small_data, monkeypatch
 
 @cuda
 def test_concurrent_dropout_graphs_draw_masks_of_their_own():
-    """Two graphs with dropout, captured as nas.train captures (alone, with dropout_rng) by two
+    """Two graphs with dropout, captured as nas.train.engine captures (alone, with dropout_rng) by two
     threads and replayed at once: every replay draws a new mask, and the two graphs never draw
     the same one, on a torch with or without per-capture RNG state."""
     import torch.nn.functional as F
 
-    import nas.train as t
-    from nas.gpulock import GPU
+    import nas.train.engine as t
+    from nas.train.gpulock import GPU
 
     device = torch.device("cuda")
     masks: dict[int, list[torch.Tensor]] = {}
@@ -385,7 +383,7 @@ class FakeGraph:
         self.rec, self.fail = rec, fail
 
     def capture_begin(self, pool=None, capture_error_mode="global"):
-        from nas.gpulock import GPU
+        from nas.train.gpulock import GPU
 
         self.began = time.perf_counter()
         self.rec.add("begin", self.began, alone=GPU.held() == "exclusive" and GPU.readers() == 0, pool=pool)
@@ -421,10 +419,10 @@ class FakeDefaultGenerator:
 
 @pytest.fixture
 def fake_cuda(monkeypatch):
-    """The graph engine on the CPU: nas.train._GRAPHS replaced by a _Graphs whose torch.cuda calls
+    """The graph engine on the CPU: nas.train.engine._GRAPHS replaced by a _Graphs whose torch.cuda calls
     are recorded (the discipline, recovery and RNG choices are the real code's), and every step,
     validation and epoch preparation recorded as an interval."""
-    import nas.train as t
+    import nas.train.engine as t
 
     rec = Record()
 
@@ -513,7 +511,7 @@ def test_no_gpu_work_of_another_trial_overlaps_a_capture(small_data, fake_cuda):
 def test_an_on_epoch_that_blocks_stalls_no_other_trial(small_data, fake_cuda):
     """A trial whose on_epoch blocks for 1.5 s (a storage outage) holds no part of the GPU lock
     meanwhile: a trial started then captures, trains and finishes its 3 epochs during the wait."""
-    from nas.gpulock import GPU
+    from nas.train.gpulock import GPU
 
     graphs, rec = fake_cuda
     tiny = subset(small_data, 256, 64)
@@ -545,7 +543,7 @@ def test_a_failed_capture_is_cleaned_up_before_the_eager_fallback(small_data, fa
     with dropout: the graph is destroyed, the allocator told the capture ended, the generator's
     capture state cleared and the failure counted, all before the fallback's first eager step;
     the trial then trains eagerly and learns. The failed pool is not used again."""
-    import nas.train as t
+    import nas.train.engine as t
 
     graphs, rec = fake_cuda
     graphs.fail, graphs.per_capture = True, False
@@ -588,7 +586,7 @@ def test_dropout_gets_its_own_generator_only_where_the_torch_shares_one(small_da
 
 def test_norm_and_bias_decay_is_a_setting(small_data):
     """decay_norm_bias=False leaves BatchNorm weights and biases (the 1-D parameters) undecayed."""
-    from nas.train import _Trial
+    from nas.train.engine import _Trial
 
     model = train(load_arch(SEED), subset(small_data, 128, 64), TrainConfig(epochs=1, batch_size=64)).packed
     decayed = lambda trial: {p.ndim: g["weight_decay"] for g in trial.opt.param_groups for p in g["params"]}  # noqa: E731
@@ -602,7 +600,7 @@ def test_the_weight_average_is_what_validation_and_export_see(small_data):
     """With ema_half_life the trained network is the average: it differs from the live weights,
     its validation figures are its own, and a half-life of a hundredth of an epoch tracks the
     live weights closely while one of an epoch lags."""
-    from nas.train import _Trial
+    from nas.train.engine import _Trial
 
     tiny, arch = subset(small_data, 512, 256), load_arch(SEED)
     plain = train(arch, tiny, TrainConfig(epochs=2, batch_size=64, seed=1))
@@ -616,7 +614,7 @@ def test_the_weight_average_is_what_validation_and_export_see(small_data):
 
 
 def build_seed():
-    from nas.model import build
+    from nas.arch.model import build
 
     torch.manual_seed(0)
     return build(load_arch(SEED))
@@ -657,7 +655,7 @@ def test_the_graph_step_averages_and_capture_puts_the_average_back(small_data, f
     """The step a CUDA graph captures updates the average (device-tensor learning rate, fused
     optimizer), as the eager step does; capture() runs warm-up steps and leaves the average as it
     was, so the first replay is the run's first update (graph engine on the CPU, as above)."""
-    from nas.train import _Trial
+    from nas.train.engine import _Trial
 
     x, y = small_data.train.x[:64].contiguous(memory_format=torch.channels_last), small_data.train.y[:64, None]
     cfg = TrainConfig(epochs=1, batch_size=64, ema_half_life=0.5)

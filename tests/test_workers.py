@@ -12,9 +12,9 @@ import pytest
 from optuna.trial import TrialState
 from pgserver import postgres  # noqa: F401 - fixture
 
-from nas import storage as st
+from nas.study import storage as st
 from nas.errors import SpecError
-from nas.storage import finished
+from nas.study.storage import finished
 
 TINY = ["--train-size", "400", "--val-size", "200", "--target-accuracy", "0.5"]
 

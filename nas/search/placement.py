@@ -4,7 +4,7 @@ worker imports torch, and the plan is tested without a GPU.
 
 On a GPU, separate processes take turns (no MPS), while trials in one process on separate CUDA
 streams overlap: so the default is one process per GPU running DEFAULT_TRIALS_PER_GPU trials at a
-time in threads (nas.train is thread-safe). On the CPU, trials run eagerly and the cores are the
+time in threads (nas.train.engine is thread-safe). On the CPU, trials run eagerly and the cores are the
 limit: N processes with the CPU threads split between them, one trial each.
 """
 

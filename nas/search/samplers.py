@@ -1,7 +1,7 @@
 """The samplers a study can use (`--sampler`, stored with the study), made alike by every worker.
 
-Every sampler sees the same parameters on every trial (nas.space.genome: a fixed-length encoding),
-and every trial carries the study's constraints (nas.resources.constraints), which Optuna's TPE,
+Every sampler sees the same parameters on every trial (nas.space.spaces.genome: a fixed-length encoding),
+and every trial carries the study's constraints (nas.arch.budgets.constraints), which Optuna's TPE,
 NSGA-II and GP samplers read. `evolution` is nas's own: it mutates one choice of a parent drawn from
 the study's current Pareto front and proposes only children that are valid, within the budgets and
 not tried before, since it can build the architecture a genome stands for.
@@ -20,11 +20,11 @@ from optuna.samplers import BaseSampler, RandomSampler
 from optuna.trial import FrozenTrial, TrialState
 
 from nas.errors import UsageError
-from nas.settings import SAMPLERS
-from nas.space import decode, genome, point_key
+from nas.space.spaces import decode, genome, point_key
+from nas.study.settings import SAMPLERS
 
 if TYPE_CHECKING:
-    from nas.settings import StudySettings
+    from nas.study.settings import StudySettings
 
 NSGA2_POPULATION = 16
 
@@ -104,7 +104,7 @@ class EvolutionSampler(BaseSampler):
         self._plans.pop(trial._trial_id, None)
 
     def parents(self, study: optuna.Study) -> list[FrozenTrial]:
-        from nas.analytics import pareto_front
+        from nas.study.analytics import pareto_front
 
         if self.settings.objective == "accuracy":
             done = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
@@ -151,9 +151,9 @@ class EvolutionSampler(BaseSampler):
 
     def admissible(self, g: dict[str, Any], known: set[str]) -> bool:
         """Valid, within every budget of the study, and not trained or drawn before."""
-        from nas.arch import costs
+        from nas.arch.budgets import violations
+        from nas.arch.spec import costs
         from nas.errors import SpecError
-        from nas.resources import violations
 
         arch, cfg = decode(self.space, g, self.settings.max_epochs)
         cfg = self.settings.trial_config(cfg)

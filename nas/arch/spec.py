@@ -88,7 +88,7 @@ class Arch:
     input: tuple[int, int, int] = (1, 28, 28)
     classes: int = 10
     name: str = ""
-    # Optional training settings that travel with the architecture (see nas.config.TrainConfig).
+    # Optional training settings that travel with the architecture (see nas.train.config.TrainConfig).
     train: dict[str, Any] = field(default_factory=dict)
 
 
@@ -387,7 +387,7 @@ def arch_to_dict(arch: Arch) -> dict[str, Any]:
     return out
 
 
-BUILTIN = Path(__file__).resolve().parent / "search_spaces"  # shipped as package data
+BUILTIN = Path(__file__).resolve().parent.parent / "search_spaces"  # shipped as package data
 
 
 def locate(name: str | Path, folder: Path, what: str) -> Path:

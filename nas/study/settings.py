@@ -13,16 +13,16 @@ from dataclasses import dataclass, field, fields, replace
 from functools import cached_property
 from typing import Any
 
-from nas.arch import arch_from_dict, arch_to_dict, builtin_archs, costs
-from nas.config import DEFAULT_EPOCHS, TrainConfig
-from nas.datasets import MNIST, DatasetSpec
+from nas.arch.budgets import NAMES as RESOURCE_NAMES
+from nas.arch.budgets import RESOURCES, flag, violations
+from nas.arch.spec import arch_from_dict, arch_to_dict, builtin_archs, costs
+from nas.data.datasets import MNIST, DatasetSpec
 from nas.errors import SpecError
-from nas.resources import NAMES as RESOURCE_NAMES
-from nas.resources import RESOURCES, flag, violations
-from nas.space import DEFAULT_SPACE, Space, cheapest, params_for, read_space, space_for
+from nas.space.spaces import DEFAULT_SPACE, Space, cheapest, params_for, read_space, space_for
+from nas.train.config import DEFAULT_EPOCHS, TrainConfig
 
 PRUNING_MODES = ("on", "observe", "off")
-SAMPLERS = ("tpe", "nsga2", "gp", "random", "evolution")  # made by nas.samplers.make_sampler
+SAMPLERS = ("tpe", "nsga2", "gp", "random", "evolution")  # made by nas.search.samplers.make_sampler
 OBJECTIVES = ("pareto", "accuracy")
 DEFAULT_SEED_ARCH = "seed_9274"
 
@@ -40,7 +40,7 @@ class StudySettings:
     """One search's definition; every field is a `nas search` flag of the same name."""
 
     max_params: int = 20_000
-    # Further budgets (nas.resources; None: no limit): MACs per image, peak int8 activation
+    # Further budgets (nas.arch.budgets; None: no limit): MACs per image, peak int8 activation
     # memory and int8 model size in KB of 1,000 bytes, and the resource the Pareto front minimises.
     max_macs: int | None = None
     max_activation_kb: float | None = None
@@ -51,10 +51,10 @@ class StudySettings:
     objective: str = "pareto"
     pruning: str = "on"
     # The convergence rule: judged from this fraction of the epochs on, with this slack
-    # (nas.analytics.ConvergenceRule says how they were chosen).
+    # (nas.study.analytics.ConvergenceRule says how they were chosen).
     prune_start: float = 0.75
     prune_slack: float = 0.06
-    # Pareto-aware early stopping (nas.analytics.ParetoRule): rungs as fractions of the epochs (after
+    # Pareto-aware early stopping (nas.study.analytics.ParetoRule): rungs as fractions of the epochs (after
     # OneCycle's warm-up), and eta: a trial stops at a rung when it is not in the top 1/eta of the
     # trials that reached it at no larger cost. () turns the rule off.
     stop_rungs: tuple[float, ...] = ()  # the Pareto rule is off: replayed on 216 curves its safe candidates saved 1-6 %, and on a held-out study the chosen one stopped 2 front members (README)
@@ -63,12 +63,12 @@ class StudySettings:
     val_size: int | None = None  # None: the data's default (DatasetSpec.default_val_size, 10,000 for MNIST)
     seeds_per_trial: int = 1
     seed: int = 0
-    sampler: str = "tpe"  # nas.samplers.SAMPLERS
+    sampler: str = "tpe"  # nas.search.samplers.SAMPLERS
     space: dict[str, Any] = field(default_factory=_default_space)  # the space file's content
     # Architectures (not paths) enqueued as a new study's first trials. None: every built-in
     # architecture that is a point of the space and within the budgets (builtin_seeds).
     seed_archs: tuple[dict[str, Any], ...] | None = None
-    # The data (nas.datasets): what it is, not where it lies, so every machine checks its copy against it.
+    # The data (nas.data.datasets): what it is, not where it lies, so every machine checks its copy against it.
     dataset: DatasetSpec = MNIST
 
     def __post_init__(self) -> None:
@@ -145,7 +145,7 @@ class StudySettings:
 
     @cached_property
     def parsed_space(self) -> Space:
-        """The space as this study searches it, on its data (nas.space.space_for)."""
+        """The space as this study searches it, on its data (nas.space.spaces.space_for)."""
         return space_for(self.space, self.dataset, f"search space {self.space.get('name', '')}".strip())
 
     @cached_property
@@ -162,7 +162,7 @@ class StudySettings:
 
     def check_reachable(self) -> None:
         """Refuse budgets that no architecture of the space meets: every trial would be pruned
-        before training, and the search would end saying "search longer" (nas.space.cheapest
+        before training, and the search would end saying "search longer" (nas.space.spaces.cheapest
         finds the space's cheapest architectures exactly, in a fraction of a second)."""
         limits = [(r, r.limit(self)) for r in RESOURCES if r.limit(self) is not None]
         corners = cheapest(self.parsed_space)

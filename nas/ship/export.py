@@ -5,7 +5,7 @@ ONNX (fp32 and int8) and friends, and prove the saved models predict as the trai
 The shipped models take pixels as people have them (float in [0, 1], [N, C, H, W] as the data
 has them): the data's normalisation is inside them, so a caller cannot forget it. What they take
 (size, channels, class names, the polarity of the training images) is stored in them
-(nas.predict.ModelInfo), so `nas predict` needs nothing else."""
+(nas.ship.predict.ModelInfo), so `nas predict` needs nothing else."""
 
 from __future__ import annotations
 
@@ -27,17 +27,17 @@ import torch
 from torch import nn
 
 import nas
-from nas import deploy
-from nas.arch import Arch, arch_to_toml, costs, param_count, receptive_field
-from nas.resources import trial_attrs
-from nas.data import Data, Split, load_full_train, load_test
-from nas.datasets import MNIST, Dataset, DatasetSpec, background
-from nas.predict import INFO, ModelInfo, jit_quietly, pixels
-from nas.analytics import count
-from nas.summary import batchnorm_line, summary_table
-from nas.config import TrainConfig
-from nas.model import deployed
-from nas.train import Epoch, accuracy, predict, train
+from nas.arch.budgets import trial_attrs
+from nas.arch.model import deployed
+from nas.arch.spec import Arch, arch_to_toml, costs, param_count, receptive_field
+from nas.arch.summary import batchnorm_line, summary_table
+from nas.data.datasets import MNIST, Dataset, DatasetSpec, background
+from nas.data.tensors import Data, load_full_train, load_test
+from nas.ship import deploy
+from nas.ship.predict import INFO, ModelInfo, jit_quietly, pixels
+from nas.study.analytics import count
+from nas.train.config import TrainConfig
+from nas.train.engine import Epoch, accuracy, predict, train
 
 # Runs in a fresh, isolated interpreter (-I) where nas cannot be imported: only torch is needed
 # to load and run the exported model (argv: kind "pt" or "pt2", model, inputs, outputs).
@@ -73,7 +73,7 @@ class Source:
 
 
 def from_trial(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> Source:
-    from nas.arch import arch_from_dict
+    from nas.arch.spec import arch_from_dict
 
     arch = arch_from_dict(json.loads(trial.user_attrs["arch"]), f"trial {trial.number}")
     cfg = TrainConfig(**trial.user_attrs["train_config"])
@@ -188,7 +188,7 @@ def _export(source: Source, out: Path, ds: Dataset, device: torch.device, seeds:
     info = model_info(ds)
     cfg0 = replace(source.cfg, seed=0, epochs=epochs or source.cfg.epochs).fitted(len(full))
     start = time.perf_counter()
-    # The seeds train at once as one packed network (nas.model); copy k is what seed k gives alone.
+    # The seeds train at once as one packed network (nas.arch.model); copy k is what seed k gives alone.
     trained = train(source.arch, data, cfg0, on_epoch=lambda e: log(_line(e, cfg0.epochs, seeds)), seeds=seeds, on_progress=on_progress)
     seconds = time.perf_counter() - start
     runs = []
@@ -362,7 +362,7 @@ torch 2.14 recommends), checked in a fresh process like `model.pt`:
 
     model = torch.export.load("model.pt2").module()
 
-`state_dict.pt` holds the bare network's weights (for `nas.model.build` of `architecture.toml`),
+`state_dict.pt` holds the bare network's weights (for `nas.arch.model.build` of `architecture.toml`),
 which expects normalised input, `(x - mean) / std` per channel with mean {list(d.mean)} and std {list(d.std)}.
 
 {onnx_card(m.get('onnx'), c.model_int8, c.model_fp32, batchnorm_line(arch))}

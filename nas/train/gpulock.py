@@ -1,11 +1,11 @@
 """The GPU lock: which thread of a process may issue CUDA work while another captures a CUDA graph.
 
-Several trials share a GPU as threads of one process (nas.placement), each on its own CUDA stream.
+Several trials share a GPU as threads of one process (nas.search.placement), each on its own CUDA stream.
 A capture must see no other CUDA work of the process: on torch 2.11 `capture_begin` marks the
 default CUDA generator as capturing for the whole process, so a replay or a dropout in another
 thread raises; a device-wide synchronize (cuDNN autotuning a new shape, `empty_cache`) invalidates
 the capture; destroying a graph races with `capture_begin`. So the work of a trial comes in two
-kinds (nas.train uses this module for both):
+kinds (nas.train.engine uses this module for both):
 
 - **exclusive**, alone in the process: seeding and building a network, warm-up and capture, a
   trial's first step and first validation (new shapes: cuDNN autotunes and synchronizes the

@@ -73,7 +73,7 @@ DEFAULT = "mnist"
 HELD_OUT = 1 / 7  # of x held out as the test set when a file has no x_test (MNIST's 10,000 of 70,000) ...
 MAX_HELD_OUT = 10_000  # ... at most this many
 VAL_SHARE, MAX_VAL = 1 / 6, 10_000  # the default validation split: a sixth of the training images (MNIST's 10,000 of 60,000), at most 10,000
-MAX_CHANNELS, MAX_SIDE, MAX_CLASSES = 4, 4096, 4096  # grey, grey + alpha, RGB, RGBA; nas.arch's limits
+MAX_CHANNELS, MAX_SIDE, MAX_CLASSES = 4, 4096, 4096  # grey, grey + alpha, RGB, RGBA; nas.arch.spec's limits
 NPZ_KEYS = ("x", "y", "x_test", "y_test", "class_names")
 _IDX_TYPES = {0x08: "uint8"}  # IDX type code -> numpy dtype
 
@@ -91,7 +91,7 @@ class DatasetSpec:
     held_out: bool  # the test images were held out of x (the file had no x_test)
     mean: tuple[float, ...]  # per channel, of the training pixels in [0, 1]
     std: tuple[float, ...]
-    sha256: str  # of the decoded arrays (nas.datasets.digest)
+    sha256: str  # of the decoded arrays (nas.data.datasets.digest)
     class_names: tuple[str, ...] | None = None
     path: str | None = field(default=None, compare=False)  # where a user's file or folder was when the study was made
 
@@ -469,7 +469,14 @@ class _Bar:
 
     def __init__(self, label: str) -> None:
         from rich.console import Console
-        from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeRemainingColumn, TransferSpeedColumn
+        from rich.progress import (
+            BarColumn,
+            DownloadColumn,
+            Progress,
+            TextColumn,
+            TimeRemainingColumn,
+            TransferSpeedColumn,
+        )
 
         self.progress = Progress(TextColumn(label), BarColumn(), DownloadColumn(), TransferSpeedColumn(), TimeRemainingColumn(),
                                  console=Console(stderr=True), transient=True)

@@ -1,7 +1,7 @@
 """A study as files a person can review offline: trials.csv (one flat row per trial) and
 report.html, one self-contained page (plotly.js inlined once) that needs no network.
 
-Torch-free: everything comes from the study's attributes, through nas.analytics and nas.notes.
+Torch-free: everything comes from the study's attributes, through nas.study.analytics and nas.study.notes.
 """
 
 from __future__ import annotations
@@ -16,10 +16,21 @@ import optuna
 import plotly.graph_objects as go
 from optuna.trial import FrozenTrial, TrialState
 
-from nas.analytics import ConvergenceRule, best_trial, count, duration, minimized, pareto_front, pareto_replays, pruning_savings, rule_replays, study_settings
-from nas.notes import arch_line, counts_line, ending, pct, settings_rows, time_spent, trial_arch
-from nas.resources import FP32_ATTRS, RESOURCES
-from nas.summary import summary_table
+from nas.arch.budgets import FP32_ATTRS, RESOURCES
+from nas.arch.summary import summary_table
+from nas.study.analytics import (
+    ConvergenceRule,
+    best_trial,
+    count,
+    duration,
+    minimized,
+    pareto_front,
+    pareto_replays,
+    pruning_savings,
+    rule_replays,
+    study_settings,
+)
+from nas.study.notes import arch_line, counts_line, ending, pct, settings_rows, time_spent, trial_arch
 
 # Outcome -> (colour, line dash) in the learning curves; a legend entry each.
 STYLES = {

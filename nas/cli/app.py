@@ -16,14 +16,14 @@ from typing import Annotated, Any, Callable, Optional
 
 import typer
 
-from nas.config import MIN_UPDATES, OPTIMIZERS, REFERENCE_BATCH, TrainConfig
-from nas.datasets import DEFAULT as DEFAULT_DATASET
-from nas.datasets import MAX_VAL, NAMED
-from nas.placement import DEFAULT_TRIALS_PER_GPU
-from nas.resources import NAMES as RESOURCE_NAMES
-from nas import interrupt
+from nas.arch.budgets import NAMES as RESOURCE_NAMES
+from nas.data.datasets import DEFAULT as DEFAULT_DATASET
+from nas.data.datasets import MAX_VAL, NAMED
 from nas.errors import UsageError, UserError
-from nas.settings import OBJECTIVES, PRUNING_MODES, SAMPLERS, StudySettings
+from nas.search import interrupt
+from nas.search.placement import DEFAULT_TRIALS_PER_GPU
+from nas.study.settings import OBJECTIVES, PRUNING_MODES, SAMPLERS, StudySettings
+from nas.train.config import MIN_UPDATES, OPTIMIZERS, REFERENCE_BATCH, TrainConfig
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False, rich_markup_mode=None,
                   help="Search for small fully convolutional networks under a hard parameter budget.")
@@ -119,8 +119,8 @@ def _options(
 @app.command(short_help="Print an architecture's layer table.")
 def summary(arch: Annotated[str, typer.Argument(help="Architecture .toml file, or a built-in one by name (seed_9274).")]) -> None:
     """Print the layer table (output shape, parameters, receptive field) of an architecture."""
-    from nas.arch import load_arch
-    from nas.summary import summary_table
+    from nas.arch.spec import load_arch
+    from nas.arch.summary import summary_table
 
     say(summary_table(load_arch(arch)))
 
@@ -150,12 +150,12 @@ def train(
     import torch
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
-    from nas import data as loader
-    from nas import datasets
-    from nas.analytics import count
-    from nas.arch import arch_to_toml, load_arch
-    from nas.train import check_fits, evaluate
-    from nas.train import train as fit
+    from nas.arch.spec import arch_to_toml, load_arch
+    from nas.data import datasets
+    from nas.data import tensors as loader
+    from nas.study.analytics import count
+    from nas.train.engine import check_fits, evaluate
+    from nas.train.engine import train as fit
 
     spec = load_arch(arch)
     overrides = {k: v for k, v in dict(epochs=epochs, seed=seed, batch_size=batch_size, lr=lr, augment=augment,
@@ -211,12 +211,12 @@ def space_show(
     data_dir: DataDir = None,
 ) -> None:
     """Print a search space, its size and estimates of its parameters, MACs, activation memory and model size."""
-    from nas.space import describe, load_space, read_space, space_for
+    from nas.space.spaces import describe, load_space, read_space, space_for
 
     if dataset is None:
         space = load_space(file)
     else:
-        from nas import datasets
+        from nas.data import datasets
 
         space = space_for(read_space(file), datasets.read(dataset, data_dir, log=say).spec, str(file))
     say(describe(space, max_params=max_params, max_macs=max_macs, max_activation_kb=max_activation_kb, max_model_kb=max_model_kb))
@@ -263,8 +263,8 @@ def search(
 
     The flags that define a study are stored with it at creation; a resumed study reads them
     back, and a flag that disagrees is refused."""
-    from nas.arch import arch_to_dict, load_arch
-    from nas.space import read_space
+    from nas.arch.spec import arch_to_dict, load_arch
+    from nas.space.spaces import read_space
 
     given: dict[str, Any] = {k: v.value if isinstance(v, Enum) else v for k, v in dict(
         max_params=max_params, max_macs=max_macs, max_activation_kb=max_activation_kb, max_model_kb=max_model_kb, minimize=minimize, max_epochs=max_epochs, target_accuracy=target_accuracy, objective=objective, pruning=pruning,
@@ -277,7 +277,7 @@ def search(
     if no_seed_arch or seed_arch:
         given["seed_archs"] = tuple(arch_to_dict(load_arch(p)) for p in seed_arch or ())
     if dataset is not None:
-        from nas import datasets
+        from nas.data import datasets
 
         given["dataset"] = datasets.read(dataset, data_dir, log=say).spec
     settings = StudySettings(**given)  # validates every flag before anything is created
@@ -305,8 +305,8 @@ def worker(
 
 
 def _run_options(workers: int | None, trials_per_gpu: int, device: Device, dataset: str | None, data_dir: Path | None, artifacts: Path | None):
-    """The per-machine options of a search run (nas.search.Run)."""
-    from nas.search import Run
+    """The per-machine options of a search run (nas.search.worker.Run)."""
+    from nas.search.worker import Run
 
     return Run(device.value, str(data_dir) if data_dir else None, workers, trials_per_gpu, str(artifacts) if artifacts else None, dataset)
 
@@ -315,10 +315,9 @@ def _run_search(study_name: str, storage: str, settings: StudySettings | None, g
                 timeout: float | None, run) -> None:
     import time
 
-    from nas import analytics
-    from nas import search as s
-
-    from nas import storage as st
+    from nas.search import worker as s
+    from nas.study import analytics
+    from nas.study import storage as st
 
     if settings is None and st.stored_settings(study_name, storage) is None:  # a worker of no study: its error is all it prints
         st.load_study(study_name, storage)  # raises the one line (no such storage or study, or not one nas search made)
@@ -332,10 +331,10 @@ def _run_search(study_name: str, storage: str, settings: StudySettings | None, g
 @app.command(short_help="Print the best architecture of a study.")
 def best(study_name: StudyName = "mnist", storage: Storage = DEFAULT_STORAGE) -> None:
     """Print the best architecture of a study (smallest one meeting the target) as a layer table."""
-    from nas import analytics
-    from nas.arch import arch_from_dict
-    from nas.storage import load_study
-    from nas.summary import summary_table
+    from nas.arch.spec import arch_from_dict
+    from nas.arch.summary import summary_table
+    from nas.study import analytics
+    from nas.study.storage import load_study
 
     study = load_study(study_name, storage)
     say(analytics.summary(study))
@@ -364,8 +363,8 @@ def dashboard(
     import optuna
     import optuna_dashboard
 
-    from nas import notes
-    from nas import storage as st
+    from nas.study import notes
+    from nas.study import storage as st
 
     loc = st.parse(storage)
     backend = optuna.storages.get_storage(st.open_storage(loc, create=False))
@@ -415,9 +414,9 @@ def report(
     out: Annotated[Path, typer.Option(file_okay=False, help="Folder for trials.csv and report.html (made if missing; their earlier versions are replaced).")] = Path("runs/report"),
 ) -> None:
     """Write trials.csv and a self-contained report.html (Pareto front, history, importances, curves)."""
-    from nas import analytics
-    from nas.report import rule_table, write_report
-    from nas.storage import load_study
+    from nas.study import analytics
+    from nas.study.report import rule_table, write_report
+    from nas.study.storage import load_study
 
     study = load_study(study_name, storage)
     _writable(out)
@@ -453,12 +452,13 @@ def export(
 ) -> None:
     """Retrain the winner on all the data's training images, test it once, and write it as TorchScript (model.pt), a torch.export
     program (model.pt2) and, with the onnx extra, ONNX (fp32 and int8)."""
-    from nas import analytics, datasets
-    from nas import export as ex
-    from nas.analytics import count
-    from nas.arch import load_arch, param_count
-    from nas.storage import load_study
-    from nas.train import check_fits
+    from nas.arch.spec import load_arch, param_count
+    from nas.data import datasets
+    from nas.ship import export as ex
+    from nas.study import analytics
+    from nas.study.analytics import count
+    from nas.study.storage import load_study
+    from nas.train.engine import check_fits
 
     if arch is not None and study_name is not None:
         raise UsageError("give either --study NAME (best or --trial N of a study) or --arch FILE, not both")
@@ -492,7 +492,7 @@ def export(
         print(f"error: {e}", file=sys.stderr)
         raise typer.Exit(1) from None
     if study_name is not None:  # the study remembers its exports (report, study note) and offers their files for download
-        from nas import notes
+        from nas.study import notes
 
         notes.record_export(study, m, out, notes.artifact_store_for(storage, artifacts)[1])
     say(f"test accuracy {100 * m['test_acc']:.2f} % (seeds: mean {100 * m['test_acc_mean']:.2f} %, range {100 * m['test_acc_min']:.2f}-{100 * m['test_acc_max']:.2f} %), "
@@ -519,7 +519,7 @@ def predict(
         "and inverted first when its background is the opposite of the training images' (a dark digit on light paper for MNIST)."))],
 ) -> None:
     """Print the class an exported model sees in each image (fed as pixels in [0, 1]), with its name where the data has names."""
-    from nas.predict import classify, load_images, load_model
+    from nas.ship.predict import classify, load_images, load_model
 
     net, info = load_model(model)
     pictures = [load_images(path, info) for path in images]  # every input is checked before any output
@@ -558,7 +558,7 @@ def _writable(out: Path) -> None:
 
 
 def _device(device: Device):
-    from nas.train import resolve_device
+    from nas.train.engine import resolve_device
 
     return resolve_device(device.value)
 

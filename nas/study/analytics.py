@@ -15,8 +15,8 @@ from typing import Any
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
-from nas.resources import Resource, resource
-from nas.settings import StudySettings, rung_epochs
+from nas.arch.budgets import Resource, resource
+from nas.study.settings import StudySettings, rung_epochs
 
 
 def study_settings(study: optuna.Study) -> StudySettings:

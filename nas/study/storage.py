@@ -31,7 +31,7 @@ from optuna.exceptions import UpdateFinishedTrialError
 from optuna.trial import FrozenTrial, TrialState
 
 from nas.errors import SpecError
-from nas.settings import StudySettings
+from nas.study.settings import StudySettings
 
 warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)  # artifacts, constraints: stable enough for us
 

@@ -2,14 +2,14 @@
 
 Every epoch is a fresh shuffle (and augmentation) of the whole training split, made in a few
 batched calls on the device and sliced into static batches: the last partial batch is dropped and
-Epoch.images counts what was trained on (nas.data.static_batches). `_Trial.step` is the one
+Epoch.images counts what was trained on (nas.data.tensors.static_batches). `_Trial.step` is the one
 training step: learning rate from the step counter, forward, loss, backward, update, loss summed
 on the device. The eager engine calls it once per batch (always on CPU; on CUDA when capture
 fails); the graph engine (CUDA) captures it once per trial in a CUDA graph and replays it per batch
 after copying the batch into static buffers. Either way the host waits for the device once per
 epoch, to read the losses and the validation figures together.
 
-K seeds train as one packed network (nas.model.build(arch, copies=K)): copy k starts from the
+K seeds train as one packed network (nas.arch.model.build(arch, copies=K)): copy k starts from the
 weights a plain network gets under torch.manual_seed(cfg.seed + k) and sees its own shuffled,
 augmented batches, so it is, up to float rounding, what training alone with that seed gives.
 Dropout draws its mask per element of the packed tensor, so each copy gets masks of its own, as a
@@ -17,7 +17,7 @@ separate run would, but not that run's random numbers: with dropout, copies matc
 in distribution only.
 
 Several trials may train at once in threads of one process, each on its own CUDA stream. They take
-turns on the GPU through nas.gpulock: a capture (with its warm-up), a trial's first step and first
+turns on the GPU through nas.train.gpulock: a capture (with its warm-up), a trial's first step and first
 validation, seeding and graph destruction run alone; steps, replays, later validations, an epoch's
 shuffle and the read of its figures run shared; callbacks run outside the lock. _Graphs holds the
 CUDA-graph state of the process: graph memory pools reused across trials, failed captures
@@ -39,13 +39,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from nas.arch import Arch
-from nas.config import TrainConfig
-from nas.data import Data, Split, shuffled_epoch, static_batches
-from nas.datasets import DatasetSpec
+from nas.arch.model import build, pack, unpack
+from nas.arch.spec import Arch
+from nas.data.datasets import DatasetSpec
+from nas.data.tensors import Data, Split, shuffled_epoch, static_batches
 from nas.errors import SpecError, UsageError
-from nas.gpulock import GPU
-from nas.model import build, pack, unpack
+from nas.train.config import TrainConfig
+from nas.train.gpulock import GPU
 
 PRECISIONS = ("fp32", "bf16")
 # On CUDA: the reference graph (issue 7) trained in fp32 at the figures it reports, and bf16 with
@@ -59,7 +59,7 @@ CUDNN_BENCHMARK = True  # let cuDNN time its algorithms for each new shape (benc
 CAPTURE_FAILURES_TO_RESTART = 3  # failed captures after which a worker process is re-executed (RestartWorker)
 MEMORY_SHORT = 0.1  # a finished graph trial frees cached GPU memory when less than this share of it is free
 
-# What runs alone and what runs shared on a GPU: nas.gpulock. One CUDA stream per thread, so that
+# What runs alone and what runs shared on a GPU: nas.train.gpulock. One CUDA stream per thread, so that
 # concurrent trials overlap.
 _STREAMS = threading.local()
 
@@ -85,7 +85,7 @@ class Trained:
     arch: Arch = field(repr=False)
 
     def model(self, k: int = 0) -> nn.Module:
-        """Copy k as a plain nas.model.build(arch) network (with one seed: `packed` itself)."""
+        """Copy k as a plain nas.arch.model.build(arch) network (with one seed: `packed` itself)."""
         if len(self.seeds) == 1 and k == 0:
             return self.packed
         return unpack(self.packed, self.arch, k)
@@ -130,7 +130,7 @@ class _CaptureFailed(RuntimeError):
 class RestartWorker(RuntimeError):
     """CAPTURE_FAILURES_TO_RESTART captures failed in this process: each failure may leave memory
     (its graph pool) or CUDA state behind that cannot be freed from Python, so the worker process
-    should re-enqueue its trials and start afresh (nas.search does) rather than go on."""
+    should re-enqueue its trials and start afresh (nas.search.worker does) rather than go on."""
 
 
 def resolve_device(name: str = "auto") -> torch.device:
@@ -301,7 +301,7 @@ class _Trial:
             self.count = steps
 
     def capture(self, x: torch.Tensor, y: torch.Tensor, dropout_seed: int) -> tuple[Any, Any, Callable[[torch.Tensor, torch.Tensor], None]]:
-        """Capture `step` in a CUDA graph on the current stream, alone in the process (nas.gpulock);
+        """Capture `step` in a CUDA graph on the current stream, alone in the process (nas.train.gpulock);
         returns the graph, its memory pool and a feed function that copies a batch into the static
         buffers and replays it (shared with other trials' work).
 
@@ -582,7 +582,7 @@ def train(
     images_total)` is called on the host after every step, counting within the current epoch, with
     no device sync. Raises Diverged when the loss stops being finite. Deterministic for given seeds
     on the CPU; on CUDA up to cuDNN's autotuned algorithm choice. Safe to call from several threads
-    (each runs on its own CUDA stream, taking turns through nas.gpulock); raises RestartWorker when
+    (each runs on its own CUDA stream, taking turns through nas.train.gpulock); raises RestartWorker when
     too many captures failed in the process. `engine` ("auto": a CUDA graph on CUDA, eager elsewhere) and
     `precision` (default: fp32, CUDA_PRECISION on CUDA) are for tests and benchmarks.
 

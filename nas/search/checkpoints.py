@@ -1,8 +1,8 @@
 """Where a trial's training checkpoints live, and how they are written, found and removed.
 
-A trial offers a checkpoint at the end of an epoch once nas.train.CHECKPOINT_SECONDS have passed
+A trial offers a checkpoint at the end of an epoch once nas.train.engine.CHECKPOINT_SECONDS have passed
 since its last one (so a trial of a few seconds writes none). The file is named after the trial's
-config_key (nas.search.config_key: the architecture, its training configuration and the seeds), so
+config_key (nas.search.worker.config_key: the architecture, its training configuration and the seeds), so
 the retry of an interrupted trial, or of one whose worker died, finds it and trains on from there.
 It lives in the study's artifact folder (`checkpoints/<study>/`), which workers on several
 machines share; a server storage given no --artifacts keeps them in this machine's cache, where
@@ -23,10 +23,10 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from nas.storage import parse
+from nas.study.storage import parse
 
 if TYPE_CHECKING:
-    from nas.train import Checkpoint
+    from nas.train.engine import Checkpoint
 
 FORMAT = 1  # of the saved dictionary; a file of another format is ignored
 
@@ -88,7 +88,7 @@ class Checkpoints:
         data sizes, epochs, seeds; `trial` aside), else why not."""
         import torch
 
-        from nas.train import Checkpoint, Epoch
+        from nas.train.engine import Checkpoint, Epoch
 
         path = self.path(key)
         if not path.is_file():

@@ -1,6 +1,6 @@
 """The search: workers that ask the study for trials, train them and tell the results.
 
-A study is its own source of truth (nas.settings, nas.storage): a worker on any machine reads
+A study is its own source of truth (nas.study.settings, nas.study.storage): a worker on any machine reads
 the settings from it. Each trial is pruned before training when it is over the budget or
 invalid, reuses the result of an identical finished trial instead of training again, and is
 pruned while training when it is not on course for the target. Everything a person needs to
@@ -24,22 +24,31 @@ import torch
 from optuna.exceptions import UpdateFinishedTrialError
 from optuna.trial import FrozenTrial, TrialState
 
-from nas import interrupt, notes, placement
-from nas import storage as st
-from nas.analytics import ConvergenceRule, ParetoRule, best_trial, describe_trial, duration, peers_at, study_settings
-from nas.arch import Arch, Costs, arch_to_json, costs, receptive_field
-from nas.checkpoints import Checkpoints
-from nas.config import MIN_UPDATES, TrainConfig
-from nas import datasets
-from nas.data import Data
-from nas.data import load as load_data
+from nas.arch.budgets import constraints, resource, trial_attrs, violations
+from nas.arch.spec import Arch, Costs, arch_to_json, costs, receptive_field
+from nas.data import datasets
+from nas.data.tensors import Data
+from nas.data.tensors import load as load_data
 from nas.errors import SpecError
-from nas.placement import Slot, plan_workers, visible_gpus, worker_cap
-from nas.resources import constraints, resource, trial_attrs, violations
-from nas.samplers import make_sampler
-from nas.settings import StudySettings
-from nas.space import point_key, sample
-from nas.train import CHECKPOINT_SECONDS, Diverged, Epoch, RestartWorker, resolve_device, train
+from nas.search import interrupt, placement
+from nas.search.checkpoints import Checkpoints
+from nas.search.placement import Slot, plan_workers, visible_gpus, worker_cap
+from nas.search.samplers import make_sampler
+from nas.space.spaces import point_key, sample
+from nas.study import notes
+from nas.study import storage as st
+from nas.study.analytics import (
+    ConvergenceRule,
+    ParetoRule,
+    best_trial,
+    describe_trial,
+    duration,
+    peers_at,
+    study_settings,
+)
+from nas.study.settings import StudySettings
+from nas.train.config import MIN_UPDATES, TrainConfig
+from nas.train.engine import CHECKPOINT_SECONDS, Diverged, Epoch, RestartWorker, resolve_device, train
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 # Seconds between a trial's checkpoints; NAS_CHECKPOINT_SECONDS shortens it for tests.
@@ -55,15 +64,15 @@ class Run:
 
     device: str = "auto"
     data_dir: str | None = None
-    workers: int | None = None  # processes on this machine (nas.placement: default one per GPU, or 1)
-    trials_per_gpu: int | None = None  # trials each GPU runs at once (default nas.placement.DEFAULT_TRIALS_PER_GPU)
+    workers: int | None = None  # processes on this machine (nas.search.placement: default one per GPU, or 1)
+    trials_per_gpu: int | None = None  # trials each GPU runs at once (default nas.search.placement.DEFAULT_TRIALS_PER_GPU)
     artifacts: str | None = None  # folder of the artifact store (default: next to a SQLite or journal file)
-    dataset: str | None = None  # --dataset: where the study's data is on this machine (nas.datasets.for_study)
+    dataset: str | None = None  # --dataset: where the study's data is on this machine (nas.data.datasets.for_study)
 
 
 def sampler_seed(seed: int, worker: int) -> int:
     """Each worker's sampler seed: reproducible from --seed and the worker's number, and
-    different for every worker of a study (nas.storage.next_worker), so no two draw alike."""
+    different for every worker of a study (nas.study.storage.next_worker), so no two draw alike."""
     return int.from_bytes(hashlib.sha256(f"{seed}/{worker}".encode()).digest()[:4], "little")
 
 
@@ -124,7 +133,7 @@ class Objective:
 
     @staticmethod
     def constrain(trial: optuna.Trial, values: dict[str, float]) -> None:
-        """The same constraint keys on every trial of a study (nas.resources.constraints)."""
+        """The same constraint keys on every trial of a study (nas.arch.budgets.constraints)."""
         for name, value in values.items():
             trial.set_constraint(name, value)
 
@@ -448,7 +457,7 @@ class Worker:
     def requeue(self, trial: optuna.Trial, reason: str, lost_worker: bool = True) -> None:
         """Record a trial this process stops as failed and enqueue a clean copy to run first;
         `lost_worker=False` when the trial did nothing wrong (an interrupt, a restarting worker), so
-        it does not use up the retries of its configuration (nas.storage.MAX_RETRIES)."""
+        it does not use up the retries of its configuration (nas.study.storage.MAX_RETRIES)."""
         with interrupt.held():
             try:
                 trial.set_user_attr("fail_reason", reason)
@@ -542,7 +551,7 @@ def _work_entry(args: tuple) -> None:
 
 
 def plan(run: Run, log: Log = print) -> list[Slot]:
-    """This machine's worker processes (nas.placement): one per GPU running several trials at
+    """This machine's worker processes (nas.search.placement): one per GPU running several trials at
     once, or on the CPU --workers processes (default 1) sharing the cores; more than the machine
     can run at once are not started, and the log says so."""
     device = resolve_device(run.device)

@@ -31,7 +31,7 @@ CALIBRATION_IMAGES = 1000
 QUANTIZATION = ("static quantisation in the QDQ format: symmetric int8 weights with a scale per output channel, "
                 "int8 activations with a scale per tensor (min-max ranges)")
 
-# What each stored tensor is for. The first four are what nas.arch's model bytes count; the rest
+# What each stored tensor is for. The first four are what nas.arch.spec's model bytes count; the rest
 # is the format's (zero points, the bias scales QDQ stores though they are input x weight scales),
 # per-tensor quantisation parameters, and the graph's own constants.
 BUDGETED = ("conv weights", "weight scales", "biases", "kept BatchNorm")

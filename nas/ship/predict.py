@@ -13,7 +13,7 @@ from pathlib import Path
 
 import torch
 
-from nas import datasets
+from nas.data import datasets
 from nas.errors import DataError, UsageError
 
 INFO = "nas.json"  # model.pt's extra file, and the key of the ONNX files' metadata, that holds ModelInfo
@@ -29,7 +29,7 @@ class ModelInfo:
     dataset: str = "mnist"
     input: tuple[int, int, int] = (1, 28, 28)  # channels, height, width
     class_names: tuple[str, ...] | None = None
-    background: str = "dark"  # of the training images' edges (nas.datasets.background)
+    background: str = "dark"  # of the training images' edges (nas.data.datasets.background)
 
     def to_json(self) -> str:
         return json.dumps(asdict(self))
@@ -104,7 +104,7 @@ class OnnxModel:
     """An exported model.onnx or model.int8.onnx, run by onnxruntime and called like model.pt."""
 
     def __init__(self, path: Path):
-        from nas.deploy import INPUT, INSTALL
+        from nas.ship.deploy import INPUT, INSTALL
 
         try:
             import onnxruntime as ort

@@ -17,14 +17,37 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol, Sequence
 
-from nas.arch import (BUILTIN, CONVS, HEADS, MAX_CHANNELS, MAX_STRIDE, ORDERS, POOLS, Arch, Conv, Costs, Dropout, Head, Pool, SepConv, arch_to_json,
-                      builtin_names, classes, costs, input_shape, locate, plan, read_toml, step_costs)
-from nas.config import DEFAULT_EPOCHS, OPTIMIZERS, TrainConfig
+from nas.arch.budgets import RESOURCES
+from nas.arch.spec import (
+    BUILTIN,
+    CONVS,
+    HEADS,
+    MAX_CHANNELS,
+    MAX_STRIDE,
+    ORDERS,
+    POOLS,
+    Arch,
+    Conv,
+    Costs,
+    Dropout,
+    Head,
+    Pool,
+    SepConv,
+    arch_to_json,
+    builtin_names,
+    classes,
+    costs,
+    input_shape,
+    locate,
+    plan,
+    read_toml,
+    step_costs,
+)
 from nas.errors import SpecError
-from nas.resources import RESOURCES
+from nas.train.config import DEFAULT_EPOCHS, OPTIMIZERS, TrainConfig
 
 if TYPE_CHECKING:
-    from nas.datasets import DatasetSpec
+    from nas.data.datasets import DatasetSpec
 
 PADDINGS = ("same", "valid")
 DROPOUT_PLACES = ("block", "pool")  # after every conv block, or once after each pooling
@@ -476,7 +499,7 @@ def architecture_count(space: Space) -> int:
 
 def describe(space: Space, samples: int = 4000, **limits: float | None) -> str:
     """Human-readable summary of a space: its size and, from random draws, the range of each
-    resource (nas.resources) and the share of draws within the limits given, by their
+    resource (nas.arch.budgets) and the share of draws within the limits given, by their
     StudySettings names (max_params=20_000, max_activation_kb=2.5, ...; None: no limit)."""
     unknown = sorted(set(limits) - {r.setting for r in RESOURCES})
     if unknown:

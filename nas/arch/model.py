@@ -1,4 +1,4 @@
-"""The one builder: an Arch becomes an nn.Sequential, module for module as nas.arch.plan says.
+"""The one builder: an Arch becomes an nn.Sequential, module for module as nas.arch.spec.plan says.
 
 `build(arch, copies=K)` lays out K independent copies of the network as one: every conv is grouped
 (groups=K, a depthwise conv's groups=K x C) and every BatchNorm has K x C channels, so copy k owns channel block k of every layer and
@@ -16,7 +16,7 @@ import torch
 from torch import nn
 from torch.nn.utils.fusion import fuse_conv_bn_eval
 
-from nas.arch import Arch, plan
+from nas.arch.spec import Arch, plan
 
 # Arguments that count channels, widened K times in a packed network.
 _CHANNELS = {"Conv2d": ("in_channels", "out_channels"), "BatchNorm2d": ("num_features",)}
@@ -85,7 +85,7 @@ class Affine(nn.Module):
 
 @torch.no_grad()
 def deployed(model: nn.Sequential) -> nn.Sequential:
-    """A copy of the network as a deployment holds it, which is what nas.arch.step_costs counts: a
+    """A copy of the network as a deployment holds it, which is what nas.arch.spec.step_costs counts: a
     BatchNorm right after a conv folded into it (order bn_relu), any other one an in-place Affine
     (relu_bn), ReLU in place, Dropout dropped; same outputs as `model` in eval mode. Its weights are
     in the default memory layout: one trained in channels_last would otherwise export its layout

@@ -27,16 +27,16 @@ import optuna
 from optuna.trial import FrozenTrial, TrialState
 from optuna_dashboard._note import get_note_from_system_attrs, save_note_with_version
 
-from nas.analytics import ConvergenceRule, best_trial, count, counts, duration, pareto_front, study_settings
-from nas.arch import CONVS, Arch, Conv, Dropout, Pool, arch_from_dict, arch_to_toml
+from nas.arch.budgets import FP32_ATTRS, RESOURCES
+from nas.arch.spec import CONVS, Arch, Conv, Dropout, Pool, arch_from_dict, arch_to_toml
+from nas.arch.summary import summary_table
 from nas.errors import SpecError
-from nas.resources import FP32_ATTRS, RESOURCES
-from nas.settings import StudySettings
-from nas.space import architecture_count
-from nas.storage import parse
-from nas.summary import summary_table
+from nas.space.spaces import architecture_count
+from nas.study.analytics import ConvergenceRule, best_trial, count, counts, duration, pareto_front, study_settings
+from nas.study.settings import StudySettings
+from nas.study.storage import parse
 
-# Attributes the search sets (nas.search) or that other parts of nas add; anything else a trial
+# Attributes the search sets (nas.search.worker) or that other parts of nas add; anything else a trial
 # carries is listed under "Other attributes" so new attributes show up without a code change.
 KNOWN_ATTRS = frozenset({
     "params", "receptive_field", "arch", "train_config", "device", "curve", "epoch_seconds", "train_seconds", "converged",
@@ -125,7 +125,7 @@ def ending(t: FrozenTrial, settings: StudySettings) -> tuple[str, str]:
         return label, why
     if t.state == TrialState.PRUNED:
         reason = str(a.get("prune_reason", "convergence"))
-        if reason.split(":")[0] == "budget":  # "budget: parameters 13,000 > 12,000; MACs ..." (nas.resources.Violation)
+        if reason.split(":")[0] == "budget":  # "budget: parameters 13,000 > 12,000; MACs ..." (nas.arch.budgets.Violation)
             over = reason.partition(":")[2].strip()
             return "pruned (budget)", f"pruned by budget before training: {over or 'over a limit of the study'}"
         if reason.startswith("invalid"):

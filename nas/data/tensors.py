@@ -1,6 +1,6 @@
 """The data as tensors on the training device: split, normalised, shuffled and augmented there.
 
-nas.datasets reads and checks the data (MNIST, Fashion-MNIST, KMNIST or the user's own, grey or
+nas.data.datasets reads and checks the data (MNIST, Fashion-MNIST, KMNIST or the user's own, grey or
 colour); this module turns it into normalised tensors [N, C, H, W]. Shuffling and augmentation
 work on a whole epoch at once on the training device, and batches are static slices of it, so an
 epoch costs a few batched calls and no per-image Python.
@@ -14,12 +14,13 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from nas import datasets
-from nas.datasets import MNIST, Dataset, DatasetSpec
+from nas.data import datasets
+from nas.data.datasets import MNIST, Dataset, DatasetSpec
 from nas.errors import DataError
 
+
 def read_idx(path: str | Path) -> torch.Tensor:
-    """An IDX file (raw or .gz) as a uint8 tensor (nas.datasets.read_idx)."""
+    """An IDX file (raw or .gz) as a uint8 tensor (nas.data.datasets.read_idx)."""
     return torch.from_numpy(datasets.read_idx(path).copy())
 
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import textwrap
 
-from nas.arch import DEFINITIONS, FP32, INT8, KB, Arch, costs, plan
+from nas.arch.spec import DEFINITIONS, FP32, INT8, KB, Arch, costs, plan
 
 WIDTH = 108
 
