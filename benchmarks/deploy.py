@@ -81,12 +81,18 @@ def measure(folder: Path, x: np.ndarray, labels: np.ndarray, threads: int, repea
         s = session(folder / name, threads)
         predicted = logits(s, x).argmax(1)
         reference = predicted if reference is None else reference
-        out[name] = {**stored(folder / name), "test_acc": float((predicted == labels).mean()), "agreement": float((predicted == reference).mean()),
-                     "us": {batch: microseconds_per_image(s, x, batch, repeats) for batch in BATCHES}}
+        out[name] = {
+            **stored(folder / name),
+            "test_acc": float((predicted == labels).mean()),
+            "agreement": float((predicted == reference).mean()),
+            "us": {batch: microseconds_per_image(s, x, batch, repeats) for batch in BATCHES},
+        }
     recorded = json.loads((folder / "metrics.json").read_text()).get("onnx") or {}
     for name, key in ((FP32, "fp32"), (INT8, "int8")):
         if key in recorded and abs(recorded[key]["test_acc"] - out[name]["test_acc"]) > 1e-6:
-            print(f"warning: {folder / name}: test accuracy {out[name]['test_acc']:.4f} here, {recorded[key]['test_acc']:.4f} in metrics.json")
+            print(
+                f"warning: {folder / name}: test accuracy {out[name]['test_acc']:.4f} here, {recorded[key]['test_acc']:.4f} in metrics.json"
+            )
     return out
 
 
@@ -97,7 +103,9 @@ def rows(m: dict) -> list[str]:
         acc = f"{100 * f['test_acc']:.2f} %" + (f" ({100 * f['agreement']:.2f} % as fp32)" if name == INT8 else "")
         times = " | ".join(f"{statistics.median(f['us'][b]):,.0f}" for b in BATCHES)
         first = f"{m['name']} ({m['params']:,} params)" if name == FP32 else ""
-        lines.append(f"| {first} | {label} `{name}` | {acc} | {f['budgeted_bytes']:,} B ({m['analytic'][name]:,} B) | {f['tensor_bytes']:,} B | {f['file_bytes']:,} B | {times} |")
+        lines.append(
+            f"| {first} | {label} `{name}` | {acc} | {f['budgeted_bytes']:,} B ({m['analytic'][name]:,} B) | {f['tensor_bytes']:,} B | {f['file_bytes']:,} B | {times} |"
+        )
     return lines
 
 
@@ -108,16 +116,22 @@ def main() -> None:
     p.add_argument("--repeats", type=int, default=5, help="timed passes over the test images (default 5)")
     p.add_argument("--data-dir", default=None)
     args = p.parse_args()
-    missing = [f / n for f in args.folders for n in (FP32, INT8, "architecture.toml", "metrics.json") if not (f / n).is_file()]
+    missing = [
+        f / n for f in args.folders for n in (FP32, INT8, "architecture.toml", "metrics.json") if not (f / n).is_file()
+    ]
     if missing:
         p.error(f"{missing[0]} not found: give folders `nas export` wrote with the onnx extra installed")
     images, labels = load_raw(args.data_dir, "test")
     x, y = pixels(images).numpy(), labels.numpy()
     results = [measure(f, x, y, args.threads, args.repeats) for f in args.folders]
     v = versions()
-    print(f"{cpu()}, onnxruntime {v['onnxruntime']} CPU provider, {args.threads} thread(s); time per image: median of {args.repeats} passes over {len(x):,} test images")
+    print(
+        f"{cpu()}, onnxruntime {v['onnxruntime']} CPU provider, {args.threads} thread(s); time per image: median of {args.repeats} passes over {len(x):,} test images"
+    )
     print()
-    print("| network | model | test accuracy | model bytes (analytic) | tensors | file | µs/image, 1 a call | µs/image, 1,000 a call |")
+    print(
+        "| network | model | test accuracy | model bytes (analytic) | tensors | file | µs/image, 1 a call | µs/image, 1,000 a call |"
+    )
     print("|---|---|---|---|---|---|--:|--:|")
     for m in results:
         print("\n".join(rows(m)))
@@ -125,7 +139,9 @@ def main() -> None:
     for m in results:
         for name in (FP32, INT8):
             spread = ", ".join(f"batch {b}: {min(m[name]['us'][b]):,.1f}-{max(m[name]['us'][b]):,.1f}" for b in BATCHES)
-            print(f"{m['name']} {name}: µs/image min-max {spread}; tensors {json.dumps(m[name]['by_dtype'])}, by role {json.dumps(m[name]['by_role'])}")
+            print(
+                f"{m['name']} {name}: µs/image min-max {spread}; tensors {json.dumps(m[name]['by_dtype'])}, by role {json.dumps(m[name]['by_role'])}"
+            )
 
 
 if __name__ == "__main__":

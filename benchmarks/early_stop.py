@@ -45,8 +45,10 @@ def pooled(studies: list, fractions: tuple[float, ...], eta: float) -> dict:
 
 
 def row(label: str, r: dict) -> str:
-    return (f"| {label} | {r['trials']} | {r['stopped']} | {100 * r['saved_fraction']:.0f} % ({r['saved']:.0f} of {r['seconds']:.0f} s) | "
-            f"{len(r['front_lost'])} | {len(r['target_lost'])} |")
+    return (
+        f"| {label} | {r['trials']} | {r['stopped']} | {100 * r['saved_fraction']:.0f} % ({r['saved']:.0f} of {r['seconds']:.0f} s) | "
+        f"{len(r['front_lost'])} | {len(r['target_lost'])} |"
+    )
 
 
 def main() -> None:
@@ -62,19 +64,42 @@ def main() -> None:
     candidates = [pooled(choose, f, eta) for f in RUNG_SETS for eta in ETAS]
     safe = [c for c in candidates if not c["front_lost"] and not c["target_lost"]]
     chosen = max(safe, key=lambda c: c["saved_fraction"]) if safe else None
-    header = ["| rule | curves | stopped | training saved | front members stopped | at-target stopped |", "|---|---|---|---|---|---|"]
+    header = [
+        "| rule | curves | stopped | training saved | front members stopped | at-target stopped |",
+        "|---|---|---|---|---|---|",
+    ]
     lines = [f"Chosen on {len(choose)} studies ({', '.join(s.study_name for s in choose)}):", "", *header]
-    lines += [row(f"rungs {c['rungs']}, eta {c['eta']:g}" + (" **(chosen)**" if c is chosen else ""), c) for c in candidates]
+    lines += [
+        row(f"rungs {c['rungs']}, eta {c['eta']:g}" + (" **(chosen)**" if c is chosen else ""), c) for c in candidates
+    ]
     report = {"chosen": chosen, "candidates": candidates}
     if chosen is not None:
         on_held = pooled([held], tuple(chosen["rungs"]), chosen["eta"])
         settings = study_settings(held)
-        conv = replay_rule(held, ConvergenceRule(settings.target_accuracy, settings.max_epochs, settings.prune_slack, settings.prune_start))
-        conv_row = {"trials": conv["trials"], "stopped": conv["pruned"], "seconds": conv["seconds"], "saved": conv["saved"], "front_lost": [],
-                    "target_lost": conv["wrongly_pruned"], "saved_fraction": conv["saved"] / conv["seconds"] if conv["seconds"] else 0.0}
-        lines += ["", f"Reported on the held-out study {held.study_name}:", "", *header,
-                  row(f"Pareto rule, rungs {chosen['rungs']}, eta {chosen['eta']:g}", on_held),
-                  row(f"convergence rule (from {settings.prune_start:g} of the epochs, slack {settings.prune_slack:g})", conv_row)]
+        conv = replay_rule(
+            held,
+            ConvergenceRule(settings.target_accuracy, settings.max_epochs, settings.prune_slack, settings.prune_start),
+        )
+        conv_row = {
+            "trials": conv["trials"],
+            "stopped": conv["pruned"],
+            "seconds": conv["seconds"],
+            "saved": conv["saved"],
+            "front_lost": [],
+            "target_lost": conv["wrongly_pruned"],
+            "saved_fraction": conv["saved"] / conv["seconds"] if conv["seconds"] else 0.0,
+        }
+        lines += [
+            "",
+            f"Reported on the held-out study {held.study_name}:",
+            "",
+            *header,
+            row(f"Pareto rule, rungs {chosen['rungs']}, eta {chosen['eta']:g}", on_held),
+            row(
+                f"convergence rule (from {settings.prune_start:g} of the epochs, slack {settings.prune_slack:g})",
+                conv_row,
+            ),
+        ]
         report |= {"held_out": on_held, "convergence_on_held_out": conv_row}
     else:
         lines += ["", "No candidate kept every front member and every trial at the target."]

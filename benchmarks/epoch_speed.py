@@ -80,10 +80,17 @@ def main() -> None:
         torch.set_num_threads(args.threads)
     device = resolve_device(args.device)
     data = load(args.data_dir, device)
-    where = torch.cuda.get_device_name(device) if device.type == "cuda" else f"{cpu_name()}, {torch.get_num_threads()} threads"
+    where = (
+        torch.cuda.get_device_name(device)
+        if device.type == "cuda"
+        else f"{cpu_name()}, {torch.get_num_threads()} threads"
+    )
     sizes = [int(b) for b in args.batch_sizes.split(",")]
-    print(f"{where}; torch {torch.__version__}; {len(data.train):,} training and {len(data.val):,} validation images; "
-          f"median of {args.rounds} alternating rounds after a warm-up", flush=True)
+    print(
+        f"{where}; torch {torch.__version__}; {len(data.train):,} training and {len(data.val):,} validation images; "
+        f"median of {args.rounds} alternating rounds after a warm-up",
+        flush=True,
+    )
     print("| architecture | loop | s/epoch (min-max) | vs baseline |\n|---|---|---|---|", flush=True)
     for name in args.arch or ["seed_9274"]:
         arch = load_arch(name)
@@ -98,9 +105,16 @@ def main() -> None:
                     times[f"nas {b}"].append(secs)
         base = statistics.median(times["baseline"])
         for loop, values in times.items():
-            label = "baseline: per-image DataLoader, eager, batch 128" if loop == "baseline" else f"nas.train.engine, batch {loop.split()[1]} ({engine})"
+            label = (
+                "baseline: per-image DataLoader, eager, batch 128"
+                if loop == "baseline"
+                else f"nas.train.engine, batch {loop.split()[1]} ({engine})"
+            )
             med = statistics.median(values)
-            print(f"| {arch.name} | {label} | {med:.2f} ({min(values):.2f}-{max(values):.2f}) | {base / med:.2f}x |", flush=True)
+            print(
+                f"| {arch.name} | {label} | {med:.2f} ({min(values):.2f}-{max(values):.2f}) | {base / med:.2f}x |",
+                flush=True,
+            )
 
 
 if __name__ == "__main__":

@@ -53,11 +53,40 @@ def append(path: Path, row: dict) -> None:
 
 # --- search -------------------------------------------------------------------------------------
 
+
 def search(args: argparse.Namespace) -> None:
-    cmd = [sys.executable, "-m", "nas", "search", "--space", "mnist_tiny", "--max-params", str(args.budget), "--max-epochs", str(args.epochs),
-           "--train-size", str(args.train_size), "--val-size", str(VAL), "--target-accuracy", str(args.target), "--pruning", "observe",
-           "--sampler", args.sampler, "--timeout", str(int(args.hours * 3600)), "--study-name", study_name(args.budget),
-           "--storage", storage(args.budget), "--workers", str(args.workers), "--device", "cpu"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "nas",
+        "search",
+        "--space",
+        "mnist_tiny",
+        "--max-params",
+        str(args.budget),
+        "--max-epochs",
+        str(args.epochs),
+        "--train-size",
+        str(args.train_size),
+        "--val-size",
+        str(VAL),
+        "--target-accuracy",
+        str(args.target),
+        "--pruning",
+        "observe",
+        "--sampler",
+        args.sampler,
+        "--timeout",
+        str(int(args.hours * 3600)),
+        "--study-name",
+        study_name(args.budget),
+        "--storage",
+        storage(args.budget),
+        "--workers",
+        str(args.workers),
+        "--device",
+        "cpu",
+    ]
     if args.data_dir:
         cmd += ["--data-dir", args.data_dir]
     print(" ".join(cmd), flush=True)
@@ -76,15 +105,33 @@ def dump(budget: int) -> Path:
     import optuna
 
     study = optuna.load_study(study_name=study_name(budget), storage=storage(budget))
-    trials = [{"number": t.number, "state": t.state.name, "values": t.values, "params": t.params,
-               "distributions": {k: optuna.distributions.distribution_to_json(d) for k, d in t.distributions.items()},
-               "user_attrs": t.user_attrs, "system_attrs": t.system_attrs,
-               "datetime_start": t.datetime_start.isoformat() if t.datetime_start else None,
-               "datetime_complete": t.datetime_complete.isoformat() if t.datetime_complete else None} for t in study.trials]
+    trials = [
+        {
+            "number": t.number,
+            "state": t.state.name,
+            "values": t.values,
+            "params": t.params,
+            "distributions": {k: optuna.distributions.distribution_to_json(d) for k, d in t.distributions.items()},
+            "user_attrs": t.user_attrs,
+            "system_attrs": t.system_attrs,
+            "datetime_start": t.datetime_start.isoformat() if t.datetime_start else None,
+            "datetime_complete": t.datetime_complete.isoformat() if t.datetime_complete else None,
+        }
+        for t in study.trials
+    ]
     out = RESULTS / f"{study_name(budget)}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps({"name": study.study_name, "directions": [d.name for d in study.directions], "user_attrs": study.user_attrs,
-                               "trials": trials}, indent=None))
+    out.write_text(
+        json.dumps(
+            {
+                "name": study.study_name,
+                "directions": [d.name for d in study.directions],
+                "user_attrs": study.user_attrs,
+                "trials": trials,
+            },
+            indent=None,
+        )
+    )
     return out
 
 
@@ -93,20 +140,29 @@ def restore(args: argparse.Namespace) -> None:
     import optuna
 
     data = json.loads((RESULTS / f"{study_name(args.budget)}.json").read_text())
-    study = optuna.create_study(study_name=data["name"], storage=storage(args.budget), directions=[d.lower() for d in data["directions"]])
+    study = optuna.create_study(
+        study_name=data["name"], storage=storage(args.budget), directions=[d.lower() for d in data["directions"]]
+    )
     for k, v in data["user_attrs"].items():
         study.set_user_attr(k, v)
     for t in data["trials"]:
         if t["state"] not in ("COMPLETE", "PRUNED", "FAIL"):
             continue
-        study.add_trial(optuna.trial.create_trial(
-            state=optuna.trial.TrialState[t["state"]], values=t["values"], params=t["params"],
-            distributions={k: optuna.distributions.json_to_distribution(d) for k, d in t["distributions"].items()},
-            user_attrs=t["user_attrs"], system_attrs=t["system_attrs"]))
+        study.add_trial(
+            optuna.trial.create_trial(
+                state=optuna.trial.TrialState[t["state"]],
+                values=t["values"],
+                params=t["params"],
+                distributions={k: optuna.distributions.json_to_distribution(d) for k, d in t["distributions"].items()},
+                user_attrs=t["user_attrs"],
+                system_attrs=t["system_attrs"],
+            )
+        )
     print(f"restored {len(study.trials)} trials into {storage(args.budget)}")
 
 
 # --- confirm ------------------------------------------------------------------------------------
+
 
 def top_trials(budget: int, n: int, under: list[int]) -> list:
     """The n most accurate complete trials within the budget or, with `under`, the most accurate
@@ -115,11 +171,21 @@ def top_trials(budget: int, n: int, under: list[int]) -> list:
     from optuna.trial import TrialState
 
     study = optuna.load_study(study_name=study_name(budget), storage=storage(budget))
-    done = sorted((t for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)) if t.user_attrs.get("params", budget + 1) <= budget),
-                  key=lambda t: -t.values[0])
+    done = sorted(
+        (
+            t
+            for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+            if t.user_attrs.get("params", budget + 1) <= budget
+        ),
+        key=lambda t: -t.values[0],
+    )
     if not under:
         return done[:n]
-    picked = {next(t.number for t in done if t.user_attrs["params"] <= cap) for cap in under if any(t.user_attrs["params"] <= cap for t in done)}
+    picked = {
+        next(t.number for t in done if t.user_attrs["params"] <= cap)
+        for cap in under
+        if any(t.user_attrs["params"] <= cap for t in done)
+    }
     return [t for t in done if t.number in picked]
 
 
@@ -137,23 +203,44 @@ def full_protocol(job: dict) -> dict:
     cfg = TrainConfig(**{**job["train_config"], "epochs": FULL_EPOCHS, "seed": 0})
     start = time.perf_counter()
     trained = train(arch, load(job.get("data_dir"), "cpu", val_size=VAL), cfg)
-    return {**job, "full_val_acc": trained.history[-1].val_acc, "full_curve": [e.val_acc for e in trained.history],
-            "full_seconds": time.perf_counter() - start, "full_config": cfg.to_dict()}
+    return {
+        **job,
+        "full_val_acc": trained.history[-1].val_acc,
+        "full_curve": [e.val_acc for e in trained.history],
+        "full_seconds": time.perf_counter() - start,
+        "full_config": cfg.to_dict(),
+    }
 
 
 def confirm(args: argparse.Namespace) -> None:
     log = RESULTS / f"{study_name(args.budget)}-confirm.jsonl"
     done = {r["trial"] for r in lines(log)}
-    jobs = [{"budget": args.budget, "trial": t.number, "name": f"trial_{t.number}", "params": t.user_attrs["params"], "macs": t.user_attrs["macs"],
-             "search_val_acc": t.values[0], "arch": t.user_attrs["arch"], "train_config": t.user_attrs["train_config"], "data_dir": args.data_dir}
-            for t in top_trials(args.budget, args.top, args.under) if t.number not in done]
+    jobs = [
+        {
+            "budget": args.budget,
+            "trial": t.number,
+            "name": f"trial_{t.number}",
+            "params": t.user_attrs["params"],
+            "macs": t.user_attrs["macs"],
+            "search_val_acc": t.values[0],
+            "arch": t.user_attrs["arch"],
+            "train_config": t.user_attrs["train_config"],
+            "data_dir": args.data_dir,
+        }
+        for t in top_trials(args.budget, args.top, args.under)
+        if t.number not in done
+    ]
     with mp.get_context("spawn").Pool(args.workers, maxtasksperchild=1) as pool:
         for r in pool.imap_unordered(full_protocol, jobs):
             append(log, r)
-            print(f"trial {r['trial']}: {r['params']:,} params, search {100 * r['search_val_acc']:.2f} %, full protocol {100 * r['full_val_acc']:.2f} % val", flush=True)
+            print(
+                f"trial {r['trial']}: {r['params']:,} params, search {100 * r['search_val_acc']:.2f} %, full protocol {100 * r['full_val_acc']:.2f} % val",
+                flush=True,
+            )
 
 
 # --- export -------------------------------------------------------------------------------------
+
 
 def keep_as_builtin(r: dict) -> str:
     """The confirmed network as a built-in architecture file, its full-protocol recipe as its train table."""
@@ -163,23 +250,47 @@ def keep_as_builtin(r: dict) -> str:
     arch.name = f"found_{r['params']}"
     arch.train = {k: v for k, v in r["full_config"].items() if k != "seed"}
     path = SEEDS_DIR / f"{arch.name}.toml"
-    header = (f"# Found by nas: study {study_name(r['budget'])} (benchmarks/front.py, --max-params {r['budget']:,}), trial {r['trial']};\n"
-              f"# {100 * r['search_val_acc']:.2f} % validation accuracy at the search protocol, {100 * r['full_val_acc']:.2f} % after 20 epochs on\n"
-              f"# 50,000 images (benchmarks/results/front.csv holds its test accuracy over 3 seeds).\n")
+    header = (
+        f"# Found by nas: study {study_name(r['budget'])} (benchmarks/front.py, --max-params {r['budget']:,}), trial {r['trial']};\n"
+        f"# {100 * r['search_val_acc']:.2f} % validation accuracy at the search protocol, {100 * r['full_val_acc']:.2f} % after 20 epochs on\n"
+        f"# 50,000 images (benchmarks/results/front.csv holds its test accuracy over 3 seeds).\n"
+    )
     path.write_text(header + arch_to_toml(arch))
     return arch.name
 
 
 def export_one(name: str, budget: int | None, data_dir: str | None, threads: int) -> dict:
     out = ROOT / "runs" / "front" / name
-    cmd = [sys.executable, "-m", "nas", "export", "--arch", name, "--seeds", "3", "--out", str(out), "--device", "cpu", "--force"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "nas",
+        "export",
+        "--arch",
+        name,
+        "--seeds",
+        "3",
+        "--out",
+        str(out),
+        "--device",
+        "cpu",
+        "--force",
+    ]
     if data_dir:
         cmd += ["--data-dir", data_dir]
     start = time.perf_counter()
     subprocess.run(cmd, check=True, env={**_env(), "OMP_NUM_THREADS": str(threads)})
     m = json.loads((out / "metrics.json").read_text())
-    return {"budget": budget, "name": name, "params": m["params"], "test_acc_mean": m["test_acc_mean"], "test_accs": [s["test_acc"] for s in m["seeds"]],
-            "export_seconds": time.perf_counter() - start, "folder": str(out.relative_to(ROOT)), "onnx": m.get("onnx")}
+    return {
+        "budget": budget,
+        "name": name,
+        "params": m["params"],
+        "test_acc_mean": m["test_acc_mean"],
+        "test_accs": [s["test_acc"] for s in m["seeds"]],
+        "export_seconds": time.perf_counter() - start,
+        "folder": str(out.relative_to(ROOT)),
+        "onnx": m.get("onnx"),
+    }
 
 
 def export(args: argparse.Namespace) -> None:
@@ -191,8 +302,14 @@ def export(args: argparse.Namespace) -> None:
         name = keep_as_builtin(r)
         if name not in done:
             row = export_one(name, args.budget, args.data_dir, args.threads)
-            append(log, {**row, "trial": r["trial"], "search_val_acc": r["search_val_acc"], "full_val_acc": r["full_val_acc"]})
-            print(f"{name}: test {100 * row['test_acc_mean']:.2f} % mean of 3 seeds ({', '.join(f'{100 * a:.2f}' for a in row['test_accs'])})", flush=True)
+            append(
+                log,
+                {**row, "trial": r["trial"], "search_val_acc": r["search_val_acc"], "full_val_acc": r["full_val_acc"]},
+            )
+            print(
+                f"{name}: test {100 * row['test_acc_mean']:.2f} % mean of 3 seeds ({', '.join(f'{100 * a:.2f}' for a in row['test_accs'])})",
+                flush=True,
+            )
 
 
 def record(args: argparse.Namespace) -> None:
@@ -202,6 +319,7 @@ def record(args: argparse.Namespace) -> None:
 
 
 # --- table --------------------------------------------------------------------------------------
+
 
 def table(args: argparse.Namespace) -> None:
     from nas.arch.spec import costs, load_arch
@@ -216,17 +334,43 @@ def table(args: argparse.Namespace) -> None:
         for r in lines(RESULTS / f"front-{budget}-confirm.jsonl"):
             name = f"found_{r['params']}"
             e = exports.get(name)
-            rows.append({"budget": budget, "stage": "exported" if e else "confirmed", "trial": r["trial"], "params": r["params"], "macs": r["macs"],
-                         "search_val_acc": round(r["search_val_acc"], 4), "full_val_acc": round(r["full_val_acc"], 4),
-                         "test_acc_mean": round(e["test_acc_mean"], 4) if e else "", "test_accs": " ".join(f"{a:.4f}" for a in e["test_accs"]) if e else "",
-                         "trials": len(study["trials"]), "trained_trials": len(trained), "train_hours": round(hours, 2),
-                         "arch_file": f"nas/search_spaces/seeds/{name}.toml" if e else ""})
+            rows.append(
+                {
+                    "budget": budget,
+                    "stage": "exported" if e else "confirmed",
+                    "trial": r["trial"],
+                    "params": r["params"],
+                    "macs": r["macs"],
+                    "search_val_acc": round(r["search_val_acc"], 4),
+                    "full_val_acc": round(r["full_val_acc"], 4),
+                    "test_acc_mean": round(e["test_acc_mean"], 4) if e else "",
+                    "test_accs": " ".join(f"{a:.4f}" for a in e["test_accs"]) if e else "",
+                    "trials": len(study["trials"]),
+                    "trained_trials": len(trained),
+                    "train_hours": round(hours, 2),
+                    "arch_file": f"nas/search_spaces/seeds/{name}.toml" if e else "",
+                }
+            )
     for name, e in exports.items():
         if e.get("budget") is None:  # a built-in network exported for comparison
             c = costs(load_arch(name))
-            rows.append({"budget": "", "stage": "record", "trial": "", "params": c.params, "macs": c.macs, "search_val_acc": "", "full_val_acc": "",
-                         "test_acc_mean": round(e["test_acc_mean"], 4), "test_accs": " ".join(f"{a:.4f}" for a in e["test_accs"]),
-                         "trials": "", "trained_trials": "", "train_hours": "", "arch_file": f"nas/search_spaces/seeds/{name}.toml"})
+            rows.append(
+                {
+                    "budget": "",
+                    "stage": "record",
+                    "trial": "",
+                    "params": c.params,
+                    "macs": c.macs,
+                    "search_val_acc": "",
+                    "full_val_acc": "",
+                    "test_acc_mean": round(e["test_acc_mean"], 4),
+                    "test_accs": " ".join(f"{a:.4f}" for a in e["test_accs"]),
+                    "trials": "",
+                    "trained_trials": "",
+                    "train_hours": "",
+                    "arch_file": f"nas/search_spaces/seeds/{name}.toml",
+                }
+            )
     out = ROOT / "benchmarks" / "results" / "front.csv"
     with out.open("w", newline="") as f:
         w = csv.DictWriter(f, fieldnames=list(rows[0]) if rows else ["budget"])
@@ -249,13 +393,25 @@ def main() -> None:
     p.add_argument("--workers", type=int, default=1)
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--top", type=int, default=5)
-    p.add_argument("--under", type=lambda v: [int(x) for x in v.split(",")], default=[], help="confirm the best within each of these parameter counts")
+    p.add_argument(
+        "--under",
+        type=lambda v: [int(x) for x in v.split(",")],
+        default=[],
+        help="confirm the best within each of these parameter counts",
+    )
     p.add_argument("--best", type=int, default=2)
-    p.add_argument("--trials", type=lambda v: [int(x) for x in v.split(",")], default=[], help="export these confirmed trials instead of the --best")
+    p.add_argument(
+        "--trials",
+        type=lambda v: [int(x) for x in v.split(",")],
+        default=[],
+        help="export these confirmed trials instead of the --best",
+    )
     p.add_argument("--arch", default="rec_3762")
     p.add_argument("--data-dir", default=None)
     args = p.parse_args()
-    {"search": search, "confirm": confirm, "export": export, "record": record, "table": table, "restore": restore}[args.stage](args)
+    {"search": search, "confirm": confirm, "export": export, "record": record, "table": table, "restore": restore}[
+        args.stage
+    ](args)
 
 
 if __name__ == "__main__":

@@ -37,9 +37,10 @@ import sys
 import threading
 import time
 import traceback
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # this checkout's nas, installed or not
@@ -70,7 +71,9 @@ class Costs:
     until measured here; `measured` names those replaced by this run's own figures."""
 
     start: float = 3.0  # a training run's set-up: network, warm-up, capture, first autotuning and validation
-    epoch: float = 0.25  # an epoch of the seed network on 50,000 images at batch 1024, graph engine, validation included
+    epoch: float = (
+        0.25  # an epoch of the seed network on 50,000 images at batch 1024, graph engine, validation included
+    )
     eager_epoch: float = 2.5  # an eager epoch at batch 128 on 50,000 images, the slowest speed row
     baseline: float = 25.0  # an epoch of the per-image DataLoader baseline on 50,000 images
     process: float = 20.0  # a `nas search` process's start: imports, data, CUDA
@@ -86,8 +89,10 @@ class Costs:
                 self.measured.add(name)
 
     def says(self) -> str:
-        return ", ".join(f"{k} {getattr(self, k):.2f} s ({'measured' if k in self.measured else 'assumed'})"
-                         for k in ("start", "epoch", "eager_epoch", "baseline", "process"))
+        return ", ".join(
+            f"{k} {getattr(self, k):.2f} s ({'measured' if k in self.measured else 'assumed'})"
+            for k in ("start", "epoch", "eager_epoch", "baseline", "process")
+        )
 
 
 def estimate(name: str, c: Costs, train_images: int) -> tuple[float, str]:
@@ -96,21 +101,35 @@ def estimate(name: str, c: Costs, train_images: int) -> tuple[float, str]:
     small = 4 * 512 if not Smoke.on else 4 * 128
     trial, share = c.trial(e, train_images), train_images / 50_000
     if name == "checks":
-        return 8 * c.start + 17 * c.epoch * small / 50_000 + 10, f"8 short runs (each a set-up, 17 epochs of {small:,} images in all) + 10 s of CUDA start-up"
+        return (
+            8 * c.start + 17 * c.epoch * small / 50_000 + 10,
+            f"8 short runs (each a set-up, 17 epochs of {small:,} images in all) + 10 s of CUDA start-up",
+        )
     if name == "speed":
-        return (2 * c.baseline + 2 * (4 * c.epoch + 3 * c.eager_epoch)) * share + 7 * c.start, "2 baseline epochs (one a warm-up) + 7 runs of 2 epochs (4 graph ~1 epoch, 3 eager up to an eager batch-128 epoch)"
+        return (
+            (2 * c.baseline + 2 * (4 * c.epoch + 3 * c.eager_epoch)) * share + 7 * c.start,
+            "2 baseline epochs (one a warm-up) + 7 runs of 2 epochs (4 graph ~1 epoch, 3 eager up to an eager batch-128 epoch)",
+        )
     if name == "recipe":
         return 3 * trial, f"3 trials of {e} epochs"
     if name == "kseeds":
         return (2 + 4) * trial, "K=3 and K=8 at up to 2x and 4x one trial"
     if name == "archs":
         n = 2 if Smoke.on else 8
-        return 2 * n * c.trial(min(ARCH_EPOCHS, e), train_images), f"{n} architectures x {min(ARCH_EPOCHS, e)} epochs, cuDNN autotuning on and off"
+        return 2 * n * c.trial(
+            min(ARCH_EPOCHS, e), train_images
+        ), f"{n} architectures x {min(ARCH_EPOCHS, e)} epochs, cuDNN autotuning on and off"
     if name == "concurrent":
         if Smoke.on:
-            return 2 * trial + 2 * c.trial(min(ARCH_EPOCHS, e), train_images), "2 trials at once as if they did not overlap + 2 dropout trials"
-        return (2 + 4 + 8) * trial + 4 * c.trial(ARCH_EPOCHS, train_images), "2, 4 and 8 trials at once as if they did not overlap + 4 dropout trials"
-    return 2 * (c.process + SEARCH_SECONDS + trial), f"2 nas search processes: start-up + {SEARCH_SECONDS} s + the last trial"
+            return 2 * trial + 2 * c.trial(
+                min(ARCH_EPOCHS, e), train_images
+            ), "2 trials at once as if they did not overlap + 2 dropout trials"
+        return (2 + 4 + 8) * trial + 4 * c.trial(
+            ARCH_EPOCHS, train_images
+        ), "2, 4 and 8 trials at once as if they did not overlap + 4 dropout trials"
+    return 2 * (
+        c.process + SEARCH_SECONDS + trial
+    ), f"2 nas search processes: start-up + {SEARCH_SECONDS} s + the last trial"
 
 
 class Smoke:
@@ -224,7 +243,9 @@ def checks(sec: Section, data: Data, test: Split) -> None:
     An average-pool seed network with TF32 off, so that only float rounding separates the runs."""
     arch, recipe = avg_pool(seed_arch()[0]), seed_arch()[1]
     small = subset(data, 4 * 512 if not Smoke.on else 4 * 128, 2000)
-    cfg = replace(recipe, epochs=3, batch_size=512 if not Smoke.on else 128, lr=0.01)  # a low lr: float differences are not amplified, a wrong step would be
+    cfg = replace(
+        recipe, epochs=3, batch_size=512 if not Smoke.on else 128, lr=0.01
+    )  # a low lr: float differences are not amplified, a wrong step would be
     tf32 = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
     torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
     try:
@@ -233,8 +254,13 @@ def checks(sec: Section, data: Data, test: Split) -> None:
         sec.row("graph engine", graph.engine, "graph_engine", graph.engine)
         if not Smoke.on:
             sec.expect(graph.engine.startswith("cuda graph"), "the seed network's step captures in a CUDA graph")
-        worst = max(max(rel(g.train_loss, e.train_loss), rel(g.val_loss, e.val_loss)) for g, e in zip(graph.history, eager.history))
-        sec.row("graph vs eager, 12 steps: largest relative loss difference", f"{worst:.2e}", "graph_vs_eager_rel", worst)
+        worst = max(
+            max(rel(g.train_loss, e.train_loss), rel(g.val_loss, e.val_loss))
+            for g, e in zip(graph.history, eager.history)
+        )
+        sec.row(
+            "graph vs eager, 12 steps: largest relative loss difference", f"{worst:.2e}", "graph_vs_eager_rel", worst
+        )
         sec.expect(worst < 2e-3, "graph and eager losses agree (< 2e-3 relative)")
         packed, _ = timed_train(sec, arch, small, cfg, seeds=3)
         diffs = []
@@ -242,12 +268,19 @@ def checks(sec: Section, data: Data, test: Split) -> None:
             alone, _ = timed_train(sec, arch, small, replace(cfg, seed=cfg.seed + k))
             diffs.append(rel(evaluate(packed.model(k), small.val)[0], evaluate(alone.model(), small.val)[0]))
             sec.add("packed_vs_separate", {"seed": cfg.seed + k, "rel": diffs[-1]})
-        sec.row("packed K=3 vs 3 separate runs: largest relative val-loss difference", f"{max(diffs):.2e}", "packed_vs_separate_rel", max(diffs))
+        sec.row(
+            "packed K=3 vs 3 separate runs: largest relative val-loss difference",
+            f"{max(diffs):.2e}",
+            "packed_vs_separate_rel",
+            max(diffs),
+        )
         sec.expect(max(diffs) < 2e-3, "each packed copy matches its separate run (< 2e-3 relative)")
     finally:
         torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = tf32
     for k in (1, 3):
-        bf16, _ = timed_train(sec, seed_arch()[0], subset(data, 2 * 512, 1000), replace(cfg, epochs=1), seeds=k, precision="bf16")
+        bf16, _ = timed_train(
+            sec, seed_arch()[0], subset(data, 2 * 512, 1000), replace(cfg, epochs=1), seeds=k, precision="bf16"
+        )
         sec.row(f"bf16 engine, K={k}", bf16.engine, f"bf16_engine_k{k}", bf16.engine)
 
 
@@ -259,16 +292,30 @@ def speed(sec: Section, data: Data, test: Split, costs: Costs) -> None:
     base = baseline_epoch_seconds(data, data.train.x.device, 1)
     costs.learn(baseline=base * 50_000 / len(data.train))
     sec.row("baseline: per-image DataLoader, eager fp32, batch 128 (s/epoch)", f"{base:.3f}", "baseline", base)
-    runs = [("graph", "fp32", recipe.batch_size), ("graph", "fp32", 512), ("graph", "fp32", 128), ("graph", "bf16", 512),
-            ("eager", "fp32", 512), ("eager", "fp32", 1024), ("eager", "fp32", 128)]
+    runs = [
+        ("graph", "fp32", recipe.batch_size),
+        ("graph", "fp32", 512),
+        ("graph", "fp32", 128),
+        ("graph", "bf16", 512),
+        ("eager", "fp32", 512),
+        ("eager", "fp32", 1024),
+        ("eager", "fp32", 128),
+    ]
     for engine, precision, batch in runs:
-        trained, wall = timed_train(sec, arch, data, replace(recipe, epochs=2, batch_size=batch), engine=engine, precision=precision)
+        trained, wall = timed_train(
+            sec, arch, data, replace(recipe, epochs=2, batch_size=batch), engine=engine, precision=precision
+        )
         secs = trained.history[-1].seconds  # the second epoch: no capture, no autotuning
         if (engine, precision, batch) == runs[0]:
             costs.learn(epoch=secs * 50_000 / len(data.train), start=wall - 2 * secs)
         if (engine, batch) == ("eager", 128):
             costs.learn(eager_epoch=secs * 50_000 / len(data.train))
-        sec.row(f"{trained.engine} (asked: {engine}, {precision}), batch {batch} (s/epoch)", f"{secs:.3f} ({base / secs:.1f}x baseline)", f"{engine}_{precision}_{batch}", secs)
+        sec.row(
+            f"{trained.engine} (asked: {engine}, {precision}), batch {batch} (s/epoch)",
+            f"{secs:.3f} ({base / secs:.1f}x baseline)",
+            f"{engine}_{precision}_{batch}",
+            secs,
+        )
 
 
 def recipe(sec: Section, data: Data, test: Split, state: dict[str, Any], costs: Costs) -> None:
@@ -281,18 +328,37 @@ def recipe(sec: Section, data: Data, test: Split, state: dict[str, Any], costs: 
     for seed in range(3):
         trained, wall = timed_train(sec, arch, data, replace(cfg, seed=seed))
         test_acc = evaluate(trained.model(), test)[1]
-        runs.append({"seed": seed, "trial_seconds": wall, "val_acc": trained.history[-1].val_acc, "test_acc": test_acc, "engine": trained.engine,
-                     "epoch_seconds": [e.seconds for e in trained.history]})
+        runs.append(
+            {
+                "seed": seed,
+                "trial_seconds": wall,
+                "val_acc": trained.history[-1].val_acc,
+                "test_acc": test_acc,
+                "engine": trained.engine,
+                "epoch_seconds": [e.seconds for e in trained.history],
+            }
+        )
         sec.add("runs", runs[-1])
         if "one" not in state:
             later = [e.seconds for e in trained.history[1:]]
             if later:
-                costs.learn(epoch=statistics.mean(later) * 50_000 / len(data.train), start=wall - len(trained.history) * statistics.mean(later))
+                costs.learn(
+                    epoch=statistics.mean(later) * 50_000 / len(data.train),
+                    start=wall - len(trained.history) * statistics.mean(later),
+                )
             state["one"] = wall
-        sec.row(f"seed {seed}: trial seconds / final val / test", f"{wall:.2f} s / {100 * runs[-1]['val_acc']:.2f} % / {100 * test_acc:.2f} % ({trained.engine})")
+        sec.row(
+            f"seed {seed}: trial seconds / final val / test",
+            f"{wall:.2f} s / {100 * runs[-1]['val_acc']:.2f} % / {100 * test_acc:.2f} % ({trained.engine})",
+        )
     mean_test = statistics.mean(r["test_acc"] for r in runs)
     trial = statistics.mean(r["trial_seconds"] for r in runs)
-    sec.row("mean over 3 seeds: trial seconds / test accuracy", f"{trial:.2f} s / {100 * mean_test:.2f} %", "mean", {"trial_seconds": trial, "test_acc": mean_test})
+    sec.row(
+        "mean over 3 seeds: trial seconds / test accuracy",
+        f"{trial:.2f} s / {100 * mean_test:.2f} %",
+        "mean",
+        {"trial_seconds": trial, "test_acc": mean_test},
+    )
     sec.goal(trial <= 4.0, "goal: <= 4 s per 20-epoch trial of the seed network")
     sec.goal(mean_test >= 0.994, "goal: >= 99.4 % test accuracy, mean of 3 seeds, final epoch")
 
@@ -313,8 +379,17 @@ def kseeds(sec: Section, data: Data, test: Split, state: dict[str, Any]) -> None
     for k in (3, 8):
         trained, wall = timed_train(sec, arch, data, cfg, seeds=k)
         tests = [evaluate(trained.model(i), test)[1] for i in range(k)]
-        sec.figures[f"k{k}"] = {"trial_seconds": wall, "cost": wall / one, "val_accs": trained.history[-1].val_accs, "test_accs": tests, "engine": trained.engine}
-        sec.row(f"K={k}: trial seconds, cost vs K=1, test accuracies", f"{wall:.2f} s, {wall / one:.2f}x, {' '.join(f'{100 * t:.2f}' for t in tests)} % ({trained.engine})")
+        sec.figures[f"k{k}"] = {
+            "trial_seconds": wall,
+            "cost": wall / one,
+            "val_accs": trained.history[-1].val_accs,
+            "test_accs": tests,
+            "engine": trained.engine,
+        }
+        sec.row(
+            f"K={k}: trial seconds, cost vs K=1, test accuracies",
+            f"{wall:.2f} s, {wall / one:.2f}x, {' '.join(f'{100 * t:.2f}' for t in tests)} % ({trained.engine})",
+        )
         if k == 3:
             sec.goal(wall / one <= 2.0, "goal: K=3 costs <= 2x one seed")
 
@@ -341,16 +416,40 @@ def archs(sec: Section, data: Data, test: Split) -> None:
                 secs = [e.seconds for e in trained.history]
                 rest = statistics.mean(secs[1:]) if len(secs) > 1 else secs[0]
                 estimate_s = secs[0] + (cfg.epochs - 1) * rest
-                sec.add("archs", {"arch": path.stem, "cudnn_benchmark": benchmark, "params": param_count(arch), "batch": cfg.batch_size,
-                                  "optimizer": cfg.optimizer, "first_epoch": secs[0], "epoch": rest, "trial_seconds_estimate": estimate_s, "engine": trained.engine})
-                sec.row(f"{path.stem} ({param_count(arch):,} params, {cfg.optimizer}, batch {cfg.batch_size}), {label}: first epoch, next, {cfg.epochs}-epoch trial",
-                        f"{secs[0]:.2f} s, {rest:.3f} s/epoch, ~{estimate_s:.1f} s ({trained.engine})")
+                sec.add(
+                    "archs",
+                    {
+                        "arch": path.stem,
+                        "cudnn_benchmark": benchmark,
+                        "params": param_count(arch),
+                        "batch": cfg.batch_size,
+                        "optimizer": cfg.optimizer,
+                        "first_epoch": secs[0],
+                        "epoch": rest,
+                        "trial_seconds_estimate": estimate_s,
+                        "engine": trained.engine,
+                    },
+                )
+                sec.row(
+                    f"{path.stem} ({param_count(arch):,} params, {cfg.optimizer}, batch {cfg.batch_size}), {label}: first epoch, next, {cfg.epochs}-epoch trial",
+                    f"{secs[0]:.2f} s, {rest:.3f} s/epoch, ~{estimate_s:.1f} s ({trained.engine})",
+                )
         finally:
             nas.train.engine.CUDNN_BENCHMARK = True
         rows = [r for r in sec.figures["archs"] if r["cudnn_benchmark"] == benchmark]
         means[benchmark] = statistics.mean(r["trial_seconds_estimate"] for r in rows)
-        sec.row(f"mean estimated trial seconds, {label}", f"{means[benchmark]:.2f}", f"mean_trial_seconds_{'on' if benchmark else 'off'}", means[benchmark])
-    sec.row("autotuning off vs on (mean estimated trial seconds)", f"{means[False] / means[True]:.2f}x", "benchmark_off_vs_on", means[False] / means[True])
+        sec.row(
+            f"mean estimated trial seconds, {label}",
+            f"{means[benchmark]:.2f}",
+            f"mean_trial_seconds_{'on' if benchmark else 'off'}",
+            means[benchmark],
+        )
+    sec.row(
+        "autotuning off vs on (mean estimated trial seconds)",
+        f"{means[False] / means[True]:.2f}x",
+        "benchmark_off_vs_on",
+        means[False] / means[True],
+    )
 
 
 def concurrent(sec: Section, data: Data, test: Split, state: dict[str, Any]) -> None:
@@ -390,14 +489,23 @@ def concurrent(sec: Section, data: Data, test: Split, state: dict[str, Any]) -> 
     for n in [2] if Smoke.on else sorted({2, DEFAULT_TRIALS_PER_GPU, 8}):
         wall, done = together(arch, [replace(cfg, seed=s) for s in range(n)])
         engines = sorted({t.engine for t in done})
-        sec.row(f"{n} at once (trials/min)", f"{60 * n / wall:.1f} ({n * one / wall:.2f}x one at a time; {', '.join(engines)})", f"n{n}",
-                {"trials_per_min": 60 * n / wall, "speedup": n * one / wall, "engines": engines})
+        sec.row(
+            f"{n} at once (trials/min)",
+            f"{60 * n / wall:.1f} ({n * one / wall:.2f}x one at a time; {', '.join(engines)})",
+            f"n{n}",
+            {"trials_per_min": 60 * n / wall, "speedup": n * one / wall, "engines": engines},
+        )
     drop = load_arch(ARCHS / f"{DROPOUT_ARCH}.toml")
     dcfg = TrainConfig.from_dict(drop.train, DROPOUT_ARCH)
     n = 2 if Smoke.on else 4
     wall, done = together(drop, [replace(dcfg, epochs=ARCH_EPOCHS, seed=s) for s in range(n)])
     engines = sorted({t.engine for t in done})
-    sec.row(f"{n} at once with dropout ({DROPOUT_ARCH}, {ARCH_EPOCHS} epochs)", f"{wall:.2f} s ({', '.join(engines)})", "dropout", {"trials": n, "seconds": wall, "engines": engines})
+    sec.row(
+        f"{n} at once with dropout ({DROPOUT_ARCH}, {ARCH_EPOCHS} epochs)",
+        f"{wall:.2f} s ({', '.join(engines)})",
+        "dropout",
+        {"trials": n, "seconds": wall, "engines": engines},
+    )
     if not Smoke.on:
         sec.expect(engines == ["cuda graph, fp32"], "concurrent trials with dropout all run as CUDA graphs")
 
@@ -418,10 +526,36 @@ def search(sec: Section, data_dir: str, workdir: Path, device: str, costs: Costs
         db = workdir / f"{name}.db"
         db.unlink(missing_ok=True)  # a fresh study: an old one would resume with its stored settings
         storage = f"sqlite:///{db}"
-        cmd = [sys.executable, "-m", "nas", "search", "--study-name", name, "--storage", storage, "--trials", "1000",
-               "--timeout", str(SEARCH_SECONDS), "--pruning", "observe", "--data-dir", data_dir, *flags]
+        cmd = [
+            sys.executable,
+            "-m",
+            "nas",
+            "search",
+            "--study-name",
+            name,
+            "--storage",
+            storage,
+            "--trials",
+            "1000",
+            "--timeout",
+            str(SEARCH_SECONDS),
+            "--pruning",
+            "observe",
+            "--data-dir",
+            data_dir,
+            *flags,
+        ]
         if Smoke.on:
-            cmd += ["--train-size", str(Smoke.train_size), "--val-size", str(Smoke.val_size), "--max-epochs", str(Smoke.epochs), "--device", device]
+            cmd += [
+                "--train-size",
+                str(Smoke.train_size),
+                "--val-size",
+                str(Smoke.val_size),
+                "--max-epochs",
+                str(Smoke.epochs),
+                "--device",
+                device,
+            ]
         env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
         began = time.time()
         try:
@@ -439,22 +573,44 @@ def search(sec: Section, data_dir: str, workdir: Path, device: str, costs: Costs
         first = min((t.datetime_start for t in study.trials if t.datetime_start), default=None)
         if first is not None:  # the process's start-up: from its start to its first trial's
             costs.learn(process=first.timestamp() - began)
-        finished = [t for t in study.trials if t.datetime_complete and t.state.name == "COMPLETE" and t.user_attrs.get("curve")]
+        finished = [
+            t for t in study.trials if t.datetime_complete and t.state.name == "COMPLETE" and t.user_attrs.get("curve")
+        ]
         if not finished:
             sec.row(f"nas search, {label}", "no trial finished")
             continue
         window = (max(t.datetime_complete for t in finished) - first).total_seconds()
         rate = 60 * len(finished) / window
         engines = sorted({t.user_attrs.get("engine", "?") for t in finished})
-        sec.row(f"nas search, {label}: complete 20-epoch trials per minute", f"{rate:.1f} ({len(finished)} in {window:.0f} s; {', '.join(engines)}; study {db.name})",
-                label, {"trials_per_min": rate, "complete": len(finished), "seconds": window, "engines": engines, "storage": db.name})
+        sec.row(
+            f"nas search, {label}: complete 20-epoch trials per minute",
+            f"{rate:.1f} ({len(finished)} in {window:.0f} s; {', '.join(engines)}; study {db.name})",
+            label,
+            {
+                "trials_per_min": rate,
+                "complete": len(finished),
+                "seconds": window,
+                "engines": engines,
+                "storage": db.name,
+            },
+        )
         if label == "defaults":
             sec.goal(rate >= 12, "goal: >= 12 complete 20-epoch trials per minute on defaults")
             replays = rule_replays(study)
             sec.figures["rule_replays"] = replays
-            sec.figures["curves"] = [{"params": t.user_attrs["params"], "curve": t.user_attrs["curve"], "epoch_seconds": t.user_attrs["epoch_seconds"]} for t in finished]
+            sec.figures["curves"] = [
+                {
+                    "params": t.user_attrs["params"],
+                    "curve": t.user_attrs["curve"],
+                    "epoch_seconds": t.user_attrs["epoch_seconds"],
+                }
+                for t in finished
+            ]
             for r in replays:
-                print(f"    rule from {r['start']:.0%} of epochs, slack {r['slack']}: " + json.dumps({k: v for k, v in r.items() if k not in ("start", "slack")}))
+                print(
+                    f"    rule from {r['start']:.0%} of epochs, slack {r['slack']}: "
+                    + json.dumps({k: v for k, v in r.items() if k not in ("start", "slack")})
+                )
 
 
 # --- driver -------------------------------------------------------------------------------------
@@ -463,8 +619,15 @@ def search(sec: Section, data_dir: str, workdir: Path, device: str, costs: Costs
 CORRECTNESS = {"checks"}  # sections whose cut is a failure: an unchecked engine is not a passed one
 
 
-def run_section(name: str, results: dict[str, Any], rows: list[tuple[str, str, str]], fn: Callable[[Section], Any], cap: float, reckoning: str,
-                save: Callable[[], None]) -> None:
+def run_section(
+    name: str,
+    results: dict[str, Any],
+    rows: list[tuple[str, str, str]],
+    fn: Callable[[Section], Any],
+    cap: float,
+    reckoning: str,
+    save: Callable[[], None],
+) -> None:
     sec = Section(name, cap, save)
     results[name] = {"status": "running", "cap": round(cap, 1), "estimate": reckoning, "figures": sec.figures}
     print(f"== {name} (cap {cap:.0f} s: {reckoning})", flush=True)
@@ -484,8 +647,17 @@ def run_section(name: str, results: dict[str, Any], rows: list[tuple[str, str, s
     if status == "fail":
         print(f"FAIL {name}: {error}", flush=True)
     seconds = time.perf_counter() - sec.start
-    results[name] = {"status": status, "seconds": round(seconds, 1), "cap": round(cap, 1), "estimate": reckoning, "error": error, **sec.figures}
-    rows += [(name, what, figure) for what, figure in sec.rows] + [(name, "status", f"{status} in {seconds:.0f} s" + (f": {error}" if error else ""))]
+    results[name] = {
+        "status": status,
+        "seconds": round(seconds, 1),
+        "cap": round(cap, 1),
+        "estimate": reckoning,
+        "error": error,
+        **sec.figures,
+    }
+    rows += [(name, what, figure) for what, figure in sec.rows] + [
+        (name, "status", f"{status} in {seconds:.0f} s" + (f": {error}" if error else ""))
+    ]
     save()
 
 
@@ -493,10 +665,18 @@ def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--data-dir", default=os.environ.get("NAS_DATA_DIR", ".data/mnist"))
     p.add_argument("--out", default="runs/gpu_suite.json")
-    p.add_argument("--only", default=",".join(SECTIONS), help=f"comma-separated sections to run ({', '.join(SECTIONS)})")
-    p.add_argument("--budget", type=float, default=None,
-                   help=f"seconds the whole suite may take (default {BUDGET:.0f}, none with --smoke); a section is cut at the lesser of its cap and what is left")
-    p.add_argument("--smoke", action="store_true", help="tiny data, 2 epochs, CPU allowed: checks the suite, measures nothing")
+    p.add_argument(
+        "--only", default=",".join(SECTIONS), help=f"comma-separated sections to run ({', '.join(SECTIONS)})"
+    )
+    p.add_argument(
+        "--budget",
+        type=float,
+        default=None,
+        help=f"seconds the whole suite may take (default {BUDGET:.0f}, none with --smoke); a section is cut at the lesser of its cap and what is left",
+    )
+    p.add_argument(
+        "--smoke", action="store_true", help="tiny data, 2 epochs, CPU allowed: checks the suite, measures nothing"
+    )
     args = p.parse_args()
     Smoke.on = args.smoke
     budget = args.budget or (math.inf if Smoke.on else BUDGET)
@@ -506,15 +686,25 @@ def main() -> int:
         print(f"error: unknown section {unknown[0]!r}; choose from {', '.join(SECTIONS)}", file=sys.stderr)
         return 2
     if not torch.cuda.is_available() and not Smoke.on:
-        print("error: torch sees no CUDA GPU; this suite measures the GPU path (run it on the GPU machine, or add --smoke)", file=sys.stderr)
+        print(
+            "error: torch sees no CUDA GPU; this suite measures the GPU path (run it on the GPU machine, or add --smoke)",
+            file=sys.stderr,
+        )
         return 2
     started = time.perf_counter()
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     try:
-        data = load(args.data_dir, device, val_size=Smoke.val_size if Smoke.on else 10_000, train_size=Smoke.train_size if Smoke.on else None)
+        data = load(
+            args.data_dir,
+            device,
+            val_size=Smoke.val_size if Smoke.on else 10_000,
+            train_size=Smoke.train_size if Smoke.on else None,
+        )
         test = load_test(args.data_dir, device)
     except Exception as e:  # noqa: BLE001
-        print(f"error: cannot load MNIST from {args.data_dir} ({e}); pass --data-dir or set NAS_DATA_DIR", file=sys.stderr)
+        print(
+            f"error: cannot load MNIST from {args.data_dir} ({e}); pass --data-dir or set NAS_DATA_DIR", file=sys.stderr
+        )
         return 2
     gpu = torch.cuda.get_device_name(device) if device.type == "cuda" else f"cpu ({torch.get_num_threads()} threads)"
     costs, slow = Costs(), 1.0
@@ -522,17 +712,26 @@ def main() -> int:
         gpu += ", SMOKE RUN (tiny data, 2 epochs: the figures mean nothing)"
         if device.type == "cpu":  # a CPU is slower at everything but the baseline of 1,024 images
             costs, slow = Costs(start=2.0, epoch=15.0, eager_epoch=15.0, baseline=20.0, process=10.0), 3.0
-    print(f"{gpu}; torch {torch.__version__}; CUDA {torch.version.cuda}; python {platform.python_version()}; "
-          f"{len(data.train):,} training images on the GPU ({time.perf_counter() - started:.1f} s to load); budget {budget:.0f} s", flush=True)
+    print(
+        f"{gpu}; torch {torch.__version__}; CUDA {torch.version.cuda}; python {platform.python_version()}; "
+        f"{len(data.train):,} training images on the GPU ({time.perf_counter() - started:.1f} s to load); budget {budget:.0f} s",
+        flush=True,
+    )
     results: dict[str, Any] = {}
     rows: list[tuple[str, str, str]] = []
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
 
     def save() -> None:
-        report = {"gpu": gpu, "torch": torch.__version__, "cuda": torch.version.cuda, "python": platform.python_version(),
-                  "seconds": round(time.perf_counter() - started, 1), "costs": {**{k: v for k, v in vars(costs).items() if k != "measured"}, "measured": sorted(costs.measured)},
-                  "sections": results}
+        report = {
+            "gpu": gpu,
+            "torch": torch.__version__,
+            "cuda": torch.version.cuda,
+            "python": platform.python_version(),
+            "seconds": round(time.perf_counter() - started, 1),
+            "costs": {**{k: v for k, v in vars(costs).items() if k != "measured"}, "measured": sorted(costs.measured)},
+            "sections": results,
+        }
         out.write_text(json.dumps(report, indent=1, default=str))
 
     state: dict[str, Any] = {}

@@ -35,13 +35,35 @@ def main() -> None:
     p.add_argument("--study-name", default=f"many-{int(time.time())}")
     args = p.parse_args()
     env = {**os.environ, "NAS_HEARTBEAT_SECONDS": "2", "OMP_NUM_THREADS": "1"}
-    common = ["--storage", args.storage, "--study-name", args.study_name, "--device", "cpu"] + (["--data-dir", args.data_dir] if args.data_dir else [])
+    common = ["--storage", args.storage, "--study-name", args.study_name, "--device", "cpu"] + (
+        ["--data-dir", args.data_dir] if args.data_dir else []
+    )
 
     def nas(*extra: str) -> subprocess.Popen:
-        return subprocess.Popen([sys.executable, "-m", "nas", *extra, *common], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
+        return subprocess.Popen(
+            [sys.executable, "-m", "nas", *extra, *common],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            env=env,
+        )
 
     start = time.time()
-    procs = [nas("search", "--trials", str(args.trials), "--max-epochs", "2", "--train-size", "1000", "--val-size", "500", "--target-accuracy", "0.9")]
+    procs = [
+        nas(
+            "search",
+            "--trials",
+            str(args.trials),
+            "--max-epochs",
+            "2",
+            "--train-size",
+            "1000",
+            "--val-size",
+            "500",
+            "--target-accuracy",
+            "0.9",
+        )
+    ]
     while True:
         try:
             load_study(args.study_name, args.storage)
@@ -53,26 +75,39 @@ def main() -> None:
     killed, victim = None, None
     while killed is None:
         for t in load_study(args.study_name, args.storage).get_trials(states=(TrialState.RUNNING,)):
-            tag = next((k for k in victims if t.user_attrs.get("worker", "").endswith(k) and "curve" in t.user_attrs), None)
+            tag = next(
+                (k for k in victims if t.user_attrs.get("worker", "").endswith(k) and "curve" in t.user_attrs), None
+            )
             if tag:
                 victim = victims[tag]
                 victim.send_signal(signal.SIGKILL)
                 killed = t.number
-                print(f"killed worker {tag[1:]} while it trained trial {killed} ({time.time() - start:.0f} s in)", flush=True)
+                print(
+                    f"killed worker {tag[1:]} while it trained trial {killed} ({time.time() - start:.0f} s in)",
+                    flush=True,
+                )
                 break
         time.sleep(0.3)
     codes = [proc.wait() for proc in procs if proc is not victim]
     trials = load_study(args.study_name, args.storage).get_trials()
     # finished trainings only: the killed trial's partial curve is what its retry redoes
-    trained = Counter(t.user_attrs["config_key"] for t in trials if t.state.is_finished() and t.state != TrialState.FAIL
-                      and "curve" in t.user_attrs and "duplicate_of" not in t.user_attrs)
+    trained = Counter(
+        t.user_attrs["config_key"]
+        for t in trials
+        if t.state.is_finished()
+        and t.state != TrialState.FAIL
+        and "curve" in t.user_attrs
+        and "duplicate_of" not in t.user_attrs
+    )
     retries = [t for t in trials if t.user_attrs.get("retry_of") == killed]
     states = Counter(t.state.name for t in trials)
     print("\n| workers | trials asked | finished | trained twice | killed trial | its retry | states | wall time |")
     print("|---|---|---|---|---|---|---|---|")
-    print(f"| {args.workers} ({len(codes)} exited 0: {all(c == 0 for c in codes)}) | {args.trials} | {finished(trials)} | "
-          f"{sum(n - 1 for n in trained.values())} | {killed}: {trials[killed].state.name}, {trials[killed].user_attrs.get('fail_reason', '')[:40]} | "
-          f"{', '.join(f'{t.number}: {t.state.name}' for t in retries) or 'none'} | {dict(states)} | {time.time() - start:.0f} s |")
+    print(
+        f"| {args.workers} ({len(codes)} exited 0: {all(c == 0 for c in codes)}) | {args.trials} | {finished(trials)} | "
+        f"{sum(n - 1 for n in trained.values())} | {killed}: {trials[killed].state.name}, {trials[killed].user_attrs.get('fail_reason', '')[:40]} | "
+        f"{', '.join(f'{t.number}: {t.state.name}' for t in retries) or 'none'} | {dict(states)} | {time.time() - start:.0f} s |"
+    )
 
 
 if __name__ == "__main__":

@@ -47,13 +47,19 @@ def main() -> None:
     np.savez_compressed(args.out / "mnist.npz", x=x, y=y, x_test=x_test, y_test=y_test)
     rng = np.random.default_rng(0)
     rgb_test = colour(x_test, rng)
-    np.savez_compressed(args.out / "rgb.npz", x=colour(x, rng), y=y, x_test=rgb_test, y_test=y_test, class_names=np.array(NAMES))
-    (args.out / "seed_rgb.toml").write_text(arch_to_toml(replace(load_arch("seed_9274"), name="seed_rgb", input=(3, 32, 32))))
+    np.savez_compressed(
+        args.out / "rgb.npz", x=colour(x, rng), y=y, x_test=rgb_test, y_test=y_test, class_names=np.array(NAMES)
+    )
+    (args.out / "seed_rgb.toml").write_text(
+        arch_to_toml(replace(load_arch("seed_9274"), name="seed_rgb", input=(3, 32, 32)))
+    )
     from PIL import Image
 
     Image.fromarray(rgb_test[0]).save(args.out / "digit_rgb.png")
-    print(f"wrote {args.out}/mnist.npz, rgb.npz ({len(y):,} training and {len(y_test):,} test images each), seed_rgb.toml and "
-          f"digit_rgb.png (a {NAMES[y_test[0]]})")
+    print(
+        f"wrote {args.out}/mnist.npz, rgb.npz ({len(y):,} training and {len(y_test):,} test images each), seed_rgb.toml and "
+        f"digit_rgb.png (a {NAMES[y_test[0]]})"
+    )
 
 
 if __name__ == "__main__":

@@ -27,7 +27,11 @@ from dataclasses import replace
 from pathlib import Path
 
 FULL = (20, 50_000)  # epochs, training images
-FIDELITIES = {"A": (4, 20_000), "B": (8, 10_000), "C": (8, 20_000)}  # each >= 300 updates at batch 256, so no batch is halved
+FIDELITIES = {
+    "A": (4, 20_000),
+    "B": (8, 10_000),
+    "C": (8, 20_000),
+}  # each >= 300 updates at batch 256, so no batch is halved
 REPEATS = 3  # architectures trained at the full protocol with a second seed
 DRAWS = 9  # architectures drawn from the space
 SPACE = "mnist_tiny"
@@ -37,9 +41,22 @@ LOW, HIGH = 1_500, 5_000
 def seed_variant(name: str, channels: list[int], last: int) -> dict:
     """The seed network's shape with other channel counts (its own recipe)."""
     a, b, c, d, e, f = channels
-    return {"name": name, "layers": [{"conv": a}, {"conv": b}, {"conv": c}, {"pool": "max"}, {"conv": d}, {"conv": e}, {"conv": f},
-                                     {"pool": "max"}, {"conv": last, "padding": 0}],
-            "head": {"type": "conv_gap", "kernel": 3, "padding": 0}, "train": {"batch_size": 128, "lr": 0.1, "augment": True}}
+    return {
+        "name": name,
+        "layers": [
+            {"conv": a},
+            {"conv": b},
+            {"conv": c},
+            {"pool": "max"},
+            {"conv": d},
+            {"conv": e},
+            {"conv": f},
+            {"pool": "max"},
+            {"conv": last, "padding": 0},
+        ],
+        "head": {"type": "conv_gap", "kernel": 3, "padding": 0},
+        "train": {"batch_size": 128, "lr": 0.1, "augment": True},
+    }
 
 
 def architectures() -> list[dict]:
@@ -48,8 +65,11 @@ def architectures() -> list[dict]:
     from nas.errors import SpecError
     from nas.space.spaces import load_space, sample
 
-    out = [arch_to_dict(load_arch("rec_3762")) | {"train": load_arch("rec_3762").train},
-           seed_variant("seed_x0.6", [3, 3, 5, 7, 7, 10], 12), seed_variant("seed_x0.7", [3, 3, 6, 8, 8, 12], 14)]
+    out = [
+        arch_to_dict(load_arch("rec_3762")) | {"train": load_arch("rec_3762").train},
+        seed_variant("seed_x0.6", [3, 3, 5, 7, 7, 10], 12),
+        seed_variant("seed_x0.7", [3, 3, 6, 8, 8, 12], 14),
+    ]
     space, rng = load_space(SPACE), random.Random(2026)
 
     class Draw:  # uniform over each choice, one value per parameter name (like a trial)
@@ -75,7 +95,9 @@ def architectures() -> list[dict]:
             continue
         if LOW <= params <= HIGH:
             arch.name = f"draw_{len(out) - 2}"
-            out.append(arch_to_dict(arch) | {"train": {k: v for k, v in cfg.to_dict().items() if k not in ("epochs", "seed")}})
+            out.append(
+                arch_to_dict(arch) | {"train": {k: v for k, v in cfg.to_dict().items() if k not in ("epochs", "seed")}}
+            )
     for d in out:
         arch_from_dict(d, d["name"])  # every one is a valid architecture
     return out
@@ -83,11 +105,20 @@ def architectures() -> list[dict]:
 
 def jobs(archs: list[dict]) -> list[dict]:
     """Full-protocol runs first (the longest), then the fidelities."""
-    out = [{"id": f"{a['name']}/full/0", "arch": a, "epochs": FULL[0], "images": FULL[1], "seed": 0, "fidelity": "full"} for a in archs]
+    out = [
+        {"id": f"{a['name']}/full/0", "arch": a, "epochs": FULL[0], "images": FULL[1], "seed": 0, "fidelity": "full"}
+        for a in archs
+    ]
     repeat = [archs[0], archs[3], archs[4]][:REPEATS]
-    out += [{"id": f"{a['name']}/full/1", "arch": a, "epochs": FULL[0], "images": FULL[1], "seed": 1, "fidelity": "full"} for a in repeat]
-    out += [{"id": f"{a['name']}/{f}/0", "arch": a, "epochs": e, "images": n, "seed": 0, "fidelity": f}
-            for f, (e, n) in FIDELITIES.items() for a in archs]
+    out += [
+        {"id": f"{a['name']}/full/1", "arch": a, "epochs": FULL[0], "images": FULL[1], "seed": 1, "fidelity": "full"}
+        for a in repeat
+    ]
+    out += [
+        {"id": f"{a['name']}/{f}/0", "arch": a, "epochs": e, "images": n, "seed": 0, "fidelity": f}
+        for f, (e, n) in FIDELITIES.items()
+        for a in archs
+    ]
     return out
 
 
@@ -105,12 +136,21 @@ def run_job(job: dict, data_dir: str | None) -> dict:
     cfg = replace(TrainConfig.from_dict(arch.train, arch.name), epochs=job["epochs"], seed=job["seed"])
     fitted = cfg.fitted(len(data.train))
     if fitted.batch_size != cfg.batch_size:
-        raise SystemExit(f"{job['id']}: batch {cfg.batch_size} would be halved at this fidelity; the protocol holds it fixed")
+        raise SystemExit(
+            f"{job['id']}: batch {cfg.batch_size} would be halved at this fidelity; the protocol holds it fixed"
+        )
     cpu, wall = time.process_time(), time.perf_counter()
     trained = train(arch, data, cfg)
-    return {**{k: v for k, v in job.items() if k != "arch"}, "name": arch.name, "params": param_count(arch), "train": cfg.to_dict(),
-            "curve": [e.val_acc for e in trained.history], "val_acc": trained.history[-1].val_acc,
-            "cpu_seconds": time.process_time() - cpu, "wall_seconds": time.perf_counter() - wall}
+    return {
+        **{k: v for k, v in job.items() if k != "arch"},
+        "name": arch.name,
+        "params": param_count(arch),
+        "train": cfg.to_dict(),
+        "curve": [e.val_acc for e in trained.history],
+        "val_acc": trained.history[-1].val_acc,
+        "cpu_seconds": time.process_time() - cpu,
+        "wall_seconds": time.perf_counter() - wall,
+    }
 
 
 def _worker(args: tuple) -> dict:
@@ -142,19 +182,29 @@ def spearman(a: list[float], b: list[float]) -> float:
 def table(runs: list[dict]) -> list[str]:
     full = {r["name"]: r for r in runs if r["fidelity"] == "full" and r["seed"] == 0}
     names = sorted(full, key=lambda n: -full[n]["val_acc"])
-    lines = ["| architecture | params | full protocol val acc (seed 0) | seed 1 | " + " | ".join(f"{f}: {e} ep x {n:,}" for f, (e, n) in FIDELITIES.items()) + " |",
-             "|---" * (4 + len(FIDELITIES)) + "|"]
+    lines = [
+        "| architecture | params | full protocol val acc (seed 0) | seed 1 | "
+        + " | ".join(f"{f}: {e} ep x {n:,}" for f, (e, n) in FIDELITIES.items())
+        + " |",
+        "|---" * (4 + len(FIDELITIES)) + "|",
+    ]
     by = {(r["name"], r["fidelity"], r["seed"]): r for r in runs}
     for n in names:
         again = by.get((n, "full", 1))
         cells = [f"{100 * by[(n, f, 0)]['val_acc']:.2f} %" if (n, f, 0) in by else "" for f in FIDELITIES]
         second = f"{100 * again['val_acc']:.2f} %" if again else ""
-        lines.append(f"| {n} | {full[n]['params']:,} | {100 * full[n]['val_acc']:.2f} % | {second} | " + " | ".join(cells) + " |")
+        lines.append(
+            f"| {n} | {full[n]['params']:,} | {100 * full[n]['val_acc']:.2f} % | {second} | " + " | ".join(cells) + " |"
+        )
     spread = [abs(by[(n, "full", 0)]["val_acc"] - by[(n, "full", 1)]["val_acc"]) for n in names if (n, "full", 1) in by]
-    lines += ["", f"full protocol: {len(full)} architectures, {sum(r['cpu_seconds'] for r in full.values()) / max(1, len(full)):.0f} CPU s a trial (one thread)"
-              + (f"; seed-to-seed differences {', '.join(f'{100 * s:.2f}' for s in spread)} points" if spread else ""), "",
-              "| fidelity | epochs x images | Spearman rho with the full protocol | top 5 holds the full top 3 | CPU s a trial (one thread) | wall s a trial |",
-              "|---|---|---|---|---|---|"]
+    lines += [
+        "",
+        f"full protocol: {len(full)} architectures, {sum(r['cpu_seconds'] for r in full.values()) / max(1, len(full)):.0f} CPU s a trial (one thread)"
+        + (f"; seed-to-seed differences {', '.join(f'{100 * s:.2f}' for s in spread)} points" if spread else ""),
+        "",
+        "| fidelity | epochs x images | Spearman rho with the full protocol | top 5 holds the full top 3 | CPU s a trial (one thread) | wall s a trial |",
+        "|---|---|---|---|---|---|",
+    ]
     top3 = set(names[:3])
     for f, (e, n) in FIDELITIES.items():
         got = [by[(m, f, 0)] for m in names if (m, f, 0) in by]
@@ -163,8 +213,10 @@ def table(runs: list[dict]) -> list[str]:
             continue
         rho = spearman([full[m]["val_acc"] for m in names], [r["val_acc"] for r in got])
         top5 = {r["name"] for r in sorted(got, key=lambda r: -r["val_acc"])[:5]}
-        lines.append(f"| {f} | {e} x {n:,} | {rho:.2f} | {'yes' if top3 <= top5 else 'no: misses ' + ', '.join(sorted(top3 - top5))} | "
-                     f"{sum(r['cpu_seconds'] for r in got) / len(got):.0f} | {sum(r['wall_seconds'] for r in got) / len(got):.0f} |")
+        lines.append(
+            f"| {f} | {e} x {n:,} | {rho:.2f} | {'yes' if top3 <= top5 else 'no: misses ' + ', '.join(sorted(top3 - top5))} | "
+            f"{sum(r['cpu_seconds'] for r in got) / len(got):.0f} | {sum(r['wall_seconds'] for r in got) / len(got):.0f} |"
+        )
     return lines
 
 
@@ -188,8 +240,11 @@ def main() -> None:
             for result in pool.imap_unordered(_worker, [(j, args.data_dir) for j in todo]):
                 with log.open("a") as f:
                     f.write(json.dumps(result) + "\n")
-                print(f"{result['id']}: {result['params']:,} params, val acc {100 * result['val_acc']:.2f} %, "
-                      f"{result['cpu_seconds']:.0f} CPU s, {result['wall_seconds']:.0f} s", flush=True)
+                print(
+                    f"{result['id']}: {result['params']:,} params, val acc {100 * result['val_acc']:.2f} %, "
+                    f"{result['cpu_seconds']:.0f} CPU s, {result['wall_seconds']:.0f} s",
+                    flush=True,
+                )
     runs = [json.loads(line) for line in log.read_text().splitlines()] if log.exists() else []
     text = "\n".join(table(runs)) if runs else "no runs yet"
     (args.out / "table.md").write_text(text + "\n")

@@ -50,18 +50,33 @@ def value(text: str):
 def run_one(arch, cfg: TrainConfig, data, test=None) -> dict:
     """Train one seed of one recipe; its curve, time and (with `test`) test accuracy."""
     start = time.perf_counter()
-    trained = train(arch, data, cfg, on_epoch=lambda e: print(
-        f"{arch.name} seed {cfg.seed} epoch {e.epoch:>2}  lr {e.lr:.4f}  train loss {e.train_loss:.4f}  "
-        f"val acc {100 * e.val_acc:.2f} %  {e.seconds:.1f} s", flush=True))
-    run = {"seed": cfg.seed, "val_acc": trained.history[-1].val_acc, "best_val_acc": max(e.val_acc for e in trained.history),
-           "curve": [e.val_acc for e in trained.history], "seconds": time.perf_counter() - start, "engine": trained.engine}
+    trained = train(
+        arch,
+        data,
+        cfg,
+        on_epoch=lambda e: print(
+            f"{arch.name} seed {cfg.seed} epoch {e.epoch:>2}  lr {e.lr:.4f}  train loss {e.train_loss:.4f}  "
+            f"val acc {100 * e.val_acc:.2f} %  {e.seconds:.1f} s",
+            flush=True,
+        ),
+    )
+    run = {
+        "seed": cfg.seed,
+        "val_acc": trained.history[-1].val_acc,
+        "best_val_acc": max(e.val_acc for e in trained.history),
+        "curve": [e.val_acc for e in trained.history],
+        "seconds": time.perf_counter() - start,
+        "engine": trained.engine,
+    }
     if test is not None:
         run["test_acc"] = evaluate(trained.model(), test)[1]
     return run
 
 
 def commit() -> str:
-    out = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=Path(__file__).parent)
+    out = subprocess.run(
+        ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=Path(__file__).parent
+    )
     return out.stdout.strip() or "unknown"
 
 
@@ -83,22 +98,43 @@ def study(plan: Path, shard: str, data_dir: str | None, device: torch.device, re
         arch = load_arch(c["arch"])
         cfg = TrainConfig.from_dict({**arch.train, **c.get("train", {}), "seed": seed}, f"{plan}: {c['name']}")
         run = run_one(arch, cfg, data)
-        record = {"arch": arch.name, "name": c["name"], **run, "config": cfg.to_dict(), "torch": torch.__version__,
-                  "commit": commit(), "threads": torch.get_num_threads(), "device": str(device)}
+        record = {
+            "arch": arch.name,
+            "name": c["name"],
+            **run,
+            "config": cfg.to_dict(),
+            "torch": torch.__version__,
+            "commit": commit(),
+            "threads": torch.get_num_threads(),
+            "device": str(device),
+        }
         with open(results / f"{arch.name}.jsonl", "a") as f:
             f.write(json.dumps(record) + "\n")
-        print(f"{arch.name} {c['name']} seed {seed}: val {100 * run['val_acc']:.2f} %  {run['seconds']:.0f} s", flush=True)
+        print(
+            f"{arch.name} {c['name']} seed {seed}: val {100 * run['val_acc']:.2f} %  {run['seconds']:.0f} s", flush=True
+        )
 
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("overrides", nargs="*", help="key=value, e.g. batch_size=512 lr=0.1")
-    p.add_argument("--arch", default=DEFAULT_SEED_ARCH, help="architecture file or built-in name (default the seed network)")
+    p.add_argument(
+        "--arch", default=DEFAULT_SEED_ARCH, help="architecture file or built-in name (default the seed network)"
+    )
     p.add_argument("--seeds", default="0")
-    p.add_argument("--test", action="store_true", help="also report test accuracy (only for a recipe chosen on validation)")
-    p.add_argument("--plan", type=Path, help="a plan file of candidates to run, results appended under benchmarks/results/recipe/")
+    p.add_argument(
+        "--test", action="store_true", help="also report test accuracy (only for a recipe chosen on validation)"
+    )
+    p.add_argument(
+        "--plan", type=Path, help="a plan file of candidates to run, results appended under benchmarks/results/recipe/"
+    )
     p.add_argument("--shard", default="0/1", help="with --plan: run every n-th pending run from the i-th (i/n)")
-    p.add_argument("--results", type=Path, default=RESULTS, help="with --plan: the folder of results (default benchmarks/results/recipe)")
+    p.add_argument(
+        "--results",
+        type=Path,
+        default=RESULTS,
+        help="with --plan: the folder of results (default benchmarks/results/recipe)",
+    )
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--device", default="auto")
     p.add_argument("--data-dir", default=None)
@@ -114,11 +150,24 @@ def main() -> None:
     base = TrainConfig.from_dict({**arch.train, **{k: value(v) for k, v in overrides.items()}}, "command line")
     data = load(args.data_dir, device)
     test = load_test(args.data_dir, device) if args.test else None
-    runs = [run_one(arch, TrainConfig(**{**base.to_dict(), "seed": seed}), data, test) for seed in map(int, args.seeds.split(","))]
+    runs = [
+        run_one(arch, TrainConfig(**{**base.to_dict(), "seed": seed}), data, test)
+        for seed in map(int, args.seeds.split(","))
+    ]
     mean = lambda key: sum(r[key] for r in runs) / len(runs)  # noqa: E731
-    print(json.dumps({"arch": arch.name, "config": base.to_dict(), "val_acc_mean": mean("val_acc"),
-                      **({"test_acc_mean": mean("test_acc")} if test is not None else {}),
-                      "runs": runs, "device": str(device), "threads": torch.get_num_threads()}))
+    print(
+        json.dumps(
+            {
+                "arch": arch.name,
+                "config": base.to_dict(),
+                "val_acc_mean": mean("val_acc"),
+                **({"test_acc_mean": mean("test_acc")} if test is not None else {}),
+                "runs": runs,
+                "device": str(device),
+                "threads": torch.get_num_threads(),
+            }
+        )
+    )
 
 
 if __name__ == "__main__":

@@ -32,13 +32,26 @@ def settings_for(sampler: str, seed: int, args: argparse.Namespace):
     from nas.space.spaces import read_space
     from nas.study.settings import StudySettings
 
-    return StudySettings(max_params=args.max_params, max_epochs=args.epochs, train_size=args.train_size, val_size=args.val_size,
-                         target_accuracy=0.98, pruning="off", sampler=sampler, seed=seed, space=read_space("mnist_tiny"))
+    return StudySettings(
+        max_params=args.max_params,
+        max_epochs=args.epochs,
+        train_size=args.train_size,
+        val_size=args.val_size,
+        target_accuracy=0.98,
+        pruning="off",
+        sampler=sampler,
+        seed=seed,
+        space=read_space("mnist_tiny"),
+    )
 
 
 def trained(study) -> list:
     """Trials that trained, in the order they were numbered."""
-    return [t for t in study.get_trials(deepcopy=False) if t.user_attrs.get("train_seconds") and "duplicate_of" not in t.user_attrs]
+    return [
+        t
+        for t in study.get_trials(deepcopy=False)
+        if t.user_attrs.get("train_seconds") and "duplicate_of" not in t.user_attrs
+    ]
 
 
 def run_search(job: tuple[str, int, argparse.Namespace]) -> dict:
@@ -67,9 +80,19 @@ def run_search(job: tuple[str, int, argparse.Namespace]) -> dict:
     start = time.perf_counter()
     if len(trained(study)) < args.trained:
         study.optimize(objective, callbacks=[enough], catch=(Exception,))
-    rows = [{"number": t.number, "state": t.state.name, "params": t.user_attrs.get("params"), "val_acc": t.values[0] if t.values else None,
-             "train_seconds": t.user_attrs.get("train_seconds", 0.0), "seed_arch": t.user_attrs.get("seed_arch"), "arch": t.user_attrs.get("arch"),
-             "train_config": t.user_attrs.get("train_config")} for t in study.get_trials(deepcopy=False)]
+    rows = [
+        {
+            "number": t.number,
+            "state": t.state.name,
+            "params": t.user_attrs.get("params"),
+            "val_acc": t.values[0] if t.values else None,
+            "train_seconds": t.user_attrs.get("train_seconds", 0.0),
+            "seed_arch": t.user_attrs.get("seed_arch"),
+            "arch": t.user_attrs.get("arch"),
+            "train_config": t.user_attrs.get("train_config"),
+        }
+        for t in study.get_trials(deepcopy=False)
+    ]
     return {"sampler": sampler, "seed": seed, "trials": rows, "seconds": time.perf_counter() - start}
 
 
@@ -153,11 +176,20 @@ def main() -> None:
                 with log.open("a") as f:
                     f.write(json.dumps(result) + "\n")
                 m = measures(result, args.max_params, at)
-                print(f"{result['sampler']} seed {result['seed']}: {len(result['trials'])} trials, hv@{at[-1]} {m[f'hv@{at[-1]}']:.4f}, best@{at[-1]} {100 * m[f'best@{at[-1]}']:.2f} %, "
-                      f"{result['seconds']:.0f} s", flush=True)
+                print(
+                    f"{result['sampler']} seed {result['seed']}: {len(result['trials'])} trials, hv@{at[-1]} {m[f'hv@{at[-1]}']:.4f}, best@{at[-1]} {100 * m[f'best@{at[-1]}']:.2f} %, "
+                    f"{result['seconds']:.0f} s",
+                    flush=True,
+                )
     searches = [s for s in map(json.loads, log.read_text().splitlines()) if s["sampler"] in samplers]
-    lines = ["| sampler | searches | " + " | ".join(f"hypervolume @{n}" for n in at) + " | " + " | ".join(f"best val acc @{n}" for n in at) + f" | trials drawn for {at[-1]} trained |",
-             "|---" * (3 + 2 * len(at)) + "|"]
+    lines = [
+        "| sampler | searches | "
+        + " | ".join(f"hypervolume @{n}" for n in at)
+        + " | "
+        + " | ".join(f"best val acc @{n}" for n in at)
+        + f" | trials drawn for {at[-1]} trained |",
+        "|---" * (3 + 2 * len(at)) + "|",
+    ]
     summary = {}
     for s in samplers:
         mine = [x for x in searches if x["sampler"] == s]
@@ -166,16 +198,22 @@ def main() -> None:
         ms = [measures(x, args.max_params, at) for x in mine]
         summary[s] = {k: bootstrap([m[k] for m in ms]) for k in ms[0]}
         cells = [f"{m:.4f} [{lo:.4f}, {hi:.4f}]" for m, lo, hi in (summary[s][f"hv@{n}"] for n in at)]
-        cells += [f"{100 * m:.2f} [{100 * lo:.2f}, {100 * hi:.2f}] %" for m, lo, hi in (summary[s][f"best@{n}"] for n in at)]
+        cells += [
+            f"{100 * m:.2f} [{100 * lo:.2f}, {100 * hi:.2f}] %" for m, lo, hi in (summary[s][f"best@{n}"] for n in at)
+        ]
         drawn = statistics.fmean(len(x["trials"]) for x in mine)
         lines.append(f"| {s} | {len(mine)} | " + " | ".join(cells) + f" | {drawn:.0f} |")
     best_file = args.out / "retrained.jsonl"
-    retrained = {r["sampler"]: r for r in map(json.loads, best_file.read_text().splitlines())} if best_file.exists() else {}
+    retrained = (
+        {r["sampler"]: r for r in map(json.loads, best_file.read_text().splitlines())} if best_file.exists() else {}
+    )
     jobs = []
     for s in summary:
         if s in retrained:
             continue
-        candidates = [t for x in searches if x["sampler"] == s for t in x["trials"] if t["state"] == "COMPLETE" and t["arch"]]
+        candidates = [
+            t for x in searches if x["sampler"] == s for t in x["trials"] if t["state"] == "COMPLETE" and t["arch"]
+        ]
         jobs.append((s, max(candidates, key=lambda t: t["val_acc"]), args))
     if jobs:
         with ctx.Pool(args.workers, maxtasksperchild=1) as pool:
@@ -183,10 +221,16 @@ def main() -> None:
                 retrained[r["sampler"]] = r
                 with best_file.open("a") as f:
                     f.write(json.dumps(r) + "\n")
-    lines += ["", "| sampler | its most accurate network | val acc found | with the next two training seeds | mean of 3 |", "|---|---|---|---|---|"]
+    lines += [
+        "",
+        "| sampler | its most accurate network | val acc found | with the next two training seeds | mean of 3 |",
+        "|---|---|---|---|---|",
+    ]
     for s, r in retrained.items():
         a = r["val_accs"]
-        lines.append(f"| {s} | {r['params']:,} params | {100 * a[0]:.2f} % | {100 * a[1]:.2f} %, {100 * a[2]:.2f} % | {100 * statistics.fmean(a):.2f} % |")
+        lines.append(
+            f"| {s} | {r['params']:,} params | {100 * a[0]:.2f} % | {100 * a[1]:.2f} %, {100 * a[2]:.2f} % | {100 * statistics.fmean(a):.2f} % |"
+        )
     text = "\n".join(lines)
     (args.out / "table.md").write_text(text + "\n")
     print(text)

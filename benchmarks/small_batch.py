@@ -37,8 +37,15 @@ def main() -> None:
     data = load(args.data_dir, "cpu", train_size=args.images)
     data = Data(data.train, replace(data.val, x=data.val.x[:0], y=data.val.y[:0]))  # no validation: the step alone
     batches = [int(b) for b in args.batch_sizes.split(",")]
-    print(f"torch {torch.__version__}, 1 thread, {args.images:,} augmented images an epoch, CPU seconds per 10,000 images (median of {args.rounds})")
-    print(f"{'network':>12}  " + "  ".join(f"{'batch ' + str(b):>9}" for b in batches) + "  " + "  ".join(f"{f'{b}/{batches[-1]}':>7}" for b in batches[:-1]))
+    print(
+        f"torch {torch.__version__}, 1 thread, {args.images:,} augmented images an epoch, CPU seconds per 10,000 images (median of {args.rounds})"
+    )
+    print(
+        f"{'network':>12}  "
+        + "  ".join(f"{'batch ' + str(b):>9}" for b in batches)
+        + "  "
+        + "  ".join(f"{f'{b}/{batches[-1]}':>7}" for b in batches[:-1])
+    )
     for name in args.arch:
         arch = load_arch(name)
         cfg = TrainConfig.from_dict({**arch.train, "epochs": 1, "augment": True}, name)
@@ -50,7 +57,13 @@ def main() -> None:
                 train(arch, data, TrainConfig(**{**cfg.to_dict(), "batch_size": b}))
                 times[b].append((time.process_time() - start) * 10_000 / args.images)
         med = {b: statistics.median(t) for b, t in times.items()}
-        print(f"{name:>12}  " + "  ".join(f"{med[b]:>8.2f}s" for b in batches) + "  " + "  ".join(f"{med[b] / med[batches[-1]]:>6.2f}x" for b in batches[:-1]), flush=True)
+        print(
+            f"{name:>12}  "
+            + "  ".join(f"{med[b]:>8.2f}s" for b in batches)
+            + "  "
+            + "  ".join(f"{med[b] / med[batches[-1]]:>6.2f}x" for b in batches[:-1]),
+            flush=True,
+        )
 
 
 if __name__ == "__main__":

@@ -53,7 +53,9 @@ def find_mnist() -> Path:
     if env:
         if has_mnist(Path(env)):
             return Path(env)
-        raise RuntimeError(f"NAS_TEST_MNIST={env} does not hold the four MNIST IDX files (.gz or raw); point it at a folder that does, or unset it")
+        raise RuntimeError(
+            f"NAS_TEST_MNIST={env} does not hold the four MNIST IDX files (.gz or raw); point it at a folder that does, or unset it"
+        )
     if has_mnist(SHARED_MNIST):
         return SHARED_MNIST
     from nas.data.datasets import NAMED, default_data_dir, download
@@ -66,15 +68,20 @@ def find_mnist() -> Path:
         download(NAMED["mnist"], user)
     except DataError as e:
         reason = str(e).split(" could not be downloaded ", 1)[-1].split(";")[0].strip(" (")
-        raise RuntimeError(f"real MNIST not found in {SHARED_MNIST} or {user}, and downloading it failed ({reason}); "
-                           "set NAS_TEST_MNIST to a folder with the four IDX files") from None
+        raise RuntimeError(
+            f"real MNIST not found in {SHARED_MNIST} or {user}, and downloading it failed ({reason}); "
+            "set NAS_TEST_MNIST to a folder with the four IDX files"
+        ) from None
     return user
 
 
 def pytest_collection_modifyitems(session, config, items) -> None:
     """Find the data once, before any test runs, and only if a selected test needs it: when it
     cannot be found, stop with one message instead of a failure per test."""
-    if any("mnist_dir" in getattr(item, "fixturenames", ()) or "small_data" in getattr(item, "fixturenames", ()) for item in items):
+    if any(
+        "mnist_dir" in getattr(item, "fixturenames", ()) or "small_data" in getattr(item, "fixturenames", ())
+        for item in items
+    ):
         try:
             config.stash[_MNIST] = find_mnist()
         except RuntimeError as e:
@@ -84,6 +91,7 @@ def pytest_collection_modifyitems(session, config, items) -> None:
 @contextlib.contextmanager
 def serve(folder: Path) -> Iterator[str]:
     """An HTTP server on loopback serving `folder`, as a dataset's mirror would: its base URL."""
+
     class Quiet(http.server.SimpleHTTPRequestHandler):
         def log_message(self, *args) -> None:
             pass
@@ -129,7 +137,9 @@ def onnx_extra() -> None:
 
     absent = missing()
     if absent and require_system_deps():
-        pytest.fail(f"{', '.join(absent)} not installed, and NAS_REQUIRE_SYSTEM_DEPS=1: install the onnx extra ({INSTALL})")
+        pytest.fail(
+            f"{', '.join(absent)} not installed, and NAS_REQUIRE_SYSTEM_DEPS=1: install the onnx extra ({INSTALL})"
+        )
     if absent:
         pytest.skip(f"{', '.join(absent)} not installed ({INSTALL}; .ci/run installs it)")
 
@@ -161,7 +171,9 @@ def make_study(storage: str | None = None, name: str = "synthetic", n: int = 24,
     settings = StudySettings(max_params=9_300, max_epochs=4, target_accuracy=0.98, train_size=2000, val_size=1000)
     rule = ConvergenceRule.of(settings)
     rng = random.Random(seed)
-    study = optuna.create_study(study_name=name, directions=["maximize", "minimize"], sampler=optuna.samplers.RandomSampler(seed))
+    study = optuna.create_study(
+        study_name=name, directions=["maximize", "minimize"], sampler=optuna.samplers.RandomSampler(seed)
+    )
     study.set_metric_names(["val_accuracy", "params"])
     study.set_user_attr("settings", settings.to_dict())
     study.enqueue_trial(settings.seed_configs[0], user_attrs={"seed_arch": settings.seed_archs[0]["name"]})
@@ -176,7 +188,13 @@ def make_study(storage: str | None = None, name: str = "synthetic", n: int = 24,
             trial.set_user_attr("prune_reason", f"invalid: {e.problem}")
             study.tell(trial, state=optuna.trial.TrialState.PRUNED)
             continue
-        for key, value in dict(**trial_attrs(costs(arch)), receptive_field=receptive_field(arch), arch=arch_to_json(arch), train_config=cfg.to_dict(), device="cpu").items():
+        for key, value in dict(
+            **trial_attrs(costs(arch)),
+            receptive_field=receptive_field(arch),
+            arch=arch_to_json(arch),
+            train_config=cfg.to_dict(),
+            device="cpu",
+        ).items():
             trial.set_user_attr(key, value)
         if params > settings.max_params:
             trial.set_user_attr("prune_reason", f"budget: parameters {params:,} > {settings.max_params:,}")
@@ -184,12 +202,19 @@ def make_study(storage: str | None = None, name: str = "synthetic", n: int = 24,
             study.tell(trial, state=optuna.trial.TrialState.PRUNED)
             continue
         trained += 1
-        final = min(0.993, 0.955 + 0.01 * math.log(params / 500) + rng.uniform(-0.012, 0.012)) if i else 0.985  # the seed converges
+        final = (
+            min(0.993, 0.955 + 0.01 * math.log(params / 500) + rng.uniform(-0.012, 0.012)) if i else 0.985
+        )  # the seed converges
         curve = [round(final - 0.05 * (1 - e / 4) ** 1.5 + rng.uniform(-0.002, 0.002), 4) for e in range(1, 5)]
         curve[-1] = round(final, 4)
         seconds = [round(0.4 + params / 20000 + rng.uniform(0, 0.1), 3) for _ in curve]
         if trained in (4, 8):  # a diverged run and a run whose worker died, failed as stale by another worker
-            trial.set_user_attr("fail_reason", "training loss became nan in epoch 2" if trained == 4 else "stale: no heartbeat from worker w1 on host-b for 120 s")
+            trial.set_user_attr(
+                "fail_reason",
+                "training loss became nan in epoch 2"
+                if trained == 4
+                else "stale: no heartbeat from worker w1 on host-b for 120 s",
+            )
             trial.set_user_attr("curve", curve[:1])
             trial.set_user_attr("epoch_seconds", seconds[:1])
             study.tell(trial, state=optuna.trial.TrialState.FAIL)

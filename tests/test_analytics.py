@@ -13,8 +13,14 @@ def study_of(rows, **settings) -> optuna.Study:
     study = optuna.create_study(directions=["maximize", "minimize"])
     study.set_user_attr("settings", StudySettings(target_accuracy=0.985, **settings).to_dict())
     for acc, attrs in rows:
-        study.add_trial(create_trial(values=[acc, attrs["params"]], params={"x": 0.5}, distributions={"x": FloatDistribution(0, 1)},
-                                     user_attrs={"receptive_field": 30, **attrs}))
+        study.add_trial(
+            create_trial(
+                values=[acc, attrs["params"]],
+                params={"x": 0.5},
+                distributions={"x": FloatDistribution(0, 1)},
+                user_attrs={"receptive_field": 30, **attrs},
+            )
+        )
     return study
 
 
@@ -65,9 +71,19 @@ def test_replaying_the_pareto_rule_counts_savings_and_what_it_would_lose():
     study.set_user_attr("settings", StudySettings(max_epochs=4, target_accuracy=0.98).to_dict())
     for n in range(8):  # eight equal trials of rising cost and accuracy, then a costly poor one and a costly good one
         curve = [0.9, 0.95, 0.96, 0.97 + 0.001 * n]
-        study.add_trial(optuna.trial.create_trial(values=[curve[-1], 1000 + n], user_attrs={"curve": curve, "epoch_seconds": [1.0] * 4, "params": 1000 + n, "arch": "{}"}))
+        study.add_trial(
+            optuna.trial.create_trial(
+                values=[curve[-1], 1000 + n],
+                user_attrs={"curve": curve, "epoch_seconds": [1.0] * 4, "params": 1000 + n, "arch": "{}"},
+            )
+        )
     for curve in ([0.5, 0.6, 0.7, 0.99], [0.9, 0.97, 0.98, 0.985]):
-        study.add_trial(optuna.trial.create_trial(values=[curve[-1], 9000], user_attrs={"curve": curve, "epoch_seconds": [1.0] * 4, "params": 9000, "arch": "{}"}))
+        study.add_trial(
+            optuna.trial.create_trial(
+                values=[curve[-1], 9000],
+                user_attrs={"curve": curve, "epoch_seconds": [1.0] * 4, "params": 9000, "arch": "{}"},
+            )
+        )
     got = replay_pareto(study, ParetoRule(rungs=(2,), eta=3.0))
     # At epoch 2 the first six trials have no 6 cheaper peers yet; trials 6 and 7 (0.95 among equals) are not beaten by more than
     # two thirds; trial 8 (0.6) is, and it ends at 0.99 on the front and above the target: what the rule must not do. Trial 9 leads.

@@ -32,19 +32,46 @@ def random_arch(rng: random.Random) -> Arch:
     for _ in range(rng.randint(1, 10)):
         kind = rng.random()
         if kind < 0.15:
-            layers.append(SepConv(out=rng.randint(1, 24), kernel=rng.choice([1, 3, 5]), padding=rng.choice([0, 1, 2]), stride=rng.choice([1, 1, 2]),
-                                  dw_bn=rng.random() < 0.7, dw_relu=rng.random() < 0.5, bn=rng.random() < 0.7, relu=rng.random() < 0.8,
-                                  order=rng.choice(["relu_bn", "bn_relu"]), bias=rng.random() < 0.8))
+            layers.append(
+                SepConv(
+                    out=rng.randint(1, 24),
+                    kernel=rng.choice([1, 3, 5]),
+                    padding=rng.choice([0, 1, 2]),
+                    stride=rng.choice([1, 1, 2]),
+                    dw_bn=rng.random() < 0.7,
+                    dw_relu=rng.random() < 0.5,
+                    bn=rng.random() < 0.7,
+                    relu=rng.random() < 0.8,
+                    order=rng.choice(["relu_bn", "bn_relu"]),
+                    bias=rng.random() < 0.8,
+                )
+            )
         elif kind < 0.7:
-            layers.append(Conv(out=rng.randint(1, 24), kernel=rng.choice([1, 3, 5]), padding=rng.choice([0, 1, 2]),
-                               bn=rng.random() < 0.7, relu=rng.random() < 0.8, order=rng.choice(["relu_bn", "bn_relu"]), bias=rng.random() < 0.8,
-                               stride=rng.choice([1, 1, 1, 2])))
+            layers.append(
+                Conv(
+                    out=rng.randint(1, 24),
+                    kernel=rng.choice([1, 3, 5]),
+                    padding=rng.choice([0, 1, 2]),
+                    bn=rng.random() < 0.7,
+                    relu=rng.random() < 0.8,
+                    order=rng.choice(["relu_bn", "bn_relu"]),
+                    bias=rng.random() < 0.8,
+                    stride=rng.choice([1, 1, 1, 2]),
+                )
+            )
         elif kind < 0.9:
             layers.append(Pool(kind=rng.choice(["max", "avg"])))
         else:
             layers.append(Dropout(p=rng.choice([0.0, 0.05, 0.1])))
-    head = rng.choice([Head("conv_gap", rng.choice([1, 3]), rng.choice([0, 1]), rng.random() < 0.8), Head("gap_conv", bias=rng.random() < 0.8)])
-    return Arch(layers=layers, head=head, input=(rng.choice([1, 3]), rng.choice([16, 28, 32]), 28), classes=rng.choice([10, 7]))
+    head = rng.choice(
+        [
+            Head("conv_gap", rng.choice([1, 3]), rng.choice([0, 1]), rng.random() < 0.8),
+            Head("gap_conv", bias=rng.random() < 0.8),
+        ]
+    )
+    return Arch(
+        layers=layers, head=head, input=(rng.choice([1, 3]), rng.choice([16, 28, 32]), 28), classes=rng.choice([10, 7])
+    )
 
 
 def random_valid_archs(n: int, seed: int = 0) -> list[Arch]:
@@ -86,8 +113,20 @@ def test_stride_halves_the_map_and_doubles_the_jump():
 def test_separable_conv_is_a_depthwise_then_a_pointwise_conv():
     arch = Arch(layers=[Conv(4), SepConv(16, dw_relu=True, order="bn_relu")], head=Head("gap_conv", bias=False))
     steps = plan(arch)
-    assert [s.module for s in steps] == ["Conv2d", "ReLU", "BatchNorm2d", "Conv2d", "BatchNorm2d", "ReLU", "Conv2d", "BatchNorm2d", "ReLU",
-                                         "AdaptiveAvgPool2d", "Conv2d", "Flatten"]
+    assert [s.module for s in steps] == [
+        "Conv2d",
+        "ReLU",
+        "BatchNorm2d",
+        "Conv2d",
+        "BatchNorm2d",
+        "ReLU",
+        "Conv2d",
+        "BatchNorm2d",
+        "ReLU",
+        "AdaptiveAvgPool2d",
+        "Conv2d",
+        "Flatten",
+    ]
     depthwise, pointwise = steps[3], steps[6]
     assert depthwise.args["groups"] == 4 and depthwise.params == 4 * 9 + 4 and pointwise.params == 16 * 4 + 16
     assert steps[-2].params == 16 * 10  # no head bias
@@ -110,7 +149,9 @@ def test_seed_costs():
 
 def test_batchnorm_right_after_a_conv_folds_away():
     seed = load_arch(SEED)
-    folded = replace(seed, layers=[replace(layer, order="bn_relu") if isinstance(layer, Conv) else layer for layer in seed.layers])
+    folded = replace(
+        seed, layers=[replace(layer, order="bn_relu") if isinstance(layer, Conv) else layer for layer in seed.layers]
+    )
     c, bn_numbers = costs(folded), 2 * 76
     assert param_count(folded) == 9274 and sum(s.folded for s in c.steps) == 7
     assert c.model_fp32 == 4 * (9274 - bn_numbers) and c.model_int8 == 9036 + 8 * 86
@@ -137,24 +178,24 @@ def test_seed_file_round_trip():
 @pytest.mark.parametrize(
     "text, key, problem",
     [
-        ('layers = [{ conv = 4 }, { conv = 0 }]', "layers[1].out", "between 1 and 4,096"),
-        ('layers = [{ conv = 1000000000 }]', "layers[0].out", "between 1 and 4,096"),
-        ('layers = [{ conv = 4, kernel = 2 }]', "layers[0].kernel", "odd"),
-        ('layers = [{ conv = 4, stride = 0 }]', "layers[0].stride", "between 1 and 8"),
-        ('layers = []', "layers", "at least one conv layer"),
+        ("layers = [{ conv = 4 }, { conv = 0 }]", "layers[1].out", "between 1 and 4,096"),
+        ("layers = [{ conv = 1000000000 }]", "layers[0].out", "between 1 and 4,096"),
+        ("layers = [{ conv = 4, kernel = 2 }]", "layers[0].kernel", "odd"),
+        ("layers = [{ conv = 4, stride = 0 }]", "layers[0].stride", "between 1 and 8"),
+        ("layers = []", "layers", "at least one conv layer"),
         ('layers = [{ pool = "max" }]', "layers", "at least one conv layer"),
-        ('layers = [{ conv = 4 }]\ninput = [1, 0, 28]', "input", "integers from 1"),
+        ("layers = [{ conv = 4 }]\ninput = [1, 0, 28]", "input", "integers from 1"),
         ('layers = [{ conv = "8" }]', "layers[0].out", "expected int"),
         ('layers = [{ conv = 4, pool = "max" }]', "layers[0]", "exactly one"),
-        ('layers = [{ sep = 4, kernel = 4 }]', "layers[0].kernel", "odd"),
-        ('layers = [{ sep = 4, dw_relu = 1 }]', "layers[0].dw_relu", "expected bool"),
+        ("layers = [{ sep = 4, kernel = 4 }]", "layers[0].kernel", "odd"),
+        ("layers = [{ sep = 4, dw_relu = 1 }]", "layers[0].dw_relu", "expected bool"),
         ('layers = [{ pool = "median" }]', "layers[0].kind", "max, avg"),
-        ('layers = [{ conv = 4, colour = 1 }]', "layers[0].colour", "unknown key"),
+        ("layers = [{ conv = 4, colour = 1 }]", "layers[0].colour", "unknown key"),
         ('layers = [{ conv = 4 }]\nhead = { type = "linear" }', "head.type", "conv_gap"),
-        ('layers = [{ conv = 4 }]\nwidth = 3', "width", "unknown key"),
+        ("layers = [{ conv = 4 }]\nwidth = 3", "width", "unknown key"),
         ('name = "x"', "layers", "missing"),
-        ('layers = [{ conv = 4, padding = 0 }] \ninput = [1, 3, 3]\nhead = { kernel = 3 }', "head", "shrinks"),
-        ('layers = [', "toml", "not valid TOML"),
+        ("layers = [{ conv = 4, padding = 0 }] \ninput = [1, 3, 3]\nhead = { kernel = 3 }", "head", "shrinks"),
+        ("layers = [", "toml", "not valid TOML"),
     ],
 )
 def test_bad_files_name_file_key_and_problem(tmp_path, text, key, problem):

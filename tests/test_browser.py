@@ -23,8 +23,17 @@ from nas.study.report import write_report
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 DRIVER = shutil.which("chromedriver") or "/usr/bin/chromedriver"
-FLAGS = ("--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
-         "--disable-component-update", "--disable-sync", "--window-size=1280,1600")
+FLAGS = (
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--window-size=1280,1600",
+)
 
 # Per figure on the page: how many traces it has and how many of their SVG paths have a shape.
 FIGURES_JS = """
@@ -60,7 +69,9 @@ def wait_for(driver, check, what: str, timeout: float = 30):
     try:
         return WebDriverWait(driver, timeout, poll_frequency=0.2).until(lambda d: check(d))
     except Exception:  # noqa: BLE001 - selenium's TimeoutException, said as what was awaited
-        pytest.fail(f"{what} within {timeout} s; the page says: {driver.execute_script('return document.body.innerText')[:600]!r}")
+        pytest.fail(
+            f"{what} within {timeout} s; the page says: {driver.execute_script('return document.body.innerText')[:600]!r}"
+        )
 
 
 def js_errors(driver) -> list[str]:
@@ -75,16 +86,31 @@ def text(driver) -> str:
 def test_report_draws_every_figure(browser, tmp_path):
     study = make_study(name="tiny")
     (tmp_path / "model").mkdir()
-    notes.record_export(study, {"trial": 0, "test_acc": 0.9871, "epochs": 4, "train_images": 60000, "seeds": [{}]}, tmp_path / "model")
+    notes.record_export(
+        study, {"trial": 0, "test_acc": 0.9871, "epochs": 4, "train_images": 60000, "seeds": [{}]}, tmp_path / "model"
+    )
     _, page = write_report(study, tmp_path / "report")
     browser.get(page.as_uri())
     expected = page.read_text().count('class="plotly-graph-div"')
-    figures = wait_for(browser, lambda d: (f := d.execute_script(FIGURES_JS)) and len(f) == expected and all(x["paths"] for x in f) and f,
-                       f"{expected} figures with drawn traces")
+    figures = wait_for(
+        browser,
+        lambda d: (f := d.execute_script(FIGURES_JS)) and len(f) == expected and all(x["paths"] for x in f) and f,
+        f"{expected} figures with drawn traces",
+    )
     assert expected == 4 and all(f["traces"] >= 1 and f["paths"] >= 1 for f in figures), figures
-    assert [f["title"] for f in figures][:2] == ["Validation accuracy vs parameters (hover for the architecture)", "Learning curves, coloured by outcome"]
+    assert [f["title"] for f in figures][:2] == [
+        "Validation accuracy vs parameters (hover for the architecture)",
+        "Learning curves, coloured by outcome",
+    ]
     seen = text(browser)
-    for fact in ("nas study: tiny", "seed_9274", "trial 0: 98.71 % test accuracy", "failed as stale by another worker", "judged from", "wrongly pruned"):
+    for fact in (
+        "nas study: tiny",
+        "seed_9274",
+        "trial 0: 98.71 % test accuracy",
+        "failed as stale by another worker",
+        "judged from",
+        "wrongly pruned",
+    ):
         assert fact in seen, fact
     # Hovering the seed's star shows its architecture in one line.
     hover = browser.execute_script("""
@@ -116,8 +142,13 @@ def dashboard(tmp_path):
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), *filter(None, [os.environ.get("PYTHONPATH")])])}
-    proc = subprocess.Popen([sys.executable, "-m", "nas", "dashboard", "--storage", storage, "--port", str(port)],
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "nas", "dashboard", "--storage", storage, "--port", str(port)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        env=env,
+    )
     try:
         printed = [proc.stdout.readline() for _ in range(3)]
         url = next((line.split(": ", 1)[1].strip() for line in printed if line.startswith("study 'tiny': ")), None)
@@ -140,14 +171,26 @@ def dashboard(tmp_path):
 def test_dashboard_shows_notes_plots_and_artifacts(browser, dashboard):
     url, study, uploaded = dashboard
     browser.get(url)
-    figures = wait_for(browser, lambda d: (f := d.execute_script(FIGURES_JS)) and any(x["paths"] for x in f) and f, "the study page's plots")
+    figures = wait_for(
+        browser,
+        lambda d: (f := d.execute_script(FIGURES_JS)) and any(x["paths"] for x in f) and f,
+        "the study page's plots",
+    )
     assert any(f["paths"] for f in figures)
-    wait_for(browser, lambda d: "Study Artifacts" in text(d) and "trial_0.toml" in text(d), "the study's artifacts listed")
+    wait_for(
+        browser, lambda d: "Study Artifacts" in text(d) and "trial_0.toml" in text(d), "the study's artifacts listed"
+    )
 
     browser.get(url + "/trials?numbers=0")
     wait_for(browser, lambda d: "Why it ended" in text(d), "the seed trial's note")
     seen = text(browser)
-    for fact in ("Trial 0: converged", "complete and converged: 98.50 % validation accuracy", "Total params: 9,274", "seed_9274", "Validation accuracy per epoch"):
+    for fact in (
+        "Trial 0: converged",
+        "complete and converged: 98.50 % validation accuracy",
+        "Total params: 9,274",
+        "seed_9274",
+        "Validation accuracy per epoch",
+    ):
         assert fact in seen, fact
 
     stale = next(t for t in study.trials if t.user_attrs.get("fail_reason", "").startswith("stale"))
@@ -167,7 +210,12 @@ def test_dashboard_bad_input_is_one_line_and_leaves_nothing(tmp_path):
     missing = tmp_path / "none.sqlite3"
     storage = f"sqlite:///{tmp_path}/s.db"
     make_study(storage, name="tiny", n=1)
-    for args, message in (([f"sqlite:///{missing}"], "no study storage there yet"), ([storage, "--study", "nope"], "has no study 'nope' (it has: tiny)")):
-        r = subprocess.run([sys.executable, "-m", "nas", "dashboard", "--storage", *args], capture_output=True, text=True, timeout=60)
+    for args, message in (
+        ([f"sqlite:///{missing}"], "no study storage there yet"),
+        ([storage, "--study", "nope"], "has no study 'nope' (it has: tiny)"),
+    ):
+        r = subprocess.run(
+            [sys.executable, "-m", "nas", "dashboard", "--storage", *args], capture_output=True, text=True, timeout=60
+        )
         assert r.returncode == 2 and message in r.stderr and len(r.stderr.splitlines()) == 1, r.stderr
     assert sorted(p.name for p in tmp_path.iterdir()) == ["s.db"]  # no database, no artifact folder created

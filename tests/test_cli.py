@@ -13,7 +13,9 @@ from PIL import Image
 
 
 def nas(*args, cwd=None, env=None):
-    return subprocess.run([sys.executable, "-m", "nas", *map(str, args)], capture_output=True, text=True, cwd=cwd, env=env, timeout=300)
+    return subprocess.run(
+        [sys.executable, "-m", "nas", *map(str, args)], capture_output=True, text=True, cwd=cwd, env=env, timeout=300
+    )
 
 
 def refused(r, text, secret=None):
@@ -25,12 +27,22 @@ def refused(r, text, secret=None):
     assert secret is None or secret not in r.stdout + r.stderr
 
 
-@pytest.mark.parametrize("flags, text", [
-    (["--max-params", 0], "--max-params"), (["--max-params", -5], "--max-params"), (["--trials", 0], "--trials"),
-    (["--trials", -3], "--trials"), (["--timeout", -1], "--timeout"), (["--max-epochs", 0], "--max-epochs"),
-    (["--train-size", 0], "--train-size"), (["--target-accuracy", 0], "--target-accuracy"), (["--seeds-per-trial", 0], "--seeds-per-trial"),
-    (["--train-size", 59_000], "--train-size"), (["--space", "nope"], "no such file"),
-])
+@pytest.mark.parametrize(
+    "flags, text",
+    [
+        (["--max-params", 0], "--max-params"),
+        (["--max-params", -5], "--max-params"),
+        (["--trials", 0], "--trials"),
+        (["--trials", -3], "--trials"),
+        (["--timeout", -1], "--timeout"),
+        (["--max-epochs", 0], "--max-epochs"),
+        (["--train-size", 0], "--train-size"),
+        (["--target-accuracy", 0], "--target-accuracy"),
+        (["--seeds-per-trial", 0], "--seeds-per-trial"),
+        (["--train-size", 59_000], "--train-size"),
+        (["--space", "nope"], "no such file"),
+    ],
+)
 def test_search_refuses_bad_flags_and_creates_nothing(tmp_path, mnist_dir, flags, text):
     r = nas("search", *flags, "--storage", f"sqlite:///{tmp_path}/s.db", "--data-dir", mnist_dir)
     refused(r, text)
@@ -49,8 +61,10 @@ def test_an_unreachable_database_is_one_line_without_its_password(tmp_path, mnis
 
 
 def test_a_budget_the_space_cannot_meet_is_refused_before_a_study_exists(tmp_path, mnist_dir):
-    refused(nas("search", "--max-params", 150, "--storage", f"sqlite:///{tmp_path}/s.db", "--data-dir", mnist_dir),
-            "--max-params 150: no architecture of search space mnist_fcn is within this limit (its smallest: parameters 200)")
+    refused(
+        nas("search", "--max-params", 150, "--storage", f"sqlite:///{tmp_path}/s.db", "--data-dir", mnist_dir),
+        "--max-params 150: no architecture of search space mnist_fcn is within this limit (its smallest: parameters 200)",
+    )
     assert list(tmp_path.iterdir()) == []
 
 
@@ -58,12 +72,38 @@ def test_too_many_workers_are_capped_and_a_new_storage_folder_is_said(tmp_path, 
     """--workers 64 on 2 cores started 64 processes that never began a trial, behind an 1,836-character status line."""
     import os
 
-    r = nas("search", "--workers", 64, "--trials", 1, "--storage", "sqlite:///new_folder/s.db", "--data-dir", mnist_dir,
-            "--max-epochs", 1, "--train-size", 200, "--val-size", 100, "--target-accuracy", 0.05, "--device", "cpu", cwd=tmp_path)
+    r = nas(
+        "search",
+        "--workers",
+        64,
+        "--trials",
+        1,
+        "--storage",
+        "sqlite:///new_folder/s.db",
+        "--data-dir",
+        mnist_dir,
+        "--max-epochs",
+        1,
+        "--train-size",
+        200,
+        "--val-size",
+        100,
+        "--target-accuracy",
+        0.05,
+        "--device",
+        "cpu",
+        cwd=tmp_path,
+    )
     assert r.returncode == 0, r.stdout + r.stderr
     cores = len(os.sched_getaffinity(0))
-    assert f"warning: --workers 64 is more than this machine runs at once ({cores} CPU core" in r.stdout and f"starting {cores}" in r.stdout
-    assert "created the folder new_folder/ for the study storage" in r.stdout and (tmp_path / "new_folder" / "s.db").is_file()
+    assert (
+        f"warning: --workers 64 is more than this machine runs at once ({cores} CPU core" in r.stdout
+        and f"starting {cores}" in r.stdout
+    )
+    assert (
+        "created the folder new_folder/ for the study storage" in r.stdout
+        and (tmp_path / "new_folder" / "s.db").is_file()
+    )
     assert max(len(line) for line in r.stdout.splitlines()) < 300
 
 
@@ -71,7 +111,10 @@ def test_report_to_a_place_it_cannot_write(tmp_path):
     from conftest import make_study
 
     make_study(f"sqlite:///{tmp_path}/s.db", name="mnist", n=2)
-    refused(nas("report", "--storage", f"sqlite:///{tmp_path}/s.db", "--out", "/proc/nas-report"), "--out /proc/nas-report: cannot write there")
+    refused(
+        nas("report", "--storage", f"sqlite:///{tmp_path}/s.db", "--out", "/proc/nas-report"),
+        "--out /proc/nas-report: cannot write there",
+    )
     refused(nas("train", "seed_9274", "--out", "/proc/nas-train"), "--out /proc/nas-train: cannot write there")
 
 
@@ -109,15 +152,27 @@ def test_data_dir_that_is_a_file(tmp_path):
     refused(nas("export", "--arch", "seed_9274", "--out", f), "--out")
 
 
-@pytest.mark.parametrize("command", [["train", "--train-size", -5], ["train", "--epochs", 0], ["export", "--arch", "seed_9274", "--out", "x", "--epochs", 0]])
+@pytest.mark.parametrize(
+    "command",
+    [
+        ["train", "--train-size", -5],
+        ["train", "--epochs", 0],
+        ["export", "--arch", "seed_9274", "--out", "x", "--epochs", 0],
+    ],
+)
 def test_counts_must_be_positive(command, tmp_path):
-    refused(nas(*command[:1], *([] if command[0] == "export" else ["seed_9274"]), *command[1:], cwd=tmp_path), command[-2])
+    refused(
+        nas(*command[:1], *([] if command[0] == "export" else ["seed_9274"]), *command[1:], cwd=tmp_path), command[-2]
+    )
 
 
-@pytest.mark.parametrize("text, problem", [
-    ("layers = [{ conv = 1000000000 }]", "between 1 and 4,096"),
-    ("layers = []", "at least one conv layer"),
-])
+@pytest.mark.parametrize(
+    "text, problem",
+    [
+        ("layers = [{ conv = 1000000000 }]", "between 1 and 4,096"),
+        ("layers = []", "at least one conv layer"),
+    ],
+)
 def test_bad_architectures(tmp_path, text, problem):
     path = tmp_path / "bad.toml"
     path.write_text(text)
@@ -128,14 +183,23 @@ def test_bad_architectures(tmp_path, text, problem):
 def test_architecture_that_does_not_fit_the_data(tmp_path, mnist_dir):
     path = tmp_path / "rgb.toml"
     path.write_text(SEED.read_text().replace("input = [1, 28, 28]", "input = [3, 28, 28]"))
-    refused(nas("train", path, "--data-dir", mnist_dir, "--train-size", 100, "--epochs", 1), "the images are [1, 28, 28]")
+    refused(
+        nas("train", path, "--data-dir", mnist_dir, "--train-size", 100, "--epochs", 1), "the images are [1, 28, 28]"
+    )
 
 
-@pytest.mark.parametrize("name, content, text", [
-    ("none.npz", None, "no such file or folder, and not a dataset nas knows by name (mnist, fashion-mnist, kmnist)"),
-    ("data.csv", "1,2", "give an .npz file"),
-    ("float.npz", "float", "images must be uint8 pixels 0-255 (got float32)"),
-])
+@pytest.mark.parametrize(
+    "name, content, text",
+    [
+        (
+            "none.npz",
+            None,
+            "no such file or folder, and not a dataset nas knows by name (mnist, fashion-mnist, kmnist)",
+        ),
+        ("data.csv", "1,2", "give an .npz file"),
+        ("float.npz", "float", "images must be uint8 pixels 0-255 (got float32)"),
+    ],
+)
 def test_data_that_is_not_data_is_one_line_and_starts_nothing(tmp_path, name, content, text):
     import numpy as np
 
@@ -153,26 +217,47 @@ def test_a_study_on_a_users_data_skips_the_mnist_seeds_and_refuses_other_data(tm
     """The built-in networks take 1x28x28 in 10 classes: said in one line, not trained on colour
     32x32 pictures in 4. Resuming with a copy of the data elsewhere works; with other data, no."""
     store = f"sqlite:///{tmp_path}/s.db"
-    small = ["--max-epochs", 1, "--val-size", 100, "--target-accuracy", 0.05, "--device", "cpu", "--storage", store, "--study", "q"]
+    small = [
+        "--max-epochs",
+        1,
+        "--val-size",
+        100,
+        "--target-accuracy",
+        0.05,
+        "--device",
+        "cpu",
+        "--storage",
+        store,
+        "--study",
+        "q",
+    ]
     data = quadrants(tmp_path / "rgb.npz")
     r = nas("search", "--dataset", data, "--trials", 1, *small)
     assert r.returncode == 0, r.stderr[-2000:]
     from nas.arch.spec import builtin_archs
 
     builtins = ", ".join(a.name for a in builtin_archs())  # the hand-made ones and those nas found
-    assert (f"the built-in seed networks {builtins} take 1x28x28 images in 10 classes, not rgb.npz's 3x32x32 in 4: "
-            "the study starts without them") in r.stdout
+    assert (
+        f"the built-in seed networks {builtins} take 1x28x28 images in 10 classes, not rgb.npz's 3x32x32 in 4: "
+        "the study starts without them"
+    ) in r.stdout
     import optuna
 
     from nas.study.analytics import study_settings
 
     study = optuna.load_study(study_name="q", storage=store)
     (trial,) = study.trials
-    assert trial.state.name == "COMPLETE" and study_settings(study).dataset.shape == (3, 32, 32) and study_settings(study).dataset.path == str(data)
+    assert (
+        trial.state.name == "COMPLETE"
+        and study_settings(study).dataset.shape == (3, 32, 32)
+        and study_settings(study).dataset.path == str(data)
+    )
     moved = shutil.copy(data, tmp_path / "moved.npz")
     data.unlink()
     refused(nas("search", "--trials", 1, *small), "give --dataset PATH to where it is here")
-    assert nas("search", "--dataset", moved, "--trials", 1, *small).returncode == 0  # the same arrays elsewhere: the same data
+    assert (
+        nas("search", "--dataset", moved, "--trials", 1, *small).returncode == 0
+    )  # the same arrays elsewhere: the same data
     r = nas("search", "--dataset", quadrants(tmp_path / "other.npz", seed=1), "--trials", 2, *small)
     refused(r, "--dataset: the study was created with --dataset rgb.npz (3x32x32, 4 classes")
     assert "--study-name" in r.stderr and len(optuna.load_study(study_name="q", storage=store).trials) == 1
@@ -228,9 +313,27 @@ def test_flags_that_disagree_with_the_study(tmp_path, mnist_dir):
 
 
 def test_ctrl_c_prints_one_friendly_line_and_exits_130(tmp_path, mnist_dir):
-    proc = subprocess.Popen([sys.executable, "-m", "nas", "search", "--storage", f"sqlite:///{tmp_path}/s.db", "--data-dir", str(mnist_dir),
-                             "--max-epochs", "20", "--train-size", "2000", "--device", "cpu"],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "nas",
+            "search",
+            "--storage",
+            f"sqlite:///{tmp_path}/s.db",
+            "--data-dir",
+            str(mnist_dir),
+            "--max-epochs",
+            "20",
+            "--train-size",
+            "2000",
+            "--device",
+            "cpu",
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     deadline = time.time() + 120
     seen = ""
     while time.time() < deadline and "finished so far" not in seen:  # the study is open: the seed trial starts training
@@ -259,9 +362,17 @@ def test_reading_commands_do_not_import_torch(tmp_path):
 
     store = f"sqlite:///{tmp_path}/s.db"
     open_study("mnist", store, StudySettings())
-    for args in (["--help"], ["summary", "seed_9274"], ["space", "show"], ["best", "--storage", store], ["report", "--storage", store, "--out", tmp_path / "r"],
-                 ["search", "--help"]):
-        r = subprocess.run([sys.executable, "-c", _TORCH_CHECK, *map(str, args)], capture_output=True, text=True, cwd=tmp_path)
+    for args in (
+        ["--help"],
+        ["summary", "seed_9274"],
+        ["space", "show"],
+        ["best", "--storage", store],
+        ["report", "--storage", store, "--out", tmp_path / "r"],
+        ["search", "--help"],
+    ):
+        r = subprocess.run(
+            [sys.executable, "-c", _TORCH_CHECK, *map(str, args)], capture_output=True, text=True, cwd=tmp_path
+        )
         assert r.stderr.strip().endswith("NO-TORCH"), (args, r.stderr[-500:])
 
 
@@ -274,7 +385,9 @@ def test_help_keeps_every_word():
     from nas.cli.app import app
 
     group = typer.main.get_command(app)
-    commands = [(name, cmd) for name, cmd in group.commands.items() if name != "space"] + list(group.commands["space"].commands.items())
+    commands = [(name, cmd) for name, cmd in group.commands.items() if name != "space"] + list(
+        group.commands["space"].commands.items()
+    )
     for name, cmd in commands:
         shown = " ".join(nas(*(["space"] if name == "show" else []), name, "--help").stdout.split())
         for param in cmd.params:
@@ -291,7 +404,10 @@ def test_help_names_no_python_types_and_there_is_a_version():
     for name in [*group.commands, "space show"]:
         shown = " ".join(nas(*name.split(), "--help").stdout.split())
         assert "<list[" not in shown, (name, shown)
-        assert ("re-using one resumes it" in shown) == (name == "search"), (name, shown)  # only search makes or resumes a study
+        assert ("re-using one resumes it" in shown) == (name == "search"), (
+            name,
+            shown,
+        )  # only search makes or resumes a study
     assert "more is pruned" not in nas("space", "show", "--help").stdout
     r = nas("--version")
     assert r.returncode == 0 and r.stdout.startswith("nas 0.") and "torch 2." in r.stdout
@@ -329,7 +445,9 @@ def test_the_command_lists_say_each_command_whole(columns):
         r = nas(*args, "--help", env={**os.environ, "COLUMNS": str(columns)})
         listed = r.stdout.split("Commands:")[1]
         assert "..." not in listed, listed
-        assert [line.split()[0] for line in listed.splitlines() if line.startswith("  ") and not line.startswith("   ")] == list(names), listed
+        assert [
+            line.split()[0] for line in listed.splitlines() if line.startswith("  ") and not line.startswith("   ")
+        ] == list(names), listed
 
 
 def test_help_writes_every_default_one_way():
@@ -337,7 +455,9 @@ def test_help_writes_every_default_one_way():
     in words where the default depends on the architecture or the study."""
     for args in _commands():
         shown = " ".join(_help(*args).split())
-        assert "(default " not in shown and "default:" not in shown.replace("[default:", "").replace("; default:", ""), (args, shown)
+        assert "(default " not in shown and "default:" not in shown.replace("[default:", "").replace(
+            "; default:", ""
+        ), (args, shown)
     assert "[default: auto]" in " ".join(_help("train").split())
 
 
@@ -349,8 +469,14 @@ def test_train_defaults_are_the_architectures_own():
 
     assert load_arch("seed_9274").train["augment"] is True
     shown = " ".join(_help("train").split())
-    for option, fallback in (("--epochs", "20"), ("--seed", "0"), ("--batch-size", "1024"), ("--lr", "0.1"), ("--optimizer", "sgd"),
-                             ("--augment / --no-augment", "off")):
+    for option, fallback in (
+        ("--epochs", "20"),
+        ("--seed", "0"),
+        ("--batch-size", "1024"),
+        ("--lr", "0.1"),
+        ("--optimizer", "sgd"),
+        ("--augment / --no-augment", "off"),
+    ):
         text = re.search(re.escape(option) + r" (.*?)(?= --)", shown)[1]
         assert f"[default: (the architecture's train table, else {fallback})" in text, (option, text)
     assert "the architecture's train table, else 20" in " ".join(_help("export").split())  # --epochs with --arch
@@ -359,7 +485,16 @@ def test_train_defaults_are_the_architectures_own():
 def test_export_says_which_files_need_the_onnx_extra():
     shown = " ".join(_help("export").split())
     files = shown.split("--out <dir>")[1].split("[required]")[0]
-    for name in ("model.pt ", "model.pt2", "state_dict.pt", "architecture.toml", "metrics.json", "README.md", "model.onnx", "model.int8.onnx"):
+    for name in (
+        "model.pt ",
+        "model.pt2",
+        "state_dict.pt",
+        "architecture.toml",
+        "metrics.json",
+        "README.md",
+        "model.onnx",
+        "model.int8.onnx",
+    ):
         assert name in files, (name, files)
     assert files.index("onnx extra") < files.index("model.onnx"), files
 

@@ -25,7 +25,11 @@ from nas.errors import DataError
 def test_idx_files_as_tensors(mnist_dir):
     """nas.data.tensors.read_idx is nas.data.datasets.read_idx as a torch tensor (the reading is tested there)."""
     labels = read_idx(mnist_dir / "t10k-labels-idx1-ubyte.gz")
-    assert labels.dtype == torch.uint8 and labels.shape == (10000,) and np.array_equal(labels.numpy(), datasets.read_idx(mnist_dir / "t10k-labels-idx1-ubyte.gz"))
+    assert (
+        labels.dtype == torch.uint8
+        and labels.shape == (10000,)
+        and np.array_equal(labels.numpy(), datasets.read_idx(mnist_dir / "t10k-labels-idx1-ubyte.gz"))
+    )
 
 
 def test_checksum_mismatch_is_refused(tmp_path, mnist_dir):
@@ -48,7 +52,9 @@ def test_split_is_fixed_disjoint_and_sized(mnist_dir):
     assert len(a.train) == 3000 and len(a.val) == 1000
     assert torch.equal(a.val.x, b.val.x) and torch.equal(a.train.y, b.train.y)
     val_rows = {bytes(r.numpy()) for r in a.val.x[:, 0, 14].to(torch.float16).view(torch.uint8)}
-    assert not any(bytes(r.numpy()) in val_rows for r in a.train.x[:, 0, 14].to(torch.float16).view(torch.uint8)[:500] if r.any())
+    assert not any(
+        bytes(r.numpy()) in val_rows for r in a.train.x[:, 0, 14].to(torch.float16).view(torch.uint8)[:500] if r.any()
+    )
     test = load_test(mnist_dir)
     assert len(test) == 10000 and abs(a.train.x.mean().item()) < 0.2
     assert len(load(mnist_dir).val) == MNIST.default_val_size == 10_000  # the data's default
@@ -59,17 +65,29 @@ def test_colour_images_are_normalised_per_channel_and_augmented_on_black(tmp_pat
     and std, and the corners augmentation uncovers are black in every channel."""
     rng = np.random.default_rng(0)
     x = np.zeros((60, 16, 16, 3), np.uint8)
-    x[:, 4:12, 4:12] = rng.integers(0, 256, size=(60, 1, 1, 3), dtype=np.uint8) // np.array([1, 2, 4], np.uint8)  # a coloured square, channels unequal
+    x[:, 4:12, 4:12] = rng.integers(0, 256, size=(60, 1, 1, 3), dtype=np.uint8) // np.array(
+        [1, 2, 4], np.uint8
+    )  # a coloured square, channels unequal
     np.savez(tmp_path / "rgb.npz", x=x, y=np.arange(60) % 3)
     data = load(dataset=str(tmp_path / "rgb.npz"), val_size=10)
     spec = read(str(tmp_path / "rgb.npz")).spec
     assert data.train.x.shape[1:] == (3, 16, 16) and len(set(spec.mean)) == 3
     whole = torch.cat([data.train.x, data.val.x])
-    assert torch.allclose(whole.mean((0, 2, 3)), torch.zeros(3), atol=2e-3) and torch.allclose(whole.std((0, 2, 3)), torch.ones(3), atol=2e-3)
-    assert data.train.fill == black(spec) and torch.allclose(normalize(torch.zeros(1, 3, 2, 2, dtype=torch.uint8), spec)[0, :, 0, 0], torch.tensor(black(spec)))
-    blank = normalize(torch.zeros(8, 3, 16, 16, dtype=torch.uint8), spec)  # black pictures stay black, whatever a shift uncovers
-    assert torch.allclose(random_affine(blank, torch.Generator().manual_seed(1), translate=0.3, fill=data.train.fill), blank, atol=1e-5)
-    assert not torch.allclose(random_affine(blank, torch.Generator().manual_seed(1), translate=0.3), blank, atol=1e-2)  # MNIST's black is not this data's
+    assert torch.allclose(whole.mean((0, 2, 3)), torch.zeros(3), atol=2e-3) and torch.allclose(
+        whole.std((0, 2, 3)), torch.ones(3), atol=2e-3
+    )
+    assert data.train.fill == black(spec) and torch.allclose(
+        normalize(torch.zeros(1, 3, 2, 2, dtype=torch.uint8), spec)[0, :, 0, 0], torch.tensor(black(spec))
+    )
+    blank = normalize(
+        torch.zeros(8, 3, 16, 16, dtype=torch.uint8), spec
+    )  # black pictures stay black, whatever a shift uncovers
+    assert torch.allclose(
+        random_affine(blank, torch.Generator().manual_seed(1), translate=0.3, fill=data.train.fill), blank, atol=1e-5
+    )
+    assert not torch.allclose(
+        random_affine(blank, torch.Generator().manual_seed(1), translate=0.3), blank, atol=1e-2
+    )  # MNIST's black is not this data's
 
 
 def test_static_batches_drop_the_last_partial_batch():
@@ -118,4 +136,6 @@ def test_scaling_enlarges_or_shrinks_and_costs_nothing_when_off():
     areas = (zoomed > 0.5).flatten(1).sum(1).float()
     assert areas.min() < 55 and areas.max() > 75  # some squares shrank, some grew
     rotated = random_affine(x, torch.Generator().manual_seed(5), degrees=10, translate=0.1)
-    assert torch.equal(rotated, random_affine(x, torch.Generator().manual_seed(5), degrees=10, translate=0.1, scale=0.0))
+    assert torch.equal(
+        rotated, random_affine(x, torch.Generator().manual_seed(5), degrees=10, translate=0.1, scale=0.0)
+    )

@@ -17,7 +17,11 @@ from nas.errors import DataError
 
 def write_idx(path, array: np.ndarray, compress: bool = True) -> None:
     """An IDX file of unsigned bytes, as the MNIST family stores them."""
-    blob = bytes([0, 0, 0x08, array.ndim]) + struct.pack(f">{array.ndim}I", *array.shape) + array.astype(np.uint8).tobytes()
+    blob = (
+        bytes([0, 0, 0x08, array.ndim])
+        + struct.pack(f">{array.ndim}I", *array.shape)
+        + array.astype(np.uint8).tobytes()
+    )
     path.write_bytes(gzip.compress(blob, mtime=0) if compress else blob)
 
 
@@ -26,8 +30,14 @@ def idx_folder(folder, n: int = 40, seed: int = 0, prefix: str = "", compress: b
     rng = np.random.default_rng(seed)
     folder.mkdir(parents=True, exist_ok=True)
     for split, count in (("train", n), ("t10k", n // 4)):
-        write_idx(folder / f"{prefix}{split}-images-idx3-ubyte{'.gz' if compress else ''}", rng.integers(0, 256, (count, 8, 8)), compress)
-        write_idx(folder / f"{prefix}{split}-labels-idx1-ubyte{'.gz' if compress else ''}", np.arange(count) % 10, compress)
+        write_idx(
+            folder / f"{prefix}{split}-images-idx3-ubyte{'.gz' if compress else ''}",
+            rng.integers(0, 256, (count, 8, 8)),
+            compress,
+        )
+        write_idx(
+            folder / f"{prefix}{split}-labels-idx1-ubyte{'.gz' if compress else ''}", np.arange(count) % 10, compress
+        )
     return folder
 
 
@@ -68,7 +78,9 @@ def test_mnist_is_what_the_default_settings_say_however_it_is_stored(tmp_path, m
     as_npz = read(str(tmp_path / "mnist.npz")).spec
     assert as_npz == MNIST and as_npz.name == "mnist.npz" and as_npz.path == str(tmp_path / "mnist.npz")
     raw = plain / "t10k-labels-idx1-ubyte"
-    raw.write_bytes(raw.read_bytes()[:-1] + bytes([(raw.read_bytes()[-1] + 1) % 10]))  # one test label changed: no .gz to check, the arrays are
+    raw.write_bytes(
+        raw.read_bytes()[:-1] + bytes([(raw.read_bytes()[-1] + 1) % 10])
+    )  # one test label changed: no .gz to check, the arrays are
     with pytest.raises(DataError, match="not the published MNIST images and labels"):
         read("mnist", plain)
 
@@ -83,29 +95,56 @@ def test_an_npz_in_grey_or_colour(tmp_path):
     assert spec.shape == (3, 6, 5) and spec.classes == 4 and spec.class_names == ("a", "b", "c", "d")
     assert spec.held_out and (spec.train, spec.test) == (60, 10)  # a seventh held out as the test set, and said so
     assert "(held out of x, seeded)" in spec.describe()
-    assert ds.x_train.shape == (60, 3, 6, 5) and any(np.array_equal(ds.x_train[0], image.transpose(2, 0, 1)) for image in x)  # [N, C, H, W]
+    assert ds.x_train.shape == (60, 3, 6, 5) and any(
+        np.array_equal(ds.x_train[0], image.transpose(2, 0, 1)) for image in x
+    )  # [N, C, H, W]
     again = read(str(shutil.copy(tmp_path / "rgb.npz", tmp_path / "copy.npz")))
     assert again.spec == spec and np.array_equal(again.x_test, ds.x_test)  # the held-out split is fixed
     train_rows = {r.tobytes() for r in ds.x_train}
     assert not any(r.tobytes() in train_rows for r in ds.x_test)
     np.savez(tmp_path / "grey.npz", x=x[..., 0], y=y, x_test=x[:5, ..., 0], y_test=y[:5])
     grey = read(str(tmp_path / "grey.npz")).spec
-    assert grey.shape == (1, 6, 5) and not grey.held_out and (grey.train, grey.test) == (70, 5) and grey.class_names is None
+    assert (
+        grey.shape == (1, 6, 5)
+        and not grey.held_out
+        and (grey.train, grey.test) == (70, 5)
+        and grey.class_names is None
+    )
 
 
-@pytest.mark.parametrize("arrays, problem", [
-    (dict(x=np.zeros((20, 8, 8), np.float32), y=np.zeros(20, int)), "must be uint8 pixels 0-255 (got float32)"),
-    (dict(x=np.zeros((20, 3, 8, 8), np.uint8), y=np.zeros(20, int)), "channels first; nas reads [N, H, W, C] (channels last): np.moveaxis(x, 1, -1)"),
-    (dict(x=np.zeros((20, 8, 8), np.uint8), y=np.zeros(19, int)), "19 labels for 20 images"),
-    (dict(x=np.zeros((20, 8, 8), np.uint8), y=np.zeros(20)), "labels must be a 1-d array of integers"),
-    (dict(x=np.zeros((20, 8, 8), np.uint8), y=np.arange(20) - 1), "labels must be 0 to 4095 (got -1 to 18)"),
-    (dict(x=np.zeros((20, 8, 8), np.uint8), y=np.zeros(20, int)), "every label is 0"),
-    (dict(x=np.zeros((20, 8, 8), np.uint8), y=np.arange(20) % 2, x_test=np.zeros((2, 8, 8), np.uint8)), "x_test and y_test go together"),
-    (dict(x=np.zeros((20, 8, 8), np.uint8), y=np.arange(20) % 2, x_test=np.zeros((2, 9, 8), np.uint8), y_test=np.zeros(2, int)), "test images are [1, 9, 8]"),
-    (dict(images=np.zeros((20, 8, 8), np.uint8), y=np.zeros(20, int)), "unknown array 'images'"),
-    (dict(y=np.zeros(20, int)), "no array 'x'"),
-    (dict(x=np.zeros((20, 8, 8), np.uint8), y=np.arange(20) % 2, class_names=np.array(["one"])), "1 class names for labels 0 to 1"),
-])
+@pytest.mark.parametrize(
+    "arrays, problem",
+    [
+        (dict(x=np.zeros((20, 8, 8), np.float32), y=np.zeros(20, int)), "must be uint8 pixels 0-255 (got float32)"),
+        (
+            dict(x=np.zeros((20, 3, 8, 8), np.uint8), y=np.zeros(20, int)),
+            "channels first; nas reads [N, H, W, C] (channels last): np.moveaxis(x, 1, -1)",
+        ),
+        (dict(x=np.zeros((20, 8, 8), np.uint8), y=np.zeros(19, int)), "19 labels for 20 images"),
+        (dict(x=np.zeros((20, 8, 8), np.uint8), y=np.zeros(20)), "labels must be a 1-d array of integers"),
+        (dict(x=np.zeros((20, 8, 8), np.uint8), y=np.arange(20) - 1), "labels must be 0 to 4095 (got -1 to 18)"),
+        (dict(x=np.zeros((20, 8, 8), np.uint8), y=np.zeros(20, int)), "every label is 0"),
+        (
+            dict(x=np.zeros((20, 8, 8), np.uint8), y=np.arange(20) % 2, x_test=np.zeros((2, 8, 8), np.uint8)),
+            "x_test and y_test go together",
+        ),
+        (
+            dict(
+                x=np.zeros((20, 8, 8), np.uint8),
+                y=np.arange(20) % 2,
+                x_test=np.zeros((2, 9, 8), np.uint8),
+                y_test=np.zeros(2, int),
+            ),
+            "test images are [1, 9, 8]",
+        ),
+        (dict(images=np.zeros((20, 8, 8), np.uint8), y=np.zeros(20, int)), "unknown array 'images'"),
+        (dict(y=np.zeros(20, int)), "no array 'x'"),
+        (
+            dict(x=np.zeros((20, 8, 8), np.uint8), y=np.arange(20) % 2, class_names=np.array(["one"])),
+            "1 class names for labels 0 to 1",
+        ),
+    ],
+)
 def test_a_bad_npz_is_one_line_naming_the_fix(tmp_path, arrays, problem):
     path = tmp_path / "bad.npz"
     np.savez(path, **arrays)
@@ -117,17 +156,27 @@ def test_a_bad_npz_is_one_line_naming_the_fix(tmp_path, arrays, problem):
 def test_a_users_idx_folder_and_what_is_not_data(tmp_path):
     folder = idx_folder(tmp_path / "letters", prefix="emnist-letters-")  # EMNIST names its files so
     spec = read(str(folder)).spec
-    assert spec.name == "letters" and spec.shape == (1, 8, 8) and (spec.train, spec.test, spec.classes) == (40, 10, 10) and not spec.held_out
+    assert (
+        spec.name == "letters"
+        and spec.shape == (1, 8, 8)
+        and (spec.train, spec.test, spec.classes) == (40, 10, 10)
+        and not spec.held_out
+    )
     write_idx(folder / "emnist-digits-train-images-idx3-ubyte.gz", np.zeros((4, 8, 8)))
     with pytest.raises(DataError, match="holds several train images files"):
         read(str(folder))
-    with pytest.raises(DataError, match="no such file or folder, and not a dataset nas knows by name \\(mnist, fashion-mnist, kmnist\\)"):
+    with pytest.raises(
+        DataError,
+        match="no such file or folder, and not a dataset nas knows by name \\(mnist, fashion-mnist, kmnist\\)",
+    ):
         read(str(tmp_path / "nope.npz"))
     (tmp_path / "x.csv").write_text("1,2")
     with pytest.raises(DataError, match="give an .npz file"):
         read(str(tmp_path / "x.csv"))
     (tmp_path / "empty").mkdir()
-    with pytest.raises(DataError, match="no train images and no train labels and no test images and no test labels IDX file"):
+    with pytest.raises(
+        DataError, match="no train images and no train labels and no test images and no test labels IDX file"
+    ):
         read(str(tmp_path / "empty"))
 
 
@@ -168,17 +217,26 @@ def test_a_named_dataset_is_downloaded_into_its_cache_and_checked(tmp_path, publ
     assert sorted(p.name for p in folder.iterdir()) == sorted(IDX)  # the evil mirror's bytes never landed
     assert ds.spec.name == "fashion-mnist" and ds.spec.class_names[9] == "Ankle boot" and ds.spec.shape == (1, 8, 8)
     assert len(said) == 8 and said[0].startswith(f"downloading Fashion-MNIST {IDX[0]} from {published.mirrors[0]}")
-    (folder / IDX[1]).write_bytes(gzip.compress(gzip.decompress((folder / IDX[1]).read_bytes())))  # same labels, other bytes
+    (folder / IDX[1]).write_bytes(
+        gzip.compress(gzip.decompress((folder / IDX[1]).read_bytes()))
+    )  # same labels, other bytes
     with pytest.raises(DataError, match="MD5 does not match the published Fashion-MNIST file; delete it"):
         read("fashion-mnist", tmp_path / "cache")
 
 
 def test_a_download_with_no_good_mirror_leaves_nothing(tmp_path, published, monkeypatch):
-    monkeypatch.setitem(NAMED, "fashion-mnist", replace(published, mirrors=published.mirrors[:1] + ("http://127.0.0.1:9/",)))
+    monkeypatch.setitem(
+        NAMED, "fashion-mnist", replace(published, mirrors=published.mirrors[:1] + ("http://127.0.0.1:9/",))
+    )
     with pytest.raises(DataError) as e:
         read("fashion-mnist", tmp_path / "cache", log=lambda line: None)
     message = str(e.value)
-    assert "could not be downloaded" in message and "checksum mismatch" in message and "127.0.0.1:9" in message and "\n" not in message
+    assert (
+        "could not be downloaded" in message
+        and "checksum mismatch" in message
+        and "127.0.0.1:9" in message
+        and "\n" not in message
+    )
     assert list((tmp_path / "cache" / "fashion-mnist").iterdir()) == []
 
 
@@ -206,7 +264,9 @@ def test_a_studys_data_is_found_on_this_machine_or_refused(tmp_path):
 def test_specs_compare_by_data_and_round_trip():
     assert replace(MNIST, name="mine.npz", path="/x") == MNIST
     assert replace(MNIST, sha256="0" * 64) != MNIST
-    assert DatasetSpec.from_dict(MNIST.to_dict()) == MNIST and isinstance(DatasetSpec.from_dict(MNIST.to_dict()).shape, tuple)
+    assert DatasetSpec.from_dict(MNIST.to_dict()) == MNIST and isinstance(
+        DatasetSpec.from_dict(MNIST.to_dict()).shape, tuple
+    )
     assert MNIST.default_val_size == 10_000 and replace(MNIST, train=600).default_val_size == 100
 
 

@@ -22,10 +22,19 @@ SEED_ARCH = load_arch(SEED)
 ARCHS = {
     "seed (relu_bn: every BatchNorm kept)": SEED_ARCH,
     "seed in bn_relu order (every BatchNorm folded)": replace(
-        SEED_ARCH, layers=[replace(layer, order="bn_relu") if isinstance(layer, Conv) else layer for layer in SEED_ARCH.layers]),
+        SEED_ARCH,
+        layers=[replace(layer, order="bn_relu") if isinstance(layer, Conv) else layer for layer in SEED_ARCH.layers],
+    ),
     "stride 2, avg pool, dropout, a bias-free conv, gap_conv head": Arch(
-        layers=[Conv(4, stride=2), Conv(6, bias=False, bn=False), Pool("avg"), Dropout(0.1), Conv(8, padding=0, order="bn_relu", bias=False)],
-        head=Head("gap_conv")),
+        layers=[
+            Conv(4, stride=2),
+            Conv(6, bias=False, bn=False),
+            Pool("avg"),
+            Dropout(0.1),
+            Conv(8, padding=0, order="bn_relu", bias=False),
+        ],
+        head=Head("gap_conv"),
+    ),
 }
 
 
@@ -63,7 +72,10 @@ def test_stored_tensors_are_the_analytic_model_bytes(name, calibration, tmp_path
     weights = sum(p.params - (p.args["out_channels"] if p.args["bias"] else 0) for p in steps if p.module == "Conv2d")
     assert q["by_role"]["conv weights"] == weights and f["by_role"]["conv weights"] == 4 * weights
     assert sorted(p.name for p in tmp_path.iterdir()) == [deploy.INT8, deploy.FP32]  # no external data file
-    assert set(f["ops"]) <= NETWORK_OPS and set(q["ops"]) <= NETWORK_OPS | {"QuantizeLinear", "DequantizeLinear"}, (f["ops"], q["ops"])
+    assert set(f["ops"]) <= NETWORK_OPS and set(q["ops"]) <= NETWORK_OPS | {"QuantizeLinear", "DequantizeLinear"}, (
+        f["ops"],
+        q["ops"],
+    )
 
 
 def test_files_run_alone_with_onnxruntime(calibration, test_pixels, tmp_path):
@@ -79,7 +91,10 @@ def test_files_run_alone_with_onnxruntime(calibration, test_pixels, tmp_path):
     alone.mkdir()
     for name in (deploy.FP32, deploy.INT8):
         shutil.copy(made / name, alone / name)
-        assert b"stack_trace" not in (alone / name).read_bytes() and str(tmp_path).encode() not in (alone / name).read_bytes()
+        assert (
+            b"stack_trace" not in (alone / name).read_bytes()
+            and str(tmp_path).encode() not in (alone / name).read_bytes()
+        )
     fp32, int8 = deploy.run_isolated([alone / deploy.FP32, alone / deploy.INT8], test_pixels)
     with torch.no_grad():
         expected = model(torch.from_numpy(test_pixels)).numpy()

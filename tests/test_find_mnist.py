@@ -47,7 +47,10 @@ def test_user_folder_is_downloaded_with_checksums(nowhere, mirror, monkeypatch):
     assert find_mnist() == nowhere
     files = datasets.NAMED["mnist"].files
     assert sorted(p.name for p in nowhere.iterdir()) == sorted(files)
-    assert all(hashlib.sha256((nowhere / name).read_bytes()).hexdigest() == known.split(":")[1] for name, known in files.items())
+    assert all(
+        hashlib.sha256((nowhere / name).read_bytes()).hexdigest() == known.split(":")[1]
+        for name, known in files.items()
+    )
 
 
 def test_no_data_and_no_network_is_one_clear_line(nowhere, monkeypatch):
@@ -60,8 +63,13 @@ def test_no_data_and_no_network_is_one_clear_line(nowhere, monkeypatch):
 
 def test_pytest_stops_with_that_line_instead_of_a_failure_per_test(tmp_path):
     env = {**os.environ, "NAS_TEST_MNIST": str(tmp_path)}
-    r = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", str(ROOT / "tests" / "test_train.py")],
-                       cwd=tmp_path, env=env, capture_output=True, text=True)
+    r = subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", str(ROOT / "tests" / "test_train.py")],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+    )
     assert r.returncode == 1
     assert f"tests need MNIST: NAS_TEST_MNIST={tmp_path} does not hold the four MNIST IDX files" in r.stdout + r.stderr
     assert "FAILED" not in r.stdout and "ERROR" not in r.stdout

@@ -16,7 +16,9 @@ def test_seed_builds_to_9274_parameters():
 
 
 def test_analytic_count_equals_torch_for_random_specs():
-    mismatches = [(a, param_count(a), count_params(build(a))) for a in ARCHS if param_count(a) != count_params(build(a))]
+    mismatches = [
+        (a, param_count(a), count_params(build(a))) for a in ARCHS if param_count(a) != count_params(build(a))
+    ]
     assert not mismatches
 
 
@@ -83,10 +85,14 @@ def measured_bytes(model: nn.Sequential) -> tuple[int, int]:
             w = m.weight.detach()
             scales = (w.abs().amax(dim=(1, 2, 3)) / 127).clamp_min(1e-12)
             q = torch.round(w / scales.view(-1, 1, 1, 1)).clamp(-127, 127).to(torch.int8)
-            kept = [q, scales.float()] + ([(m.bias.detach() / scales).round().to(torch.int32)] if m.bias is not None else [])
+            kept = [q, scales.float()] + (
+                [(m.bias.detach() / scales).round().to(torch.int32)] if m.bias is not None else []
+            )
             int8 += sum(t.numel() * t.element_size() for t in kept)
         elif isinstance(m, Affine):
-            int8 += sum(torch.round(t / t.abs().max().clamp_min(1e-12) * 127).to(torch.int8).numel() for t in (m.scale, m.shift))
+            int8 += sum(
+                torch.round(t / t.abs().max().clamp_min(1e-12) * 127).to(torch.int8).numel() for t in (m.scale, m.shift)
+            )
         else:
             int8 += sum(t.numel() * t.element_size() for t in tensors)
     return int8, fp32
@@ -112,7 +118,9 @@ def test_peak_activation_and_model_bytes_match_a_deployed_torch_copy():
         deployed_copy = deployed(model)
         x = torch.randn(2, *arch.input)
         with torch.no_grad():
-            assert torch.allclose(deployed_copy(x.clone()), model(x), atol=1e-4, rtol=1e-4), arch  # the deployed copy is the same network
+            assert torch.allclose(deployed_copy(x.clone()), model(x), atol=1e-4, rtol=1e-4), (
+                arch
+            )  # the deployed copy is the same network
         c = costs(arch)
         assert measured_peak(deployed_copy, arch) == c.activation_int8 == c.activation_fp32 // 4, arch
         assert measured_bytes(deployed_copy) == (c.model_int8, c.model_fp32), arch
@@ -124,8 +132,13 @@ def test_packed_network_is_k_separate_networks_forward_and_gradients():
     """Grouped convs and K x C BatchNorm channels: copy k depends on copy k's weights and input only."""
     from nas.arch.model import copies_of, pack
 
-    no_dropout = [a for a in ARCHS if not any(isinstance(layer, Dropout) for layer in a.layers)]  # dropout draws random masks
-    separable = Arch(layers=[Conv(4), SepConv(8, dw_relu=True), Pool("max"), SepConv(12, order="bn_relu", stride=2)], head=Head("gap_conv"))
+    no_dropout = [
+        a for a in ARCHS if not any(isinstance(layer, Dropout) for layer in a.layers)
+    ]  # dropout draws random masks
+    separable = Arch(
+        layers=[Conv(4), SepConv(8, dw_relu=True), Pool("max"), SepConv(12, order="bn_relu", stride=2)],
+        head=Head("gap_conv"),
+    )
     for arch in [load_arch(SEED), separable] + no_dropout[:4]:
         nets = []
         for s in range(3):
@@ -142,7 +155,12 @@ def test_packed_network_is_k_separate_networks_forward_and_gradients():
             nn.functional.cross_entropy(alone, ys[k]).backward()
             assert torch.allclose(out[:, k], alone, atol=1e-5), (arch, k)
             for (name, p), q in zip(packed.named_parameters(), net.parameters()):
-                assert torch.allclose(p.grad.chunk(3)[k], q.grad, atol=1e-5, rtol=1e-4), (arch, k, name, (p.grad.chunk(3)[k] - q.grad).abs().max())  # sums of thousands of terms in another order
+                assert torch.allclose(p.grad.chunk(3)[k], q.grad, atol=1e-5, rtol=1e-4), (
+                    arch,
+                    k,
+                    name,
+                    (p.grad.chunk(3)[k] - q.grad).abs().max(),
+                )  # sums of thousands of terms in another order
             for name, buf in packed.named_buffers():  # running statistics moved per copy
                 if buf.dim():
                     assert torch.allclose(buf.chunk(3)[k], dict(net.named_buffers())[name], atol=1e-6), name

@@ -35,7 +35,9 @@ def test_every_ending_is_explained(synthetic_study):
     assert notes.sparkline(seed.user_attrs["curve"]) in note
 
     budget = by_label(study, "pruned (budget)")[0]
-    assert f"pruned by budget before training: parameters {budget.user_attrs['params']:,} > 9,300" in notes.trial_note(budget, settings)
+    assert f"pruned by budget before training: parameters {budget.user_attrs['params']:,} > 9,300" in notes.trial_note(
+        budget, settings
+    )
 
     pruned = by_label(study, "pruned (convergence)")[0]
     epoch = pruned.user_attrs["would_prune_epoch"]
@@ -46,7 +48,9 @@ def test_every_ending_is_explained(synthetic_study):
 
     below = by_label(study, "below target")[0]
     assert f"complete below the target: {100 * below.values[0]:.2f} % < 98.00 %" in notes.trial_note(below, settings)
-    assert "invalid architecture, not trained: feature map shrinks" in notes.trial_note(by_label(study, "invalid")[0], settings)
+    assert "invalid architecture, not trained: feature map shrinks" in notes.trial_note(
+        by_label(study, "invalid")[0], settings
+    )
     assert "failed: training loss became nan in epoch 2" in notes.trial_note(by_label(study, "failed")[0], settings)
     stale = notes.trial_note(by_label(study, "failed (stale)")[0], settings)
     assert "failed as stale by another worker" in stale and "no heartbeat from worker w1 on host-b" in stale
@@ -54,15 +58,37 @@ def test_every_ending_is_explained(synthetic_study):
 
 def test_attributes_others_add_are_shown_and_missing_ones_tolerated():
     settings = StudySettings(max_epochs=4, target_accuracy=0.98)
-    extra = {"params": 5000, "macs": 1_234_567, "activation_int8_bytes": 40_960, "activation_fp32_bytes": 163_840, "model_int8_bytes": 20_000, "engine": "cuda-graph",
-             "duplicate_of": 3, "retry_of": 2, "val_accs": [0.981, 0.985], "curve": [0.9, 0.95, 0.97, 0.983], "flops_ratio": 0.5}
+    extra = {
+        "params": 5000,
+        "macs": 1_234_567,
+        "activation_int8_bytes": 40_960,
+        "activation_fp32_bytes": 163_840,
+        "model_int8_bytes": 20_000,
+        "engine": "cuda-graph",
+        "duplicate_of": 3,
+        "retry_of": 2,
+        "val_accs": [0.981, 0.985],
+        "curve": [0.9, 0.95, 0.97, 0.983],
+        "flops_ratio": 0.5,
+    }
     t = optuna.trial.create_trial(values=[0.983, 5000], user_attrs=extra)
     note = notes.trial_note(t, settings)
-    for text in ("MACs | 1,234,567", "peak int8 activations | 40,960 B (163,840 B at fp32)", "int8 model size | 20,000 B", "cuda-graph", "trial 3", "re-run of | trial 2", "98.10 %, 98.50 %", "`flops_ratio` | 0.5"):
+    for text in (
+        "MACs | 1,234,567",
+        "peak int8 activations | 40,960 B (163,840 B at fp32)",
+        "int8 model size | 20,000 B",
+        "cuda-graph",
+        "trial 3",
+        "re-run of | trial 2",
+        "98.10 %, 98.50 %",
+        "`flops_ratio` | 0.5",
+    ):
         assert text in note, text
     bare = optuna.trial.create_trial(state=TrialState.FAIL)
     assert "no reason recorded" in notes.trial_note(bare, settings)
-    unreadable = optuna.trial.create_trial(state=TrialState.PRUNED, user_attrs={"arch": "{not json", "prune_reason": "budget"})
+    unreadable = optuna.trial.create_trial(
+        state=TrialState.PRUNED, user_attrs={"arch": "{not json", "prune_reason": "budget"}
+    )
     assert "not readable" in notes.trial_note(unreadable, settings)
 
 
@@ -108,8 +134,18 @@ def test_arch_artifact_on_a_running_trial_and_on_the_study_after(synthetic_study
 def test_export_is_recorded_with_its_files(synthetic_study, tmp_path):
     out = tmp_path / "model"
     out.mkdir()
-    metrics = {"trial": 4, "params": 6726, "test_acc": 0.9912, "test_acc_mean": 0.99, "test_acc_min": 0.988, "test_acc_max": 0.9912,
-               "seeds": [{}, {}], "epochs": 4, "train_images": 60000, "device": "cpu"}
+    metrics = {
+        "trial": 4,
+        "params": 6726,
+        "test_acc": 0.9912,
+        "test_acc_mean": 0.99,
+        "test_acc_min": 0.988,
+        "test_acc_max": 0.9912,
+        "seeds": [{}, {}],
+        "epochs": 4,
+        "train_images": 60000,
+        "device": "cpu",
+    }
     (out / "README.md").write_text("# card")
     (out / "metrics.json").write_text(json.dumps(metrics))
     store = notes.open_artifact_store(tmp_path / "artifacts")
@@ -153,4 +189,12 @@ def test_make_study_is_realistic():
     study = make_study()
     settings = study_settings(study)
     labels = {notes.ending(t, settings)[0] for t in study.trials}
-    assert labels >= {"converged", "below target", "pruned (budget)", "pruned (convergence)", "invalid", "failed", "failed (stale)"}
+    assert labels >= {
+        "converged",
+        "below target",
+        "pruned (budget)",
+        "pruned (convergence)",
+        "invalid",
+        "failed",
+        "failed (stale)",
+    }

@@ -30,7 +30,9 @@ def test_one_gpu_defaults_to_one_process_with_concurrent_trials():
     assert plan_workers(1, trials_per_gpu=1)[0].trials == 1
 
 
-@pytest.mark.parametrize("workers, trials, expected", [(4, 4, [1, 1, 1, 1]), (3, 4, [2, 1, 1]), (2, 5, [3, 2]), (6, 2, [1] * 6)])
+@pytest.mark.parametrize(
+    "workers, trials, expected", [(4, 4, [1, 1, 1, 1]), (3, 4, [2, 1, 1]), (2, 5, [3, 2]), (6, 2, [1] * 6)]
+)
 def test_workers_on_one_gpu_share_its_trials(workers, trials, expected):
     slots = plan_workers(1, workers, trials, cpus=12)
     assert [s.trials for s in slots] == expected and {s.gpu for s in slots} == {"0"}
@@ -39,7 +41,12 @@ def test_workers_on_one_gpu_share_its_trials(workers, trials, expected):
 
 def test_several_gpus_each_worker_pinned_and_every_gpu_filled():
     slots = plan_workers(4, cpus=32)
-    assert [s.gpu for s in slots] == ["0", "1", "2", "3"] and [s.env["CUDA_VISIBLE_DEVICES"] for s in slots] == ["0", "1", "2", "3"]
+    assert [s.gpu for s in slots] == ["0", "1", "2", "3"] and [s.env["CUDA_VISIBLE_DEVICES"] for s in slots] == [
+        "0",
+        "1",
+        "2",
+        "3",
+    ]
     assert per_gpu(slots) == {g: DEFAULT_TRIALS_PER_GPU for g in "0123"} and all(s.threads == 8 for s in slots)
     uneven = plan_workers(2, 5, 4, cpus=10)
     assert [s.gpu for s in uneven] == ["0", "1", "0", "1", "0"]
@@ -71,7 +78,10 @@ def test_more_workers_than_the_machine_runs_at_once_are_capped():
     from nas.search.placement import worker_cap
 
     assert worker_cap(0, cpus=2) == (2, "2 CPU cores")
-    assert worker_cap(1, None, cpus=16) == (DEFAULT_TRIALS_PER_GPU, f"1 GPU x {DEFAULT_TRIALS_PER_GPU} trials at a time")
+    assert worker_cap(1, None, cpus=16) == (
+        DEFAULT_TRIALS_PER_GPU,
+        f"1 GPU x {DEFAULT_TRIALS_PER_GPU} trials at a time",
+    )
     assert worker_cap(2, 8, cpus=6) == (6, "6 CPU cores")
 
 
@@ -80,4 +90,7 @@ def test_the_plan_is_told_in_a_few_words_however_many_workers():
 
     assert describe(plan_workers(0, 64, cpus=2)) == "64 workers on the CPU, 1 thread each"
     assert describe(plan_workers(0, None, cpus=2)) == "1 worker on the CPU, 2 threads"
-    assert describe(plan_workers(["3", "5"], 4, 2, cpus=8)) == "GPU 3: 2 trials at a time in 2 workers; GPU 5: 2 trials at a time in 2 workers"
+    assert (
+        describe(plan_workers(["3", "5"], 4, 2, cpus=8))
+        == "GPU 3: 2 trials at a time in 2 workers; GPU 5: 2 trials at a time in 2 workers"
+    )

@@ -24,7 +24,10 @@ def test_every_resource_has_a_setting_a_flag_and_an_attribute():
 def test_violations_name_resource_value_and_limit_in_bytes():
     settings = StudySettings(max_params=10_000, max_macs=1_000_000, max_activation_kb=2.5, max_model_kb=20)
     found = violations(SEED_COSTS, settings)
-    assert [(v.resource.name, v.value, v.limit) for v in found] == [("macs", 1_217_160, 1_000_000), ("activation", 9_408, 2_500)]
+    assert [(v.resource.name, v.value, v.limit) for v in found] == [
+        ("macs", 1_217_160, 1_000_000),
+        ("activation", 9_408, 2_500),
+    ]
     assert [str(v) for v in found] == ["MACs 1,217,160 > 1,000,000", "peak int8 activations 9,408 B > 2,500 B"]
     assert violations(SEED_COSTS, StudySettings()) == []
 

@@ -69,7 +69,9 @@ def test_genome_round_trips_through_decode():
 
     g = genome(space, First())
     assert decode(space, g) == sample(space, First())
-    assert g["s3_c3"] == 8 and g["stages"] == 2  # a block of a stage the network lacks is part of the genome all the same
+    assert (
+        g["s3_c3"] == 8 and g["stages"] == 2
+    )  # a block of a stage the network lacks is part of the genome all the same
 
 
 def test_evolution_proposes_new_admissible_one_step_mutations_of_the_front():
@@ -107,5 +109,7 @@ def test_evolution_starts_from_random_draws_that_fit():
 def test_evolution_searches_a_study_end_to_end_and_only_trains_what_fits():
     study = study_with(EvolutionSampler(SETTINGS, seed=2, explore=0.0), n=25)
     trained = [t for t in study.trials if t.state == TrialState.COMPLETE]
-    assert all(t.state == TrialState.COMPLETE for t in study.trials)  # random starts and children alike: none pruned by budget
+    assert all(
+        t.state == TrialState.COMPLETE for t in study.trials
+    )  # random starts and children alike: none pruned by budget
     assert len({t.user_attrs["config_key"] for t in trained}) == len(trained)  # and none repeats another

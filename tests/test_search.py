@@ -54,7 +54,12 @@ def test_tiny_search_end_to_end_seed_first(store, mnist_dir):
     out = run_cli("search", "--trials", 3, "--storage", store, "--data-dir", mnist_dir, *SMALL)
     trials = load(store).trials
     assert len(trials) == 4  # 3 run; the fourth built-in waits for a longer search
-    assert [t.user_attrs["seed_arch"] for t in trials] == ["seed_9274", "rec_3762", "rec_7918", "rec_13562"]  # every built-in within 20,000
+    assert [t.user_attrs["seed_arch"] for t in trials] == [
+        "seed_9274",
+        "rec_3762",
+        "rec_7918",
+        "rec_13562",
+    ]  # every built-in within 20,000
     seed = trials[0]
     assert seed.user_attrs["params"] == 9274 and [t.user_attrs["params"] for t in trials[1:3]] == [3762, 7918]
     assert seed.state == TrialState.COMPLETE and len(seed.user_attrs["curve"]) == 1
@@ -67,7 +72,10 @@ def test_tiny_search_end_to_end_seed_first(store, mnist_dir):
 
     study = load(store)
     attrs = study._storage.get_study_system_attrs(study._study_id)
-    assert "complete" in get_note_from_system_attrs(attrs, seed._trial_id)["body"] and "Total params: 9,274" in get_note_from_system_attrs(attrs, seed._trial_id)["body"]
+    assert (
+        "complete" in get_note_from_system_attrs(attrs, seed._trial_id)["body"]
+        and "Total params: 9,274" in get_note_from_system_attrs(attrs, seed._trial_id)["body"]
+    )
     assert "Pareto front" in get_note_from_system_attrs(attrs, None)["body"]
     artifacts = [a for a in optuna.artifacts.get_all_artifact_meta(seed, storage=study._storage)]
     assert [a.filename for a in artifacts] == ["trial_0.toml"]
@@ -77,7 +85,9 @@ def test_over_budget_is_pruned_without_training(store, mnist_dir, monkeypatch):
     trained = []
     real_train = search_mod.train
     monkeypatch.setattr(search_mod, "train", lambda arch, *a, **k: trained.append(arch) or real_train(arch, *a, **k))
-    tiny("b", store, mnist_dir, 4, max_params=5000, seed_archs=(SEED_9274,))  # asked for, so enqueued though over the budget
+    tiny(
+        "b", store, mnist_dir, 4, max_params=5000, seed_archs=(SEED_9274,)
+    )  # asked for, so enqueued though over the budget
     trials = load(store, "b").trials
     seed = trials[0]
     assert seed.state == TrialState.PRUNED and seed.user_attrs["prune_reason"] == "budget: parameters 9,274 > 5,000"
@@ -104,8 +114,14 @@ def test_every_budget_prunes_with_its_own_reason(store, mnist_dir):
 
 def test_diverging_trials_fail_and_the_study_goes_on(store, mnist_dir, tmp_path):
     space = tmp_path / "hot.toml"
-    space.write_text(SPACE.read_text().replace("lr_sgd = [0.02, 0.2]", "lr_sgd = [1e10, 1e12]").replace('optimizer = ["sgd", "adamw"]', 'optimizer = ["sgd"]'))
-    out = run_cli("search", "--trials", 3, "--space", space, "--no-seed-arch", "--storage", store, "--data-dir", mnist_dir, *SMALL)
+    space.write_text(
+        SPACE.read_text()
+        .replace("lr_sgd = [0.02, 0.2]", "lr_sgd = [1e10, 1e12]")
+        .replace('optimizer = ["sgd", "adamw"]', 'optimizer = ["sgd"]')
+    )
+    out = run_cli(
+        "search", "--trials", 3, "--space", space, "--no-seed-arch", "--storage", store, "--data-dir", mnist_dir, *SMALL
+    )
     trials = load(store).trials
     assert len(trials) == 3
     trained = [t for t in trials if t.state != TrialState.PRUNED]
@@ -115,12 +131,19 @@ def test_diverging_trials_fail_and_the_study_goes_on(store, mnist_dir, tmp_path)
 
 def test_trials_counts_the_study_not_the_run(store, mnist_dir):
     run_cli("search", "--trials", 2, "--storage", store, "--data-dir", mnist_dir, *SMALL)
-    run_cli("search", "--trials", 2, "--storage", store, "--data-dir", mnist_dir, *SMALL)  # already has 2: nothing to do
+    run_cli(
+        "search", "--trials", 2, "--storage", store, "--data-dir", mnist_dir, *SMALL
+    )  # already has 2: nothing to do
     assert sum(t.state.is_finished() for t in load(store).trials) == 2
     run_cli("search", "--trials", 4, "--storage", store, "--data-dir", mnist_dir, *SMALL)
     trials = load(store).trials
     assert [t.number for t in trials] == [0, 1, 2, 3]
-    assert [t.user_attrs["seed_arch"] for t in trials] == ["seed_9274", "rec_3762", "rec_7918", "rec_13562"]  # enqueued once
+    assert [t.user_attrs["seed_arch"] for t in trials] == [
+        "seed_9274",
+        "rec_3762",
+        "rec_7918",
+        "rec_13562",
+    ]  # enqueued once
 
 
 def test_a_trial_failed_as_stale_under_its_worker_does_not_stop_it(store):
@@ -171,6 +194,7 @@ def test_a_ctrl_c_in_the_seed_trial_never_loses_it(store, mnist_dir, monkeypatch
     def ctrl_c_in_the_first_epoch(*a, on_progress=None, **k):
         def stop(done, total):
             raise KeyboardInterrupt
+
         return real_train(*a, on_progress=stop, **k)
 
     monkeypatch.setattr(search_mod, "train", ctrl_c_in_the_first_epoch)
@@ -180,7 +204,9 @@ def test_a_ctrl_c_in_the_seed_trial_never_loses_it(store, mnist_dir, monkeypatch
     tiny("n", store, mnist_dir, 3)
     study = load(store, "n")
     seeds = [t for t in study.trials if t.user_attrs.get("seed_arch") == "seed_9274"]
-    assert [t.state for t in seeds] == [TrialState.FAIL, TrialState.COMPLETE] and seeds[1].user_attrs["retry_of"] == seeds[0].number
+    assert [t.state for t in seeds] == [TrialState.FAIL, TrialState.COMPLETE] and seeds[1].user_attrs[
+        "retry_of"
+    ] == seeds[0].number
     assert st.finished(study.trials) == 3
     text = analytics.summary(study)
     assert "0 failed (1 more stopped and run again)" in text
@@ -211,7 +237,9 @@ def test_a_restarting_worker_requeues_its_trials_uncounted_and_execs_nas_worker(
                 if running:
                     break
                 time.sleep(0.05)
-            raise RestartWorker("3 CUDA graph captures failed in this process (the last: RuntimeError: test); the worker restarts")
+            raise RestartWorker(
+                "3 CUDA graph captures failed in this process (the last: RuntimeError: test); the worker restarts"
+            )
         running.add(n)
         try:
             return real_train(*a, **k)
@@ -231,12 +259,31 @@ def test_a_restarting_worker_requeues_its_trials_uncounted_and_execs_nas_worker(
     assert sorted(copies) == [t.number for t in stopped] and all(c.state == TrialState.WAITING for c in copies.values())
     # Whatever else waits is a built-in the two threads had not reached when the worker restarted
     # (how many depends on how fast the others trained: under load, more of them)
-    assert all("seed_arch" in t.user_attrs for t in trials if t.state == TrialState.WAITING and "retry_of" not in t.user_attrs)
-    assert all(c.user_attrs["retries"] == 0 and c.system_attrs["fixed_params"] == trials[n].params for n, c in copies.items())  # not counted as retries
+    assert all(
+        "seed_arch" in t.user_attrs for t in trials if t.state == TrialState.WAITING and "retry_of" not in t.user_attrs
+    )
+    assert all(
+        c.user_attrs["retries"] == 0 and c.system_attrs["fixed_params"] == trials[n].params for n, c in copies.items()
+    )  # not counted as retries
     assert [t.state for t in trials if t.state in (TrialState.COMPLETE, TrialState.PRUNED)]  # finished trials are kept
     assert len(execs) == 1 and execs[0][0] == sys.executable
-    assert execs[0][1:] == ["-m", "nas", "worker", "--study-name", "r", "--storage", store, "--device", "cpu", "--workers", "1",
-                            "--data-dir", str(mnist_dir), "--trials", "30"]
+    assert execs[0][1:] == [
+        "-m",
+        "nas",
+        "worker",
+        "--study-name",
+        "r",
+        "--storage",
+        store,
+        "--device",
+        "cpu",
+        "--workers",
+        "1",
+        "--data-dir",
+        str(mnist_dir),
+        "--trials",
+        "30",
+    ]
 
 
 def test_an_interrupted_trial_goes_on_from_its_checkpoint_bit_identical(store, mnist_dir, monkeypatch, tmp_path):
@@ -247,7 +294,9 @@ def test_an_interrupted_trial_goes_on_from_its_checkpoint_bit_identical(store, m
     from nas.search.checkpoints import Checkpoints
 
     monkeypatch.setattr(search_mod, "CHECKPOINT_EVERY", 0.0)  # a checkpoint after every epoch but the last
-    kw = dict(max_epochs=4, pruning="off", seed_archs=StudySettings().seed_archs[:1])  # seed_9274 alone, no other built-in waiting
+    kw = dict(
+        max_epochs=4, pruning="off", seed_archs=StudySettings().seed_archs[:1]
+    )  # seed_9274 alone, no other built-in waiting
     whole = tiny("whole", store, mnist_dir, 1, **kw).trials[0]
     real_train = search_mod.train
 
@@ -255,9 +304,12 @@ def test_an_interrupted_trial_goes_on_from_its_checkpoint_bit_identical(store, m
         def then_ctrl_c(ckpt):
             on_checkpoint(ckpt)
             raise KeyboardInterrupt
+
         return real_train(*a, on_checkpoint=then_ctrl_c, **k)
 
-    checkpoints = Checkpoints.of(store, "cut", tmp_path / "artifacts")  # the default artifact folder: next to the SQLite file
+    checkpoints = Checkpoints.of(
+        store, "cut", tmp_path / "artifacts"
+    )  # the default artifact folder: next to the SQLite file
     monkeypatch.setattr(search_mod, "train", stopped_after_a_checkpoint)
     for run in range(3):
         with pytest.raises(KeyboardInterrupt):
@@ -277,7 +329,20 @@ def test_an_interrupted_trial_goes_on_from_its_checkpoint_bit_identical(store, m
 
 
 def test_two_workers_share_one_storage(store, mnist_dir):
-    run_cli("search", "--trials", 4, "--workers", 2, "--max-params", 5000, "--storage", store, "--data-dir", mnist_dir, *SMALL)
+    run_cli(
+        "search",
+        "--trials",
+        4,
+        "--workers",
+        2,
+        "--max-params",
+        5000,
+        "--storage",
+        store,
+        "--data-dir",
+        mnist_dir,
+        *SMALL,
+    )
     trials = load(store).trials
     assert sorted(t.number for t in trials) == [0, 1, 2, 3]
     assert all(t.state in (TrialState.COMPLETE, TrialState.PRUNED) for t in trials)
@@ -312,7 +377,11 @@ def test_report_best_and_dashboard(store, mnist_dir, tmp_path):
     df = df[df["state"] != "waiting"]  # the fourth built-in waits for a longer search
     assert len(df) == 3 and df["params"].iloc[0] == 9274 and df["seed_arch"].iloc[0] == "seed_9274"
     page = (tmp_path / "rep" / "report.html").read_text()
-    assert "Validation accuracy vs parameters" in page and "Learning curves, coloured by outcome" in page and "plotly" in page
+    assert (
+        "Validation accuracy vs parameters" in page
+        and "Learning curves, coloured by outcome" in page
+        and "plotly" in page
+    )
     assert "wrote" in out
     best = run_cli("best", "--storage", store)
     assert "Total params" in best
@@ -320,7 +389,11 @@ def test_report_best_and_dashboard(store, mnist_dir, tmp_path):
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    proc = subprocess.Popen([sys.executable, "-m", "nas", "dashboard", "--storage", store, "--port", str(port)], stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "nas", "dashboard", "--storage", store, "--port", str(port)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+    )
     try:
         for _ in range(100):
             try:
@@ -354,9 +427,19 @@ def test_replaying_a_rule_counts_savings_and_wrong_prunes():
     study.set_user_attr("settings", StudySettings(max_epochs=4, target_accuracy=0.98).to_dict())
     curves = {0: [0.90, 0.88, 0.981, 0.985], 1: [0.90, 0.91, 0.93, 0.95], 2: [0.97, 0.975, 0.979, 0.981]}
     for n, curve in curves.items():
-        study.add_trial(optuna.trial.create_trial(values=[curve[-1], 1000], user_attrs={"curve": curve, "epoch_seconds": [1.0] * 4, "params": 1000}))
+        study.add_trial(
+            optuna.trial.create_trial(
+                values=[curve[-1], 1000], user_attrs={"curve": curve, "epoch_seconds": [1.0] * 4, "params": 1000}
+            )
+        )
     early = replay_rule(study, ConvergenceRule(0.98, 4, slack=0.06, start=0.25))
-    assert early == {"trials": 3, "pruned": 2, "seconds": 12.0, "saved": 6.0, "wrongly_pruned": [0]}  # both < 0.935 at epoch 1
+    assert early == {
+        "trials": 3,
+        "pruned": 2,
+        "seconds": 12.0,
+        "saved": 6.0,
+        "wrongly_pruned": [0],
+    }  # both < 0.935 at epoch 1
     late = replay_rule(study, ConvergenceRule(0.98, 4, slack=0.06, start=0.75))
     assert late["pruned"] == 1 and late["saved"] == 1.0 and late["wrongly_pruned"] == []
 
@@ -370,7 +453,9 @@ def test_the_estimate_hints_when_a_search_takes_hours():
     slow, quick = Objective.estimate(fake, 60.0, 20), Objective.estimate(fake, 0.3, 20)
     assert "20m00s" in slow and "--train-size" in slow and "--device cuda" in slow
     assert "--train-size" not in quick and "0m06s" in quick
-    joining = Objective.estimate(SimpleNamespace(device="cpu", goal=20, left=5), 3.0, 20)  # a worker joining a study 15 trials in
+    joining = Objective.estimate(
+        SimpleNamespace(device="cpu", goal=20, left=5), 3.0, 20
+    )  # a worker joining a study 15 trials in
     assert "the 5 trials left at most 5m00s" in joining
 
 
@@ -385,14 +470,25 @@ def test_the_pareto_rule_stops_a_live_trial_its_cheaper_peers_beat_unless_it_is_
     settings = StudySettings(max_epochs=4, stop_rungs=(0.5,), stop_eta=3.0)
     study.set_user_attr("settings", settings.to_dict())
     for n in range(6):
-        study.add_trial(optuna.trial.create_trial(values=[0.97, 1000], user_attrs={"curve": [0.9, 0.96, 0.97, 0.97], "params": 1000, "arch": "{}"}))
+        study.add_trial(
+            optuna.trial.create_trial(
+                values=[0.97, 1000], user_attrs={"curve": [0.9, 0.96, 0.97, 0.97], "params": 1000, "arch": "{}"}
+            )
+        )
     said = []
     objective = Objective.__new__(Objective)
-    objective.settings, objective.log, objective.minimized, objective.pareto_rule = settings, said.append, resource("params"), ParetoRule.of(settings)
+    objective.settings, objective.log, objective.minimized, objective.pareto_rule = (
+        settings,
+        said.append,
+        resource("params"),
+        ParetoRule.of(settings),
+    )
     trial = study.ask()
     with pytest.raises(optuna.TrialPruned):
         objective.pareto_stop(trial, SimpleNamespace(epoch=2, val_acc=0.95), 5000)  # 6 of 6 cheaper peers beat it
-    assert trial.user_attrs["would_stop_epoch"] == 2 and trial.user_attrs["prune_reason"].startswith("pareto: at epoch 2, 6 of the 6 trials")
+    assert trial.user_attrs["would_stop_epoch"] == 2 and trial.user_attrs["prune_reason"].startswith(
+        "pareto: at epoch 2, 6 of the 6 trials"
+    )
     objective.pareto_stop(trial, SimpleNamespace(epoch=2, val_acc=0.975), 5000)  # in the top third: goes on
     built_in = study.ask()
     built_in.set_user_attr("seed_arch", "rec_3762")
@@ -402,7 +498,28 @@ def test_the_pareto_rule_stops_a_live_trial_its_cheaper_peers_beat_unless_it_is_
 
 def test_the_pareto_rule_is_off_unless_asked_and_stored_when_it_is(store, mnist_dir):
     assert StudySettings(max_epochs=20).stop_epochs() == ()  # measured not to earn its keep (README): off by default
-    run_cli("search", "--trials", 1, "--stop-at", 0.5, "--stop-at", 0.75, "--stop-eta", 2, "--max-epochs", 4, "--train-size", 600, "--val-size", 300,
-            "--target-accuracy", 0.5, "--storage", store, "--data-dir", mnist_dir)
+    run_cli(
+        "search",
+        "--trials",
+        1,
+        "--stop-at",
+        0.5,
+        "--stop-at",
+        0.75,
+        "--stop-eta",
+        2,
+        "--max-epochs",
+        4,
+        "--train-size",
+        600,
+        "--val-size",
+        300,
+        "--target-accuracy",
+        0.5,
+        "--storage",
+        store,
+        "--data-dir",
+        mnist_dir,
+    )
     stored = StudySettings.from_dict(load(store).user_attrs["settings"])
     assert stored.stop_rungs == (0.5, 0.75) and stored.stop_eta == 2 and stored.stop_epochs() == (2, 3)

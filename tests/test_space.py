@@ -72,7 +72,11 @@ def test_describe_gives_size_and_resource_ranges():
     assert "architectures" in text and "estimates from 500 random draws" in text
     for label in ("parameters: min", "MACs: min", "peak int8 activations: min", "int8 model size: min"):
         assert label in text
-    assert "within --max-params 20,000" in text and "within --max-activation-kb 2.5" in text and "within all these limits" in text
+    assert (
+        "within --max-params 20,000" in text
+        and "within --max-activation-kb 2.5" in text
+        and "within all these limits" in text
+    )
     assert architecture_count(load_space(SPACE)) > 1e9
 
 
@@ -114,8 +118,12 @@ def test_small_memory_networks_are_points_of_the_default_space():
     stride-2 first convolution: with stride 1, the first conv's 28x28 input and >= 4-channel
     output alone hold 28 * 28 + 4 * 26 * 26 = 3,488 bytes (unpadded; 3,920 padded)."""
     space = load_space(SPACE)
-    tiny = Arch(layers=[Conv(4, stride=2), Conv(8), Pool("max"), Conv(16), Conv(16), Pool("max"), Conv(20)],
-                head=Head("conv_gap", 1), input=space.input, classes=space.classes)
+    tiny = Arch(
+        layers=[Conv(4, stride=2), Conv(8), Pool("max"), Conv(16), Conv(16), Pool("max"), Conv(20)],
+        head=Head("conv_gap", 1),
+        input=space.input,
+        classes=space.classes,
+    )
     arch, _ = sample(space, FixedTrial(params_for(space, tiny, TrainConfig())))
     assert arch.layers == tiny.layers and costs(arch).activation_int8 == 14 * 14 * (4 + 8)
     drawn = _drawn_costs(space, 1000, seed=5)
@@ -128,13 +136,13 @@ def test_small_memory_networks_are_points_of_the_default_space():
     "edit, key",
     [
         (("stages = [2, 3]", "stages = [2, 5]"), "architecture.stages"),
-        (("channels = [4, 6, 8, 10, 12, 16, 28]", "channels = [4, \"x\"]"), "architecture.stage[0].channels"),
-        (("dropout_at = [\"block\", \"pool\"]", "dropout_at = [\"stage\"]"), "architecture.dropout_at"),
+        (("channels = [4, 6, 8, 10, 12, 16, 28]", 'channels = [4, "x"]'), "architecture.stage[0].channels"),
+        (('dropout_at = ["block", "pool"]', 'dropout_at = ["stage"]'), "architecture.dropout_at"),
         (("separable = [false, true]", "separable = [0]"), "architecture.stage[0].separable"),
         (("blocks = [1, 4]", "blocks = 3"), "architecture.stage[0].blocks"),
         (("stride = [1, 2]", "stride = [1, 16]"), "architecture.stage[0].stride"),
-        (("pool = [\"max\", \"avg\"]", "pool = [\"max\", \"median\"]"), "architecture.pool"),
-        (("optimizer = [\"sgd\", \"adamw\"]", "optimizer = [\"sgd\", \"adamw\"]\nmomentum = [0.9]"), "training.momentum"),
+        (('pool = ["max", "avg"]', 'pool = ["max", "median"]'), "architecture.pool"),
+        (('optimizer = ["sgd", "adamw"]', 'optimizer = ["sgd", "adamw"]\nmomentum = [0.9]'), "training.momentum"),
         (("lr_sgd = [0.02, 0.2]", "lr_sgd = [0.2, 0.02]"), "training.lr_sgd"),
     ],
 )

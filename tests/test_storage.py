@@ -14,10 +14,16 @@ from nas.study import storage as st
 from nas.study.settings import StudySettings
 
 
-@pytest.mark.parametrize("url, kind", [
-    ("sqlite:///studies/nas.sqlite3", "sqlite"), ("sqlite:////tmp/x.db", "sqlite"), ("journal:///studies/nas.log", "journal"),
-    ("postgresql+psycopg://nas@localhost/nas", "postgresql"), ("postgresql://nas@localhost/nas", "postgresql"),
-])
+@pytest.mark.parametrize(
+    "url, kind",
+    [
+        ("sqlite:///studies/nas.sqlite3", "sqlite"),
+        ("sqlite:////tmp/x.db", "sqlite"),
+        ("journal:///studies/nas.log", "journal"),
+        ("postgresql+psycopg://nas@localhost/nas", "postgresql"),
+        ("postgresql://nas@localhost/nas", "postgresql"),
+    ],
+)
 def test_parse_known_urls(url, kind):
     loc = st.parse(url)
     assert loc.kind == kind
@@ -25,10 +31,16 @@ def test_parse_known_urls(url, kind):
         assert loc.sqlalchemy_url.startswith("postgresql+psycopg://")
 
 
-@pytest.mark.parametrize("url, text", [
-    ("garbage", "not a storage URL"), ("sqlite:///:memory:", "in-memory"), ("mysql://x@y/z", "unknown kind of storage"),
-    ("postgresql+pg8000://x@y/z", "through psycopg"), ("journal://", "names a file"),
-])
+@pytest.mark.parametrize(
+    "url, text",
+    [
+        ("garbage", "not a storage URL"),
+        ("sqlite:///:memory:", "in-memory"),
+        ("mysql://x@y/z", "unknown kind of storage"),
+        ("postgresql+pg8000://x@y/z", "through psycopg"),
+        ("journal://", "names a file"),
+    ],
+)
 def test_parse_refuses_with_the_fix(url, text):
     with pytest.raises(SpecError, match=text):
         st.parse(url)
@@ -62,7 +74,12 @@ open_study("race", sys.argv[1], StudySettings(max_epochs=1))
 
 
 def _create_at_once(url: str, n: int = 8) -> list[subprocess.CompletedProcess]:
-    procs = [subprocess.Popen([sys.executable, "-c", _CREATE, url], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for _ in range(n)]
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-c", _CREATE, url], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+        )
+        for _ in range(n)
+    ]
     return [(p.wait(120), p.stderr.read()) for p in procs]
 
 
@@ -83,11 +100,19 @@ def test_eight_processes_create_one_postgres_study(postgres):  # noqa: F811
     _created_once(postgres.url)
 
 
-@pytest.mark.parametrize("url, shown", [
-    ("postgresql+psycopg://nas:pw@127.0.0.1:5999/nas", "postgresql+psycopg://nas:***@127.0.0.1:5999/nas"),
-    ("postgresql://u:p%40ss@h/db?sslmode=require&password=x", "postgresql://u:***@h/db?sslmode=require&password=***"),
-    ("postgresql+psycopg://nas@h/nas", "postgresql+psycopg://nas@h/nas"), ("sqlite:///a/b.db", "sqlite:///a/b.db"), ("nas:pw@h/db", "nas:***@h/db"),
-])
+@pytest.mark.parametrize(
+    "url, shown",
+    [
+        ("postgresql+psycopg://nas:pw@127.0.0.1:5999/nas", "postgresql+psycopg://nas:***@127.0.0.1:5999/nas"),
+        (
+            "postgresql://u:p%40ss@h/db?sslmode=require&password=x",
+            "postgresql://u:***@h/db?sslmode=require&password=***",
+        ),
+        ("postgresql+psycopg://nas@h/nas", "postgresql+psycopg://nas@h/nas"),
+        ("sqlite:///a/b.db", "sqlite:///a/b.db"),
+        ("nas:pw@h/db", "nas:***@h/db"),
+    ],
+)
 def test_a_password_is_masked(url, shown):
     assert st.masked(url) == shown
 
@@ -107,31 +132,80 @@ def test_the_password_is_never_printed_or_stored(postgres, mnist_dir, tmp_path):
     env = {**os.environ, "NAS_CHECKPOINT_SECONDS": "0", "OMP_NUM_THREADS": "1"}
 
     def nas(*args):
-        return subprocess.run([sys.executable, "-m", "nas", *map(str, args)], capture_output=True, text=True, cwd=tmp_path, env=env, timeout=300)
+        return subprocess.run(
+            [sys.executable, "-m", "nas", *map(str, args)],
+            capture_output=True,
+            text=True,
+            cwd=tmp_path,
+            env=env,
+            timeout=300,
+        )
 
-    outputs = [nas("search", "--storage", url, "--study", "pw", "--trials", 2, "--max-epochs", 2, "--train-size", 200, "--val-size", 100,
-                   "--target-accuracy", 0.05, "--artifacts", "art", "--data-dir", mnist_dir, "--device", "cpu"),
-               nas("report", "--storage", url, "--study", "pw", "--out", "rep"), nas("best", "--storage", url, "--study", "pw")]
+    outputs = [
+        nas(
+            "search",
+            "--storage",
+            url,
+            "--study",
+            "pw",
+            "--trials",
+            2,
+            "--max-epochs",
+            2,
+            "--train-size",
+            200,
+            "--val-size",
+            100,
+            "--target-accuracy",
+            0.05,
+            "--artifacts",
+            "art",
+            "--data-dir",
+            mnist_dir,
+            "--device",
+            "cpu",
+        ),
+        nas("report", "--storage", url, "--study", "pw", "--out", "rep"),
+        nas("best", "--storage", url, "--study", "pw"),
+    ]
     assert [r.returncode for r in outputs] == [0, 0, 0], [r.stdout[-1000:] + r.stderr[-1000:] for r in outputs]
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    dashboard = subprocess.Popen([sys.executable, "-m", "nas", "dashboard", "--storage", url, "--port", str(port), "--artifacts", "art"],
-                                 stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=tmp_path, env=env)
+    dashboard = subprocess.Popen(
+        [sys.executable, "-m", "nas", "dashboard", "--storage", url, "--port", str(port), "--artifacts", "art"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        cwd=tmp_path,
+        env=env,
+    )
     shown = [dashboard.stdout.readline() for _ in range(3)]
     dashboard.terminate()
     shown.append(dashboard.communicate(timeout=30)[0])
     printed = "".join(r.stdout + r.stderr for r in outputs) + "".join(shown)
     assert "nas:***@127.0.0.1" in printed and "Ctrl-C to stop" in printed
     written = [p for p in tmp_path.rglob("*") if p.is_file()]
-    assert {p.name for p in written} >= {"report.html", "trials.csv"} and any(p.parent.name == "art" for p in written)  # an architecture file
+    assert {p.name for p in written} >= {"report.html", "trials.csv"} and any(
+        p.parent.name == "art" for p in written
+    )  # an architecture file
     engine = sqlalchemy.create_engine(postgres.url)
     with engine.connect() as conn:
-        tables = conn.execute(sqlalchemy.text("SELECT tablename FROM pg_tables WHERE schemaname = 'public'")).scalars().all()
-        stored = json.dumps([[list(map(str, row)) for row in conn.execute(sqlalchemy.text(f'SELECT * FROM "{t}"'))] for t in tables])
+        tables = (
+            conn.execute(sqlalchemy.text("SELECT tablename FROM pg_tables WHERE schemaname = 'public'")).scalars().all()
+        )
+        stored = json.dumps(
+            [[list(map(str, row)) for row in conn.execute(sqlalchemy.text(f'SELECT * FROM "{t}"'))] for t in tables]
+        )
     engine.dispose()
-    assert "study_user_attributes" in tables and "settings" in stored and "Trial 0" in stored  # the settings and the notes were read
-    for where, text in [("output", printed), ("database", stored), *((str(p), p.read_bytes().decode("latin-1")) for p in written)]:
+    assert (
+        "study_user_attributes" in tables and "settings" in stored and "Trial 0" in stored
+    )  # the settings and the notes were read
+    for where, text in [
+        ("output", printed),
+        ("database", stored),
+        *((str(p), p.read_bytes().decode("latin-1")) for p in written),
+    ]:
         assert secret not in text, f"the password is in the {where}"
 
 
@@ -151,7 +225,12 @@ def test_resume_refuses_disagreeing_settings(tmp_path):
     st.open_study("s", url, StudySettings(max_params=20_000), {"max_params": 20_000})  # same value: fine
     with pytest.raises(SpecError) as err:
         st.open_study("s", url, StudySettings(max_params=5000), {"max_params": 5000})
-    assert "--max-params" in str(err.value) and "20000" in str(err.value) and "5000" in str(err.value) and "--study-name" in str(err.value)
+    assert (
+        "--max-params" in str(err.value)
+        and "20000" in str(err.value)
+        and "5000" in str(err.value)
+        and "--study-name" in str(err.value)
+    )
 
 
 def _running_trial(url: str, monkeypatch) -> tuple[optuna.Study, st.Keeper, int]:
@@ -175,7 +254,11 @@ def test_stale_trials_are_failed_and_retried_clean(tmp_path, monkeypatch, kind):
     trials = study.get_trials()
     dead, again = trials[number], trials[-1]
     assert dead.state == TrialState.FAIL and dead.user_attrs["fail_reason"].startswith("stale")
-    assert again.state == TrialState.WAITING and again.user_attrs == {"seed_arch": "seed_9274", "retry_of": number, "retries": 1}
+    assert again.state == TrialState.WAITING and again.user_attrs == {
+        "seed_arch": "seed_9274",
+        "retry_of": number,
+        "retries": 1,
+    }
     assert st.finished(trials) == 0  # the retry will count instead
 
 
@@ -205,8 +288,14 @@ def test_an_interrupt_does_not_use_up_the_retries(tmp_path):
 
 def test_finished_counts_complete_pruned_and_unretried_failures():
     make = optuna.trial.create_trial
-    trials = [make(state=TrialState.COMPLETE, value=1.0), make(state=TrialState.PRUNED), make(state=TrialState.FAIL),
-              make(state=TrialState.FAIL), make(state=TrialState.RUNNING), make(state=TrialState.WAITING)]
+    trials = [
+        make(state=TrialState.COMPLETE, value=1.0),
+        make(state=TrialState.PRUNED),
+        make(state=TrialState.FAIL),
+        make(state=TrialState.FAIL),
+        make(state=TrialState.RUNNING),
+        make(state=TrialState.WAITING),
+    ]
     for n, t in enumerate(trials):
         t.number = n
     trials[5].user_attrs["retry_of"] = 3

@@ -35,8 +35,22 @@ def test_model_card_lists_the_costs():
 
     arch = load_arch(SEED)
     run = {"test_acc": 0.995}
-    metrics = dict(params=9274, receptive_field=38, seeds=[run], test_acc_mean=0.995, test_acc_min=0.995, test_acc_max=0.995,
-                   epochs=20, train_images=60_000, train_seconds=60.0, device="cpu", torchscript="scripted", dataset=MNIST.to_dict(), background="dark", **run)
+    metrics = dict(
+        params=9274,
+        receptive_field=38,
+        seeds=[run],
+        test_acc_mean=0.995,
+        test_acc_min=0.995,
+        test_acc_max=0.995,
+        epochs=20,
+        train_images=60_000,
+        train_seconds=60.0,
+        device="cpu",
+        torchscript="scripted",
+        dataset=MNIST.to_dict(),
+        background="dark",
+        **run,
+    )
     card, c = model_card(arch, metrics), costs(arch)
     assert "| MACs per image | 1,217,160 |" in card
     assert f"| peak activation memory | {c.activation_int8:,} B at int8, {c.activation_fp32:,} B at fp32 |" in card
@@ -55,11 +69,34 @@ def test_summary_and_card_say_which_batchnorms_fold():
     from nas.ship.export import model_card
 
     seed = load_arch(SEED)
-    folded = replace(seed, layers=[replace(layer, order="bn_relu") if isinstance(layer, Conv) else layer for layer in seed.layers])
-    assert "BatchNorm as deployed: 0 of 7 directly after a conv, folded into it (order bn_relu); 7 after a ReLU, kept as a scale and shift (relu_bn)" in flat(summary_table(seed))
+    folded = replace(
+        seed, layers=[replace(layer, order="bn_relu") if isinstance(layer, Conv) else layer for layer in seed.layers]
+    )
+    assert (
+        "BatchNorm as deployed: 0 of 7 directly after a conv, folded into it (order bn_relu); 7 after a ReLU, kept as a scale and shift (relu_bn)"
+        in flat(summary_table(seed))
+    )
     assert "7 of 7 directly after a conv, folded into it (order bn_relu); 0 after a ReLU" in flat(summary_table(folded))
     run = {"test_acc": 0.99}
-    metrics = dict(params=9274, receptive_field=38, seeds=[run], test_acc_mean=0.99, test_acc_min=0.99, test_acc_max=0.99,
-                   epochs=1, train_images=1000, train_seconds=1.0, device="cpu", torchscript="script", onnx=None, dataset=MNIST.to_dict(), background="dark", **run)
+    metrics = dict(
+        params=9274,
+        receptive_field=38,
+        seeds=[run],
+        test_acc_mean=0.99,
+        test_acc_min=0.99,
+        test_acc_max=0.99,
+        epochs=1,
+        train_images=1000,
+        train_seconds=1.0,
+        device="cpu",
+        torchscript="script",
+        onnx=None,
+        dataset=MNIST.to_dict(),
+        background="dark",
+        **run,
+    )
     card = flat(model_card(folded, metrics))
-    assert "7 of 7 directly after a conv, folded into it" in card and "No ONNX files: the onnx extra was not installed at export" in card
+    assert (
+        "7 of 7 directly after a conv, folded into it" in card
+        and "No ONNX files: the onnx extra was not installed at export" in card
+    )

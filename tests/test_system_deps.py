@@ -23,16 +23,36 @@ def test_needs_nothing():
 
 def run(tmp_path, **env):
     (tmp_path / "test_needy.py").write_text(_NEEDY)
-    return subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-p", "conftest", "--rootdir", str(tmp_path), "-c", os.devnull,
-                           str(tmp_path / "test_needy.py")],
-                          cwd=tmp_path, capture_output=True, text=True, env={**os.environ, "PYTHONPATH": str(ROOT / "tests"), **env})
+    return subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pytest",
+            "-q",
+            "-p",
+            "no:cacheprovider",
+            "-p",
+            "conftest",
+            "--rootdir",
+            str(tmp_path),
+            "-c",
+            os.devnull,
+            str(tmp_path / "test_needy.py"),
+        ],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        env={**os.environ, "PYTHONPATH": str(ROOT / "tests"), **env},
+    )
 
 
 def test_a_missing_package_skips_its_tests_and_says_which(tmp_path):
     r = run(tmp_path, NAS_REQUIRE_SYSTEM_DEPS="0")
     assert r.returncode == 0, r.stdout + r.stderr
     assert "1 passed, 1 skipped" in r.stdout
-    assert r.stdout.count("skipped: the example tests need nas-no-such-package: apt-get install nas-no-such-package") == 1, r.stdout
+    assert (
+        r.stdout.count("skipped: the example tests need nas-no-such-package: apt-get install nas-no-such-package") == 1
+    ), r.stdout
 
 
 def test_ci_fails_instead_of_skipping(tmp_path):

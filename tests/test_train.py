@@ -19,7 +19,10 @@ def cuda(test):
 
 
 def subset(data, n_train, n_val, device="cpu"):
-    return Data(Split(data.train.x[:n_train].to(device), data.train.y[:n_train].to(device)), Split(data.val.x[:n_val].to(device), data.val.y[:n_val].to(device)))
+    return Data(
+        Split(data.train.x[:n_train].to(device), data.train.y[:n_train].to(device)),
+        Split(data.val.x[:n_val].to(device), data.val.y[:n_val].to(device)),
+    )
 
 
 def avg_pool_seed():
@@ -81,7 +84,12 @@ def test_static_batches_count_images_honestly(small_data):
     """The last partial batch is dropped: 300 images in batches of 64 train 4 x 64 = 256 per epoch;
     a split smaller than a batch trains as one batch of all its images."""
     progress = []
-    trained = train(load_arch(SEED), subset(small_data, 300, 50), TrainConfig(epochs=2, batch_size=64), on_progress=lambda *a: progress.append(a))
+    trained = train(
+        load_arch(SEED),
+        subset(small_data, 300, 50),
+        TrainConfig(epochs=2, batch_size=64),
+        on_progress=lambda *a: progress.append(a),
+    )
     assert [e.images for e in trained.history] == [256, 256]
     assert progress == [(64 * i, 256) for i in range(1, 5)] * 2
     small = train(load_arch(SEED), subset(small_data, 40, 20), TrainConfig(epochs=1, batch_size=512))
@@ -95,11 +103,15 @@ def test_onecycle_schedule_equals_torch(total, warmup):
     OneCycleLR without momentum cycling, stepped per batch."""
     cfg = TrainConfig(lr=0.1, batch_size=512, warmup=warmup)
     opt = torch.optim.SGD(torch.nn.Linear(1, 1).parameters(), lr=cfg.peak_lr(), momentum=0.9)
-    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=cfg.peak_lr(), total_steps=total, pct_start=warmup, cycle_momentum=False)
+    sched = torch.optim.lr_scheduler.OneCycleLR(
+        opt, max_lr=cfg.peak_lr(), total_steps=total, pct_start=warmup, cycle_momentum=False
+    )
     for step in range(total):
         expected = opt.param_groups[0]["lr"]
         assert lr_at(step, cfg, total) == pytest.approx(expected, rel=1e-12, abs=0)
-        assert lr_at(torch.tensor(float(step), dtype=torch.float64), cfg, total).item() == pytest.approx(expected, rel=1e-12, abs=0)
+        assert lr_at(torch.tensor(float(step), dtype=torch.float64), cfg, total).item() == pytest.approx(
+            expected, rel=1e-12, abs=0
+        )
         assert opt.param_groups[0]["momentum"] == 0.9
         opt.step()
         sched.step()
@@ -113,7 +125,9 @@ def test_step_schedule_equals_torch(total):
     for step in range(total):
         expected = opt.param_groups[0]["lr"]
         assert lr_at(step, cfg, total) == pytest.approx(expected, rel=1e-12)
-        assert lr_at(torch.tensor(float(step), dtype=torch.float64), cfg, total).item() == pytest.approx(expected, rel=1e-12)
+        assert lr_at(torch.tensor(float(step), dtype=torch.float64), cfg, total).item() == pytest.approx(
+            expected, rel=1e-12
+        )
         opt.step()
         sched.step()
 
@@ -138,7 +152,11 @@ def test_k_seeds_train_as_k_separate_runs(small_data, images, batch):
         tiny = Data(Split(tiny.train.x.double(), tiny.train.y), Split(tiny.val.x.double(), tiny.val.y))
         cfg = TrainConfig(epochs=1, batch_size=batch, lr=0.01, augment=True, seed=5)
         packed = train(arch, tiny, cfg, seeds=3)
-        assert packed.seeds == [5, 6, 7] and packed.packed[0].groups == 3 and packed.packed[0].weight.dtype == torch.float64
+        assert (
+            packed.seeds == [5, 6, 7]
+            and packed.packed[0].groups == 3
+            and packed.packed[0].weight.dtype == torch.float64
+        )
         for k in range(3):
             alone = train(arch, tiny, TrainConfig(**{**cfg.to_dict(), "seed": 5 + k}))
             copy = packed.model(k)
@@ -160,7 +178,9 @@ def test_a_resumed_run_ends_bit_identical(small_data, optimizer):
 
     arch = with_dropout()
     tiny = subset(small_data, 512, 256)
-    cfg = TrainConfig(epochs=3, batch_size=128, augment=True, optimizer=optimizer, lr=0.05 if optimizer == "sgd" else 0.005, seed=2)
+    cfg = TrainConfig(
+        epochs=3, batch_size=128, augment=True, optimizer=optimizer, lr=0.05 if optimizer == "sgd" else 0.005, seed=2
+    )
     whole = train(arch, tiny, cfg)
     saved = []
 
@@ -188,15 +208,28 @@ def test_a_resumed_run_ends_bit_identical(small_data, optimizer):
 
 def test_checkpoints_only_after_their_interval(small_data):
     offered = []
-    train(load_arch(SEED), subset(small_data, 256, 64), TrainConfig(epochs=3, batch_size=128), on_checkpoint=offered.append)
+    train(
+        load_arch(SEED),
+        subset(small_data, 256, 64),
+        TrainConfig(epochs=3, batch_size=128),
+        on_checkpoint=offered.append,
+    )
     assert offered == []  # a short run writes none
-    train(load_arch(SEED), subset(small_data, 256, 64), TrainConfig(epochs=3, batch_size=128), on_checkpoint=offered.append, checkpoint_seconds=0)
+    train(
+        load_arch(SEED),
+        subset(small_data, 256, 64),
+        TrainConfig(epochs=3, batch_size=128),
+        on_checkpoint=offered.append,
+        checkpoint_seconds=0,
+    )
     assert [c.epoch for c in offered] == [1, 2]  # never after the last epoch: the trial is done
 
 
 def test_divergence_is_detected(small_data):
     with pytest.raises(Diverged, match="training loss"):
-        train(load_arch(SEED), subset(small_data, 256, 64), TrainConfig(epochs=1, lr=1e12, batch_size=32, schedule="step"))
+        train(
+            load_arch(SEED), subset(small_data, 256, 64), TrainConfig(epochs=1, lr=1e12, batch_size=32, schedule="step")
+        )
     with pytest.raises(Diverged, match="validation loss"):  # one step: its own loss was taken before the update blew up
         train(load_arch(SEED), subset(small_data, 64, 64), TrainConfig(epochs=1, lr=1e12, batch_size=512))
 
@@ -217,8 +250,16 @@ def test_graph_engine_needs_cuda(small_data):
         train(load_arch(SEED), subset(small_data, 64, 32), TrainConfig(epochs=1), engine="graph")
 
 
-@pytest.mark.parametrize("data, key", [({"lr": -1.0}, "train.lr"), ({"optimizer": "lbfgs"}, "train.optimizer"), ({"epochs": "5"}, "train.epochs"),
-                                       ({"speed": 1}, "train.speed"), ({"warmup": 1.0}, "train.warmup")])
+@pytest.mark.parametrize(
+    "data, key",
+    [
+        ({"lr": -1.0}, "train.lr"),
+        ({"optimizer": "lbfgs"}, "train.optimizer"),
+        ({"epochs": "5"}, "train.epochs"),
+        ({"speed": 1}, "train.speed"),
+        ({"warmup": 1.0}, "train.warmup"),
+    ],
+)
 def test_bad_train_config(data, key):
     with pytest.raises(SpecError, match=key):
         TrainConfig.from_dict(data, "f.toml")
@@ -229,7 +270,23 @@ def test_nas_train_cli_prints_epochs_and_saves(tmp_path, mnist_dir):
 
     from nas.cli.app import app
 
-    r = CliRunner().invoke(app, ["train", str(SEED), "--epochs", "2", "--train-size", "500", "--val-size", "500", "--data-dir", str(mnist_dir), "--out", str(tmp_path)])
+    r = CliRunner().invoke(
+        app,
+        [
+            "train",
+            str(SEED),
+            "--epochs",
+            "2",
+            "--train-size",
+            "500",
+            "--val-size",
+            "500",
+            "--data-dir",
+            str(mnist_dir),
+            "--out",
+            str(tmp_path),
+        ],
+    )
     assert r.exit_code == 0, r.output
     assert "epoch   1/2" in r.output and "epoch   2/2" in r.output and "test acc" in r.output
     saved = load_arch(tmp_path / "architecture.toml")
@@ -246,7 +303,9 @@ def test_nas_train_cli_prints_epochs_and_saves(tmp_path, mnist_dir):
 def test_graph_matches_eager(small_data, seeds, optimizer):
     """The captured step replays what the eager step does: same losses over the first steps."""
     arch, tiny = avg_pool_seed(), subset(small_data, 1024, 512, "cuda")
-    cfg = TrainConfig(epochs=3, batch_size=256, lr=0.01 if optimizer == "sgd" else 0.002, optimizer=optimizer, augment=True)
+    cfg = TrainConfig(
+        epochs=3, batch_size=256, lr=0.01 if optimizer == "sgd" else 0.002, optimizer=optimizer, augment=True
+    )
     graph = train(arch, tiny, cfg, seeds=seeds, engine="graph", precision="fp32")
     eager = train(arch, tiny, cfg, seeds=seeds, engine="eager", precision="fp32")
     assert graph.engine == "cuda graph, fp32", graph.engine
@@ -260,7 +319,12 @@ def test_graph_matches_eager(small_data, seeds, optimizer):
 @pytest.mark.parametrize("precision", ["fp32", "bf16"])
 @cuda
 def test_graph_trains_the_seed(small_data, precision):
-    trained = train(load_arch(SEED), subset(small_data, 4000, 2000, "cuda"), TrainConfig(epochs=3, batch_size=128, lr=0.1), precision=precision)
+    trained = train(
+        load_arch(SEED),
+        subset(small_data, 4000, 2000, "cuda"),
+        TrainConfig(epochs=3, batch_size=128, lr=0.1),
+        precision=precision,
+    )
     assert trained.engine.startswith("cuda graph") or "capture failed" in trained.engine
     assert trained.history[-1].val_acc > 0.9, trained.history
 
@@ -351,7 +415,10 @@ def test_trials_in_threads_match_trials_alone(small_data):
     cfgs = [TrainConfig(epochs=2, batch_size=256, lr=0.01, seed=s) for s in range(4)]
     alone = [train(arch, tiny, c).history[-1].train_loss for c in cfgs]
     together: dict[int, float] = {}
-    threads = [threading.Thread(target=lambda i=i: together.__setitem__(i, train(arch, tiny, cfgs[i]).history[-1].train_loss)) for i in range(4)]
+    threads = [
+        threading.Thread(target=lambda i=i: together.__setitem__(i, train(arch, tiny, cfgs[i]).history[-1].train_loss))
+        for i in range(4)
+    ]
     for th in threads:
         th.start()
     for th in threads:
@@ -370,7 +437,15 @@ class Record:
 
     def add(self, kind, start, end=None, **info):
         with self.lock:
-            self.items.append(dict(kind=kind, thread=threading.get_ident(), start=start, end=time.perf_counter() if end is None else end, **info))
+            self.items.append(
+                dict(
+                    kind=kind,
+                    thread=threading.get_ident(),
+                    start=start,
+                    end=time.perf_counter() if end is None else end,
+                    **info,
+                )
+            )
 
     def of(self, *kinds):
         return [i for i in self.items if i["kind"] in kinds]
@@ -462,7 +537,11 @@ def fake_cuda(monkeypatch):
     monkeypatch.setattr(t, "_GRAPHS", graphs)
     for name in ("_validate", "_epoch_batches"):
         real = getattr(t, name)
-        monkeypatch.setattr(t, name, lambda *a, _real=real, _name=name: (lambda s: (_real(*a), rec.add(_name, s))[0])(time.perf_counter()))
+        monkeypatch.setattr(
+            t,
+            name,
+            lambda *a, _real=real, _name=name: (lambda s: (_real(*a), rec.add(_name, s))[0])(time.perf_counter()),
+        )
     step = t._Trial.step
 
     def recorded_step(self, x, y):
@@ -527,7 +606,9 @@ def test_an_on_epoch_that_blocks_stalls_no_other_trial(small_data, fake_cuda):
     def progress(*_):
         held.append(GPU.held())
 
-    a = threading.Thread(target=lambda: train(load_arch(SEED), tiny, TrainConfig(epochs=2, batch_size=32), slow, on_progress=progress))
+    a = threading.Thread(
+        target=lambda: train(load_arch(SEED), tiny, TrainConfig(epochs=2, batch_size=32), slow, on_progress=progress)
+    )
     a.start()
     assert blocked.wait(60)
     other = train(load_arch(SEED), tiny, TrainConfig(epochs=3, batch_size=32, seed=1), on_progress=progress)
@@ -547,8 +628,12 @@ def test_a_failed_capture_is_cleaned_up_before_the_eager_fallback(small_data, fa
 
     graphs, rec = fake_cuda
     graphs.fail, graphs.per_capture = True, False
-    trained = train(with_dropout(), subset(small_data, 1024, 500), TrainConfig(epochs=2, batch_size=64, lr=0.05, seed=4))
-    assert trained.engine.startswith("eager (capture failed: RuntimeError: CUDA error: operation not permitted"), trained.engine
+    trained = train(
+        with_dropout(), subset(small_data, 1024, 500), TrainConfig(epochs=2, batch_size=64, lr=0.05, seed=4)
+    )
+    assert trained.engine.startswith("eager (capture failed: RuntimeError: CUDA error: operation not permitted"), (
+        trained.engine
+    )
     assert trained.history[-1].val_acc > 0.7 and graphs.failures == 1
     kinds = [i["kind"] for i in sorted(rec.items, key=lambda i: i["end"])]
     cleared = kinds.index("clear capture state")
@@ -565,7 +650,9 @@ def test_a_failed_capture_is_cleaned_up_before_the_eager_fallback(small_data, fa
 
 
 @pytest.mark.parametrize("per_capture, dropout, own", [(False, True, True), (True, True, False), (False, False, False)])
-def test_dropout_gets_its_own_generator_only_where_the_torch_shares_one(small_data, fake_cuda, per_capture, dropout, own):
+def test_dropout_gets_its_own_generator_only_where_the_torch_shares_one(
+    small_data, fake_cuda, per_capture, dropout, own
+):
     """Where the torch marks its generator capturing for the whole process (2.11), a graph with
     dropout draws from a generator of its own, seeded with the trial's seed: concurrent trials of
     different seeds get different generators. Elsewhere, or without dropout, nothing changes."""
@@ -573,7 +660,9 @@ def test_dropout_gets_its_own_generator_only_where_the_torch_shares_one(small_da
     graphs.per_capture = per_capture
     arch = with_dropout() if dropout else load_arch(SEED)
     tiny = subset(small_data, 256, 64)
-    threads = [threading.Thread(target=train, args=(arch, tiny, TrainConfig(epochs=1, batch_size=64, seed=s))) for s in (7, 8)]
+    threads = [
+        threading.Thread(target=train, args=(arch, tiny, TrainConfig(epochs=1, batch_size=64, seed=s))) for s in (7, 8)
+    ]
     for th in threads:
         th.start()
     for th in threads:
@@ -581,7 +670,11 @@ def test_dropout_gets_its_own_generator_only_where_the_torch_shares_one(small_da
     assert len(rec.of("capture")) == 2
     assert sorted(i["seed"] for i in rec.of("register")) == ([7, 8] if own else [])
     swaps = [i["state"] for i in sorted(rec.of("default generator"), key=lambda i: i["end"])]
-    assert swaps in ((["own seed 7", "default", "own seed 8", "default"], ["own seed 8", "default", "own seed 7", "default"]) if own else ([],))
+    assert swaps in (
+        (["own seed 7", "default", "own seed 8", "default"], ["own seed 8", "default", "own seed 7", "default"])
+        if own
+        else ([],)
+    )
 
 
 def test_norm_and_bias_decay_is_a_setting(small_data):
@@ -590,7 +683,10 @@ def test_norm_and_bias_decay_is_a_setting(small_data):
 
     model = train(load_arch(SEED), subset(small_data, 128, 64), TrainConfig(epochs=1, batch_size=64)).packed
     decayed = lambda trial: {p.ndim: g["weight_decay"] for g in trial.opt.param_groups for p in g["params"]}  # noqa: E731
-    on, off = (_Trial(model, TrainConfig(decay_norm_bias=flag), 1, 10, torch.device("cpu"), "fp32", False) for flag in (True, False))
+    on, off = (
+        _Trial(model, TrainConfig(decay_norm_bias=flag), 1, 10, torch.device("cpu"), "fp32", False)
+        for flag in (True, False)
+    )
     assert decayed(on) == {4: 5e-4, 1: 5e-4} and decayed(off) == {4: 5e-4, 1: 0.0}
     for trial in (on, off):
         assert sum(len(g["params"]) for g in trial.opt.param_groups) == len(list(model.parameters()))
@@ -607,7 +703,9 @@ def test_the_weight_average_is_what_validation_and_export_see(small_data):
     short = train(arch, tiny, TrainConfig(epochs=2, batch_size=64, seed=1, ema_half_life=0.01))
     long = train(arch, tiny, TrainConfig(epochs=2, batch_size=64, seed=1, ema_half_life=1.0))
     live = plain.packed.state_dict()
-    gap = lambda t: max((a - live[k]).abs().max().item() for k, a in t.packed.state_dict().items() if a.is_floating_point())  # noqa: E731
+    gap = lambda t: max(
+        (a - live[k]).abs().max().item() for k, a in t.packed.state_dict().items() if a.is_floating_point()
+    )  # noqa: E731
     assert 0 < gap(short) < gap(long) and long.history[-1].val_loss != plain.history[-1].val_loss
     trial = _Trial(build_seed(), TrainConfig(epochs=4, ema_half_life=2.0), 1, 40, torch.device("cpu"), "fp32", False)
     assert (1 - trial.ema_weight) ** 20 == pytest.approx(0.5)  # a half-life of 2 epochs of 10 updates: 20 updates
@@ -659,7 +757,10 @@ def test_the_graph_step_averages_and_capture_puts_the_average_back(small_data, f
 
     x, y = small_data.train.x[:64].contiguous(memory_format=torch.channels_last), small_data.train.y[:64, None]
     cfg = TrainConfig(epochs=1, batch_size=64, ema_half_life=0.5)
-    eager, graph = (_Trial(build_seed().to(memory_format=torch.channels_last), cfg, 1, 10, torch.device("cpu"), "fp32", g) for g in (False, True))
+    eager, graph = (
+        _Trial(build_seed().to(memory_format=torch.channels_last), cfg, 1, 10, torch.device("cpu"), "fp32", g)
+        for g in (False, True)
+    )
     before = {k: v.clone() for k, v in graph.ema.state_dict().items()}
     graph.capture(x, y, 0)
     for k, v in graph.ema.state_dict().items():

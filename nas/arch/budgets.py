@@ -55,8 +55,19 @@ class Resource:
 RESOURCES: tuple[Resource, ...] = (
     Resource("params", "max_params", "parameters", 1, "params", "parameters", lambda c: c.params, ""),
     Resource("macs", "max_macs", "MACs", 1, "macs", "MACs", lambda c: c.macs, ""),
-    Resource("activation", "max_activation_kb", "KB", KB, "activation_int8_bytes", "peak int8 activations", lambda c: c.activation_int8, "B"),
-    Resource("model-bytes", "max_model_kb", "KB", KB, "model_int8_bytes", "int8 model size", lambda c: c.model_int8, "B"),
+    Resource(
+        "activation",
+        "max_activation_kb",
+        "KB",
+        KB,
+        "activation_int8_bytes",
+        "peak int8 activations",
+        lambda c: c.activation_int8,
+        "B",
+    ),
+    Resource(
+        "model-bytes", "max_model_kb", "KB", KB, "model_int8_bytes", "int8 model size", lambda c: c.model_int8, "B"
+    ),
 )
 NAMES = tuple(r.name for r in RESOURCES)
 
@@ -71,7 +82,11 @@ FP32_ATTRS = {"activation": "activation_fp32_bytes", "model-bytes": "model_fp32_
 
 def trial_attrs(c: Costs) -> dict[str, int]:
     """Every cost to store on a trial: each resource's attribute, and the fp32 figures for review."""
-    return {**{r.attr: r.read(c) for r in RESOURCES}, FP32_ATTRS["activation"]: c.activation_fp32, FP32_ATTRS["model-bytes"]: c.model_fp32}
+    return {
+        **{r.attr: r.read(c) for r in RESOURCES},
+        FP32_ATTRS["activation"]: c.activation_fp32,
+        FP32_ATTRS["model-bytes"]: c.model_fp32,
+    }
 
 
 class Violation(NamedTuple):

@@ -51,7 +51,9 @@ def pack(models: list[nn.Module], arch: Arch) -> nn.Sequential:
     states = [m.state_dict() for m in models]
     for name, tensor in packed.state_dict().items():
         parts = [s[name] for s in states]
-        tensor.copy_(torch.cat(parts) if tensor.dim() else parts[0])  # scalars: BatchNorm's step count, equal in every copy
+        tensor.copy_(
+            torch.cat(parts) if tensor.dim() else parts[0]
+        )  # scalars: BatchNorm's step count, equal in every copy
     return packed
 
 

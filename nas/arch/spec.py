@@ -115,7 +115,9 @@ def plan(arch: Arch) -> list[Step]:
     def conv(out: int, k: int, pad: int, bias: bool, key: str, stride: int = 1, groups: int = 1) -> None:
         nonlocal c, h, w, rf, jump
         if h + 2 * pad < k or w + 2 * pad < k:
-            raise SpecError(arch.name or "architecture", key, f"feature map shrinks below 1x1 (kernel {k}, padding {pad})")
+            raise SpecError(
+                arch.name or "architecture", key, f"feature map shrinks below 1x1 (kernel {k}, padding {pad})"
+            )
         h, w = (h + 2 * pad - k) // stride + 1, (w + 2 * pad - k) // stride + 1
         rf += (k - 1) * jump
         jump *= stride
@@ -180,15 +182,19 @@ IN_PLACE = frozenset({"ReLU", "BatchNorm2d", "Dropout", "Flatten"})
 
 DEFINITIONS = (
     "MACs: multiply-accumulates of the convolutions for one image (bias, BatchNorm, ReLU and pooling excluded).",
-    ("Activations: peak memory of one inference as deployed: the largest sum of one layer's input and output "
-     "feature maps, ReLU, BatchNorm and Dropout running in place (no buffer); int8 1 byte, fp32 4 bytes an element; "
-     "kernel scratch buffers excluded."),
-    ("Model bytes: the deployed weights. A BatchNorm directly after a conv (order bn_relu) is folded into it "
-     "(weights scaled, one bias); one after a ReLU (relu_bn) cannot be folded and is kept as a per-channel scale and "
-     "shift (2 numbers a channel). fp32: 4 bytes a number. int8, as nas export's model.int8.onnx holds them: 1 byte a "
-     "conv weight, per output channel a 4-byte fp32 scale and, where the conv has a bias or a folded BatchNorm, a "
-     "4-byte int32 bias; 1 byte a number for a kept scale and shift. File format, zero points and per-tensor "
-     "scales excluded."),
+    (
+        "Activations: peak memory of one inference as deployed: the largest sum of one layer's input and output "
+        "feature maps, ReLU, BatchNorm and Dropout running in place (no buffer); int8 1 byte, fp32 4 bytes an element; "
+        "kernel scratch buffers excluded."
+    ),
+    (
+        "Model bytes: the deployed weights. A BatchNorm directly after a conv (order bn_relu) is folded into it "
+        "(weights scaled, one bias); one after a ReLU (relu_bn) cannot be folded and is kept as a per-channel scale and "
+        "shift (2 numbers a channel). fp32: 4 bytes a number. int8, as nas export's model.int8.onnx holds them: 1 byte a "
+        "conv weight, per output channel a 4-byte fp32 scale and, where the conv has a bias or a folded BatchNorm, a "
+        "4-byte int32 bias; 1 byte a number for a kept scale and shift. File format, zero points and per-tensor "
+        "scales excluded."
+    ),
     "KB = 1,000 bytes.",
 )
 
@@ -232,8 +238,14 @@ def step_costs(arch: Arch) -> list[StepCost]:
             folds = n + 1 < len(steps) and steps[n + 1].module == "BatchNorm2d"
             biases = channels if s.args["bias"] or folds else 0
             # Each weight is used once per output position (so grouped convolutions count right too).
-            out.append(StepCost(weights * math.prod(s.shape[1:]), activation, weights + biases,
-                                weights * INT8 + channels * FP32 + biases * INT32))  # + a scale per output channel
+            out.append(
+                StepCost(
+                    weights * math.prod(s.shape[1:]),
+                    activation,
+                    weights + biases,
+                    weights * INT8 + channels * FP32 + biases * INT32,
+                )
+            )  # + a scale per output channel
         elif s.module == "BatchNorm2d" and n > 0 and steps[n - 1].module == "Conv2d":
             out.append(StepCost(0, activation, 0, 0, folded=True))
         else:  # a kept BatchNorm stores its scale and shift (s.params numbers), int8 like the weights; the rest store nothing
@@ -278,7 +290,9 @@ def _dataclass_from(cls: type, data: dict[str, Any], where: str, key: str, skip:
     known = {f.name: f for f in fields(cls)}
     for k in data:
         if k not in known or k in skip:
-            raise SpecError(where, f"{key}.{k}", f"unknown key; expected one of {', '.join(n for n in known if n not in skip)}")
+            raise SpecError(
+                where, f"{key}.{k}", f"unknown key; expected one of {', '.join(n for n in known if n not in skip)}"
+            )
     values = {}
     for name, f in known.items():
         if name in data:
@@ -318,14 +332,27 @@ def _validate(obj: Any, where: str, key: str) -> Any:
 def input_shape(data: dict[str, Any], where: str) -> tuple[int, int, int]:
     """The `input` key of an architecture or space file: [channels, height, width]."""
     shape = data.get("input", [1, 28, 28])
-    if not isinstance(shape, (list, tuple)) or len(shape) != 3 or not all(isinstance(v, int) and not isinstance(v, bool) and 1 <= v <= MAX_INPUT for v in shape):
-        raise SpecError(where, "input", f"expected [channels, height, width] of integers from 1 to {MAX_INPUT} (got {shape!r})")
+    if (
+        not isinstance(shape, (list, tuple))
+        or len(shape) != 3
+        or not all(isinstance(v, int) and not isinstance(v, bool) and 1 <= v <= MAX_INPUT for v in shape)
+    ):
+        raise SpecError(
+            where, "input", f"expected [channels, height, width] of integers from 1 to {MAX_INPUT} (got {shape!r})"
+        )
     return tuple(shape)  # type: ignore[return-value]
 
 
 def classes(data: dict[str, Any], where: str) -> int:
     """The `classes` key of an architecture or space file."""
-    return _check(where, "classes", data.get("classes", 10), int, lambda v: 2 <= v <= MAX_CHANNELS, f"must be between 2 and {MAX_CHANNELS:,}")
+    return _check(
+        where,
+        "classes",
+        data.get("classes", 10),
+        int,
+        lambda v: 2 <= v <= MAX_CHANNELS,
+        f"must be between 2 and {MAX_CHANNELS:,}",
+    )
 
 
 def arch_from_dict(data: dict[str, Any], where: str = "architecture") -> Arch:
@@ -335,23 +362,33 @@ def arch_from_dict(data: dict[str, Any], where: str = "architecture") -> Arch:
         if k not in allowed:
             raise SpecError(where, k, f"unknown key; expected one of {', '.join(sorted(allowed))}")
     if "layers" not in data:
-        raise SpecError(where, "layers", "missing; list the layers, e.g. layers = [{ conv = 8 }, { pool = \"max\" }]")
+        raise SpecError(where, "layers", 'missing; list the layers, e.g. layers = [{ conv = 8 }, { pool = "max" }]')
     layers: list[Layer] = []
     for n, raw in enumerate(_check(where, "layers", data["layers"], list)):
         key = f"layers[{n}]"
         raw = _check(where, key, raw, dict)
         kinds = [k for k in raw if k in _LAYER_KEYS]
         if len(kinds) != 1:
-            raise SpecError(where, key, "needs exactly one of conv = <channels>, sep = <channels>, pool = \"max\"|\"avg\", dropout = <p>")
+            raise SpecError(
+                where,
+                key,
+                'needs exactly one of conv = <channels>, sep = <channels>, pool = "max"|"avg", dropout = <p>',
+            )
         cls = _LAYER_KEYS[kinds[0]]
         rest = {k: v for k, v in raw.items() if k != kinds[0]}
         rest[_PRIMARY[cls]] = raw[kinds[0]]
         layers.append(_validate(_dataclass_from(cls, rest, where, key), where, key))
     if not any(isinstance(layer, CONVS) for layer in layers):
         raise SpecError(where, "layers", "needs at least one conv layer, e.g. layers = [{ conv = 8 }]")
-    head = _validate(_dataclass_from(Head, _check(where, "head", data.get("head", {}), dict), where, "head"), where, "head")
+    head = _validate(
+        _dataclass_from(Head, _check(where, "head", data.get("head", {}), dict), where, "head"), where, "head"
+    )
     if head.type == "gap_conv" and (head.kernel, head.padding) != (1, 0):
-        raise SpecError(where, "head.kernel", "a gap_conv head is a 1x1 conv after pooling; drop kernel/padding or use type = \"conv_gap\"")
+        raise SpecError(
+            where,
+            "head.kernel",
+            'a gap_conv head is a 1x1 conv after pooling; drop kernel/padding or use type = "conv_gap"',
+        )
     arch = Arch(
         layers=layers,
         head=head,
@@ -381,7 +418,13 @@ def arch_to_dict(arch: Arch) -> dict[str, Any]:
         d = short(layer, _PRIMARY[type(layer)])
         tag = next(k for k, c in _LAYER_KEYS.items() if c is type(layer))
         layers.append({tag: d.pop(_PRIMARY[type(layer)]), **d})
-    out: dict[str, Any] = {"name": arch.name, "input": list(arch.input), "classes": arch.classes, "layers": layers, "head": asdict(arch.head)}
+    out: dict[str, Any] = {
+        "name": arch.name,
+        "input": list(arch.input),
+        "classes": arch.classes,
+        "layers": layers,
+        "head": asdict(arch.head),
+    }
     if arch.train:
         out["train"] = dict(arch.train)
     return out
@@ -399,7 +442,11 @@ def locate(name: str | Path, folder: Path, what: str) -> Path:
         return path
     builtin = folder / f"{name}.toml"
     if not builtin.is_file():
-        raise SpecError(str(name), "file", f"no such file, and no built-in {what} of that name ({builtin_names(folder)}); give a .toml file")
+        raise SpecError(
+            str(name),
+            "file",
+            f"no such file, and no built-in {what} of that name ({builtin_names(folder)}); give a .toml file",
+        )
     return builtin
 
 
@@ -428,7 +475,9 @@ def builtin_archs() -> list[Arch]:
 def load_arch(path: str | Path) -> Arch:
     """An architecture file, or a built-in seed by name (e.g. seed_9274)."""
     found = locate(path, BUILTIN / "seeds", "architecture")
-    return arch_from_dict(read_toml(found, f"an architecture .toml or a built-in one ({builtin_names(BUILTIN / 'seeds')})"), str(path))
+    return arch_from_dict(
+        read_toml(found, f"an architecture .toml or a built-in one ({builtin_names(BUILTIN / 'seeds')})"), str(path)
+    )
 
 
 def _toml_value(v: Any) -> str:

@@ -28,7 +28,12 @@ def _dataset(dataset: str | Dataset, data_dir: str | Path | None, fetch: bool = 
     return dataset if isinstance(dataset, Dataset) else datasets.read(dataset, data_dir, fetch)
 
 
-def load_raw(data_dir: str | Path | None = None, split: str = "train", fetch: bool = True, dataset: str | Dataset = datasets.DEFAULT) -> tuple[torch.Tensor, torch.Tensor]:
+def load_raw(
+    data_dir: str | Path | None = None,
+    split: str = "train",
+    fetch: bool = True,
+    dataset: str | Dataset = datasets.DEFAULT,
+) -> tuple[torch.Tensor, torch.Tensor]:
     """uint8 images [N, C, H, W] and int64 labels [N] of the 'train' or 'test' split."""
     ds = _dataset(dataset, data_dir, fetch)
     x, y = (ds.x_train, ds.y_train) if split == "train" else (ds.x_test, ds.y_test)
@@ -88,7 +93,9 @@ def load(
     val_size = ds.spec.default_val_size if val_size is None else val_size
     images, labels = torch.from_numpy(ds.x_train), torch.from_numpy(ds.y_train)
     if not 0 <= val_size < len(labels):
-        raise DataError(f"validation size {val_size} must be between 0 and {len(labels) - 1} ({ds.spec.name} has {len(labels):,} training images)")
+        raise DataError(
+            f"validation size {val_size} must be between 0 and {len(labels) - 1} ({ds.spec.name} has {len(labels):,} training images)"
+        )
     order = torch.randperm(len(labels), generator=torch.Generator().manual_seed(seed))
     val_idx, train_idx = order[:val_size], order[val_size:]
     if train_size is not None:
@@ -96,24 +103,45 @@ def load(
     x = normalize(images, ds.spec).to(device)
     y = labels.to(device)
     fill = black(ds.spec)
-    return Data(train=Split(x[train_idx.to(device)], y[train_idx.to(device)], fill), val=Split(x[val_idx.to(device)], y[val_idx.to(device)], fill))
+    return Data(
+        train=Split(x[train_idx.to(device)], y[train_idx.to(device)], fill),
+        val=Split(x[val_idx.to(device)], y[val_idx.to(device)], fill),
+    )
 
 
-def load_full_train(data_dir: str | Path | None = None, device: str | torch.device = "cpu", dataset: str | Dataset = datasets.DEFAULT) -> Split:
+def load_full_train(
+    data_dir: str | Path | None = None, device: str | torch.device = "cpu", dataset: str | Dataset = datasets.DEFAULT
+) -> Split:
     ds = _dataset(dataset, data_dir)
-    return Split(normalize(torch.from_numpy(ds.x_train), ds.spec).to(device), torch.from_numpy(ds.y_train).to(device), black(ds.spec))
+    return Split(
+        normalize(torch.from_numpy(ds.x_train), ds.spec).to(device),
+        torch.from_numpy(ds.y_train).to(device),
+        black(ds.spec),
+    )
 
 
-def load_test(data_dir: str | Path | None = None, device: str | torch.device = "cpu", dataset: str | Dataset = datasets.DEFAULT) -> Split:
+def load_test(
+    data_dir: str | Path | None = None, device: str | torch.device = "cpu", dataset: str | Dataset = datasets.DEFAULT
+) -> Split:
     ds = _dataset(dataset, data_dir)
-    return Split(normalize(torch.from_numpy(ds.x_test), ds.spec).to(device), torch.from_numpy(ds.y_test).to(device), black(ds.spec))
+    return Split(
+        normalize(torch.from_numpy(ds.x_test), ds.spec).to(device),
+        torch.from_numpy(ds.y_test).to(device),
+        black(ds.spec),
+    )
 
 
 AUGMENT_CHUNK = 16_384  # images per grid_sample call: bounds the memory of a whole-epoch augmentation
 
 
-def random_affine(x: torch.Tensor, generator: torch.Generator, degrees: float = 10.0, translate: float = 0.1, scale: float = 0.0,
-                  fill: tuple[float, ...] = black(MNIST)) -> torch.Tensor:
+def random_affine(
+    x: torch.Tensor,
+    generator: torch.Generator,
+    degrees: float = 10.0,
+    translate: float = 0.1,
+    scale: float = 0.0,
+    fill: tuple[float, ...] = black(MNIST),
+) -> torch.Tensor:
     """Per-sample small rotation, translation and (if scale > 0) scaling on x's device, the
     uncovered corners `fill`ed (a black pixel, normalised, per channel). The random draws for all
     of x are made in one call and the warp runs in chunks, so the result does not depend on the
@@ -125,13 +153,17 @@ def random_affine(x: torch.Tensor, generator: torch.Generator, degrees: float = 
     if scale > 0:  # drawn after the others, so scale = 0 draws exactly what it always did
         zoom = 1 + (torch.rand(n, generator=generator, device=x.device) * 2 - 1) * scale
         cos, sin = cos / zoom, sin / zoom  # the grid maps output to input: a smaller step enlarges the digit
-    theta = torch.stack([torch.stack([cos, -sin, u[:, 1] * translate * 2], 1), torch.stack([sin, cos, u[:, 2] * translate * 2], 1)], 1).to(x.dtype)
+    theta = torch.stack(
+        [torch.stack([cos, -sin, u[:, 1] * translate * 2], 1), torch.stack([sin, cos, u[:, 2] * translate * 2], 1)], 1
+    ).to(x.dtype)
     background = torch.tensor(fill, dtype=x.dtype, device=x.device).view(1, -1, 1, 1)
     out = torch.empty_like(x)
     for i in range(0, n, AUGMENT_CHUNK):
         part = x[i : i + AUGMENT_CHUNK]
         grid = F.affine_grid(theta[i : i + AUGMENT_CHUNK], list(part.shape), align_corners=False)
-        out[i : i + AUGMENT_CHUNK] = F.grid_sample(part - background, grid, align_corners=False, padding_mode="zeros") + background
+        out[i : i + AUGMENT_CHUNK] = (
+            F.grid_sample(part - background, grid, align_corners=False, padding_mode="zeros") + background
+        )
     return out
 
 
@@ -148,7 +180,9 @@ def static_batches(n: int, batch_size: int) -> tuple[int, int]:
     return batch, n // batch
 
 
-def shuffled_epoch(split: Split, used: int, generator: torch.Generator, augment: dict[str, float] | None) -> tuple[torch.Tensor, torch.Tensor]:
+def shuffled_epoch(
+    split: Split, used: int, generator: torch.Generator, augment: dict[str, float] | None
+) -> tuple[torch.Tensor, torch.Tensor]:
     """The first `used` images of a fresh permutation of `split`, augmented by random_affine with
     `augment` (its degrees, translate, scale) unless None, drawn on its device in a few batched
     calls: the trainer then slices static batches out of it."""

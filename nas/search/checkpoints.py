@@ -68,8 +68,12 @@ class Checkpoints:
         import torch
 
         self.folder.mkdir(parents=True, exist_ok=True)
-        data = {"format": FORMAT, "meta": meta, **{k: v for k, v in vars(ckpt).items() if k != "history"},
-                "history": [asdict(e) for e in ckpt.history]}
+        data = {
+            "format": FORMAT,
+            "meta": meta,
+            **{k: v for k, v in vars(ckpt).items() if k != "history"},
+            "history": [asdict(e) for e in ckpt.history],
+        }
         fd, tmp = tempfile.mkstemp(prefix=f".{key}.", suffix=".tmp", dir=self.folder)
         try:
             with os.fdopen(fd, "wb") as f:
@@ -98,13 +102,19 @@ class Checkpoints:
             made = data["meta"]
             if data["format"] != FORMAT:
                 return Found(None, made.get("trial"), "written by another version of nas")
-            ckpt = Checkpoint(**{k: v for k, v in data.items() if k not in ("format", "meta", "history")},
-                              history=[Epoch(**e) for e in data["history"]])
+            ckpt = Checkpoint(
+                **{k: v for k, v in data.items() if k not in ("format", "meta", "history")},
+                history=[Epoch(**e) for e in data["history"]],
+            )
         except Exception as e:  # noqa: BLE001 - a damaged or foreign file only means starting over
             return Found(None, None, f"unreadable ({type(e).__name__}: {str(e).strip()[:80]})")
         differs = [k for k in meta if k != "trial" and made.get(k) != meta[k]]
         if differs:
-            return Found(None, made.get("trial"), f"made for another {differs[0]} ({made.get(differs[0])}; this run: {meta[differs[0]]})")
+            return Found(
+                None,
+                made.get("trial"),
+                f"made for another {differs[0]} ({made.get(differs[0])}; this run: {meta[differs[0]]})",
+            )
         return Found(ckpt, made.get("trial"))
 
     def remove(self, key: str) -> None:

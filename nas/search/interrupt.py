@@ -15,7 +15,8 @@ import contextlib
 import signal
 import sys
 import threading
-from typing import Any, Iterator
+from collections.abc import Iterator
+from typing import Any
 
 _pending = threading.Event()  # a Ctrl-C arrived while `catching()` was active
 _catching: list[bool] = []

@@ -11,8 +11,8 @@ limit: N processes with the CPU threads split between them, one trial each.
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Mapping, Sequence
 
 # Concurrent trials per GPU when not told. Not measured yet (no GPU in the session that wrote this;
 # benchmarks/gpu_suite.py measures 1 against several). Reasoning: once a step is one CUDA graph,
@@ -60,7 +60,10 @@ def worker_cap(gpus: int, trials_per_gpu: int | None = None, cpus: int | None = 
     why = f"{n} CPU core{'s' if n != 1 else ''}"
     slots = gpus * (trials_per_gpu or DEFAULT_TRIALS_PER_GPU)
     if gpus and slots < n:
-        return slots, f"{gpus} GPU{'s' if gpus != 1 else ''} x {trials_per_gpu or DEFAULT_TRIALS_PER_GPU} trials at a time"
+        return (
+            slots,
+            f"{gpus} GPU{'s' if gpus != 1 else ''} x {trials_per_gpu or DEFAULT_TRIALS_PER_GPU} trials at a time",
+        )
     return n, why
 
 
@@ -72,11 +75,15 @@ def describe(slots: Sequence[Slot]) -> str:
     per: dict[str, list[Slot]] = {}
     for x in slots:
         per.setdefault(str(x.gpu), []).append(x)
-    return "; ".join(f"GPU {g}: {sum(x.trials for x in xs)} trials at a time in {len(xs)} worker{'s' if len(xs) != 1 else ''}" for g, xs in per.items())
+    return "; ".join(
+        f"GPU {g}: {sum(x.trials for x in xs)} trials at a time in {len(xs)} worker{'s' if len(xs) != 1 else ''}"
+        for g, xs in per.items()
+    )
 
 
-def plan_workers(gpus: int | Sequence[str], workers: int | None = None, trials_per_gpu: int | None = None,
-                 cpus: int | None = None) -> list[Slot]:
+def plan_workers(
+    gpus: int | Sequence[str], workers: int | None = None, trials_per_gpu: int | None = None, cpus: int | None = None
+) -> list[Slot]:
     """The worker processes to start.
 
     gpus: how many GPUs this machine has (or their ids, from visible_gpus); 0 means the CPU.
@@ -94,7 +101,9 @@ def plan_workers(gpus: int | Sequence[str], workers: int | None = None, trials_p
     threads = max(1, max(1, cpus if cpus is not None else cores()) // n)
     if not ids:
         # CUDA_VISIBLE_DEVICES="" keeps a CPU worker off any GPU a CPU run was asked for.
-        return [Slot(w, None, 1, threads, {"CUDA_VISIBLE_DEVICES": "", "OMP_NUM_THREADS": str(threads)}) for w in range(n)]
+        return [
+            Slot(w, None, 1, threads, {"CUDA_VISIBLE_DEVICES": "", "OMP_NUM_THREADS": str(threads)}) for w in range(n)
+        ]
     per_gpu = trials_per_gpu or DEFAULT_TRIALS_PER_GPU
     slots = []
     for w in range(n):
@@ -102,5 +111,7 @@ def plan_workers(gpus: int | Sequence[str], workers: int | None = None, trials_p
         sharing = len(range(gpu, n, len(ids)))  # workers on this GPU
         rank = w // len(ids)  # this worker's place among them
         trials = max(1, per_gpu // sharing + (rank < per_gpu % sharing))
-        slots.append(Slot(w, ids[gpu], trials, threads, {"CUDA_VISIBLE_DEVICES": ids[gpu], "OMP_NUM_THREADS": str(threads)}))
+        slots.append(
+            Slot(w, ids[gpu], trials, threads, {"CUDA_VISIBLE_DEVICES": ids[gpu], "OMP_NUM_THREADS": str(threads)})
+        )
     return slots

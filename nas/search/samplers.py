@@ -76,23 +76,31 @@ class EvolutionSampler(BaseSampler):
     no trial is spent on an invalid or over-budget draw. The population is read from the study at
     every trial, so workers in other processes and on other machines share it."""
 
-    def __init__(self, settings: StudySettings, seed: int | None = None, explore: float = 0.1, startup: int = 8, tries: int = 200):
+    def __init__(
+        self, settings: StudySettings, seed: int | None = None, explore: float = 0.1, startup: int = 8, tries: int = 200
+    ):
         self.settings, self.explore, self.startup, self.tries = settings, explore, startup, tries
         self.space = settings.parsed_space
         self.rng = random.Random(seed)
         self.random = RandomSampler(seed=seed)
         shape = _Distributions()
-        self.fixed = genome(self.space, shape)  # the choices with one option are no trial parameter: they come from here
+        self.fixed = genome(
+            self.space, shape
+        )  # the choices with one option are no trial parameter: they come from here
         self.distributions = shape.found
         self._plans: dict[int, dict[str, Any] | None] = {}
 
     def infer_relative_search_space(self, study: optuna.Study, trial: FrozenTrial) -> dict[str, BaseDistribution]:
         return {}
 
-    def sample_relative(self, study: optuna.Study, trial: FrozenTrial, search_space: dict[str, BaseDistribution]) -> dict[str, Any]:
+    def sample_relative(
+        self, study: optuna.Study, trial: FrozenTrial, search_space: dict[str, BaseDistribution]
+    ) -> dict[str, Any]:
         return {}
 
-    def sample_independent(self, study: optuna.Study, trial: FrozenTrial, name: str, distribution: BaseDistribution) -> Any:
+    def sample_independent(
+        self, study: optuna.Study, trial: FrozenTrial, name: str, distribution: BaseDistribution
+    ) -> Any:
         if trial._trial_id not in self._plans:
             self._plans[trial._trial_id] = self.propose(study)
         plan = self._plans[trial._trial_id]
@@ -118,7 +126,11 @@ class EvolutionSampler(BaseSampler):
         complete = len(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)))
         at_random = not parents or complete < self.startup or self.rng.random() < self.explore
         for _ in range(self.tries):
-            child = {**self.fixed, **self.draw()} if at_random else self.mutate({**self.fixed, **self.rng.choice(parents).params})
+            child = (
+                {**self.fixed, **self.draw()}
+                if at_random
+                else self.mutate({**self.fixed, **self.rng.choice(parents).params})
+            )
             if child is not None and self.admissible(child, known):
                 return {k: v for k, v in child.items() if k in self.distributions}
         return None
@@ -132,7 +144,11 @@ class EvolutionSampler(BaseSampler):
             elif isinstance(d, IntDistribution):
                 g[name] = self.rng.randint(d.low, d.high)
             else:
-                g[name] = math.exp(self.rng.uniform(math.log(d.low), math.log(d.high))) if d.log else self.rng.uniform(d.low, d.high)
+                g[name] = (
+                    math.exp(self.rng.uniform(math.log(d.low), math.log(d.high)))
+                    if d.log
+                    else self.rng.uniform(d.low, d.high)
+                )
         return g
 
     def mutate(self, g: dict[str, Any]) -> dict[str, Any] | None:
@@ -162,4 +178,3 @@ class EvolutionSampler(BaseSampler):
         except SpecError:
             return False
         return not violations(c, self.settings) and point_key(arch, cfg, self.settings.seeds_per_trial) not in known
-

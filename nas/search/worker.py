@@ -16,8 +16,9 @@ import os
 import sys
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any
 
 import optuna
 import torch
@@ -55,7 +56,9 @@ optuna.logging.set_verbosity(optuna.logging.WARNING)
 CHECKPOINT_EVERY = float(os.environ.get("NAS_CHECKPOINT_SECONDS", CHECKPOINT_SECONDS))
 
 Log = Callable[[str], None]
-EXEC: Callable[[str, list[str]], Any] = os.execv  # how a worker process restarts (RestartWorker); a test records it instead
+EXEC: Callable[[str, list[str]], Any] = (
+    os.execv
+)  # how a worker process restarts (RestartWorker); a test records it instead
 
 
 @dataclass(frozen=True)
@@ -65,7 +68,9 @@ class Run:
     device: str = "auto"
     data_dir: str | None = None
     workers: int | None = None  # processes on this machine (nas.search.placement: default one per GPU, or 1)
-    trials_per_gpu: int | None = None  # trials each GPU runs at once (default nas.search.placement.DEFAULT_TRIALS_PER_GPU)
+    trials_per_gpu: int | None = (
+        None  # trials each GPU runs at once (default nas.search.placement.DEFAULT_TRIALS_PER_GPU)
+    )
     artifacts: str | None = None  # folder of the artifact store (default: next to a SQLite or journal file)
     dataset: str | None = None  # --dataset: where the study's data is on this machine (nas.data.datasets.for_study)
 
@@ -79,8 +84,15 @@ def sampler_seed(seed: int, worker: int) -> int:
 class Objective:
     """One trial from sampling to its values; raises optuna.TrialPruned to prune."""
 
-    def __init__(self, settings: StudySettings, data: Data, device: torch.device, log: Log, artifacts: Any = None,
-                 checkpoints: Checkpoints | None = None):
+    def __init__(
+        self,
+        settings: StudySettings,
+        data: Data,
+        device: torch.device,
+        log: Log,
+        artifacts: Any = None,
+        checkpoints: Checkpoints | None = None,
+    ):
         self.settings, self.data, self.device, self.log, self.artifacts = settings, data, device, log, artifacts
         self.checkpoints = checkpoints
         self.space = settings.parsed_space
@@ -92,7 +104,9 @@ class Objective:
         self.progress: EpochBar | None = None  # set where one trial at a time prints to a terminal
         self.told_fit = False  # whether the log said that batches are fitted to the training set
         self.goal: int | None = None  # trials the study should reach, for that estimate
-        self.restart: threading.Event | None = None  # set when this worker process is about to restart: trials stop at their next epoch
+        self.restart: threading.Event | None = (
+            None  # set when this worker process is about to restart: trials stop at their next epoch
+        )
         self.left: int | None = None  # of which were not finished when this worker started
 
     def __call__(self, trial: optuna.Trial) -> Any:
@@ -101,8 +115,10 @@ class Objective:
         cfg = s.trial_config(drawn)
         if cfg.batch_size != drawn.batch_size and not self.told_fit:
             self.told_fit = True
-            self.log(f"batches are halved (here {drawn.batch_size} to {cfg.batch_size}) until a trial makes {MIN_UPDATES} updates on these "
-                     f"{len(self.data.train):,} images: large batches diverge in short runs; the stored train_config says what ran")
+            self.log(
+                f"batches are halved (here {drawn.batch_size} to {cfg.batch_size}) until a trial makes {MIN_UPDATES} updates on these "
+                f"{len(self.data.train):,} images: large batches diverge in short runs; the stored train_config says what ran"
+            )
         arch.name = f"trial_{trial.number}"
         try:
             c = costs(arch)
@@ -113,11 +129,19 @@ class Objective:
             raise optuna.TrialPruned("invalid architecture") from None
         self.constrain(trial, constraints(c, s))
         key = point_key(arch, cfg, s.seeds_per_trial)
-        for name, value in dict(**trial_attrs(c), receptive_field=receptive_field(arch), arch=arch_to_json(arch), train_config=cfg.to_dict(),
-                                device=str(self.device), config_key=key).items():
+        for name, value in dict(
+            **trial_attrs(c),
+            receptive_field=receptive_field(arch),
+            arch=arch_to_json(arch),
+            train_config=cfg.to_dict(),
+            device=str(self.device),
+            config_key=key,
+        ).items():
             trial.set_user_attr(name, value)
         if self.artifacts is not None:
-            quietly(lambda: notes.upload_arch(trial.study, trial, self.artifacts), self.log, "storing the architecture file")
+            quietly(
+                lambda: notes.upload_arch(trial.study, trial, self.artifacts), self.log, "storing the architecture file"
+            )
         over = violations(c, s)
         if over:
             trial.set_user_attr("prune_reason", "budget: " + "; ".join(map(str, over)))
@@ -151,7 +175,9 @@ class Objective:
                 trial.set_user_attr(name, same.user_attrs[name])
         trial.set_user_attr("duplicate_of", same.number)
         trial.set_user_attr("train_seconds", 0.0)
-        self.log(f"[trial {trial.number}] same architecture and training as trial {same.number}: its result is reused, not retrained")
+        self.log(
+            f"[trial {trial.number}] same architecture and training as trial {same.number}: its result is reused, not retrained"
+        )
         if same.state == TrialState.PRUNED:
             raise optuna.TrialPruned(f"as trial {same.number}")
         return tuple(same.values) if self.pareto else same.values[0]
@@ -175,12 +201,18 @@ class Objective:
 
         def judge(e: Epoch) -> None:
             """Prune the trial if it is not on course for the target (or, observing, say where it would have been)."""
-            if s.pruning != "off" and rule.should_prune(e.epoch, e.val_acc) and "would_prune_epoch" not in trial.user_attrs:
+            if (
+                s.pruning != "off"
+                and rule.should_prune(e.epoch, e.val_acc)
+                and "would_prune_epoch" not in trial.user_attrs
+            ):
                 trial.set_user_attr("would_prune_epoch", e.epoch)
                 if s.pruning == "on":
                     trial.set_user_attr("prune_reason", "convergence")
-                    self.log(f"[trial {trial.number}] PRUNED at epoch {e.epoch}: {100 * e.val_acc:.2f} % < {100 * rule.needed(e.epoch):.2f} % "
-                             f"needed to be on course for {100 * s.target_accuracy:.2f} %")
+                    self.log(
+                        f"[trial {trial.number}] PRUNED at epoch {e.epoch}: {100 * e.val_acc:.2f} % < {100 * rule.needed(e.epoch):.2f} % "
+                        f"needed to be on course for {100 * s.target_accuracy:.2f} %"
+                    )
                     raise optuna.TrialPruned(f"not converging at epoch {e.epoch}")
             if s.pruning != "off" and e.epoch in self.pareto_rule.rungs and "would_stop_epoch" not in trial.user_attrs:
                 self.pareto_stop(trial, e, self.minimized.read(c))
@@ -198,19 +230,34 @@ class Objective:
             except Exception as err:  # noqa: BLE001
                 if not st.transient(err):
                     raise
-            self.log(f"[trial {trial.number}] {n:,} params  epoch {e.epoch:>2}/{cfg.epochs}  val acc {100 * e.val_acc:6.2f} %  loss {e.train_loss:.4f}  "
-                     f"{e.seconds:5.1f} s  ({duration(sum(seconds))} so far)")
+            self.log(
+                f"[trial {trial.number}] {n:,} params  epoch {e.epoch:>2}/{cfg.epochs}  val acc {100 * e.val_acc:6.2f} %  loss {e.train_loss:.4f}  "
+                f"{e.seconds:5.1f} s  ({duration(sum(seconds))} so far)"
+            )
             if self.first_epoch is None:
                 self.first_epoch = e.seconds
                 self.log(self.estimate(e.seconds, cfg.epochs))
             judge(e)
 
         def keep(ckpt) -> None:  # a checkpoint that cannot be written costs only a longer resume
-            quietly(lambda: self.checkpoints.save(key, ckpt, {**meta, "trial": trial.number}), self.log, "writing a checkpoint")
+            quietly(
+                lambda: self.checkpoints.save(key, ckpt, {**meta, "trial": trial.number}),
+                self.log,
+                "writing a checkpoint",
+            )
 
         try:
-            trained = train(arch, self.data, cfg, on_epoch, seeds=s.seeds_per_trial, on_progress=self.on_step, resume=resume,
-                            on_checkpoint=keep if self.checkpoints else None, checkpoint_seconds=CHECKPOINT_EVERY)
+            trained = train(
+                arch,
+                self.data,
+                cfg,
+                on_epoch,
+                seeds=s.seeds_per_trial,
+                on_progress=self.on_step,
+                resume=resume,
+                on_checkpoint=keep if self.checkpoints else None,
+                checkpoint_seconds=CHECKPOINT_EVERY,
+            )
         finally:
             if self.progress is not None:
                 self.progress.close()  # an interrupted epoch's bar is not drawn again under the last line
@@ -231,8 +278,10 @@ class Objective:
         if not self.pareto_rule.should_stop(e.epoch, e.val_acc, cost, peers):
             return
         cheaper = [a for a, p in peers if p <= cost]
-        why = (f"at epoch {e.epoch}, {sum(a > e.val_acc for a in cheaper)} of the {len(cheaper)} trials with no more {self.minimized.label} "
-               f"were more accurate ({100 * e.val_acc:.2f} %; it must be in the top 1/{self.pareto_rule.eta:g})")
+        why = (
+            f"at epoch {e.epoch}, {sum(a > e.val_acc for a in cheaper)} of the {len(cheaper)} trials with no more {self.minimized.label} "
+            f"were more accurate ({100 * e.val_acc:.2f} %; it must be in the top 1/{self.pareto_rule.eta:g})"
+        )
         trial.set_user_attr("would_stop_epoch", e.epoch)
         if self.settings.pruning == "on":
             trial.set_user_attr("prune_reason", f"pareto: {why}")
@@ -248,17 +297,27 @@ class Objective:
         """The checkpoint this configuration left when an earlier run of it was interrupted or its
         worker died (None if there is none or it was made for other data), and what a checkpoint
         of this run is made for."""
-        meta = {"device": self.device.type, "train": len(self.data.train), "val": len(self.data.val), "epochs": cfg.epochs, "seeds": self.settings.seeds_per_trial}
+        meta = {
+            "device": self.device.type,
+            "train": len(self.data.train),
+            "val": len(self.data.val),
+            "epochs": cfg.epochs,
+            "seeds": self.settings.seeds_per_trial,
+        }
         if self.checkpoints is None:
             return None, meta
         found = self.checkpoints.load(key, meta)
         if found.checkpoint is None:
             if found.problem:
-                self.log(f"[trial {trial.number}] a checkpoint of this configuration is not used ({found.problem}); training from the start")
+                self.log(
+                    f"[trial {trial.number}] a checkpoint of this configuration is not used ({found.problem}); training from the start"
+                )
             return None, meta
         epoch = found.checkpoint.epoch
         trial.set_user_attr("resumed", {"epoch": epoch, "from_trial": found.trial})
-        self.log(f"[trial {trial.number}] resuming after epoch {epoch}/{cfg.epochs} from the checkpoint trial {found.trial} left")
+        self.log(
+            f"[trial {trial.number}] resuming after epoch {epoch}/{cfg.epochs} from the checkpoint trial {found.trial} left"
+        )
         return found.checkpoint, meta
 
     def estimate(self, epoch_seconds: float, epochs: int) -> str:
@@ -293,7 +352,14 @@ class EpochBar:
                 return
             from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
-            self.bar = Progress(TextColumn("epoch"), BarColumn(), MofNCompleteColumn(), TextColumn("images"), TimeRemainingColumn(), transient=True)
+            self.bar = Progress(
+                TextColumn("epoch"),
+                BarColumn(),
+                MofNCompleteColumn(),
+                TextColumn("images"),
+                TimeRemainingColumn(),
+                transient=True,
+            )
             self.task = self.bar.add_task("", total=total)
             self.bar.start()
         self.bar.update(self.task, completed=done, total=total)
@@ -328,20 +394,35 @@ class Worker:
     deadline passes, or the process is stopped. Several Workers may share a process (several
     trials per GPU), each with its own sampler."""
 
-    def __init__(self, name: str, loc: st.Location, study: optuna.Study, data: Data, device: torch.device, keeper: st.Keeper, log: Log,
-                 artifacts: Any = None, checkpoints: Checkpoints | None = None, restart: threading.Event | None = None):
+    def __init__(
+        self,
+        name: str,
+        loc: st.Location,
+        study: optuna.Study,
+        data: Data,
+        device: torch.device,
+        keeper: st.Keeper,
+        log: Log,
+        artifacts: Any = None,
+        checkpoints: Checkpoints | None = None,
+        restart: threading.Event | None = None,
+    ):
         self.loc, self.keeper, self.log, self.checkpoints = loc, keeper, log, checkpoints
         self.restart = restart or threading.Event()  # shared by the Workers of a process
         self.study = st.RetriesFirst(study_name=name, storage=study._storage)
         self.settings = study_settings(self.study)
         number = st.next_worker(self.study, loc)
-        self.study.sampler = make_sampler(self.settings.sampler, sampler_seed(self.settings.seed, number), self.settings)
+        self.study.sampler = make_sampler(
+            self.settings.sampler, sampler_seed(self.settings.seed, number), self.settings
+        )
         self.objective = Objective(self.settings, data, device, log, artifacts, checkpoints)
         self.objective.restart = self.restart
         self.current: optuna.Trial | None = None
 
     def run(self, goal: int | None, deadline: float | None) -> None:
-        self.objective.goal = goal or st.persist(lambda: self.study.user_attrs.get("trials_goal"), self.log, "reading the study")
+        self.objective.goal = goal or st.persist(
+            lambda: self.study.user_attrs.get("trials_goal"), self.log, "reading the study"
+        )
         if self.objective.goal:
             done = st.persist(lambda: st.finished(self.study.get_trials(deepcopy=False)), self.log, "reading the study")
             self.objective.left = max(0, self.objective.goal - done)
@@ -351,7 +432,9 @@ class Worker:
             if trial is None:
                 return
             if trial is False:
-                time.sleep(min(1.0, st.HEARTBEAT_SECONDS))  # the last trials are running elsewhere; one may yet need a retry
+                time.sleep(
+                    min(1.0, st.HEARTBEAT_SECONDS)
+                )  # the last trials are running elsewhere; one may yet need a retry
                 continue
             self.current = trial
             try:
@@ -393,12 +476,18 @@ class Worker:
             self.log(f"[trial {trial.number}] stopped and enqueued again: {e}")
             self.requeue(trial, f"its worker restarted: {e}", lost_worker=False)
             return
-        except UpdateFinishedTrialError:  # this worker was cut off for longer than the grace: the trial is failed, its retry enqueued
-            self.log(f"[trial {trial.number}] was failed as stale by another worker while it ran; its retry runs it again")
+        except (
+            UpdateFinishedTrialError
+        ):  # this worker was cut off for longer than the grace: the trial is failed, its retry enqueued
+            self.log(
+                f"[trial {trial.number}] was failed as stale by another worker while it ran; its retry runs it again"
+            )
             return
         except Exception as e:  # noqa: BLE001 - a failing trial is recorded and the search goes on
             if self.restart.is_set():  # the process's GPU state is suspect: not the trial's fault
-                self.log(f"[trial {trial.number}] stopped and enqueued again while its worker restarts ({fail_reason(e)})")
+                self.log(
+                    f"[trial {trial.number}] stopped and enqueued again while its worker restarts ({fail_reason(e)})"
+                )
                 self.requeue(trial, f"its worker restarted: {fail_reason(e)}", lost_worker=False)
                 return
             state, again = TrialState.FAIL, st.transient(e)  # the storage went away mid-trial: run it again
@@ -408,9 +497,15 @@ class Worker:
         with interrupt.held():  # a finished trial's result is stored whole, even if Ctrl-C comes now
             t = self.tell(trial, values, state)
             if again:
-                st.persist(lambda: st.retry(self.study, self.study._storage.get_trial(trial._trial_id)), self.log, "enqueuing a retry")
+                st.persist(
+                    lambda: st.retry(self.study, self.study._storage.get_trial(trial._trial_id)),
+                    self.log,
+                    "enqueuing a retry",
+                )
             elif self.checkpoints is not None and t is not None and "config_key" in t.user_attrs:
-                quietly(lambda: self.checkpoints.remove(t.user_attrs["config_key"]), self.log, "removing the checkpoint")
+                quietly(
+                    lambda: self.checkpoints.remove(t.user_attrs["config_key"]), self.log, "removing the checkpoint"
+                )
         if t is not None:
             self.review(t)
 
@@ -424,17 +519,26 @@ class Worker:
             frozen = self.study._storage.get_trial(trial._trial_id)
             if state == TrialState.FAIL or frozen.state != TrialState.FAIL:
                 return None
-            recovered = optuna.trial.create_trial(state=state, values=values if values is None or isinstance(values, (list, tuple)) else [values],
-                                                  params=frozen.params, distributions=frozen.distributions,
-                                                  user_attrs={**{k: v for k, v in frozen.user_attrs.items() if k != "fail_reason"}, "recovered_from": frozen.number})
+            recovered = optuna.trial.create_trial(
+                state=state,
+                values=values if values is None or isinstance(values, (list, tuple)) else [values],
+                params=frozen.params,
+                distributions=frozen.distributions,
+                user_attrs={
+                    **{k: v for k, v in frozen.user_attrs.items() if k != "fail_reason"},
+                    "recovered_from": frozen.number,
+                },
+            )
             st.persist(lambda: self.study.add_trial(recovered), self.log, "storing a recovered result")
             self.log(f"[trial {trial.number}] was failed as stale while it ran; its result is kept as a new trial")
             return None
         t = st.persist(lambda: self.study._storage.get_trial(trial._trial_id), self.log, "reading the result")
         if state == TrialState.COMPLETE:
             best = st.persist(lambda: best_trial(self.study), self.log, "reading the best trial")
-            self.log(f"[trial {t.number}] COMPLETE {100 * t.values[0]:.2f} % val acc, {t.user_attrs['params']:,} params, "
-                     f"{t.user_attrs.get('train_seconds', 0):.0f} s; best so far: {describe_trial(best, self.objective.minimized) if best else 'none meets the target yet'}")
+            self.log(
+                f"[trial {t.number}] COMPLETE {100 * t.values[0]:.2f} % val acc, {t.user_attrs['params']:,} params, "
+                f"{t.user_attrs.get('train_seconds', 0):.0f} s; best so far: {describe_trial(best, self.objective.minimized) if best else 'none meets the target yet'}"
+            )
         return t
 
     def review(self, t: FrozenTrial) -> None:
@@ -467,7 +571,9 @@ class Worker:
                 pass
 
 
-def work(name: str, url: str, run: Run, goal: int | None, deadline: float | None, slot: Slot | None = None, prefix: str = "") -> None:
+def work(
+    name: str, url: str, run: Run, goal: int | None, deadline: float | None, slot: Slot | None = None, prefix: str = ""
+) -> None:
     """One worker process: load the data once, then run the slot's trials at a time. When a trial
     raises RestartWorker (its CUDA state is suspect), every trial of the process stops at its next
     epoch and is re-enqueued, and the process is re-executed as `nas worker` (restart_command)."""
@@ -476,7 +582,9 @@ def work(name: str, url: str, run: Run, goal: int | None, deadline: float | None
     threads = slot.trials if slot is not None else 1
     loc = st.parse(url)
     log: Log = lambda msg: print(prefix + msg, flush=True)  # noqa: E731
-    study = st.persist(lambda: st.open_study(name, url), log, "joining the study")  # the parent checked it exists: wait out an outage
+    study = st.persist(
+        lambda: st.open_study(name, url), log, "joining the study"
+    )  # the parent checked it exists: wait out an outage
     settings = study_settings(study)
     device = resolve_device(run.device)
     ds = datasets.for_study(settings.dataset, run.dataset, run.data_dir, log)
@@ -491,8 +599,14 @@ def work(name: str, url: str, run: Run, goal: int | None, deadline: float | None
 
     restart = threading.Event()
     with st.Keeper(study, log, reaped) as keeper, interrupt.catching():
-        workers = [st.persist(lambda: Worker(name, loc, study, data, device, keeper, log, artifacts, checkpoints, restart), log, "starting a worker")
-                   for _ in range(threads)]
+        workers = [
+            st.persist(
+                lambda: Worker(name, loc, study, data, device, keeper, log, artifacts, checkpoints, restart),
+                log,
+                "starting a worker",
+            )
+            for _ in range(threads)
+        ]
         if threads == 1:
             if sys.stdout.isatty():
                 workers[0].objective.progress = EpochBar()
@@ -514,17 +628,34 @@ def work(name: str, url: str, run: Run, goal: int | None, deadline: float | None
         if cmd is None:
             log("the worker would restart, but its time is up")
             return
-        log(f"this worker process restarts (its CUDA state is suspect after failed graph captures): {' '.join(cmd[1:])}")
+        log(
+            f"this worker process restarts (its CUDA state is suspect after failed graph captures): {' '.join(cmd[1:])}"
+        )
         sys.stdout.flush()
         sys.stderr.flush()
         EXEC(cmd[0], cmd)
 
 
-def restart_command(name: str, url: str, run: Run, goal: int | None, deadline: float | None, slot: Slot | None) -> list[str] | None:
+def restart_command(
+    name: str, url: str, run: Run, goal: int | None, deadline: float | None, slot: Slot | None
+) -> list[str] | None:
     """The command that takes a restarting worker's place: `nas worker` on the same study, with the
     same per-run options, trials at a time, goal and deadline (None when the deadline has passed).
     It inherits this process's environment, so a worker pinned to a GPU stays on it."""
-    cmd = [sys.executable, "-m", "nas", "worker", "--study-name", name, "--storage", url, "--device", run.device, "--workers", "1"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "nas",
+        "worker",
+        "--study-name",
+        name,
+        "--storage",
+        url,
+        "--device",
+        run.device,
+        "--workers",
+        "1",
+    ]
     if slot is not None and slot.gpu is not None:
         cmd += ["--trials-per-gpu", str(slot.trials)]
     if run.data_dir:
@@ -565,8 +696,15 @@ def plan(run: Run, log: Log = print) -> list[Slot]:
     return plan_workers(gpus, workers, run.trials_per_gpu)
 
 
-def search(name: str, url: str, settings: StudySettings | None, trials: int | None, timeout: float | None, run: Run = Run(),
-           given: dict[str, Any] | None = None) -> optuna.Study:
+def search(
+    name: str,
+    url: str,
+    settings: StudySettings | None,
+    trials: int | None,
+    timeout: float | None,
+    run: Run = Run(),
+    given: dict[str, Any] | None = None,
+) -> optuna.Study:
     """Create or join a study and run workers on it until it has `trials` finished trials
     (or the stored goal), or `timeout` seconds have passed.
 
@@ -580,10 +718,14 @@ def search(name: str, url: str, settings: StudySettings | None, trials: int | No
         settings.check_reachable()
     slots = plan(run, lambda line: print(line, flush=True))
     if stored or settings:  # missing, corrupt or other data fails here, before any study exists
-        datasets.for_study((stored or settings).dataset, run.dataset, run.data_dir, lambda line: print(line, flush=True))
+        datasets.for_study(
+            (stored or settings).dataset, run.dataset, run.data_dir, lambda line: print(line, flush=True)
+        )
     new_folder = loc.path is not None and not loc.path.parent.exists()
     study = st.open_study(name, url, settings, given)
-    print(f"study {name!r} in {st.masked(url)}", flush=True)  # after opening: a study that cannot be opened is its error line alone
+    print(
+        f"study {name!r} in {st.masked(url)}", flush=True
+    )  # after opening: a study that cannot be opened is its error line alone
     if new_folder:
         print(f"created the folder {loc.path.parent}/ for the study storage", flush=True)
     if stored is None and settings is not None and "seed_archs" not in (given or {}) and settings.unfit_builtins():
@@ -592,8 +734,11 @@ def search(name: str, url: str, settings: StudySettings | None, trials: int | No
         study.set_user_attr("trials_goal", trials)
     s, done = study_settings(study), st.finished(study.get_trials(deepcopy=False))
     goal = trials or study.user_attrs.get("trials_goal")
-    print(f"budget {s.max_params:,} params, {s.max_epochs} epochs, target {100 * s.target_accuracy:.2f} % val acc, objective {s.objective}; "
-          f"{done} finished so far{f', running until {goal}' if goal else ''}; {placement.describe(slots)}", flush=True)
+    print(
+        f"budget {s.max_params:,} params, {s.max_epochs} epochs, target {100 * s.target_accuracy:.2f} % val acc, objective {s.objective}; "
+        f"{done} finished so far{f', running until {goal}' if goal else ''}; {placement.describe(slots)}",
+        flush=True,
+    )
     deadline = time.time() + timeout if timeout else None
     if len(slots) == 1:  # in this process (its first GPU is the slot's)
         work(name, url, run, trials, deadline, slots[0])

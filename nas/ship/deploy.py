@@ -15,8 +15,9 @@ import sys
 import tempfile
 import warnings
 from collections import Counter
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import numpy as np
 import torch
@@ -28,8 +29,10 @@ FP32, INT8 = "model.onnx", "model.int8.onnx"
 INPUT, OUTPUT = "pixels", "logits"
 # The first training images calibrate the int8 activation ranges; the test set never does.
 CALIBRATION_IMAGES = 1000
-QUANTIZATION = ("static quantisation in the QDQ format: symmetric int8 weights with a scale per output channel, "
-                "int8 activations with a scale per tensor (min-max ranges)")
+QUANTIZATION = (
+    "static quantisation in the QDQ format: symmetric int8 weights with a scale per output channel, "
+    "int8 activations with a scale per tensor (min-max ranges)"
+)
 
 # What each stored tensor is for. The first four are what nas.arch.spec's model bytes count; the rest
 # is the format's (zero points, the bias scales QDQ stores though they are input x weight scales),
@@ -66,8 +69,16 @@ def write_fp32(model: nn.Module, example: torch.Tensor, path: Path, metadata: di
     import onnx
 
     with _quiet(), torch.no_grad():
-        program = torch.onnx.export(model.eval(), (example,), dynamo=True, external_data=False, verbose=False, input_names=[INPUT],
-                                    output_names=[OUTPUT], dynamic_shapes=({0: torch.export.Dim("batch")},))
+        program = torch.onnx.export(
+            model.eval(),
+            (example,),
+            dynamo=True,
+            external_data=False,
+            verbose=False,
+            input_names=[INPUT],
+            output_names=[OUTPUT],
+            dynamic_shapes=({0: torch.export.Dim("batch")},),
+        )
     proto = program.model_proto
     for node in proto.graph.node:
         del node.metadata_props[:]
@@ -91,8 +102,15 @@ def quantize(fp32: Path, int8: Path, calibration: np.ndarray) -> None:
             return None if batch is None else {INPUT: batch}
 
     with _quiet():
-        quantize_static(str(fp32), str(int8), Batches(), quant_format=QuantFormat.QDQ, per_channel=True,
-                        activation_type=QuantType.QInt8, weight_type=QuantType.QInt8)
+        quantize_static(
+            str(fp32),
+            str(int8),
+            Batches(),
+            quant_format=QuantFormat.QDQ,
+            per_channel=True,
+            activation_type=QuantType.QInt8,
+            weight_type=QuantType.QInt8,
+        )
 
 
 def stored(path: Path) -> dict[str, Any]:
@@ -126,7 +144,9 @@ def stored(path: Path) -> dict[str, Any]:
         used_by = target(name)
         if used_by[0] == "Conv":
             return "conv weights" if used_by[1] == 1 else "biases"
-        numbers = arrays[name].dtype.kind == "f" or node.op_type == "DequantizeLinear"  # fp32, or int8 behind its dequantisation: not an index
+        numbers = (
+            arrays[name].dtype.kind == "f" or node.op_type == "DequantizeLinear"
+        )  # fp32, or int8 behind its dequantisation: not an index
         return "kept BatchNorm" if used_by[0] in ("Mul", "Add") and numbers else "normalisation and shapes"
 
     by_dtype: Counter[str] = Counter()
@@ -168,7 +188,12 @@ def run_isolated(paths: list[Path], x: np.ndarray) -> list[np.ndarray]:
     with tempfile.TemporaryDirectory(prefix="nas-onnx-") as tmp:
         inputs, outputs = Path(tmp) / "x.npy", Path(tmp) / "logits.npz"
         np.save(inputs, x)
-        run = subprocess.run([sys.executable, "-I", "-c", _RUN, str(inputs), str(outputs), *(str(p.resolve()) for p in paths)], capture_output=True, text=True, cwd=tmp)
+        run = subprocess.run(
+            [sys.executable, "-I", "-c", _RUN, str(inputs), str(outputs), *(str(p.resolve()) for p in paths)],
+            capture_output=True,
+            text=True,
+            cwd=tmp,
+        )
         if run.returncode != 0:
             raise RuntimeError((run.stderr.strip().splitlines() or ["no output"])[-1])
         with np.load(outputs) as saved:

@@ -18,9 +18,10 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import optuna
 import torch
@@ -53,7 +54,16 @@ with torch.no_grad():
 """
 
 
-FILES = ("model.pt", "model.pt2", "state_dict.pt", "architecture.toml", "metrics.json", "README.md", deploy.FP32, deploy.INT8)
+FILES = (
+    "model.pt",
+    "model.pt2",
+    "state_dict.pt",
+    "architecture.toml",
+    "metrics.json",
+    "README.md",
+    deploy.FP32,
+    deploy.INT8,
+)
 # ONNX logits may differ from TorchScript's by this much (absolute and relative, torch.allclose);
 # measured: at most 9.5e-6 for the exported seed network on the 10,000 test images.
 ONNX_TOLERANCE = 1e-4
@@ -77,7 +87,11 @@ def from_trial(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> Source:
 
     arch = arch_from_dict(json.loads(trial.user_attrs["arch"]), f"trial {trial.number}")
     cfg = TrainConfig(**trial.user_attrs["train_config"])
-    origin = {"study": study.study_name, "trial": trial.number, "search_val_acc": trial.values[0] if trial.values else None}
+    origin = {
+        "study": study.study_name,
+        "trial": trial.number,
+        "search_val_acc": trial.values[0] if trial.values else None,
+    }
     return Source(arch, cfg, origin)
 
 
@@ -128,16 +142,26 @@ def verify(model_path: Path, x: torch.Tensor, expected: torch.Tensor, workdir: P
     torch.save(x, inputs)
     try:
         kind = "pt2" if model_path.suffix == ".pt2" else "pt"
-        run = subprocess.run([sys.executable, "-I", "-c", _VERIFY, kind, str(model_path.resolve()), str(inputs), str(outputs)],
-                             capture_output=True, text=True, cwd=workdir)
+        run = subprocess.run(
+            [sys.executable, "-I", "-c", _VERIFY, kind, str(model_path.resolve()), str(inputs), str(outputs)],
+            capture_output=True,
+            text=True,
+            cwd=workdir,
+        )
         if run.returncode != 0:
-            raise ExportError(f"the exported model could not be loaded in a fresh process: {run.stderr.strip().splitlines()[-1]}")
+            raise ExportError(
+                f"the exported model could not be loaded in a fresh process: {run.stderr.strip().splitlines()[-1]}"
+            )
         logits = torch.load(outputs)
     finally:
         inputs.unlink(missing_ok=True)
         outputs.unlink(missing_ok=True)
-    if not torch.equal(logits.argmax(1), expected.argmax(1)) or not torch.allclose(logits, expected, atol=1e-4, rtol=1e-4):
-        raise ExportError(f"{model_path} does not reproduce the trained model's predictions on the test set; not exporting")
+    if not torch.equal(logits.argmax(1), expected.argmax(1)) or not torch.allclose(
+        logits, expected, atol=1e-4, rtol=1e-4
+    ):
+        raise ExportError(
+            f"{model_path} does not reproduce the trained model's predictions on the test set; not exporting"
+        )
     return logits
 
 
@@ -177,8 +201,17 @@ def export(
     return metrics
 
 
-def _export(source: Source, out: Path, ds: Dataset, device: torch.device, seeds: int, epochs: int | None,
-            log: Callable[[str], None], train_size: int | None, on_progress: Callable[[int, int], None] | None) -> dict[str, Any]:
+def _export(
+    source: Source,
+    out: Path,
+    ds: Dataset,
+    device: torch.device,
+    seeds: int,
+    epochs: int | None,
+    log: Callable[[str], None],
+    train_size: int | None,
+    on_progress: Callable[[int, int], None] | None,
+) -> dict[str, Any]:
     full = load_full_train(device=device, dataset=ds)
     if train_size is not None:  # smoke runs and tests only
         full = replace(full, x=full.x[:train_size], y=full.y[:train_size])
@@ -189,7 +222,14 @@ def _export(source: Source, out: Path, ds: Dataset, device: torch.device, seeds:
     cfg0 = replace(source.cfg, seed=0, epochs=epochs or source.cfg.epochs).fitted(len(full))
     start = time.perf_counter()
     # The seeds train at once as one packed network (nas.arch.model); copy k is what seed k gives alone.
-    trained = train(source.arch, data, cfg0, on_epoch=lambda e: log(_line(e, cfg0.epochs, seeds)), seeds=seeds, on_progress=on_progress)
+    trained = train(
+        source.arch,
+        data,
+        cfg0,
+        on_epoch=lambda e: log(_line(e, cfg0.epochs, seeds)),
+        seeds=seeds,
+        on_progress=on_progress,
+    )
     seconds = time.perf_counter() - start
     runs = []
     for k, seed in enumerate(trained.seeds):
@@ -208,7 +248,9 @@ def _export(source: Source, out: Path, ds: Dataset, device: torch.device, seeds:
     logits = verify(model_path, raw, eager_logits, out)
     to_exported(RawPixels(model0, ds.spec).eval(), raw[:2], out / "model.pt2", info)
     verify(out / "model.pt2", raw, eager_logits, out)
-    calibration = pixels(torch.from_numpy(ds.x_train[: min(deploy.CALIBRATION_IMAGES, len(full))]))  # training images only
+    calibration = pixels(
+        torch.from_numpy(ds.x_train[: min(deploy.CALIBRATION_IMAGES, len(full))])
+    )  # training images only
     onnx_files = ship_onnx(model0, ds.spec, info, out, raw, test.y, logits, calibration, log)
     c, h, w = ds.spec.shape
     accs = [r["test_acc"] for r in runs]
@@ -229,14 +271,21 @@ def _export(source: Source, out: Path, ds: Dataset, device: torch.device, seeds:
         "final_train_loss": trained.history[-1].train_loss,
         "engine": trained.engine,
         "costs": trial_attrs(costs(source.arch)),
-        "device": torch.cuda.get_device_name(device) if device.type == "cuda" else f"cpu ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)",
+        "device": torch.cuda.get_device_name(device)
+        if device.type == "cuda"
+        else f"cpu ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)",
         "torchscript": how,
         "input": f"model.pt: float [N, {c}, {h}, {w}] pixels in [0, 1] (normalisation inside), as model.pt2; state_dict.pt: the bare network, normalised input",
         "background": info.background,
         "verified": True,
         "onnx": onnx_files,
-        "versions": {"nas": nas.__version__, "torch": torch.__version__, "optuna": optuna.__version__, "python": platform.python_version(),
-                     **(deploy.versions() if onnx_files else {})},
+        "versions": {
+            "nas": nas.__version__,
+            "torch": torch.__version__,
+            "optuna": optuna.__version__,
+            "python": platform.python_version(),
+            **(deploy.versions() if onnx_files else {}),
+        },
         **source.origin,
     }
     (out / "metrics.json").write_text(json.dumps(metrics, indent=1))
@@ -244,8 +293,17 @@ def _export(source: Source, out: Path, ds: Dataset, device: torch.device, seeds:
     return metrics
 
 
-def ship_onnx(net: nn.Module, spec: DatasetSpec, info: ModelInfo, out: Path, raw: torch.Tensor, labels: torch.Tensor, expected: torch.Tensor,
-              calibration: torch.Tensor, log: Callable[[str], None]) -> dict[str, Any] | None:
+def ship_onnx(
+    net: nn.Module,
+    spec: DatasetSpec,
+    info: ModelInfo,
+    out: Path,
+    raw: torch.Tensor,
+    labels: torch.Tensor,
+    expected: torch.Tensor,
+    calibration: torch.Tensor,
+    log: Callable[[str], None],
+) -> dict[str, Any] | None:
     """Write model.onnx (the deployed network: BatchNorm folded where it can be, raw pixels in) and
     model.int8.onnx (calibrated on `calibration`, training images), run both on the test images
     `raw` in a fresh process with onnxruntime alone, and check model.onnx against the TorchScript
@@ -256,28 +314,45 @@ def ship_onnx(net: nn.Module, spec: DatasetSpec, info: ModelInfo, out: Path, raw
     if absent:
         fp32.unlink(missing_ok=True)
         int8.unlink(missing_ok=True)
-        log(f"no ONNX files: {', '.join(absent)} not installed ({deploy.INSTALL} to get {deploy.FP32} and {deploy.INT8})")
+        log(
+            f"no ONNX files: {', '.join(absent)} not installed ({deploy.INSTALL} to get {deploy.FP32} and {deploy.INT8})"
+        )
         return None
     start = time.perf_counter()
     try:
-        deploy.write_fp32(RawPixels(deployed(net), spec), torch.zeros(2, *raw.shape[1:]), fp32, {INFO: info.to_json()})  # the input shape only
+        deploy.write_fp32(
+            RawPixels(deployed(net), spec), torch.zeros(2, *raw.shape[1:]), fp32, {INFO: info.to_json()}
+        )  # the input shape only
         deploy.quantize(fp32, int8, calibration.numpy())
     except Exception as e:  # noqa: BLE001 - the exporter and quantiser raise many kinds; each is one line here
-        raise ExportError(f"the ONNX files could not be written ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})") from e
+        raise ExportError(
+            f"the ONNX files could not be written ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})"
+        ) from e
     try:
         got = [torch.from_numpy(x) for x in deploy.run_isolated([fp32, int8], raw.numpy())]
     except RuntimeError as e:
         raise ExportError(f"the ONNX files could not be run by onnxruntime in a fresh process: {e}") from None
-    if not torch.equal(got[0].argmax(1), expected.argmax(1)) or not torch.allclose(got[0], expected, atol=ONNX_TOLERANCE, rtol=ONNX_TOLERANCE):
-        raise ExportError(f"{fp32} does not reproduce model.pt's predictions on the test set (tolerance {ONNX_TOLERANCE}); not exporting")
+    if not torch.equal(got[0].argmax(1), expected.argmax(1)) or not torch.allclose(
+        got[0], expected, atol=ONNX_TOLERANCE, rtol=ONNX_TOLERANCE
+    ):
+        raise ExportError(
+            f"{fp32} does not reproduce model.pt's predictions on the test set (tolerance {ONNX_TOLERANCE}); not exporting"
+        )
     fp32_acc, int8_acc = accuracy(got[0], labels), accuracy(got[1], labels)
     agreement = (got[1].argmax(1) == got[0].argmax(1)).float().mean().item()
-    log(f"ONNX: {deploy.FP32} {100 * fp32_acc:.2f} % (as model.pt), {deploy.INT8} {100 * int8_acc:.2f} % "
-        f"(agrees with fp32 on {100 * agreement:.2f} %), checked with onnxruntime alone, {time.perf_counter() - start:.0f} s")
+    log(
+        f"ONNX: {deploy.FP32} {100 * fp32_acc:.2f} % (as model.pt), {deploy.INT8} {100 * int8_acc:.2f} % "
+        f"(agrees with fp32 on {100 * agreement:.2f} %), checked with onnxruntime alone, {time.perf_counter() - start:.0f} s"
+    )
     return {
         "input": f"{deploy.INPUT}: float32 [N, {', '.join(map(str, spec.shape))}] pixels in [0, 1] (normalisation inside); output {deploy.OUTPUT} [N, {spec.classes}]",
         "tolerance": ONNX_TOLERANCE,
-        "fp32": {"file": deploy.FP32, **deploy.stored(fp32), "test_acc": fp32_acc, "max_logit_difference": (got[0] - expected).abs().max().item()},
+        "fp32": {
+            "file": deploy.FP32,
+            **deploy.stored(fp32),
+            "test_acc": fp32_acc,
+            "max_logit_difference": (got[0] - expected).abs().max().item(),
+        },
         "int8": {"file": deploy.INT8, **deploy.stored(int8), "test_acc": int8_acc, "agreement": agreement},
         "quantization": deploy.QUANTIZATION,
         "calibration_images": len(calibration),
@@ -303,12 +378,12 @@ def onnx_card(o: dict[str, Any] | None, model_int8: int, model_fp32: int, batchn
 
 | file | test accuracy | tensors stored | of which model bytes | file |
 |---|---|---|---|---|
-| `model.onnx`, fp32 | {100 * fp32['test_acc']:.2f} % (the class of `model.pt` on every test image, logits within {o['tolerance']:.0e}) | {_bytes(fp32)} | {fp32['budgeted_bytes']:,} B (analytic {model_fp32:,} B) | {fp32['file_bytes']:,} B |
-| `model.int8.onnx` | {100 * int8['test_acc']:.2f} % (agrees with fp32 on {100 * int8['agreement']:.2f} %) | {_bytes(int8)} | {int8['budgeted_bytes']:,} B (analytic {model_int8:,} B) | {int8['file_bytes']:,} B |
+| `model.onnx`, fp32 | {100 * fp32["test_acc"]:.2f} % (the class of `model.pt` on every test image, logits within {o["tolerance"]:.0e}) | {_bytes(fp32)} | {fp32["budgeted_bytes"]:,} B (analytic {model_fp32:,} B) | {fp32["file_bytes"]:,} B |
+| `model.int8.onnx` | {100 * int8["test_acc"]:.2f} % (agrees with fp32 on {100 * int8["agreement"]:.2f} %) | {_bytes(int8)} | {int8["budgeted_bytes"]:,} B (analytic {model_int8:,} B) | {int8["file_bytes"]:,} B |
 
 Both are single files (weights inside), checked in a fresh process with onnxruntime alone, and
 take the same input as `model.pt`. {batchnorm}. `model.int8.onnx` is
-{o['quantization']}, the ranges calibrated on the first {o['calibration_images']:,} training images
+{o["quantization"]}, the ranges calibrated on the first {o["calibration_images"]:,} training images
 (never the test set). Model bytes are its conv weights, their scales, biases and kept BatchNorm
 (definitions below the layer table); its other tensors: {extra}. The files hold their graphs besides.
 
@@ -322,25 +397,38 @@ def model_card(arch: Arch, m: dict[str, Any]) -> str:
     origin = f"study `{m['study']}`, trial {m['trial']}" if m.get("study") else "an architecture file"
     seeds = ", ".join(f"{100 * r['test_acc']:.2f} %" for r in m["seeds"])
     n = m["train_images"]
-    images = f"all {n:,} training images" if n == d.train else f"the first {n:,} of the {d.train:,} training images (a smoke run)"
+    images = (
+        f"all {n:,} training images"
+        if n == d.train
+        else f"the first {n:,} of the {d.train:,} training images (a smoke run)"
+    )
     c = costs(arch)
     channels, h, w = d.shape
-    polarity = {"dark": ", light on dark as the training images are (invert dark-on-light scans)",
-                "light": ", dark on light as the training images are (invert light-on-dark scans)"}.get(m["background"], "")
-    names = ("\n\n| class | name |\n|---|---|\n" + "\n".join(f"| {k} | {name} |" for k, name in enumerate(d.class_names))) if d.class_names else ""
-    shape = (f"    x = x.reshape(-1, 1, {h}, {w})\n" if channels == 1 else
-             f"    x = x.permute(0, 3, 1, 2)  # images [N, {h}, {w}, {channels}] as PIL and numpy hold them, to [N, {channels}, {h}, {w}]\n")
+    polarity = {
+        "dark": ", light on dark as the training images are (invert dark-on-light scans)",
+        "light": ", dark on light as the training images are (invert light-on-dark scans)",
+    }.get(m["background"], "")
+    names = (
+        ("\n\n| class | name |\n|---|---|\n" + "\n".join(f"| {k} | {name} |" for k, name in enumerate(d.class_names)))
+        if d.class_names
+        else ""
+    )
+    shape = (
+        f"    x = x.reshape(-1, 1, {h}, {w})\n"
+        if channels == 1
+        else f"    x = x.permute(0, 3, 1, 2)  # images [N, {h}, {w}, {channels}] as PIL and numpy hold them, to [N, {channels}, {h}, {w}]\n"
+    )
     return f"""# {arch.name}
 
-A fully convolutional classifier of {d.name} ({'x'.join(map(str, d.shape))} images, {d.classes} classes) found by nas
-({origin}): {m['params']:,} parameters, receptive field {m['receptive_field']} px, no fully connected layer.
+A fully convolutional classifier of {d.name} ({"x".join(map(str, d.shape))} images, {d.classes} classes) found by nas
+({origin}): {m["params"]:,} parameters, receptive field {m["receptive_field"]} px, no fully connected layer.
 
 | | |
 |---|---|
-| test accuracy of `model.pt` (seed 0) | {100 * m['test_acc']:.2f} % on {d.test:,} test images{' (held out of the data, seeded)' if d.held_out else ''} |
-| over {count(len(m['seeds']), 'seed')} | mean {100 * m['test_acc_mean']:.2f} %, range {100 * m['test_acc_min']:.2f}-{100 * m['test_acc_max']:.2f} % ({seeds}) |
-| training | {count(m['epochs'], 'epoch')} on {images}, {m['train_seconds']:.0f} s on {m['device']} |
-| search validation accuracy | {'n/a' if m.get('search_val_acc') is None else f"{100 * m['search_val_acc']:.2f} %"} |
+| test accuracy of `model.pt` (seed 0) | {100 * m["test_acc"]:.2f} % on {d.test:,} test images{" (held out of the data, seeded)" if d.held_out else ""} |
+| over {count(len(m["seeds"]), "seed")} | mean {100 * m["test_acc_mean"]:.2f} %, range {100 * m["test_acc_min"]:.2f}-{100 * m["test_acc_max"]:.2f} % ({seeds}) |
+| training | {count(m["epochs"], "epoch")} on {images}, {m["train_seconds"]:.0f} s on {m["device"]} |
+| search validation accuracy | {"n/a" if m.get("search_val_acc") is None else f"{100 * m['search_val_acc']:.2f} %"} |
 | data | {d.name}, SHA-256 of its arrays {d.sha256} |
 | MACs per image | {c.macs:,} |
 | peak activation memory | {c.activation_int8:,} B at int8, {c.activation_fp32:,} B at fp32 |
@@ -349,7 +437,7 @@ A fully convolutional classifier of {d.name} ({'x'.join(map(str, d.shape))} imag
 The test set was used only for the figures above, after the architecture was chosen.
 The costs are computed from the architecture (definitions below the layer table).
 
-`model.pt` is TorchScript ({m['torchscript']}); it needs only torch, and takes images as people
+`model.pt` is TorchScript ({m["torchscript"]}); it needs only torch, and takes images as people
 have them: the data's normalisation is inside the model, so do not normalise again.
 
     import torch
@@ -365,7 +453,7 @@ torch 2.14 recommends), checked in a fresh process like `model.pt`:
 `state_dict.pt` holds the bare network's weights (for `nas.arch.model.build` of `architecture.toml`),
 which expects normalised input, `(x - mean) / std` per channel with mean {list(d.mean)} and std {list(d.std)}.
 
-{onnx_card(m.get('onnx'), c.model_int8, c.model_fp32, batchnorm_line(arch))}
+{onnx_card(m.get("onnx"), c.model_int8, c.model_fp32, batchnorm_line(arch))}
 
 ```
 {summary_table(arch)}

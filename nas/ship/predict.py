@@ -39,12 +39,19 @@ class ModelInfo:
         if not text:
             return cls()
         data = json.loads(text)
-        return cls(data["dataset"], tuple(data["input"]), tuple(data["class_names"]) if data.get("class_names") else None, data["background"])
+        return cls(
+            data["dataset"],
+            tuple(data["input"]),
+            tuple(data["class_names"]) if data.get("class_names") else None,
+            data["background"],
+        )
 
     @property
     def inverted(self) -> str:
         """What nas predict says of a picture it inverted."""
-        picture, trained = ("dark on light", "light on dark") if self.background == "dark" else ("light on dark", "dark on light")
+        picture, trained = (
+            ("dark on light", "light on dark") if self.background == "dark" else ("light on dark", "dark on light")
+        )
         return f"{picture}: inverted to the training images' {trained}"
 
     def label(self, k: int) -> str:
@@ -78,16 +85,22 @@ def load_images(path: Path, info: ModelInfo) -> tuple[torch.Tensor, bool]:
                 images = np.array(im.convert(_MODES[info.input[0]]))[None]
         except (UnidentifiedImageError, OSError) as e:
             raise DataError(f"{path}: not a PNG/JPEG image, IDX or .npz file ({e})") from None
-        level = datasets.edge_level(datasets.images_chw(images, str(path)))  # a photo of paper is grey, not white: which side of grey counts
+        level = datasets.edge_level(
+            datasets.images_chw(images, str(path))
+        )  # a photo of paper is grey, not white: which side of grey counts
         if (info.background == "dark" and level > 0.5) or (info.background == "light" and level < 0.5):
             images, inverted = 255 - images, True
     x = datasets.images_chw(images, str(path))
     c, h, w = info.input
     if x.shape[1] != c:
-        raise DataError(f"{path}: holds {x.shape[1]}-channel images; the model takes {c} ({_MODES.get(c, c)}), as {info.dataset} has them")
+        raise DataError(
+            f"{path}: holds {x.shape[1]}-channel images; the model takes {c} ({_MODES.get(c, c)}), as {info.dataset} has them"
+        )
     if tuple(x.shape[2:]) != (h, w):
-        raise DataError(f"{path}: the image is {x.shape[3]}x{x.shape[2]} pixels; the model classifies {w}x{h} images as {info.dataset} has them: "
-                        f"crop or scale it to {w}x{h} first")
+        raise DataError(
+            f"{path}: the image is {x.shape[3]}x{x.shape[2]} pixels; the model classifies {w}x{h} images as {info.dataset} has them: "
+            f"crop or scale it to {w}x{h} first"
+        )
     return torch.from_numpy(x), inverted
 
 
@@ -109,15 +122,21 @@ class OnnxModel:
         try:
             import onnxruntime as ort
         except ImportError:
-            raise UsageError(f"{path}: running an ONNX model needs onnxruntime ({INSTALL}), or give the exported model.pt") from None
+            raise UsageError(
+                f"{path}: running an ONNX model needs onnxruntime ({INSTALL}), or give the exported model.pt"
+            ) from None
         try:
             self.session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
         except Exception as e:  # noqa: BLE001 - onnxruntime's own exception types; any of them means an unusable file
-            cause = (str(e).splitlines() or [type(e).__name__])[0].rsplit(" : ", 1)[-1].rsplit("failed:", 1)[-1].strip()  # past "[ONNXRuntimeError] : 7 : ..."
+            cause = (
+                (str(e).splitlines() or [type(e).__name__])[0].rsplit(" : ", 1)[-1].rsplit("failed:", 1)[-1].strip()
+            )  # past "[ONNXRuntimeError] : 7 : ..."
             raise not_a_model(path, f"not an ONNX model onnxruntime can load: {cause}") from None
         names = [i.name for i in self.session.get_inputs()]
         if names != [INPUT]:
-            raise UsageError(f"{path}: takes {', '.join(names)}, not the {INPUT!r} input of the models nas export writes; give one of those")
+            raise UsageError(
+                f"{path}: takes {', '.join(names)}, not the {INPUT!r} input of the models nas export writes; give one of those"
+            )
         self.input = INPUT
         self.info = ModelInfo.from_json(self.session.get_modelmeta().custom_metadata_map.get(INFO))
 
@@ -167,7 +186,9 @@ def jit_quietly() -> Iterator[None]:
     still ships TorchScript (its users asked for model.pt; model.pt2 is there beside it), so the
     warning is not the user's to read in every export and predict."""
     with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message=r".*torch\.jit\..*deprecated")  # FutureWarning in 2.14, DeprecationWarning in 2.13
+        warnings.filterwarnings(
+            "ignore", message=r".*torch\.jit\..*deprecated"
+        )  # FutureWarning in 2.14, DeprecationWarning in 2.13
         yield
 
 
@@ -205,7 +226,9 @@ def load_model(path: Path) -> tuple[torch.jit.ScriptModule | torch.nn.Module | O
             return _load_program(path)
         raise not_a_model(path, _what_it_is(path, e)) from None
     if not (hasattr(scripted, "mean") and hasattr(scripted, "std")):
-        raise UsageError(f"{path}: exported by an older nas whose model.pt expects normalised input; export it again (nas export)")
+        raise UsageError(
+            f"{path}: exported by an older nas whose model.pt expects normalised input; export it again (nas export)"
+        )
     return scripted, ModelInfo.from_json(extra[INFO])
 
 
@@ -215,7 +238,9 @@ def pixels(images: torch.Tensor) -> torch.Tensor:
     return x.unsqueeze(1) if x.dim() == 3 else x
 
 
-def classify(model: torch.jit.ScriptModule | torch.nn.Module | OnnxModel, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def classify(
+    model: torch.jit.ScriptModule | torch.nn.Module | OnnxModel, images: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
     """(class, probability) per image; the model normalises (nas export puts it inside)."""
     with torch.no_grad():
         probs = torch.softmax(model(pixels(images)), 1)

@@ -13,9 +13,10 @@ import itertools
 import json
 import math
 import random
+from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Protocol, Sequence
+from typing import TYPE_CHECKING, Any, Protocol
 
 from nas.arch.budgets import RESOURCES
 from nas.arch.spec import (
@@ -68,7 +69,9 @@ class Stage:
     transition: list[bool] = field(default_factory=lambda: [False])
     stride: list[int] = field(default_factory=lambda: [1])  # of the stage's first kxk conv
     pointwise: list[bool] = field(default_factory=lambda: [False])  # may a block after the first be a 1x1 conv
-    separable: list[bool] = field(default_factory=lambda: [False])  # kxk blocks depthwise-separable (never the network's first conv)
+    separable: list[bool] = field(
+        default_factory=lambda: [False]
+    )  # kxk blocks depthwise-separable (never the network's first conv)
 
 
 @dataclass
@@ -100,7 +103,9 @@ class Space:
     scale: list[float] = field(default_factory=lambda: [TrainConfig.scale])
 
 
-def _choices(where: str, table: dict[str, Any], key: str, kind: type, allowed: Sequence[Any] | None = None, prefix: str = "") -> list[Any]:
+def _choices(
+    where: str, table: dict[str, Any], key: str, kind: type, allowed: Sequence[Any] | None = None, prefix: str = ""
+) -> list[Any]:
     full = f"{prefix}{key}"
     if key not in table:
         raise SpecError(where, full, "missing")
@@ -121,7 +126,11 @@ def _choices(where: str, table: dict[str, Any], key: str, kind: type, allowed: S
 
 def _range(where: str, table: dict[str, Any], key: str, kind: type, prefix: str) -> tuple[Any, Any]:
     value = table.get(key)
-    if not (isinstance(value, list) and len(value) == 2 and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in value)):
+    if not (
+        isinstance(value, list)
+        and len(value) == 2
+        and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in value)
+    ):
         raise SpecError(where, f"{prefix}{key}", f"expected [low, high], got {value!r}")
     low, high = (kind(v) for v in value)
     if not 0 < low <= high or (kind is int and low < 1):
@@ -141,8 +150,31 @@ def space_from_dict(data: dict[str, Any], where: str) -> Space:
     for key, table in (("architecture", a), ("training", t)):
         if not isinstance(table, dict):
             raise SpecError(where, key, "missing table")
-    _no_extra(where, a, {"stages", "kernel", "pool", "order", "dropout", "dropout_at", "bias", "final_bn", "dw_relu", "head", "head_kernel", "stage"}, "architecture.")
-    _no_extra(where, t, {"optimizer", "batch_size", "augment", "label_smoothing", *OPTIONAL_TRAINING, *(f"lr_{o}" for o in OPTIMIZERS)}, "training.")
+    _no_extra(
+        where,
+        a,
+        {
+            "stages",
+            "kernel",
+            "pool",
+            "order",
+            "dropout",
+            "dropout_at",
+            "bias",
+            "final_bn",
+            "dw_relu",
+            "head",
+            "head_kernel",
+            "stage",
+        },
+        "architecture.",
+    )
+    _no_extra(
+        where,
+        t,
+        {"optimizer", "batch_size", "augment", "label_smoothing", *OPTIONAL_TRAINING, *(f"lr_{o}" for o in OPTIMIZERS)},
+        "training.",
+    )
     raw_stages = a.get("stage")
     if not isinstance(raw_stages, list) or not raw_stages:
         raise SpecError(where, "architecture.stage", "missing; add [[architecture.stage]] tables, one per stage")
@@ -150,12 +182,17 @@ def space_from_dict(data: dict[str, Any], where: str) -> Space:
     for n, s in enumerate(raw_stages):
         p = f"architecture.stage[{n}]."
         _no_extra(where, s, {"blocks", "channels", "padding", "transition", "stride", "pointwise", "separable"}, p)
-        stages.append(Stage(_range(where, s, "blocks", int, p), _choices(where, s, "channels", int, prefix=p),
-                            _choices(where, s, "padding", str, PADDINGS, p) if "padding" in s else ["same"],
-                            _choices(where, s, "transition", bool, prefix=p) if "transition" in s else [False],
-                            _choices(where, s, "stride", int, range(1, MAX_STRIDE + 1), p) if "stride" in s else [1],
-                            _choices(where, s, "pointwise", bool, prefix=p) if "pointwise" in s else [False],
-                            _choices(where, s, "separable", bool, prefix=p) if "separable" in s else [False]))
+        stages.append(
+            Stage(
+                _range(where, s, "blocks", int, p),
+                _choices(where, s, "channels", int, prefix=p),
+                _choices(where, s, "padding", str, PADDINGS, p) if "padding" in s else ["same"],
+                _choices(where, s, "transition", bool, prefix=p) if "transition" in s else [False],
+                _choices(where, s, "stride", int, range(1, MAX_STRIDE + 1), p) if "stride" in s else [1],
+                _choices(where, s, "pointwise", bool, prefix=p) if "pointwise" in s else [False],
+                _choices(where, s, "separable", bool, prefix=p) if "separable" in s else [False],
+            )
+        )
     pa, pt = "architecture.", "training."
     space = Space(
         name=data.get("name", Path(where).stem),
@@ -182,7 +219,11 @@ def space_from_dict(data: dict[str, Any], where: str) -> Space:
     )
     space.lr = {o: _range(where, t, f"lr_{o}", float, pt) for o in space.optimizer}
     if max(space.stages) > len(stages):
-        raise SpecError(where, "architecture.stages", f"asks for up to {max(space.stages)} stages but {len(stages)} [[architecture.stage]] tables are given")
+        raise SpecError(
+            where,
+            "architecture.stages",
+            f"asks for up to {max(space.stages)} stages but {len(stages)} [[architecture.stage]] tables are given",
+        )
     if any(k % 2 == 0 for k in space.kernel + space.head_kernel):
         raise SpecError(where, "architecture.kernel", "kernel sizes must be odd")
     if any(not 0 <= p < 1 for p in space.dropout):
@@ -202,7 +243,9 @@ DEFAULT_SPACE = BUILTIN / "mnist_fcn.toml"
 def read_space(path: str | Path) -> dict[str, Any]:
     """The raw content of a space file, or of a built-in space by name (e.g. mnist_fcn); a study
     stores this content, not the path."""
-    return read_toml(locate(path, BUILTIN, "search space"), f"a search space .toml or a built-in one ({builtin_names(BUILTIN)})")
+    return read_toml(
+        locate(path, BUILTIN, "search space"), f"a search space .toml or a built-in one ({builtin_names(BUILTIN)})"
+    )
 
 
 def load_space(path: str | Path) -> Space:
@@ -217,7 +260,11 @@ def space_for(raw: dict[str, Any], dataset: DatasetSpec, where: str) -> Space:
         if key not in filled:
             filled[key] = value
         elif filled[key] != value:
-            raise SpecError(where, key, f"is {filled[key]} but the data ({dataset.name}) has {value}; drop {key} from the space file to take the data's, or set {key} = {value}")
+            raise SpecError(
+                where,
+                key,
+                f"is {filled[key]} but the data ({dataset.name}) has {value}; drop {key} from the space file to take the data's, or set {key} = {value}",
+            )
     return space_from_dict(filled, where)
 
 
@@ -237,7 +284,19 @@ def genome(space: Space, trial: Chooser) -> dict[str, Any]:
     def ask(name: str, choices: list[Any]) -> None:
         g[name] = choices[0] if len(choices) == 1 else trial.suggest_categorical(name, choices)
 
-    for name in ("stages", "kernel", "pool", "order", "dropout", "dropout_at", "bias", "final_bn", "dw_relu", "head", "head_kernel"):
+    for name in (
+        "stages",
+        "kernel",
+        "pool",
+        "order",
+        "dropout",
+        "dropout_at",
+        "bias",
+        "final_bn",
+        "dw_relu",
+        "head",
+        "head_kernel",
+    ):
         ask(name, getattr(space, name))
     for i, st in enumerate(space.stage[: max(space.stages)], 1):
         ask(f"s{i}_padding", st.padding)
@@ -246,7 +305,9 @@ def genome(space: Space, trial: Chooser) -> dict[str, Any]:
         ask(f"s{i}_transition", st.transition)
         if True in st.transition:
             ask(f"s{i}_t", st.channels)
-        g[f"s{i}_blocks"] = st.blocks[0] if st.blocks[0] == st.blocks[1] else trial.suggest_int(f"s{i}_blocks", *st.blocks)
+        g[f"s{i}_blocks"] = (
+            st.blocks[0] if st.blocks[0] == st.blocks[1] else trial.suggest_int(f"s{i}_blocks", *st.blocks)
+        )
         for j in range(1, st.blocks[1] + 1):
             ask(f"s{i}_c{j}", st.channels)
             if j > 1:
@@ -263,7 +324,11 @@ def _block(g: dict[str, Any], i: int, j: int, after_a_conv: bool) -> Conv | SepC
     """Block j of stage i as the genome says: a 1x1 conv, a separable or a full kxk conv (the
     network's first conv is never separable)."""
     kernel, order, bias = g["kernel"], g["order"], g["bias"]
-    pad, out, stride = kernel // 2 if g[f"s{i}_padding"] == "same" else 0, g[f"s{i}_c{j}"], g[f"s{i}_stride"] if j == 1 else 1
+    pad, out, stride = (
+        kernel // 2 if g[f"s{i}_padding"] == "same" else 0,
+        g[f"s{i}_c{j}"],
+        g[f"s{i}_stride"] if j == 1 else 1,
+    )
     if j > 1 and g[f"s{i}_pw{j}"]:
         return Conv(out, kernel=1, padding=0, order=order, bias=bias)
     if g[f"s{i}_sep"] and after_a_conv:
@@ -272,7 +337,11 @@ def _block(g: dict[str, Any], i: int, j: int, after_a_conv: bool) -> Conv | SepC
 
 
 def _head(g: dict[str, Any]) -> Head:
-    return Head("conv_gap", g["head_kernel"], bias=g["bias"]) if g["head"] == "conv_gap" else Head("gap_conv", bias=g["bias"])
+    return (
+        Head("conv_gap", g["head_kernel"], bias=g["bias"])
+        if g["head"] == "conv_gap"
+        else Head("gap_conv", bias=g["bias"])
+    )
 
 
 def decode(space: Space, g: dict[str, Any], epochs: int = DEFAULT_EPOCHS) -> tuple[Arch, TrainConfig]:
@@ -294,8 +363,15 @@ def decode(space: Space, g: dict[str, Any], epochs: int = DEFAULT_EPOCHS) -> tup
                 layers.append(Dropout(dropout))
     last = max(n for n, layer in enumerate(layers) if isinstance(layer, CONVS))
     layers[last] = replace(layers[last], bn=g["final_bn"])
-    cfg = TrainConfig(epochs=epochs, optimizer=g["optimizer"], lr=g[f"lr_{g['optimizer']}"], batch_size=g["batch_size"],
-                      augment=g["augment"], label_smoothing=g["label_smoothing"], **{k: g[k] for k in OPTIONAL_TRAINING})
+    cfg = TrainConfig(
+        epochs=epochs,
+        optimizer=g["optimizer"],
+        lr=g[f"lr_{g['optimizer']}"],
+        batch_size=g["batch_size"],
+        augment=g["augment"],
+        label_smoothing=g["label_smoothing"],
+        **{k: g[k] for k in OPTIONAL_TRAINING},
+    )
     return Arch(layers=layers, head=_head(g), input=space.input, classes=space.classes), cfg
 
 
@@ -333,17 +409,30 @@ def params_for(space: Space, arch: Arch, cfg: TrainConfig, where: str = "seed") 
     (an architecture for other images or classes than the space's is none)."""
     for key, mine, its in (("input", list(arch.input), list(space.input)), ("classes", arch.classes, space.classes)):
         if mine != its:
-            raise SpecError(where, key, f"is {mine}, but search space {space.name} searches {its} (the data's); give an architecture with {key} = {its}")
+            raise SpecError(
+                where,
+                key,
+                f"is {mine}, but search space {space.name} searches {its} (the data's); give an architecture with {key} = {its}",
+            )
     convs = [layer for layer in arch.layers if isinstance(layer, CONVS)]
     pools = [n for n, layer in enumerate(arch.layers) if isinstance(layer, Pool)]
     drops = [n for n, layer in enumerate(arch.layers) if isinstance(layer, Dropout)]
     first = convs[0] if convs else Conv(1)
     square = [c.kernel for c in convs if c.kernel > 1]
     values: dict[str, Any] = {
-        "stages": len(pools) + 1, "kernel": max(square, default=max((c.kernel for c in convs), default=3)), "order": first.order,
-        "pool": arch.layers[pools[0]].kind if pools else space.pool[0], "dropout": arch.layers[drops[0]].p if drops else 0.0,
-        "bias": first.bias, "final_bn": convs[-1].bn if convs else True, "head": arch.head.type, "optimizer": cfg.optimizer,
-        f"lr_{cfg.optimizer}": cfg.lr, "batch_size": cfg.batch_size, "augment": cfg.augment, "label_smoothing": cfg.label_smoothing,
+        "stages": len(pools) + 1,
+        "kernel": max(square, default=max((c.kernel for c in convs), default=3)),
+        "order": first.order,
+        "pool": arch.layers[pools[0]].kind if pools else space.pool[0],
+        "dropout": arch.layers[drops[0]].p if drops else 0.0,
+        "bias": first.bias,
+        "final_bn": convs[-1].bn if convs else True,
+        "head": arch.head.type,
+        "optimizer": cfg.optimizer,
+        f"lr_{cfg.optimizer}": cfg.lr,
+        "batch_size": cfg.batch_size,
+        "augment": cfg.augment,
+        "label_smoothing": cfg.label_smoothing,
         **{k: getattr(cfg, k) for k in OPTIONAL_TRAINING},
     }
     if drops:
@@ -373,7 +462,11 @@ def params_for(space: Space, arch: Arch, cfg: TrainConfig, where: str = "seed") 
     recorder = _Recorder(values, where)
     again, again_cfg = sample(space, recorder, cfg.epochs)
     if again.layers != arch.layers or again.head != arch.head or again_cfg != cfg:
-        raise SpecError(where, "layers", f"is not a point of search space {space.name} (stages, paddings or per-block options differ)")
+        raise SpecError(
+            where,
+            "layers",
+            f"is not a point of search space {space.name} (stages, paddings or per-block options differ)",
+        )
     return recorder.params
 
 
@@ -394,7 +487,9 @@ def random_archs(space: Space, n: int, seed: int = 0) -> list[Arch]:
             return self.drawn.setdefault(name, rng.randint(low, high))
 
         def suggest_float(self, name, low, high, *, log=False):
-            return self.drawn.setdefault(name, math.exp(rng.uniform(math.log(low), math.log(high))) if log else rng.uniform(low, high))
+            return self.drawn.setdefault(
+                name, math.exp(rng.uniform(math.log(low), math.log(high))) if log else rng.uniform(low, high)
+            )
 
     return [sample(space, Draw())[0] for _ in range(n)]
 
@@ -409,10 +504,17 @@ def _prefix(layers: list[Any], space: Space) -> tuple[tuple[int, ...], _Vector] 
         steps, per = plan(arch)[:-3], step_costs(arch)[:-3]  # the head's pool, conv and flatten left out
     except SpecError:
         return None
-    return steps[-1].shape, (sum(x.params for x in steps), sum(c.macs for c in per), sum(c.int8_bytes for c in per), max(c.activation for c in per))
+    return steps[-1].shape, (
+        sum(x.params for x in steps),
+        sum(c.macs for c in per),
+        sum(c.int8_bytes for c in per),
+        max(c.activation for c in per),
+    )
 
 
-def _undominated(items: list[tuple[list[Any], tuple[int, ...], _Vector]]) -> list[tuple[list[Any], tuple[int, ...], _Vector]]:
+def _undominated(
+    items: list[tuple[list[Any], tuple[int, ...], _Vector]],
+) -> list[tuple[list[Any], tuple[int, ...], _Vector]]:
     """Per output shape, the prefixes no other beats in every cost (what follows a prefix depends
     only on its output shape, so a dominated one can never end cheaper)."""
     kept: dict[tuple[int, ...], list[tuple[list[Any], tuple[int, ...], _Vector]]] = {}
@@ -436,21 +538,31 @@ def cheapest(space: Space) -> list[Costs]:
     one beats in every cost: what follows depends only on that shape, so the result is exact."""
     found: list[Costs] = []
     prefer = lambda options: [False] if False in options else options[:1]  # noqa: E731
-    for kernel, order, bias, final_bn, dw_relu in itertools.product(space.kernel, space.order, prefer(space.bias), prefer(space.final_bn), set(space.dw_relu)):
+    for kernel, order, bias, final_bn, dw_relu in itertools.product(
+        space.kernel, space.order, prefer(space.bias), prefer(space.final_bn), set(space.dw_relu)
+    ):
         g: dict[str, Any] = {"kernel": kernel, "order": order, "bias": bias, "dw_relu": dw_relu}
         frontier: list[tuple[list[Any], tuple[int, ...], _Vector]] = [([], space.input, (0, 0, 0, 0))]
         for i, st in enumerate(space.stage[: max(space.stages)], 1):
             grown = []
             for layers, _, _ in frontier:
                 start = layers + [Pool(space.pool[0])] if layers else []
-                for padding, stride, sep, transition in itertools.product(st.padding, st.stride, set(st.separable), set(st.transition)):
+                for padding, stride, sep, transition in itertools.product(
+                    st.padding, st.stride, set(st.separable), set(st.transition)
+                ):
                     g.update({f"s{i}_padding": padding, f"s{i}_stride": stride, f"s{i}_sep": sep})
                     g.update({f"s{i}_c{j}": min(st.channels) for j in range(1, st.blocks[1] + 1)})
-                    opened = start + ([Conv(min(st.channels), kernel=1, padding=0, order=order, bias=bias)] if transition else [])
+                    opened = start + (
+                        [Conv(min(st.channels), kernel=1, padding=0, order=order, bias=bias)] if transition else []
+                    )
                     level = [(opened, None, None)]
                     padded = padding == "same"
                     for j in range(1, (st.blocks[0] if padded else st.blocks[1]) + 1):
-                        kinds = [False] if j == 1 else ([True] if padded and True in st.pointwise else sorted(set(st.pointwise)))
+                        kinds = (
+                            [False]
+                            if j == 1
+                            else ([True] if padded and True in st.pointwise else sorted(set(st.pointwise)))
+                        )
                         nxt = []
                         for prefix, _, _ in level:
                             for pointwise in kinds:
@@ -470,7 +582,16 @@ def cheapest(space: Space) -> list[Costs]:
                     for head in set(space.head):
                         for k in space.head_kernel if head == "conv_gap" else [1]:
                             try:
-                                found.append(costs(Arch(ending, _head({"head": head, "head_kernel": k, "bias": bias}), space.input, space.classes)))
+                                found.append(
+                                    costs(
+                                        Arch(
+                                            ending,
+                                            _head({"head": head, "head_kernel": k, "bias": bias}),
+                                            space.input,
+                                            space.classes,
+                                        )
+                                    )
+                                )
                             except SpecError:
                                 pass  # collapsed feature maps: not an architecture the search trains
     vectors = {(c.params, c.macs, c.activation_int8, c.model_int8): c for c in found}
@@ -510,22 +631,32 @@ def describe(space: Space, samples: int = 4000, **limits: float | None) -> str:
             found.append(costs(arch))
         except SpecError:
             invalid += 1
-    lines = [f"search space {space.name}  (input {'x'.join(map(str, space.input))}, {space.classes} classes)",
-             f"  stages: {space.stages}   kernel: {space.kernel}   pool: {space.pool}   order: {space.order}",
-             f"  dropout: {space.dropout} after each {' or '.join(space.dropout_at)}   head: {space.head}   head kernel: {space.head_kernel}",
-             f"  conv bias: {space.bias}   BatchNorm on the last conv: {space.final_bn}   ReLU after depthwise: {space.dw_relu}"]
+    lines = [
+        f"search space {space.name}  (input {'x'.join(map(str, space.input))}, {space.classes} classes)",
+        f"  stages: {space.stages}   kernel: {space.kernel}   pool: {space.pool}   order: {space.order}",
+        f"  dropout: {space.dropout} after each {' or '.join(space.dropout_at)}   head: {space.head}   head kernel: {space.head_kernel}",
+        f"  conv bias: {space.bias}   BatchNorm on the last conv: {space.final_bn}   ReLU after depthwise: {space.dw_relu}",
+    ]
     for i, st in enumerate(space.stage, 1):
-        lines.append(f"  stage {i}: blocks {st.blocks[0]}-{st.blocks[1]}  channels {st.channels}  padding {st.padding}  "
-                     f"transition {st.transition}  first stride {st.stride}  1x1 blocks {st.pointwise}  separable {st.separable}")
-    lines.append(f"  training: optimizer {space.optimizer}  lr {space.lr}  batch {space.batch_size}  augment {space.augment}  label smoothing {space.label_smoothing}")
-    lines.append(f"            weight decay {space.weight_decay}  rotate {space.rotate}  translate {space.translate}  scale {space.scale}")
+        lines.append(
+            f"  stage {i}: blocks {st.blocks[0]}-{st.blocks[1]}  channels {st.channels}  padding {st.padding}  "
+            f"transition {st.transition}  first stride {st.stride}  1x1 blocks {st.pointwise}  separable {st.separable}"
+        )
+    lines.append(
+        f"  training: optimizer {space.optimizer}  lr {space.lr}  batch {space.batch_size}  augment {space.augment}  label smoothing {space.label_smoothing}"
+    )
+    lines.append(
+        f"            weight decay {space.weight_decay}  rotate {space.rotate}  translate {space.translate}  scale {space.scale}"
+    )
     lines.append(f"  size: {architecture_count(space):.3e} architectures (times the training choices)")
     given = [(r, limits[r.setting]) for r in RESOURCES if limits.get(r.setting) is not None]
     if found:
         lines.append(f"  estimates from {samples} random draws ({len(found)} valid):")
         for r in RESOURCES:
             values = sorted(r.read(c) for c in found)
-            lines.append(f"    {r.label}: min {r.format(values[0])}  median {r.format(values[len(values) // 2])}  max {r.format(values[-1])}")
+            lines.append(
+                f"    {r.label}: min {r.format(values[0])}  median {r.format(values[len(values) // 2])}  max {r.format(values[-1])}"
+            )
         for r, limit in given:
             inside = sum(r.read(c) <= limit * r.scale for c in found) / len(found)
             lines.append(f"  within {r.flag} {limit:,}: {100 * inside:.1f} % of valid draws")

@@ -80,10 +80,15 @@ class ParetoRule:
         return better > len(comparable) * (1 - 1 / self.eta)
 
 
-def peers_at(trials: list[FrozenTrial], epoch: int, r: Resource, exclude: int | None = None) -> list[tuple[float, float]]:
+def peers_at(
+    trials: list[FrozenTrial], epoch: int, r: Resource, exclude: int | None = None
+) -> list[tuple[float, float]]:
     """(accuracy at `epoch`, cost) of the trials whose stored curve reaches it."""
-    return [(t.user_attrs["curve"][epoch - 1], r.value(t.user_attrs)) for t in trials
-            if t.number != exclude and len(t.user_attrs.get("curve") or []) >= epoch and "arch" in t.user_attrs]
+    return [
+        (t.user_attrs["curve"][epoch - 1], r.value(t.user_attrs))
+        for t in trials
+        if t.number != exclude and len(t.user_attrs.get("curve") or []) >= epoch and "arch" in t.user_attrs
+    ]
 
 
 def exempt(t: FrozenTrial) -> bool:
@@ -98,7 +103,11 @@ def replay_pareto(study: optuna.Study, rule: ParetoRule) -> dict[str, Any]:
     saved, the trials it stops, and those of them that met the target or are on the final Pareto
     front of complete trials (what it must not lose)."""
     settings, r = study_settings(study), minimized(study)
-    full = [t for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)) if len(t.user_attrs.get("curve", [])) == settings.max_epochs]
+    full = [
+        t
+        for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+        if len(t.user_attrs.get("curve", [])) == settings.max_epochs
+    ]
     front = {t.number for t in pareto_front(study)}
     seen: list[tuple[FrozenTrial, int]] = []  # (trial, epochs it was let train)
     saved, stopped, lost, missed = 0.0, [], [], []
@@ -106,7 +115,9 @@ def replay_pareto(study: optuna.Study, rule: ParetoRule) -> dict[str, Any]:
         curve, cost, until = t.user_attrs["curve"], r.value(t.user_attrs), settings.max_epochs
         if not exempt(t):
             for epoch in rule.rungs:
-                peers = [(p.user_attrs["curve"][epoch - 1], r.value(p.user_attrs)) for p, reached in seen if reached >= epoch]
+                peers = [
+                    (p.user_attrs["curve"][epoch - 1], r.value(p.user_attrs)) for p, reached in seen if reached >= epoch
+                ]
                 if rule.should_stop(epoch, curve[epoch - 1], cost, peers):
                     until = epoch
                     break
@@ -119,10 +130,19 @@ def replay_pareto(study: optuna.Study, rule: ParetoRule) -> dict[str, Any]:
             if curve[-1] >= settings.target_accuracy:
                 missed.append(t.number)
     spent = sum(sum(t.user_attrs["epoch_seconds"]) for t in full)
-    return {"trials": len(full), "stopped": len(stopped), "seconds": spent, "saved": saved, "front_lost": lost, "target_lost": missed}
+    return {
+        "trials": len(full),
+        "stopped": len(stopped),
+        "seconds": spent,
+        "saved": saved,
+        "front_lost": lost,
+        "target_lost": missed,
+    }
 
 
-def pareto_replays(study: optuna.Study, rung_sets: list[tuple[float, ...]], etas: tuple[float, ...] = (2.0, 3.0, 4.0)) -> list[dict[str, Any]]:
+def pareto_replays(
+    study: optuna.Study, rung_sets: list[tuple[float, ...]], etas: tuple[float, ...] = (2.0, 3.0, 4.0)
+) -> list[dict[str, Any]]:
     """Candidate Pareto rules (rungs as fractions of the epochs) replayed on a study's full curves."""
     settings = study_settings(study)
     rows, seen = [], set()
@@ -138,7 +158,16 @@ def pareto_replays(study: optuna.Study, rung_sets: list[tuple[float, ...]], etas
     return rows
 
 
-OUTCOMES = ("complete", "converged", "pruned_budget", "pruned_invalid", "pruned_convergence", "pruned_pareto", "failed", "running")
+OUTCOMES = (
+    "complete",
+    "converged",
+    "pruned_budget",
+    "pruned_invalid",
+    "pruned_convergence",
+    "pruned_pareto",
+    "failed",
+    "running",
+)
 
 
 def outcome(t: FrozenTrial) -> str:
@@ -168,7 +197,11 @@ def counts(study: optuna.Study) -> dict[str, int]:
 
 def untrained_builtins(study: optuna.Study) -> list[str]:
     """Built-in networks still waiting in the queue (the --trials goal was met before them)."""
-    return [t.user_attrs["seed_arch"] for t in study.get_trials(deepcopy=False, states=(TrialState.WAITING,)) if "seed_arch" in t.user_attrs]
+    return [
+        t.user_attrs["seed_arch"]
+        for t in study.get_trials(deepcopy=False, states=(TrialState.WAITING,))
+        if "seed_arch" in t.user_attrs
+    ]
 
 
 def minimized(study: optuna.Study) -> Resource:
@@ -179,9 +212,14 @@ def minimized(study: optuna.Study) -> Resource:
 def pareto_front(study: optuna.Study) -> list[FrozenTrial]:
     """Complete trials no other complete trial beats on both accuracy and the minimised resource."""
     r = minimized(study)
-    done = [(t, t.values[0], r.value(t.user_attrs)) for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))]
-    front = [(t, size) for t, acc, size in done if not any(
-        o_acc >= acc and o_size <= size and (o_acc, o_size) != (acc, size) for _, o_acc, o_size in done)]
+    done = [
+        (t, t.values[0], r.value(t.user_attrs)) for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+    ]
+    front = [
+        (t, size)
+        for t, acc, size in done
+        if not any(o_acc >= acc and o_size <= size and (o_acc, o_size) != (acc, size) for _, o_acc, o_size in done)
+    ]
     return [t for t, _ in sorted(front, key=lambda pair: pair[1])]
 
 
@@ -208,7 +246,11 @@ def replay_rule(study: optuna.Study, rule: ConvergenceRule) -> dict[str, Any]:
     """Apply a convergence rule after the fact to every trial that trained all its epochs
     (a study searched with --pruning observe or off): training seconds it would save, and the
     trials it would wrongly discard (pruned, yet they ended at or above the target)."""
-    full = [t for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)) if len(t.user_attrs.get("curve", [])) == rule.max_epochs]
+    full = [
+        t
+        for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+        if len(t.user_attrs.get("curve", [])) == rule.max_epochs
+    ]
     saved, wrong, pruned = 0.0, [], 0
     for t in full:
         stop = next((e for e, acc in enumerate(t.user_attrs["curve"], 1) if rule.should_prune(e, acc)), None)
@@ -248,8 +290,15 @@ def pruning_savings(study: optuna.Study) -> dict[str, Any]:
         saved += per_epoch * (settings.max_epochs - done) if t.state == TrialState.PRUNED else sum(secs[done:])
     wrongly = [t.number for t in flagged if t.state == TrialState.COMPLETE and t.user_attrs.get("converged")]
     total = spent + saved if settings.pruning == "on" else spent  # with pruning on, the saved epochs never ran
-    return {"mode": settings.pruning, "trained_trials": len(trained), "flagged": len(flagged), "train_seconds": spent,
-            "seconds_saved": saved, "saved_fraction": saved / total if total else 0.0, "flagged_but_converged": wrongly}
+    return {
+        "mode": settings.pruning,
+        "trained_trials": len(trained),
+        "flagged": len(flagged),
+        "train_seconds": spent,
+        "seconds_saved": saved,
+        "saved_fraction": saved / total if total else 0.0,
+        "flagged_but_converged": wrongly,
+    }
 
 
 def count(n: int, word: str) -> str:
@@ -279,21 +328,35 @@ def summary(study: optuna.Study) -> str:
     """Counts, Pareto front and best trial as the lines `nas search`, `nas best` and `nas report` print."""
     c, over = counts(study), over_budget(study)
     why = f" ({', '.join(f'{k} {v}' for k, v in over.items())})" if over else ""
-    lines = [f"trials: {c['complete']} complete ({c['converged']} reached the target), pruned {c['pruned_budget']} by budget{why}, "
-             f"{c['pruned_invalid']} invalid, {c['pruned_convergence']} by convergence, {c['pruned_pareto']} by the Pareto rule, {c['failed']} failed"
-             + (f" ({c['rerun']} more stopped and run again)" if c["rerun"] else "")]
+    lines = [
+        f"trials: {c['complete']} complete ({c['converged']} reached the target), pruned {c['pruned_budget']} by budget{why}, "
+        f"{c['pruned_invalid']} invalid, {c['pruned_convergence']} by convergence, {c['pruned_pareto']} by the Pareto rule, {c['failed']} failed"
+        + (f" ({c['rerun']} more stopped and run again)" if c["rerun"] else "")
+    ]
     waiting = untrained_builtins(study)
     if waiting:
-        lines.append(f"built-ins not trained yet (the --trials goal came first): {', '.join(waiting)}; a higher --trials trains them")
+        lines.append(
+            f"built-ins not trained yet (the --trials goal came first): {', '.join(waiting)}; a higher --trials trains them"
+        )
     front, r = pareto_front(study), minimized(study)
     if front:
         extra = r.name != "params"
         lines.append(f"Pareto front (validation accuracy vs {r.label}):")
-        lines.append(f"  {'trial':>5}  {'params':>8}  " + (f"{r.label:>22}  " if extra else "") + f"{'val acc':>8}  {'RF':>4}  note")
+        lines.append(
+            f"  {'trial':>5}  {'params':>8}  "
+            + (f"{r.label:>22}  " if extra else "")
+            + f"{'val acc':>8}  {'RF':>4}  note"
+        )
         for t in front:
             note = "seed" if "seed_arch" in t.user_attrs else ""
             size = f"{r.format(r.value(t.user_attrs)):>22}  " if extra else ""
-            lines.append(f"  {t.number:>5}  {t.user_attrs['params']:>8,}  {size}{100 * t.values[0]:>7.2f}%  {t.user_attrs['receptive_field']:>4}  {note}")
+            lines.append(
+                f"  {t.number:>5}  {t.user_attrs['params']:>8,}  {size}{100 * t.values[0]:>7.2f}%  {t.user_attrs['receptive_field']:>4}  {note}"
+            )
     best = best_trial(study)
-    lines.append(f"best: {describe_trial(best, r)}" if best else f"best: no trial reached {100 * study_settings(study).target_accuracy:.2f} % yet")
+    lines.append(
+        f"best: {describe_trial(best, r)}"
+        if best
+        else f"best: no trial reached {100 * study_settings(study).target_accuracy:.2f} % yet"
+    )
     return "\n".join(lines)

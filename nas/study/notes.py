@@ -20,8 +20,9 @@ from __future__ import annotations
 import json
 import tempfile
 import time
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 
 import optuna
 from optuna.trial import FrozenTrial, TrialState
@@ -38,11 +39,36 @@ from nas.study.storage import parse
 
 # Attributes the search sets (nas.search.worker) or that other parts of nas add; anything else a trial
 # carries is listed under "Other attributes" so new attributes show up without a code change.
-KNOWN_ATTRS = frozenset({
-    "params", "receptive_field", "arch", "train_config", "device", "curve", "epoch_seconds", "train_seconds", "converged",
-    "prune_reason", "would_prune_epoch", "would_stop_epoch", "fail_reason", "seed_arch", "val_accs", "duplicate_of", "engine", "retry_of", "retries",
-    "over_budget", "config_key", "worker", "recovered_from", "resumed", *(r.attr for r in RESOURCES), *FP32_ATTRS.values(),
-})
+KNOWN_ATTRS = frozenset(
+    {
+        "params",
+        "receptive_field",
+        "arch",
+        "train_config",
+        "device",
+        "curve",
+        "epoch_seconds",
+        "train_seconds",
+        "converged",
+        "prune_reason",
+        "would_prune_epoch",
+        "would_stop_epoch",
+        "fail_reason",
+        "seed_arch",
+        "val_accs",
+        "duplicate_of",
+        "engine",
+        "retry_of",
+        "retries",
+        "over_budget",
+        "config_key",
+        "worker",
+        "recovered_from",
+        "resumed",
+        *(r.attr for r in RESOURCES),
+        *FP32_ATTRS.values(),
+    }
+)
 BARS = "▁▂▃▄▅▆▇█"
 
 
@@ -75,8 +101,16 @@ def arch_line(arch: Arch) -> str:
     parts = []
     for layer in arch.layers:
         if isinstance(layer, CONVS):
-            s = ("c" if isinstance(layer, Conv) else "d") + f"{layer.out}" + ("" if layer.kernel == 3 else f"/{layer.kernel}x{layer.kernel}")
-            s += "v" if layer.padding == 0 and layer.kernel > 1 else ("" if layer.padding == layer.kernel // 2 else f"p{layer.padding}")
+            s = (
+                ("c" if isinstance(layer, Conv) else "d")
+                + f"{layer.out}"
+                + ("" if layer.kernel == 3 else f"/{layer.kernel}x{layer.kernel}")
+            )
+            s += (
+                "v"
+                if layer.padding == 0 and layer.kernel > 1
+                else ("" if layer.padding == layer.kernel // 2 else f"p{layer.padding}")
+            )
             s += "" if layer.stride == 1 else f"s{layer.stride}"
             parts.append(s + ("" if layer.bn else "-nobn") + ("" if layer.relu else "-norelu"))
         elif isinstance(layer, Pool):
@@ -84,7 +118,11 @@ def arch_line(arch: Arch) -> str:
         elif isinstance(layer, Dropout) and len(drops) > 1:
             parts.append(f"drop{layer.p:g}")
     h = arch.head
-    head = f"conv{h.kernel}x{h.kernel}{'v' if h.padding == 0 and h.kernel > 1 else ''}, GAP" if h.type == "conv_gap" else "GAP, conv1x1"
+    head = (
+        f"conv{h.kernel}x{h.kernel}{'v' if h.padding == 0 and h.kernel > 1 else ''}, GAP"
+        if h.type == "conv_gap"
+        else "GAP, conv1x1"
+    )
     head += "" if h.bias else " (no bias)"
     notes = [f"dropout {drops.pop():g} after each conv"] if len(drops) == 1 else []
     if any(isinstance(x, CONVS) and x.order == "bn_relu" for x in arch.layers):
@@ -115,9 +153,15 @@ def ending(t: FrozenTrial, settings: StudySettings) -> tuple[str, str]:
         acc = t.values[0] if t.values else (curve[-1] if curve else float("nan"))
         epochs = count(len(curve), "epoch") if curve else "training"
         if a.get("converged", acc >= settings.target_accuracy):
-            label, why = "converged", f"complete and converged: {pct(acc)} validation accuracy ≥ the {pct(settings.target_accuracy)} target after {epochs}"
+            label, why = (
+                "converged",
+                f"complete and converged: {pct(acc)} validation accuracy ≥ the {pct(settings.target_accuracy)} target after {epochs}",
+            )
         else:
-            label, why = "below target", f"complete below the target: {pct(acc)} < {pct(settings.target_accuracy)} after all {epochs}"
+            label, why = (
+                "below target",
+                f"complete below the target: {pct(acc)} < {pct(settings.target_accuracy)} after all {epochs}",
+            )
         if "would_prune_epoch" in a:
             why += f" (the convergence rule would have pruned it at epoch {a['would_prune_epoch']}; pruning was {settings.pruning})"
         if "would_stop_epoch" in a:
@@ -125,11 +169,16 @@ def ending(t: FrozenTrial, settings: StudySettings) -> tuple[str, str]:
         return label, why
     if t.state == TrialState.PRUNED:
         reason = str(a.get("prune_reason", "convergence"))
-        if reason.split(":")[0] == "budget":  # "budget: parameters 13,000 > 12,000; MACs ..." (nas.arch.budgets.Violation)
+        if (
+            reason.split(":")[0] == "budget"
+        ):  # "budget: parameters 13,000 > 12,000; MACs ..." (nas.arch.budgets.Violation)
             over = reason.partition(":")[2].strip()
             return "pruned (budget)", f"pruned by budget before training: {over or 'over a limit of the study'}"
         if reason.startswith("invalid"):
-            return "invalid", f"invalid architecture, not trained: {reason.removeprefix('invalid').lstrip(': ') or 'no reason recorded'}"
+            return (
+                "invalid",
+                f"invalid architecture, not trained: {reason.removeprefix('invalid').lstrip(': ') or 'no reason recorded'}",
+            )
         if reason == "convergence":
             rule = ConvergenceRule.of(settings)
             epoch = int(a.get("would_prune_epoch", len(curve)))
@@ -137,7 +186,8 @@ def ending(t: FrozenTrial, settings: StudySettings) -> tuple[str, str]:
                 return "pruned (convergence)", "pruned for convergence (no learning curve recorded)"
             return "pruned (convergence)", (
                 f"pruned for convergence at epoch {epoch} of {n}: {pct(curve[epoch - 1])} validation accuracy < the {pct(rule.needed(epoch))} "
-                f"needed to be on course for {pct(settings.target_accuracy)} (the rule judges from epoch {rule.first_epoch()} on, slack {rule.slack:g})")
+                f"needed to be on course for {pct(settings.target_accuracy)} (the rule judges from epoch {rule.first_epoch()} on, slack {rule.slack:g})"
+            )
         if reason.startswith("pareto"):
             return "pruned (Pareto)", f"stopped early by the Pareto rule: {reason.removeprefix('pareto').lstrip(': ')}"
         return "pruned", f"pruned: {reason}"
@@ -146,7 +196,10 @@ def ending(t: FrozenTrial, settings: StudySettings) -> tuple[str, str]:
         if not reason:
             return "failed", "failed; no reason recorded (the worker may have been killed)"
         if str(reason).startswith("stale"):
-            return "failed (stale)", f"failed as stale by another worker (its own worker stopped answering): {str(reason).removeprefix('stale').lstrip(': ')}"
+            return (
+                "failed (stale)",
+                f"failed as stale by another worker (its own worker stopped answering): {str(reason).removeprefix('stale').lstrip(': ')}",
+            )
         return "failed", f"failed: {reason}"
     if t.state == TrialState.RUNNING:
         return "running", f"running: {len(curve)} of {count(n, 'epoch')} so far"
@@ -155,8 +208,11 @@ def ending(t: FrozenTrial, settings: StudySettings) -> tuple[str, str]:
 
 def _table(header: Iterable[str], rows: Iterable[Iterable[Any]], align: str = "---") -> list[str]:
     header = list(header)
-    return ["| " + " | ".join(header) + " |", "|" + "|".join(align for _ in header) + "|",
-            *("| " + " | ".join(str(c).replace("|", "\\|") for c in row) + " |" for row in rows)]
+    return [
+        "| " + " | ".join(header) + " |",
+        "|" + "|".join(align for _ in header) + "|",
+        *("| " + " | ".join(str(c).replace("|", "\\|") for c in row) + " |" for row in rows),
+    ]
 
 
 def _facts(t: FrozenTrial, settings: StudySettings) -> list[tuple[str, str]]:
@@ -178,7 +234,13 @@ def _facts(t: FrozenTrial, settings: StudySettings) -> list[tuple[str, str]]:
             out.append(("validation accuracy per seed", ", ".join(pct(x) for x in finals)))
     if "train_seconds" in a:
         epochs = len(a.get("curve") or [])
-        out.append(("training time", f"{a['train_seconds']:.1f} s ({epochs} epoch{'s' if epochs != 1 else ''})" + (f" on {a['device']}" if "device" in a else "")))
+        out.append(
+            (
+                "training time",
+                f"{a['train_seconds']:.1f} s ({epochs} epoch{'s' if epochs != 1 else ''})"
+                + (f" on {a['device']}" if "device" in a else ""),
+            )
+        )
     elif "device" in a:
         out.append(("device", str(a["device"])))
     if t.datetime_start and t.datetime_complete:
@@ -189,14 +251,21 @@ def _facts(t: FrozenTrial, settings: StudySettings) -> list[tuple[str, str]]:
         if isinstance(a.get(r.attr), (int, float)):
             limit = r.limit(settings)
             fp32 = f" ({a[FP32_ATTRS[r.name]]:,} B at fp32)" if r.name in FP32_ATTRS and FP32_ATTRS[r.name] in a else ""
-            out.append((r.label, r.format(a[r.attr]) + fp32 + (f", limit {r.format(limit)}" if limit is not None else "")))
+            out.append(
+                (r.label, r.format(a[r.attr]) + fp32 + (f", limit {r.format(limit)}" if limit is not None else ""))
+            )
     if "seed_arch" in a:
         out.append(("seed network", f"`{a['seed_arch']}` (enqueued first: the hand-made starting point)"))
     if "retry_of" in a:
         out.append(("re-run of", f"trial {a['retry_of']} (interrupted or failed)"))
     resumed = a.get("resumed")
     if isinstance(resumed, dict) and "epoch" in resumed:
-        out.append(("resumed", f"after epoch {resumed['epoch']} from the checkpoint trial {resumed.get('from_trial', '?')} left (its epochs are in the curve)"))
+        out.append(
+            (
+                "resumed",
+                f"after epoch {resumed['epoch']} from the checkpoint trial {resumed.get('from_trial', '?')} left (its epochs are in the curve)",
+            )
+        )
     if "duplicate_of" in a:
         out.append(("same network and training as", f"trial {a['duplicate_of']}"))
     return out
@@ -232,10 +301,18 @@ def trial_note(t: FrozenTrial, settings: StudySettings) -> str:
         lines += ["#### Layers", "", "```", summary_table(arch), "```", ""]
     cfg = a.get("train_config")
     if isinstance(cfg, dict) and cfg:
-        lines += ["#### Training configuration", ""] + _table(cfg.keys(), [[f"{v:.4g}" if isinstance(v, float) else v for v in cfg.values()]]) + [""]
+        lines += (
+            ["#### Training configuration", ""]
+            + _table(cfg.keys(), [[f"{v:.4g}" if isinstance(v, float) else v for v in cfg.values()]])
+            + [""]
+        )
     other = sorted(k for k in a if k not in KNOWN_ATTRS)
     if other:
-        lines += ["#### Other attributes", ""] + _table(("attribute", "value"), [(f"`{k}`", _short(a[k])) for k in other]) + [""]
+        lines += (
+            ["#### Other attributes", ""]
+            + _table(("attribute", "value"), [(f"`{k}`", _short(a[k])) for k in other])
+            + [""]
+        )
     return "\n".join(lines)
 
 
@@ -250,13 +327,30 @@ def _space_rows(settings: StudySettings) -> list[tuple[str, str]]:
     def j(xs: Iterable[Any]) -> str:
         return ", ".join(map(str, xs))
 
-    rows = [("stages", j(s.stages)), ("kernel", j(s.kernel)), ("pool", j(s.pool)), ("BN/ReLU order", j(s.order)), ("dropout", j(s.dropout)),
-            ("head", j(s.head) + (f" (conv_gap kernel {j(s.head_kernel)})" if "conv_gap" in s.head else ""))]
+    rows = [
+        ("stages", j(s.stages)),
+        ("kernel", j(s.kernel)),
+        ("pool", j(s.pool)),
+        ("BN/ReLU order", j(s.order)),
+        ("dropout", j(s.dropout)),
+        ("head", j(s.head) + (f" (conv_gap kernel {j(s.head_kernel)})" if "conv_gap" in s.head else "")),
+    ]
     for i, st in enumerate(s.stage, 1):
-        rows.append((f"stage {i}", f"{st.blocks[0]}-{st.blocks[1]} blocks of {j(st.channels)} channels, padding {j(st.padding)}"
-                                   + (", optional 1x1 transition" if True in st.transition else "")))
-    rows.append(("training", f"optimizer {j(s.optimizer)}; lr " + "; ".join(f"{o} {lo:g}-{hi:g}" for o, (lo, hi) in s.lr.items())
-                 + f"; batch {j(s.batch_size)}; augment {j(s.augment)}; label smoothing {j(s.label_smoothing)}"))
+        rows.append(
+            (
+                f"stage {i}",
+                f"{st.blocks[0]}-{st.blocks[1]} blocks of {j(st.channels)} channels, padding {j(st.padding)}"
+                + (", optional 1x1 transition" if True in st.transition else ""),
+            )
+        )
+    rows.append(
+        (
+            "training",
+            f"optimizer {j(s.optimizer)}; lr "
+            + "; ".join(f"{o} {lo:g}-{hi:g}" for o, (lo, hi) in s.lr.items())
+            + f"; batch {j(s.batch_size)}; augment {j(s.augment)}; label smoothing {j(s.label_smoothing)}",
+        )
+    )
     rows.append(("size", f"{architecture_count(s):.2e} architectures (times the training choices)"))
     return rows
 
@@ -264,18 +358,29 @@ def _space_rows(settings: StudySettings) -> list[tuple[str, str]]:
 def settings_rows(settings: StudySettings) -> list[tuple[str, str]]:
     """The study's settings as (what, value) for the study note and the report."""
     rule = ConvergenceRule.of(settings)
-    pruning = {"on": f"on: from epoch {rule.first_epoch()}, a trial below a line from target − {settings.prune_slack:g} (epoch 0) to the target (epoch {settings.max_epochs}) is pruned",
-               "observe": f"observe: where the rule (from epoch {rule.first_epoch()}, slack {settings.prune_slack:g}) would prune is recorded, trials train on",
-               "off": "off"}[settings.pruning]
+    pruning = {
+        "on": f"on: from epoch {rule.first_epoch()}, a trial below a line from target − {settings.prune_slack:g} (epoch 0) to the target (epoch {settings.max_epochs}) is pruned",
+        "observe": f"observe: where the rule (from epoch {rule.first_epoch()}, slack {settings.prune_slack:g}) would prune is recorded, trials train on",
+        "off": "off",
+    }[settings.pruning]
     limits = [f"{r.label} {r.format(r.limit(settings))}" for r in RESOURCES if r.limit(settings) is not None]
     minimized = next(r for r in RESOURCES if r.name == settings.minimize)
     return [
         ("budget", f"{', '.join(limits)} (larger networks are pruned before training)"),
         ("epochs", str(settings.max_epochs)),
         ("target", f"{pct(settings.target_accuracy)} validation accuracy"),
-        ("objective", {"pareto": f"pareto: maximise validation accuracy, minimise {minimized.label}", "accuracy": "accuracy under the budget"}[settings.objective]),
+        (
+            "objective",
+            {
+                "pareto": f"pareto: maximise validation accuracy, minimise {minimized.label}",
+                "accuracy": "accuracy under the budget",
+            }[settings.objective],
+        ),
         ("convergence pruning", pruning),
-        ("data", f"{'all' if settings.train_size is None else f'{settings.train_size:,}'} training images, {settings.val_size:,} held out for validation"),
+        (
+            "data",
+            f"{'all' if settings.train_size is None else f'{settings.train_size:,}'} training images, {settings.val_size:,} held out for validation",
+        ),
         ("seeds per trial", str(settings.seeds_per_trial)),
         ("sampler seed", str(settings.seed)),
         ("seed networks", ", ".join(f"`{d.get('name', '?')}`" for d in settings.seed_archs) or "none"),
@@ -294,37 +399,72 @@ def time_spent(study: optuna.Study) -> tuple[float, float]:
 
 def counts_line(study: optuna.Study) -> str:
     c = counts(study)
-    return (f"{c['complete']} complete ({c['converged']} reached the target), pruned {c['pruned_budget']} by budget, "
-            f"{c['pruned_invalid']} invalid, {c['pruned_convergence']} by convergence, {c['pruned_pareto']} by the Pareto rule, {c['failed']} failed, {c['rerun']} stopped and run again, {c['running']} running or waiting")
+    return (
+        f"{c['complete']} complete ({c['converged']} reached the target), pruned {c['pruned_budget']} by budget, "
+        f"{c['pruned_invalid']} invalid, {c['pruned_convergence']} by convergence, {c['pruned_pareto']} by the Pareto rule, {c['failed']} failed, {c['rerun']} stopped and run again, {c['running']} running or waiting"
+    )
 
 
 def study_note(study: optuna.Study) -> str:
     """The study in Markdown: settings, search space, progress, the current best and the Pareto front."""
     settings = study_settings(study)
     train, wall = time_spent(study)
-    lines = [f"## Study `{study.study_name}`", "",
-             f"The smallest fully convolutional network reaching {pct(settings.target_accuracy)} validation accuracy "
-             f"with at most {settings.max_params:,} parameters and {count(settings.max_epochs, 'epoch')}.", "",
-             f"**Trials:** {counts_line(study)}; {duration(train)} of training, {duration(wall)} wall-clock.", ""]
+    lines = [
+        f"## Study `{study.study_name}`",
+        "",
+        f"The smallest fully convolutional network reaching {pct(settings.target_accuracy)} validation accuracy "
+        f"with at most {settings.max_params:,} parameters and {count(settings.max_epochs, 'epoch')}.",
+        "",
+        f"**Trials:** {counts_line(study)}; {duration(train)} of training, {duration(wall)} wall-clock.",
+        "",
+    ]
     best = best_trial(study)
     if best is not None:
         arch = trial_arch(best)
-        lines += [f"**Best:** trial {best.number}, {best.user_attrs['params']:,} parameters, {pct(best.values[0])}"
-                  + (f": `{arch_line(arch)}`" if arch else ""), ""]
+        lines += [
+            f"**Best:** trial {best.number}, {best.user_attrs['params']:,} parameters, {pct(best.values[0])}"
+            + (f": `{arch_line(arch)}`" if arch else ""),
+            "",
+        ]
     else:
         lines += [f"**Best:** no complete trial reaches {pct(settings.target_accuracy)} yet.", ""]
     for e in study.user_attrs.get("exports", []):
-        lines += [f"**Exported:** trial {e.get('trial')}, {pct(e['test_acc'])} test accuracy (model.pt, seed 0) to `{e.get('out')}`.", ""]
+        lines += [
+            f"**Exported:** trial {e.get('trial')}, {pct(e['test_acc'])} test accuracy (model.pt, seed 0) to `{e.get('out')}`.",
+            "",
+        ]
     front = pareto_front(study)
     if front:
         rows = []
         for t in front:
             arch = trial_arch(t)
-            note = ", ".join(x for x in ("seed" if "seed_arch" in t.user_attrs else "", "best" if best is not None and t.number == best.number else "") if x)
-            rows.append((t.number, f"{t.user_attrs['params']:,}", pct(t.values[0]), t.user_attrs.get("receptive_field", ""), f"`{arch_line(arch)}`" if arch else "", note))
-        lines += ["### Pareto front", ""] + _table(("trial", "params", "val acc", "RF", "architecture", ""), rows) + [""]
+            note = ", ".join(
+                x
+                for x in (
+                    "seed" if "seed_arch" in t.user_attrs else "",
+                    "best" if best is not None and t.number == best.number else "",
+                )
+                if x
+            )
+            rows.append(
+                (
+                    t.number,
+                    f"{t.user_attrs['params']:,}",
+                    pct(t.values[0]),
+                    t.user_attrs.get("receptive_field", ""),
+                    f"`{arch_line(arch)}`" if arch else "",
+                    note,
+                )
+            )
+        lines += (
+            ["### Pareto front", ""] + _table(("trial", "params", "val acc", "RF", "architecture", ""), rows) + [""]
+        )
     lines += ["### Settings", ""] + _table(("setting", "value"), settings_rows(settings)) + [""]
-    lines += [f"### Search space `{settings.parsed_space.name}`", ""] + _table(("choice", "values"), _space_rows(settings)) + [""]
+    lines += (
+        [f"### Search space `{settings.parsed_space.name}`", ""]
+        + _table(("choice", "values"), _space_rows(settings))
+        + [""]
+    )
     return "\n".join(lines)
 
 
@@ -348,6 +488,7 @@ def save_study_note(study: optuna.Study) -> None:
 
 # --- artifacts --------------------------------------------------------------------------------
 
+
 def artifact_dir_for(storage: str) -> Path | None:
     """The default artifact folder of a storage URL: `artifacts` next to a SQLite or journal file
     (sqlite:///studies/nas.sqlite3 -> studies/artifacts). A server storage (PostgreSQL) has no
@@ -361,7 +502,9 @@ def open_artifact_store(folder: Path) -> optuna.artifacts.FileSystemArtifactStor
     return optuna.artifacts.FileSystemArtifactStore(folder)
 
 
-def artifact_store_for(storage: str, folder: str | Path | None = None) -> tuple[Path | None, optuna.artifacts.FileSystemArtifactStore | None]:
+def artifact_store_for(
+    storage: str, folder: str | Path | None = None
+) -> tuple[Path | None, optuna.artifacts.FileSystemArtifactStore | None]:
     """The study's artifact folder (--artifacts, else artifact_dir_for's default) and its store;
     (None, None) for a server storage given no folder."""
     where = Path(folder) if folder else artifact_dir_for(storage)
@@ -396,8 +539,11 @@ def upload_arch(study: optuna.Study, trial: optuna.Trial | FrozenTrial, artifact
     if arch is None:
         return None
     params = frozen.user_attrs.get("params")
-    head = (f"# trial {trial.number} of study {study.study_name!r}" + (f": {params:,} parameters" if isinstance(params, int) else "")
-            + f". Retrain it: nas train trial_{trial.number}.toml\n")
+    head = (
+        f"# trial {trial.number} of study {study.study_name!r}"
+        + (f": {params:,} parameters" if isinstance(params, int) else "")
+        + f". Retrain it: nas train trial_{trial.number}.toml\n"
+    )
     return _upload(study, trial, f"trial_{trial.number}.toml", (head + arch_to_toml(arch)).encode(), artifact_store)
 
 
@@ -405,13 +551,30 @@ def record_export(study: optuna.Study, metrics: dict[str, Any], out: Path, artif
     """Remember an export on the study (user attribute `exports`, a list the report and the study
     note read) and, given a store, attach its model card and metrics as study artifacts
     `trial_N.model-card.md` / `trial_N.metrics.json` (the trial itself is finished)."""
-    entry: dict[str, Any] = {k: metrics[k] for k in ("trial", "params", "test_acc", "test_acc_mean", "test_acc_min", "test_acc_max", "epochs", "train_images", "device", "torchscript") if k in metrics}
+    entry: dict[str, Any] = {
+        k: metrics[k]
+        for k in (
+            "trial",
+            "params",
+            "test_acc",
+            "test_acc_mean",
+            "test_acc_min",
+            "test_acc_max",
+            "epochs",
+            "train_images",
+            "device",
+            "torchscript",
+        )
+        if k in metrics
+    }
     entry.update(seeds=len(metrics.get("seeds", [])), out=str(out.resolve()), when=time.strftime("%Y-%m-%d %H:%M:%S"))
     if artifact_store is not None:
         n = metrics.get("trial")
         entry["artifacts"] = {
             name: _upload(study, None, name, (out / src).read_bytes(), artifact_store)
-            for src, name in (("README.md", f"trial_{n}.model-card.md"), ("metrics.json", f"trial_{n}.metrics.json")) if (out / src).is_file()}
+            for src, name in (("README.md", f"trial_{n}.model-card.md"), ("metrics.json", f"trial_{n}.metrics.json"))
+            if (out / src).is_file()
+        }
     study.set_user_attr("exports", [*study.user_attrs.get("exports", []), entry])
     return entry
 

@@ -42,7 +42,14 @@ STYLES = {
     "running": ("#1f77b4", "solid"),
 }
 # Attributes only some studies have (costs, engines, seeds): a column each when any trial has one.
-OPTIONAL_COLUMNS = (*(r.attr for r in RESOURCES[1:]), *FP32_ATTRS.values(), "engine", "duplicate_of", "val_accs", "worker")
+OPTIONAL_COLUMNS = (
+    *(r.attr for r in RESOURCES[1:]),
+    *FP32_ATTRS.values(),
+    "engine",
+    "duplicate_of",
+    "val_accs",
+    "worker",
+)
 
 
 def _esc(x: Any) -> str:
@@ -53,7 +60,11 @@ def _hover(t: FrozenTrial) -> str:
     """A point's label: the trial, its architecture in one line, and its costs."""
     arch = trial_arch(t)
     costs = ", ".join(f"{r.label} {r.format(t.user_attrs[r.attr])}" for r in RESOURCES if r.attr in t.user_attrs)
-    return f"trial {t.number}" + (f"<br>{html.escape(arch_line(arch))}" if arch else "") + (f"<br>{html.escape(costs)}" if costs else "")
+    return (
+        f"trial {t.number}"
+        + (f"<br>{html.escape(arch_line(arch))}" if arch else "")
+        + (f"<br>{html.escape(costs)}" if costs else "")
+    )
 
 
 def pareto_figure(study: optuna.Study) -> go.Figure:
@@ -67,17 +78,34 @@ def pareto_figure(study: optuna.Study) -> go.Figure:
     for label, members, marker, mode in (
         ("trials", [t for t in done if t.number not in on_front], dict(color="#b0b0b0", size=8), "markers"),
         ("Pareto front", front, dict(color="royalblue", size=10), "lines+markers"),
-        ("seed network", [t for t in done if "seed_arch" in t.user_attrs], dict(color="crimson", size=18, symbol="star", line=dict(width=1, color="black")), "markers"),
+        (
+            "seed network",
+            [t for t in done if "seed_arch" in t.user_attrs],
+            dict(color="crimson", size=18, symbol="star", line=dict(width=1, color="black")),
+            "markers",
+        ),
     ):
-        fig.add_trace(go.Scatter(
-            x=[r.value(t.user_attrs) for t in members], y=[100 * t.values[0] for t in members], mode=mode, name=label, marker=marker,
-            line=dict(shape="hv", color="royalblue") if mode != "markers" else None, text=[_hover(t) for t in members],
-            hovertemplate="%{text}<br>%{y:.2f} %<extra></extra>"))
+        fig.add_trace(
+            go.Scatter(
+                x=[r.value(t.user_attrs) for t in members],
+                y=[100 * t.values[0] for t in members],
+                mode=mode,
+                name=label,
+                marker=marker,
+                line=dict(shape="hv", color="royalblue") if mode != "markers" else None,
+                text=[_hover(t) for t in members],
+                hovertemplate="%{text}<br>%{y:.2f} %<extra></extra>",
+            )
+        )
     fig.add_hline(y=100 * settings.target_accuracy, line_dash="dot", annotation_text="target")
     if r.limit(settings) is not None:
         fig.add_vline(x=r.limit(settings), line_dash="dot", annotation_text="budget")
-    fig.update_layout(title=f"Validation accuracy vs {r.label} (hover for the architecture)", xaxis_title=r.label + (f" ({r.value_unit})" if r.value_unit else ""),
-                      yaxis_title="validation accuracy (%)", hoverlabel=dict(align="left"))
+    fig.update_layout(
+        title=f"Validation accuracy vs {r.label} (hover for the architecture)",
+        xaxis_title=r.label + (f" ({r.value_unit})" if r.value_unit else ""),
+        yaxis_title="validation accuracy (%)",
+        hoverlabel=dict(align="left"),
+    )
     return fig
 
 
@@ -96,20 +124,43 @@ def curves_figure(study: optuna.Study) -> go.Figure:
         label = ending(t, settings)[0]
         colour, dash = STYLES.get(label, ("#9467bd", "solid"))
         lows += [100 * a for a in curve[1:] or curve]
-        fig.add_trace(go.Scatter(
-            x=list(range(1, len(curve) + 1)), y=[100 * a for a in curve], mode="lines+markers" if len(curve) == 1 else "lines",
-            name=label, legendgroup=label, showlegend=label not in shown, line=dict(color=colour, dash=dash, width=1.5), opacity=0.8,
-            text=[f"trial {t.number}: {label}"] * len(curve), hovertemplate="%{text}<br>epoch %{x}: %{y:.2f} %<extra></extra>"))
+        fig.add_trace(
+            go.Scatter(
+                x=list(range(1, len(curve) + 1)),
+                y=[100 * a for a in curve],
+                mode="lines+markers" if len(curve) == 1 else "lines",
+                name=label,
+                legendgroup=label,
+                showlegend=label not in shown,
+                line=dict(color=colour, dash=dash, width=1.5),
+                opacity=0.8,
+                text=[f"trial {t.number}: {label}"] * len(curve),
+                hovertemplate="%{text}<br>epoch %{x}: %{y:.2f} %<extra></extra>",
+            )
+        )
         shown.add(label)
     if settings.pruning != "off":
         epochs = list(range(rule.first_epoch(), settings.max_epochs + 1))
-        fig.add_trace(go.Scatter(x=epochs, y=[100 * rule.needed(e) for e in epochs], mode="lines+markers", name=f"convergence threshold ({settings.pruning})",
-                                 line=dict(color="black", dash="dash", width=2), marker=dict(symbol="line-ew-open", size=10),
-                                 hovertemplate="epoch %{x}: %{y:.2f} % needed<extra></extra>"))
+        fig.add_trace(
+            go.Scatter(
+                x=epochs,
+                y=[100 * rule.needed(e) for e in epochs],
+                mode="lines+markers",
+                name=f"convergence threshold ({settings.pruning})",
+                line=dict(color="black", dash="dash", width=2),
+                marker=dict(symbol="line-ew-open", size=10),
+                hovertemplate="epoch %{x}: %{y:.2f} % needed<extra></extra>",
+            )
+        )
         lows.append(100 * rule.needed(rule.first_epoch()))
     fig.add_hline(y=100 * settings.target_accuracy, line_dash="dot", annotation_text="target")
-    fig.update_layout(title="Learning curves, coloured by outcome", xaxis_title="epoch", yaxis_title="validation accuracy (%)",
-                      xaxis=dict(dtick=1 if settings.max_epochs <= 20 else None), yaxis_range=[max(0.0, sorted(lows)[len(lows) // 10] - 1), 100])
+    fig.update_layout(
+        title="Learning curves, coloured by outcome",
+        xaxis_title="epoch",
+        yaxis_title="validation accuracy (%)",
+        xaxis=dict(dtick=1 if settings.max_epochs <= 20 else None),
+        yaxis_range=[max(0.0, sorted(lows)[len(lows) // 10] - 1), 100],
+    )
     return fig
 
 
@@ -127,13 +178,23 @@ def _optional(study: optuna.Study, make, what: str) -> go.Figure | str:
 
 def importance_figure(study: optuna.Study) -> go.Figure | str:
     # PED-ANOVA ranks what leads to *low* values, so importances are computed on the error.
-    return _optional(study, lambda: optuna.visualization.plot_param_importances(study, target=lambda t: 1 - t.values[0], target_name="validation error"),
-                     "Parameter importances")
+    return _optional(
+        study,
+        lambda: optuna.visualization.plot_param_importances(
+            study, target=lambda t: 1 - t.values[0], target_name="validation error"
+        ),
+        "Parameter importances",
+    )
 
 
 def history_figure(study: optuna.Study) -> go.Figure | str:
-    return _optional(study, lambda: optuna.visualization.plot_optimization_history(study, target=lambda t: t.values[0], target_name="validation accuracy"),
-                     "Optimization history")
+    return _optional(
+        study,
+        lambda: optuna.visualization.plot_optimization_history(
+            study, target=lambda t: t.values[0], target_name="validation accuracy"
+        ),
+        "Optimization history",
+    )
 
 
 PARETO_CANDIDATES = [(0.34,), (0.5,), (0.34, 0.67), (0.5, 0.75)]  # rungs, as fractions of the epochs
@@ -141,11 +202,17 @@ PARETO_CANDIDATES = [(0.34,), (0.5,), (0.34, 0.67), (0.5, 0.75)]  # rungs, as fr
 
 def rule_table(study: optuna.Study) -> list[str]:
     """Candidate convergence and Pareto rules replayed on the trials that trained all their epochs, as lines."""
-    lines = [f"convergence rule, start {r['start']:.2f}, slack {r['slack']:.2f}: prunes {r['pruned']}/{r['trials']} trials, saves {r['saved']:.0f} of "
-             f"{r['seconds']:.0f} s ({100 * r['saved'] / r['seconds']:.0f} %), wrongly pruned: {r['wrongly_pruned'] or 'none'}" for r in rule_replays(study)]
-    lines += [f"Pareto rule, epochs {', '.join(map(str, r['epochs']))}, eta {r['eta']:g}: stops {r['stopped']}/{r['trials']} trials, saves {r['saved']:.0f} of "
-              f"{r['seconds']:.0f} s ({100 * r['saved'] / max(r['seconds'], 1e-9):.0f} %), front members lost: {r['front_lost'] or 'none'}, "
-              f"trials at the target lost: {r['target_lost'] or 'none'}" for r in pareto_replays(study, PARETO_CANDIDATES)]
+    lines = [
+        f"convergence rule, start {r['start']:.2f}, slack {r['slack']:.2f}: prunes {r['pruned']}/{r['trials']} trials, saves {r['saved']:.0f} of "
+        f"{r['seconds']:.0f} s ({100 * r['saved'] / r['seconds']:.0f} %), wrongly pruned: {r['wrongly_pruned'] or 'none'}"
+        for r in rule_replays(study)
+    ]
+    lines += [
+        f"Pareto rule, epochs {', '.join(map(str, r['epochs']))}, eta {r['eta']:g}: stops {r['stopped']}/{r['trials']} trials, saves {r['saved']:.0f} of "
+        f"{r['seconds']:.0f} s ({100 * r['saved'] / max(r['seconds'], 1e-9):.0f} %), front members lost: {r['front_lost'] or 'none'}, "
+        f"trials at the target lost: {r['target_lost'] or 'none'}"
+        for r in pareto_replays(study, PARETO_CANDIDATES)
+    ]
     return lines
 
 
@@ -163,13 +230,19 @@ pre { background: #f7f7f7; padding: .6em; font-size: 12px; overflow-x: auto; } c
 """
 
 
-def _html_table(header: list[str], rows: list[list[Any]], numeric: set[int] = frozenset(), classes: list[str] | None = None) -> str:
+def _html_table(
+    header: list[str], rows: list[list[Any]], numeric: set[int] = frozenset(), classes: list[str] | None = None
+) -> str:
     def cell(tag: str, i: int, v: Any) -> str:
         return f"<{tag}{' class=num' if i in numeric else ''}>{v}</{tag}>"
 
     head = "<tr>" + "".join(cell("th", i, _esc(h)) for i, h in enumerate(header)) + "</tr>"
-    body = "".join(f"<tr{f' class={classes[n]}' if classes and classes[n] else ''}>" + "".join(cell("td", i, v) for i, v in enumerate(row)) + "</tr>"
-                   for n, row in enumerate(rows))
+    body = "".join(
+        f"<tr{f' class={classes[n]}' if classes and classes[n] else ''}>"
+        + "".join(cell("td", i, v) for i, v in enumerate(row))
+        + "</tr>"
+        for n, row in enumerate(rows)
+    )
     return f"<table>{head}{body}</table>"
 
 
@@ -181,23 +254,53 @@ def _facts_html(study: optuna.Study) -> str:
     devices = sorted({str(t.user_attrs["device"]) for t in trials if "device" in t.user_attrs})
     rows: list[tuple[str, str]] = [("study", f"<code>{_esc(study.study_name)}</code>")]
     rows += [(k, _esc(v).replace("`", "")) for k, v in settings_rows(settings)]
-    rows += [("device", _esc(", ".join(devices) or "none recorded")),
-             ("trials", _esc(f"{len(trials)}: {counts_line(study)}")),
-             ("time spent", _esc(f"{duration(train)} training, {duration(wall)} wall-clock from the first trial's start to the last one's end"))]
+    rows += [
+        ("device", _esc(", ".join(devices) or "none recorded")),
+        ("trials", _esc(f"{len(trials)}: {counts_line(study)}")),
+        (
+            "time spent",
+            _esc(
+                f"{duration(train)} training, {duration(wall)} wall-clock from the first trial's start to the last one's end"
+            ),
+        ),
+    ]
     seed = [t for t in trials if "seed_arch" in t.user_attrs]
     if seed:
-        rows.append(("seed network", _esc(f"trial {seed[0].number} ({seed[0].user_attrs['seed_arch']}): {ending(seed[0], settings)[1]}")))
+        rows.append(
+            (
+                "seed network",
+                _esc(f"trial {seed[0].number} ({seed[0].user_attrs['seed_arch']}): {ending(seed[0], settings)[1]}"),
+            )
+        )
     best = best_trial(study)
     if best is not None:
         arch = trial_arch(best)
-        rows.append(("best", _esc(f"trial {best.number}: {best.user_attrs['params']:,} parameters, {pct(best.values[0])} validation accuracy")
-                     + (f"<br><code>{_esc(arch_line(arch))}</code>" if arch else "")))
+        rows.append(
+            (
+                "best",
+                _esc(
+                    f"trial {best.number}: {best.user_attrs['params']:,} parameters, {pct(best.values[0])} validation accuracy"
+                )
+                + (f"<br><code>{_esc(arch_line(arch))}</code>" if arch else ""),
+            )
+        )
     else:
         rows.append(("best", _esc(f"no complete trial reaches {pct(settings.target_accuracy)} yet")))
     for e in study.user_attrs.get("exports", []):
-        spread = f"; mean {pct(e['test_acc_mean'])} over {e['seeds']} seeds ({pct(e['test_acc_min'])}-{pct(e['test_acc_max'])})" if e.get("seeds", 1) > 1 else ""
-        rows.append(("exported model", _esc(f"trial {e.get('trial')}: {pct(e['test_acc'])} test accuracy (model.pt, seed 0){spread}, "
-                                            f"{count(e['epochs'], 'epoch') if 'epochs' in e else '? epochs'} on {e.get('train_images', 0):,} images; {e.get('out', '')} ({e.get('when', '')})")))
+        spread = (
+            f"; mean {pct(e['test_acc_mean'])} over {e['seeds']} seeds ({pct(e['test_acc_min'])}-{pct(e['test_acc_max'])})"
+            if e.get("seeds", 1) > 1
+            else ""
+        )
+        rows.append(
+            (
+                "exported model",
+                _esc(
+                    f"trial {e.get('trial')}: {pct(e['test_acc'])} test accuracy (model.pt, seed 0){spread}, "
+                    f"{count(e['epochs'], 'epoch') if 'epochs' in e else '? epochs'} on {e.get('train_images', 0):,} images; {e.get('out', '')} ({e.get('when', '')})"
+                ),
+            )
+        )
     table = "<table class=facts>" + "".join(f"<tr><th>{k}</th><td>{v}</td></tr>" for k, v in rows) + "</table>"
     if best is not None and (arch := trial_arch(best)) is not None:
         table += f"<details open><summary>Layers of the best architecture (trial {best.number})</summary><pre>{_esc(summary_table(arch))}</pre></details>"
@@ -209,9 +312,24 @@ def _front_html(study: optuna.Study) -> str:
     rows, classes = [], []
     for t in pareto_front(study):
         arch = trial_arch(t)
-        tags = [x for x in ("seed" if "seed_arch" in t.user_attrs else "", "best" if best is not None and best.number == t.number else "") if x]
-        rows.append([t.number, f"{t.user_attrs['params']:,}", pct(t.values[0]), t.user_attrs.get("receptive_field", ""),
-                     f"<code>{_esc(arch_line(arch))}</code>" if arch else "", ", ".join(tags)])
+        tags = [
+            x
+            for x in (
+                "seed" if "seed_arch" in t.user_attrs else "",
+                "best" if best is not None and best.number == t.number else "",
+            )
+            if x
+        ]
+        rows.append(
+            [
+                t.number,
+                f"{t.user_attrs['params']:,}",
+                pct(t.values[0]),
+                t.user_attrs.get("receptive_field", ""),
+                f"<code>{_esc(arch_line(arch))}</code>" if arch else "",
+                ", ".join(tags),
+            ]
+        )
         classes.append("current" if "best" in tags else "")
     if not rows:
         return "<p class=muted>No complete trial yet.</p>"
@@ -221,34 +339,90 @@ def _front_html(study: optuna.Study) -> str:
 def _pruning_html(study: optuna.Study) -> str:
     settings = study_settings(study)
     s = pruning_savings(study)
-    parts = [f"<p>Convergence pruning was <b>{_esc(s['mode'])}</b>: {s['flagged']} of {s['trained_trials']} trained trials flagged by the rule, "
-             f"{s['seconds_saved']:.0f} s of training saved ({100 * s['saved_fraction']:.0f} %)"
-             + (f"; flagged although they reached the target: trials {_esc(s['flagged_but_converged'])}" if s["flagged_but_converged"] else "; none of them would have reached the target")
-             + ".</p>"]
+    parts = [
+        f"<p>Convergence pruning was <b>{_esc(s['mode'])}</b>: {s['flagged']} of {s['trained_trials']} trained trials flagged by the rule, "
+        f"{s['seconds_saved']:.0f} s of training saved ({100 * s['saved_fraction']:.0f} %)"
+        + (
+            f"; flagged although they reached the target: trials {_esc(s['flagged_but_converged'])}"
+            if s["flagged_but_converged"]
+            else "; none of them would have reached the target"
+        )
+        + ".</p>"
+    ]
     replays = rule_replays(study)
     if replays:
         rows, classes = [], []
         for r in replays:
             first = ConvergenceRule(settings.target_accuracy, settings.max_epochs, r["slack"], r["start"]).first_epoch()
-            rows.append([f"{r['start']:.0%} (epoch {first})", f"{r['slack']:.2f}", f"{r['pruned']} / {r['trials']}", f"{r['saved']:.0f} / {r['seconds']:.0f}",
-                         f"{100 * r['saved'] / r['seconds']:.0f} %" if r["seconds"] else "", _esc(", ".join(map(str, r["wrongly_pruned"])) or "none")])
-            classes.append("current" if (r["start"], r["slack"]) == (settings.prune_start, settings.prune_slack) else "")
-        parts.append("<p>Candidate rules replayed on the trials that trained all their epochs (highlighted: this study's rule). "
-                     "<i>Wrongly pruned</i>: trials the rule would have stopped that ended at or above the target.</p>")
-        parts.append(_html_table(["judged from", "slack", "pruned", "seconds saved / spent", "saved", "wrongly pruned"], rows, {1, 2, 3, 4}, classes))
+            rows.append(
+                [
+                    f"{r['start']:.0%} (epoch {first})",
+                    f"{r['slack']:.2f}",
+                    f"{r['pruned']} / {r['trials']}",
+                    f"{r['saved']:.0f} / {r['seconds']:.0f}",
+                    f"{100 * r['saved'] / r['seconds']:.0f} %" if r["seconds"] else "",
+                    _esc(", ".join(map(str, r["wrongly_pruned"])) or "none"),
+                ]
+            )
+            classes.append(
+                "current" if (r["start"], r["slack"]) == (settings.prune_start, settings.prune_slack) else ""
+            )
+        parts.append(
+            "<p>Candidate rules replayed on the trials that trained all their epochs (highlighted: this study's rule). "
+            "<i>Wrongly pruned</i>: trials the rule would have stopped that ended at or above the target.</p>"
+        )
+        parts.append(
+            _html_table(
+                ["judged from", "slack", "pruned", "seconds saved / spent", "saved", "wrongly pruned"],
+                rows,
+                {1, 2, 3, 4},
+                classes,
+            )
+        )
     else:
         parts.append("<p class=muted>No trial trained all its epochs yet, so no rule can be replayed.</p>")
     pareto = pareto_replays(study, PARETO_CANDIDATES)
     if pareto:
-        rows = [[", ".join(map(str, r["epochs"])), f"{r['eta']:g}", f"{r['stopped']} / {r['trials']}", f"{r['saved']:.0f} / {r['seconds']:.0f}",
-                 f"{100 * r['saved'] / r['seconds']:.0f} %" if r["seconds"] else "", _esc(", ".join(map(str, r["front_lost"])) or "none"),
-                 _esc(", ".join(map(str, r["target_lost"])) or "none")] for r in pareto]
-        classes = ["current" if (r["epochs"], r["eta"]) == (settings.stop_epochs(), settings.stop_eta) else "" for r in pareto]
-        own = "highlighted: this study's rule" if settings.stop_epochs() else "this study's Pareto rule is off (--stop-at turns it on)"
-        parts.append(f"<p>Pareto rules replayed on the same trials in the order they started ({own}): a trial stops at a "
-                     "rung when it is not in the top 1/eta of the trials that reached it at no larger cost.</p>")
-        parts.append(_html_table(["rungs (epochs)", "eta", "stopped", "seconds saved / spent", "saved", "front members lost", "at-target trials lost"],
-                                 rows, {1, 2, 3, 4}, classes))
+        rows = [
+            [
+                ", ".join(map(str, r["epochs"])),
+                f"{r['eta']:g}",
+                f"{r['stopped']} / {r['trials']}",
+                f"{r['saved']:.0f} / {r['seconds']:.0f}",
+                f"{100 * r['saved'] / r['seconds']:.0f} %" if r["seconds"] else "",
+                _esc(", ".join(map(str, r["front_lost"])) or "none"),
+                _esc(", ".join(map(str, r["target_lost"])) or "none"),
+            ]
+            for r in pareto
+        ]
+        classes = [
+            "current" if (r["epochs"], r["eta"]) == (settings.stop_epochs(), settings.stop_eta) else "" for r in pareto
+        ]
+        own = (
+            "highlighted: this study's rule"
+            if settings.stop_epochs()
+            else "this study's Pareto rule is off (--stop-at turns it on)"
+        )
+        parts.append(
+            f"<p>Pareto rules replayed on the same trials in the order they started ({own}): a trial stops at a "
+            "rung when it is not in the top 1/eta of the trials that reached it at no larger cost.</p>"
+        )
+        parts.append(
+            _html_table(
+                [
+                    "rungs (epochs)",
+                    "eta",
+                    "stopped",
+                    "seconds saved / spent",
+                    "saved",
+                    "front members lost",
+                    "at-target trials lost",
+                ],
+                rows,
+                {1, 2, 3, 4},
+                classes,
+            )
+        )
     return "".join(parts)
 
 
@@ -266,28 +440,43 @@ def _unfinished_html(study: optuna.Study) -> str:
 def render(study: optuna.Study) -> str:
     """report.html's content: one page, plotly.js inlined once, no network needed."""
     name = _esc(study.study_name)
-    sections = [f"<h1>nas study: {name}</h1>", _facts_html(study),
-                "<h2>Pareto front</h2>", pareto_figure(study), _front_html(study),
-                "<h2>Learning curves</h2>", curves_figure(study),
-                "<h2>Parameter importances</h2>", importance_figure(study),
-                "<h2>Optimization history</h2>", history_figure(study),
-                "<h2>Convergence pruning</h2>", _pruning_html(study),
-                "<h2>Failed and invalid trials</h2>", _unfinished_html(study)]
+    sections = [
+        f"<h1>nas study: {name}</h1>",
+        _facts_html(study),
+        "<h2>Pareto front</h2>",
+        pareto_figure(study),
+        _front_html(study),
+        "<h2>Learning curves</h2>",
+        curves_figure(study),
+        "<h2>Parameter importances</h2>",
+        importance_figure(study),
+        "<h2>Optimization history</h2>",
+        history_figure(study),
+        "<h2>Convergence pruning</h2>",
+        _pruning_html(study),
+        "<h2>Failed and invalid trials</h2>",
+        _unfinished_html(study),
+    ]
     body, first = [], True
     for part in sections:
         if isinstance(part, go.Figure):
             part.update_layout(template="plotly_white", height=480, margin=dict(t=60, b=50))
-            body.append(f"<div class=figure>{part.to_html(full_html=False, include_plotlyjs=first, config=dict(displaylogo=False))}</div>")
+            body.append(
+                f"<div class=figure>{part.to_html(full_html=False, include_plotlyjs=first, config=dict(displaylogo=False))}</div>"
+            )
             first = False
         elif part.startswith("<"):
             body.append(part)
         else:
             body.append(f"<p class=muted><em>{_esc(part)}</em></p>")
-    return (f"<!doctype html><html lang=en><head><meta charset='utf-8'><title>nas study {name}</title><style>{CSS}</style></head>"
-            f"<body>{''.join(body)}</body></html>")
+    return (
+        f"<!doctype html><html lang=en><head><meta charset='utf-8'><title>nas study {name}</title><style>{CSS}</style></head>"
+        f"<body>{''.join(body)}</body></html>"
+    )
 
 
 # --- CSV --------------------------------------------------------------------------------------
+
 
 def trial_rows(study: optuna.Study) -> list[dict[str, Any]]:
     """One flat dict per trial: outcome and reason, the figures, optional attributes (costs), every sampled parameter."""
@@ -301,12 +490,21 @@ def trial_rows(study: optuna.Study) -> list[dict[str, Any]]:
         outcome, reason = ending(t, settings)
         curve = a.get("curve") or []
         row: dict[str, Any] = {
-            "number": t.number, "state": t.state.name.lower(), "outcome": outcome, "reason": reason,
-            "params": a.get("params", ""), "receptive_field": a.get("receptive_field", ""),
+            "number": t.number,
+            "state": t.state.name.lower(),
+            "outcome": outcome,
+            "reason": reason,
+            "params": a.get("params", ""),
+            "receptive_field": a.get("receptive_field", ""),
             "val_acc": t.values[0] if t.state == TrialState.COMPLETE and t.values else (curve[-1] if curve else ""),
-            "epochs": len(curve), "train_seconds": round(a["train_seconds"], 3) if "train_seconds" in a else "",
-            "seconds": round((t.datetime_complete - t.datetime_start).total_seconds(), 3) if t.datetime_start and t.datetime_complete else "",
-            "seed_arch": a.get("seed_arch", ""), "retry_of": a.get("retry_of", ""), "device": a.get("device", ""),
+            "epochs": len(curve),
+            "train_seconds": round(a["train_seconds"], 3) if "train_seconds" in a else "",
+            "seconds": round((t.datetime_complete - t.datetime_start).total_seconds(), 3)
+            if t.datetime_start and t.datetime_complete
+            else "",
+            "seed_arch": a.get("seed_arch", ""),
+            "retry_of": a.get("retry_of", ""),
+            "device": a.get("device", ""),
             "architecture": arch_line(arch) if (arch := trial_arch(t)) else "",
         }
         row.update({k: ";".join(map(str, a[k])) if isinstance(a.get(k), list) else a.get(k, "") for k in optional})

@@ -57,7 +57,9 @@ class StudySettings:
     # Pareto-aware early stopping (nas.study.analytics.ParetoRule): rungs as fractions of the epochs (after
     # OneCycle's warm-up), and eta: a trial stops at a rung when it is not in the top 1/eta of the
     # trials that reached it at no larger cost. () turns the rule off.
-    stop_rungs: tuple[float, ...] = ()  # the Pareto rule is off: replayed on 216 curves its safe candidates saved 1-6 %, and on a held-out study the chosen one stopped 2 front members (README)
+    stop_rungs: tuple[
+        float, ...
+    ] = ()  # the Pareto rule is off: replayed on 216 curves its safe candidates saved 1-6 %, and on a held-out study the chosen one stopped 2 front members (README)
     stop_eta: float = 3.0
     train_size: int | None = None
     val_size: int | None = None  # None: the data's default (DatasetSpec.default_val_size, 10,000 for MNIST)
@@ -88,20 +90,35 @@ class StudySettings:
             ("prune_slack", 0 <= self.prune_slack < 1, "must be in [0, 1)"),
             ("stop_rungs", all(0 < f < 1 for f in self.stop_rungs), "are fractions of the epochs in (0, 1)"),
             ("stop_eta", self.stop_eta > 1, "must be above 1"),
-            ("val_size", 1 <= self.val_size < images, f"must be between 1 and {images - 1:,} (the search judges on it; {self.dataset.name} has {images:,} training images)"),
-            ("train_size", self.train_size is None or 1 <= self.train_size <= images - self.val_size,
-             f"must be between 1 and {images - self.val_size:,} ({self.dataset.name}'s {images:,} training images minus --val-size)"),
+            (
+                "val_size",
+                1 <= self.val_size < images,
+                f"must be between 1 and {images - 1:,} (the search judges on it; {self.dataset.name} has {images:,} training images)",
+            ),
+            (
+                "train_size",
+                self.train_size is None or 1 <= self.train_size <= images - self.val_size,
+                f"must be between 1 and {images - self.val_size:,} ({self.dataset.name}'s {images:,} training images minus --val-size)",
+            ),
             ("seeds_per_trial", 1 <= self.seeds_per_trial <= 16, "must be between 1 and 16"),
             ("seed", self.seed >= 0, "must be >= 0"),
             ("sampler", self.sampler in SAMPLERS, f"must be one of {', '.join(SAMPLERS)}"),
             ("minimize", self.minimize in RESOURCE_NAMES, f"must be one of {', '.join(RESOURCE_NAMES)}"),
-            *((r.setting, getattr(self, r.setting) is None or getattr(self, r.setting) > 0, "must be positive (leave it out for no limit)")
-              for r in RESOURCES),
+            *(
+                (
+                    r.setting,
+                    getattr(self, r.setting) is None or getattr(self, r.setting) > 0,
+                    "must be positive (leave it out for no limit)",
+                )
+                for r in RESOURCES
+            ),
         ):
             if not ok:
                 raise SpecError("settings", flag(key), f"{what} (got {getattr(self, key)!r})")
         self.parsed_space  # noqa: B018 - a bad space or seed fails here, before any study exists
-        object.__setattr__(self, "seed_archs", tuple(self.builtin_seeds() if self.seed_archs is None else self.seed_archs))
+        object.__setattr__(
+            self, "seed_archs", tuple(self.builtin_seeds() if self.seed_archs is None else self.seed_archs)
+        )
         self.seed_configs  # noqa: B018
 
     def stop_epochs(self) -> tuple[int, ...]:
@@ -140,8 +157,10 @@ class StudySettings:
         if not unfit:
             return None
         takes = sorted({f"{'x'.join(map(str, a.input))} images in {a.classes} classes" for a in unfit})
-        return (f"the built-in seed networks {', '.join(a.name for a in unfit)} take {' or '.join(takes)}, not {d.name}'s "
-                f"{'x'.join(map(str, d.shape))} in {d.classes}: the study starts without them (--seed-arch FILE gives it one of yours)")
+        return (
+            f"the built-in seed networks {', '.join(a.name for a in unfit)} take {' or '.join(takes)}, not {d.name}'s "
+            f"{'x'.join(map(str, d.shape))} in {d.classes}: the study starts without them (--seed-arch FILE gives it one of yours)"
+        )
 
     @cached_property
     def parsed_space(self) -> Space:
@@ -170,15 +189,25 @@ class StudySettings:
             return
         name = self.parsed_space.name
         if not corners:
-            raise SpecError(f"search space {name}", "architecture", "every architecture of it collapses the feature map; give it more padding or fewer stages")
+            raise SpecError(
+                f"search space {name}",
+                "architecture",
+                "every architecture of it collapses the feature map; give it more padding or fewer stages",
+            )
         least = {r.name: min(r.read(c) for c in corners) for r, _ in limits}
-        alone = [(r, limit) for r, limit in limits if least[r.name] > limit]  # limits no architecture meets even by itself
+        alone = [
+            (r, limit) for r, limit in limits if least[r.name] > limit
+        ]  # limits no architecture meets even by itself
         named = alone or limits
         given = " and ".join(f"{r.flag} {getattr(self, r.setting):g}" for r, _ in named)
         smallest = "; ".join(f"{r.label} {r.format(least[r.name])}" for r, _ in named)
         within = "this limit" if len(named) == 1 else "these limits" if alone else "these limits at once"
-        raise SpecError("settings", given, f"no architecture of search space {name} is within {within} (its smallest: {smallest}); "
-                                           f"raise {'it' if len(named) == 1 else 'them'}, or search a space with smaller choices (nas space show prints its ranges)")
+        raise SpecError(
+            "settings",
+            given,
+            f"no architecture of search space {name} is within {within} (its smallest: {smallest}); "
+            f"raise {'it' if len(named) == 1 else 'them'}, or search a space with smaller choices (nas space show prints its ranges)",
+        )
 
     def to_dict(self) -> dict[str, Any]:
         out = {f.name: getattr(self, f.name) for f in fields(self)}
@@ -191,7 +220,11 @@ class StudySettings:
         known = {f.name for f in fields(cls)}
         unknown = sorted(set(data) - known)
         if unknown:
-            raise SpecError(where, "settings", f"made by another version of nas (unknown setting {unknown[0]!r}); start a new study with --study-name")
+            raise SpecError(
+                where,
+                "settings",
+                f"made by another version of nas (unknown setting {unknown[0]!r}); start a new study with --study-name",
+            )
         return cls(**data)
 
     def reconcile(self, given: dict[str, Any], study: str) -> None:
@@ -217,12 +250,13 @@ class StudySettings:
             return
         keys = [flag(k) for k, v in given.items() if getattr(self, k) != v]
         raise SettingsMismatch(
-            f"study {study!r}", ", ".join(keys),
+            f"study {study!r}",
+            ", ".join(keys),
             f"the study was created with {', '.join(were)}; this run asks for {', '.join(now)}. Drop {' and '.join(keys)} to resume with the stored "
-            f"settings, or start a new study with --study-name NEW")
+            f"settings, or start a new study with --study-name NEW",
+        )
 
 
 def rung_epochs(fractions: tuple[float, ...], max_epochs: int) -> tuple[int, ...]:
     """The epochs of rungs given as fractions of the training (none at or after the last epoch)."""
     return tuple(sorted({e for f in fractions if 1 <= (e := max(1, math.ceil(f * max_epochs))) < max_epochs}))
-

@@ -22,9 +22,10 @@ import threading
 import time
 import warnings
 import zlib
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any
 
 import optuna
 from optuna.exceptions import UpdateFinishedTrialError
@@ -33,7 +34,9 @@ from optuna.trial import FrozenTrial, TrialState
 from nas.errors import SpecError
 from nas.study.settings import StudySettings
 
-warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)  # artifacts, constraints: stable enough for us
+warnings.filterwarnings(
+    "ignore", category=optuna.exceptions.ExperimentalWarning
+)  # artifacts, constraints: stable enough for us
 
 # A killed worker's trial is failed within GRACE + HEARTBEAT seconds and retried at once.
 # NAS_HEARTBEAT_SECONDS shortens both for tests (grace stays three beats).
@@ -90,21 +93,37 @@ def parse(url: str) -> Location:
         raise SpecError("--storage", masked(url), f"not a storage URL; {_HINT}")
     if scheme == "sqlite":
         if rest in ("", "/", "/:memory:") or ":memory:" in rest:
-            raise SpecError("--storage", url, "an in-memory SQLite database lives and dies with one process; give a file: sqlite:///studies/nas.sqlite3")
+            raise SpecError(
+                "--storage",
+                url,
+                "an in-memory SQLite database lives and dies with one process; give a file: sqlite:///studies/nas.sqlite3",
+            )
         if not rest.startswith("/"):
-            raise SpecError("--storage", url, "a SQLite URL has three slashes before a relative path, four before an absolute one: sqlite:///studies/nas.sqlite3")
+            raise SpecError(
+                "--storage",
+                url,
+                "a SQLite URL has three slashes before a relative path, four before an absolute one: sqlite:///studies/nas.sqlite3",
+            )
         return Location(url, "sqlite", Path(rest[1:]), url)
     if scheme == "journal":
         if not rest.startswith("/") or len(rest) < 2:
-            raise SpecError("--storage", url, "a journal URL names a file: journal:///studies/nas.log (four slashes for an absolute path)")
+            raise SpecError(
+                "--storage",
+                url,
+                "a journal URL names a file: journal:///studies/nas.log (four slashes for an absolute path)",
+            )
         return Location(url, "journal", Path(rest[1:]))
     if scheme.split("+")[0] in ("postgresql", "postgres"):
         driver = scheme.partition("+")[2] or "psycopg"
         module = {"psycopg": "psycopg", "psycopg2": "psycopg2"}.get(driver)
         if module is None:
-            raise SpecError("--storage", scheme, "nas talks to PostgreSQL through psycopg: use postgresql+psycopg://USER@HOST/DB")
+            raise SpecError(
+                "--storage", scheme, "nas talks to PostgreSQL through psycopg: use postgresql+psycopg://USER@HOST/DB"
+            )
         if importlib.util.find_spec(module) is None:
-            raise SpecError("--storage", url.split("@")[-1], f"PostgreSQL needs the {module} driver: pip install 'nas[postgres]'")
+            raise SpecError(
+                "--storage", url.split("@")[-1], f"PostgreSQL needs the {module} driver: pip install 'nas[postgres]'"
+            )
         return Location(url, "postgresql", None, f"postgresql+{driver}://{rest}")
     raise SpecError("--storage", masked(url), f"unknown kind of storage {scheme!r}; {_HINT}")
 
@@ -119,11 +138,19 @@ def open_storage(loc: Location, create: bool) -> optuna.storages.BaseStorage:
             from optuna.storages.journal import JournalFileBackend, JournalStorage
 
             return JournalStorage(JournalFileBackend(str(loc.path)))
-        kwargs: dict[str, Any] = {"connect_args": {"timeout": 120}} if loc.kind == "sqlite" else {"pool_pre_ping": True, "connect_args": {"connect_timeout": 10}}
+        kwargs: dict[str, Any] = (
+            {"connect_args": {"timeout": 120}}
+            if loc.kind == "sqlite"
+            else {"pool_pre_ping": True, "connect_args": {"connect_timeout": 10}}
+        )
         return optuna.storages.RDBStorage(loc.sqlalchemy_url, engine_kwargs=kwargs)
     except Exception as e:  # noqa: BLE001 - SQLAlchemy, drivers and the file system fail in many types
         if isinstance(e, (OSError, ImportError)) or transient(e) or type(e).__module__.split(".")[0] == "alembic":
-            raise StorageUnreachable("--storage", loc.describe(), f"cannot open the study storage ({cause(e)}); check the URL, the server and the permissions") from None
+            raise StorageUnreachable(
+                "--storage",
+                loc.describe(),
+                f"cannot open the study storage ({cause(e)}); check the URL, the server and the permissions",
+            ) from None
         raise
 
 
@@ -133,11 +160,17 @@ def _check_file(loc: Location, create: bool) -> None:
     if loc.path.is_dir():
         raise SpecError("--storage", loc.url, "is a folder; give a file")
     if not create and not loc.path.is_file():
-        raise SpecError("--storage", loc.url, "no study storage there yet; run `nas search` first, or point --storage at an existing one")
+        raise SpecError(
+            "--storage",
+            loc.url,
+            "no study storage there yet; run `nas search` first, or point --storage at an existing one",
+        )
     try:
         loc.path.parent.mkdir(parents=True, exist_ok=True)
     except OSError as e:
-        raise SpecError("--storage", loc.url, f"cannot create the folder {loc.path.parent} ({e.strerror}); choose a writable place") from None
+        raise SpecError(
+            "--storage", loc.url, f"cannot create the folder {loc.path.parent} ({e.strerror}); choose a writable place"
+        ) from None
     if create and not os.access(loc.path.parent, os.W_OK) or loc.path.exists() and not os.access(loc.path, os.W_OK):
         raise SpecError("--storage", loc.url, "is not writable; choose a writable place")
 
@@ -174,14 +207,19 @@ def study_lock(loc: Location, study: str) -> Iterator[None]:
 
     engine = _engines.get(loc.sqlalchemy_url)
     if engine is None:
-        engine = _engines[loc.sqlalchemy_url] = sqlalchemy.create_engine(loc.sqlalchemy_url, poolclass=sqlalchemy.pool.NullPool,
-                                                                         connect_args={"connect_timeout": 10})
+        engine = _engines[loc.sqlalchemy_url] = sqlalchemy.create_engine(
+            loc.sqlalchemy_url, poolclass=sqlalchemy.pool.NullPool, connect_args={"connect_timeout": 10}
+        )
     key = zlib.crc32(f"nas:{study}".encode())
     try:
         conn = engine.connect()
     except Exception as e:  # noqa: BLE001 - the first contact with the server: a command's start says so in one line
         if transient(e):
-            raise StorageUnreachable("--storage", loc.describe(), f"cannot reach the database ({cause(e)}); check the URL, that the server runs and accepts this machine, and the password (~/.pgpass or PGPASSWORD)") from None
+            raise StorageUnreachable(
+                "--storage",
+                loc.describe(),
+                f"cannot reach the database ({cause(e)}); check the URL, that the server runs and accepts this machine, and the password (~/.pgpass or PGPASSWORD)",
+            ) from None
         raise
     with conn:
         conn.execute(sqlalchemy.text("SELECT pg_advisory_lock(:k)"), {"k": key})
@@ -200,11 +238,14 @@ def study_lock(loc: Location, study: str) -> Iterator[None]:
 
 # --- outages ----------------------------------------------------------------------------------
 
+
 def transient(e: BaseException) -> bool:
     """A storage fault that may pass (a restarting server, a dropped connection, a busy file)."""
     if isinstance(e, (optuna.exceptions.StorageInternalError, StorageUnreachable)):
         return True
-    return type(e).__module__.split(".")[0] in ("sqlalchemy", "psycopg", "psycopg2", "sqlite3") or isinstance(e, (ConnectionError, TimeoutError))
+    return type(e).__module__.split(".")[0] in ("sqlalchemy", "psycopg", "psycopg2", "sqlite3") or isinstance(
+        e, (ConnectionError, TimeoutError)
+    )
 
 
 def persist(action: Callable[[], Any], log: Callable[[str], None], what: str) -> Any:
@@ -226,6 +267,7 @@ def persist(action: Callable[[], Any], log: Callable[[str], None], what: str) ->
 
 # --- heartbeats and the reaper ----------------------------------------------------------------
 
+
 def worker_name() -> str:
     return f"{socket.gethostname()}:{os.getpid()}"
 
@@ -246,7 +288,12 @@ class Keeper:
     storage outage a keeper waits a grace period before reaping, so trials of workers that
     were merely cut off too are not failed by mistake."""
 
-    def __init__(self, study: optuna.Study, log: Callable[[str], None], on_reaped: Callable[[FrozenTrial, bool], None] | None = None):
+    def __init__(
+        self,
+        study: optuna.Study,
+        log: Callable[[str], None],
+        on_reaped: Callable[[FrozenTrial, bool], None] | None = None,
+    ):
         self.study, self.log, self.on_reaped = study, log, on_reaped
         self.backend = _unwrap(study._storage)
         self.trials: set[int] = set()
@@ -322,15 +369,25 @@ class Keeper:
             if trial_id in self.trials:
                 continue
             try:
-                self.backend.set_trial_user_attr(trial_id, "fail_reason", f"stale: its worker sent no heartbeat for {GRACE_SECONDS} s (killed, or cut off from the storage)")
+                self.backend.set_trial_user_attr(
+                    trial_id,
+                    "fail_reason",
+                    f"stale: its worker sent no heartbeat for {GRACE_SECONDS} s (killed, or cut off from the storage)",
+                )
                 if not self.backend.set_trial_state_values(trial_id, TrialState.FAIL):
                     continue
             except UpdateFinishedTrialError:
                 continue  # another worker reaped it, or its own worker just finished it
             t = self.backend.get_trial(trial_id)
             retried = retry(self.study, t)
-            self.log(f"[trial {t.number}] FAILED: its worker stopped (no heartbeat for {GRACE_SECONDS} s); "
-                     + ("retried as a new trial" if retried else f"not retried: its configuration already lost {MAX_RETRIES} workers"))
+            self.log(
+                f"[trial {t.number}] FAILED: its worker stopped (no heartbeat for {GRACE_SECONDS} s); "
+                + (
+                    "retried as a new trial"
+                    if retried
+                    else f"not retried: its configuration already lost {MAX_RETRIES} workers"
+                )
+            )
             if self.on_reaped is not None:
                 self.on_reaped(t, retried)
             reaped.append(trial_id)
@@ -360,7 +417,9 @@ class RetriesFirst(optuna.Study):
         waiting = self._storage.get_all_trials(self._study_id, deepcopy=False, states=(TrialState.WAITING,))
         for t in sorted(waiting, key=lambda t: ("retry_of" not in t.user_attrs, t.number)):
             try:
-                if self._storage.set_trial_state_values(t._trial_id, state=TrialState.RUNNING):  # False: another worker took it
+                if self._storage.set_trial_state_values(
+                    t._trial_id, state=TrialState.RUNNING
+                ):  # False: another worker took it
                     return t._trial_id
             except UpdateFinishedTrialError:
                 continue
@@ -376,12 +435,15 @@ def finished(trials: list[FrozenTrial]) -> int:
 
 # --- studies ----------------------------------------------------------------------------------
 
+
 def load_study(name: str, url: str) -> optuna.Study:
     """An existing nas study, for commands that read (never creates a file or a study)."""
     loc = parse(url)
     study = _load(name, open_storage(loc, create=False), loc)
     if study is None:
-        raise SpecError(loc.describe(), name, f"no such study; run `nas search --study-name {name}` first, or check --storage")
+        raise SpecError(
+            loc.describe(), name, f"no such study; run `nas search --study-name {name}` first, or check --storage"
+        )
     if "settings" not in study.user_attrs:
         raise SpecError(loc.describe(), name, "this study was not made by nas search (it stores no settings)")
     return study
@@ -410,11 +472,15 @@ def _load(name: str, storage: optuna.storages.BaseStorage, loc: Location) -> opt
         return None
     except Exception as e:  # noqa: BLE001
         if transient(e):
-            raise StorageUnreachable("--storage", loc.describe(), f"cannot read the study storage ({cause(e)})") from None
+            raise StorageUnreachable(
+                "--storage", loc.describe(), f"cannot read the study storage ({cause(e)})"
+            ) from None
         raise
 
 
-def open_study(name: str, url: str, settings: StudySettings | None = None, given: dict[str, Any] | None = None) -> optuna.Study:
+def open_study(
+    name: str, url: str, settings: StudySettings | None = None, given: dict[str, Any] | None = None
+) -> optuna.Study:
     """Join a study, or create it when `settings` are given and it does not exist yet.
 
     Creation is atomic under study_lock: the tables, the study, its seed trials and its stored
@@ -425,7 +491,11 @@ def open_study(name: str, url: str, settings: StudySettings | None = None, given
         storage = open_storage(loc, create=settings is not None)
         study = _load(name, storage, loc)
         if study is None and settings is None:
-            raise SpecError(loc.describe(), name, f"no such study; start it with `nas search --study-name {name}`, or check --storage")
+            raise SpecError(
+                loc.describe(),
+                name,
+                f"no such study; start it with `nas search --study-name {name}`, or check --storage",
+            )
         if study is None:
             directions = ["maximize", "minimize"] if settings.objective == "pareto" else ["maximize"]
             study = optuna.create_study(study_name=name, storage=storage, directions=directions)
@@ -433,11 +503,17 @@ def open_study(name: str, url: str, settings: StudySettings | None = None, given
             StudySettings.from_dict(study.user_attrs["settings"], f"study {name!r}").reconcile(given or {}, name)
             return study
         if settings is None or any("seed_arch" not in t.user_attrs for t in study.get_trials(deepcopy=False)):
-            raise SpecError(loc.describe(), name, "this study was not made by nas search (it stores no settings); use another --study-name")
+            raise SpecError(
+                loc.describe(),
+                name,
+                "this study was not made by nas search (it stores no settings); use another --study-name",
+            )
         # A new study, or one whose creation was cut short: finish it. The settings go last, as
         # the mark that the study is complete.
         present = {t.user_attrs["seed_arch"] for t in study.get_trials(deepcopy=False)}
-        study.set_metric_names(["val_accuracy", settings.minimize] if settings.objective == "pareto" else ["val_accuracy"])
+        study.set_metric_names(
+            ["val_accuracy", settings.minimize] if settings.objective == "pareto" else ["val_accuracy"]
+        )
         for data, params in zip(settings.seed_archs, settings.seed_configs):
             if data["name"] not in present:
                 study.enqueue_trial(params, user_attrs={"seed_arch": data["name"]}, skip_if_exists=False)

@@ -23,10 +23,14 @@ _KINDS = {"int": int, "float": (int, float), "bool": bool, "str": str}
 @dataclass(frozen=True)
 class TrainConfig:
     epochs: int = DEFAULT_EPOCHS
-    batch_size: int = 1024  # large batches are the fast ones on a GPU; 1024 beat 512 on validation (README, the large-batch recipe)
+    batch_size: int = (
+        1024  # large batches are the fast ones on a GPU; 1024 beat 512 on validation (README, the large-batch recipe)
+    )
     optimizer: str = "sgd"
     lr: float = 0.1  # peak learning rate at batch size REFERENCE_BATCH (0.8 at batch 1024)
-    momentum: float = 0.9  # constant: the schedule moves the learning rate only (a CUDA graph captures momentum as a number)
+    momentum: float = (
+        0.9  # constant: the schedule moves the learning rate only (a CUDA graph captures momentum as a number)
+    )
     weight_decay: float = 5e-4
     # False: BatchNorm weights and every bias (the 1-D parameters) are not decayed, only the conv
     # weights; True decays everything, as every study before this setting did.

@@ -32,8 +32,9 @@ import copy
 import math
 import threading
 import time
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterator
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -178,9 +179,17 @@ def check_fits(arch: Arch, data: Data | DatasetSpec) -> None:
         shape, of = list(data.train.x.shape[1:]), ""
         classes = int(data.train.y.max().item()) + 1 if len(data.train) else arch.classes
     if list(arch.input) != shape:
-        raise SpecError(arch.name or "architecture", "input", f"is {list(arch.input)} but the images are {shape}{of}; give an architecture with input = {shape}")
+        raise SpecError(
+            arch.name or "architecture",
+            "input",
+            f"is {list(arch.input)} but the images are {shape}{of}; give an architecture with input = {shape}",
+        )
     if classes > arch.classes:
-        raise SpecError(arch.name or "architecture", "classes", f"is {arch.classes} but the labels go up to {classes - 1}{of}; give an architecture with classes = {classes}")
+        raise SpecError(
+            arch.name or "architecture",
+            "classes",
+            f"is {arch.classes} but the labels go up to {classes - 1}{of}; give an architecture with classes = {classes}",
+        )
 
 
 def _autocast(device: torch.device, precision: str) -> torch.autocast:
@@ -206,7 +215,9 @@ def evaluate(model: nn.Module, split: Split) -> tuple[float, float]:
 
 
 @torch.inference_mode()
-def _validate(model: nn.Module, split: Split, copies: int, autocast: torch.autocast) -> tuple[torch.Tensor, torch.Tensor]:
+def _validate(
+    model: nn.Module, split: Split, copies: int, autocast: torch.autocast
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Per-copy mean loss and accuracy on `split` (every copy sees the same images), on the device."""
     model.eval()
     n = len(split)
@@ -227,20 +238,34 @@ def _validate(model: nn.Module, split: Split, copies: int, autocast: torch.autoc
 class _Trial:
     """One run's network, optimizer, step counter and summed loss, and the step both engines run."""
 
-    def __init__(self, model: nn.Module, cfg: TrainConfig, copies: int, total: int, device: torch.device, precision: str, graph: bool):
+    def __init__(
+        self,
+        model: nn.Module,
+        cfg: TrainConfig,
+        copies: int,
+        total: int,
+        device: torch.device,
+        precision: str,
+        graph: bool,
+    ):
         self.model, self.cfg, self.copies, self.total = model, cfg, copies, total
         self.autocast = _autocast(device, precision)
         # The graph engine keeps the step counter and the learning rate on the device, where the
         # captured step reads and advances them; a fused or capturable optimizer takes a tensor lr.
-        self.count: int | torch.Tensor = torch.zeros((), device=device, dtype=torch.float64) if graph else 0  # float64: exact schedule
+        self.count: int | torch.Tensor = (
+            torch.zeros((), device=device, dtype=torch.float64) if graph else 0
+        )  # float64: exact schedule
         lr: float | torch.Tensor = torch.tensor(lr_at(0, cfg, total), device=device) if graph else lr_at(0, cfg, total)
         params: Any = model.parameters()
         if not cfg.decay_norm_bias:  # BatchNorm weights and biases are the 1-D parameters
-            params = [{"params": [p for p in model.parameters() if p.ndim > 1]},
-                      {"params": [p for p in model.parameters() if p.ndim <= 1], "weight_decay": 0.0}]
+            params = [
+                {"params": [p for p in model.parameters() if p.ndim > 1]},
+                {"params": [p for p in model.parameters() if p.ndim <= 1], "weight_decay": 0.0},
+            ]
         if cfg.optimizer == "sgd":
-            self.opt: torch.optim.Optimizer = torch.optim.SGD(params, lr=lr, momentum=cfg.momentum, nesterov=True,
-                                                              weight_decay=cfg.weight_decay, fused=graph or None)
+            self.opt: torch.optim.Optimizer = torch.optim.SGD(
+                params, lr=lr, momentum=cfg.momentum, nesterov=True, weight_decay=cfg.weight_decay, fused=graph or None
+            )
         else:
             self.opt = torch.optim.AdamW(params, lr=lr, weight_decay=cfg.weight_decay, capturable=graph)
         # The weight average: a copy of the network whose floating-point weights and BatchNorm
@@ -250,8 +275,13 @@ class _Trial:
         self.ema_weight = 1 - 0.5 ** (cfg.epochs / (cfg.ema_half_life * total)) if self.ema is not None else 0.0
         self.averaged = model if self.ema is None else self.ema  # what validation and export use
         live, avg = model.state_dict(), self.ema.state_dict() if self.ema is not None else {}
-        self._pairs = {kind: ([avg[k] for k in avg if avg[k].is_floating_point() == kind], [live[k] for k in avg if avg[k].is_floating_point() == kind])
-                       for kind in (True, False)}  # aliases of both networks' tensors (loading a state copies into them)
+        self._pairs = {
+            kind: (
+                [avg[k] for k in avg if avg[k].is_floating_point() == kind],
+                [live[k] for k in avg if avg[k].is_floating_point() == kind],
+            )
+            for kind in (True, False)
+        }  # aliases of both networks' tensors (loading a state copies into them)
         self.loss_sum = torch.zeros(copies, device=device)
 
     def step(self, x: torch.Tensor, y: torch.Tensor) -> None:
@@ -265,7 +295,9 @@ class _Trial:
         self.count += 1
         with self.autocast:
             logits = self.model(x).float().view(len(y), self.copies, -1)
-        losses = F.cross_entropy(logits.transpose(1, 2), y, label_smoothing=self.cfg.label_smoothing, reduction="none").mean(0)
+        losses = F.cross_entropy(
+            logits.transpose(1, 2), y, label_smoothing=self.cfg.label_smoothing, reduction="none"
+        ).mean(0)
         self.opt.zero_grad(set_to_none=True)
         losses.sum().backward()  # copy k's parameters get the gradient of copy k's loss only
         self.opt.step()
@@ -283,7 +315,9 @@ class _Trial:
         ema = _host(self.ema.state_dict()) if self.ema is not None else None
         return int(self.count), _host(self.model.state_dict()), _host(self.opt.state_dict()), ema
 
-    def restore(self, steps: int, model: dict[str, torch.Tensor], optimizer: dict, ema: dict[str, torch.Tensor] | None) -> None:
+    def restore(
+        self, steps: int, model: dict[str, torch.Tensor], optimizer: dict, ema: dict[str, torch.Tensor] | None
+    ) -> None:
         """Put back a state from `state` (before any capture). The learning rate stays this
         trial's own (a tensor the captured step writes on the graph engine)."""
         self.model.load_state_dict(model)
@@ -300,7 +334,9 @@ class _Trial:
         else:
             self.count = steps
 
-    def capture(self, x: torch.Tensor, y: torch.Tensor, dropout_seed: int) -> tuple[Any, Any, Callable[[torch.Tensor, torch.Tensor], None]]:
+    def capture(
+        self, x: torch.Tensor, y: torch.Tensor, dropout_seed: int
+    ) -> tuple[Any, Any, Callable[[torch.Tensor, torch.Tensor], None]]:
         """Capture `step` in a CUDA graph on the current stream, alone in the process (nas.train.gpulock);
         returns the graph, its memory pool and a feed function that copies a batch into the static
         buffers and replays it (shared with other trials' work).
@@ -314,7 +350,10 @@ class _Trial:
             saved = {k: v.clone() for k, v in self.model.state_dict().items()}
             saved_ema = {k: v.clone() for k, v in self.ema.state_dict().items()} if self.ema is not None else {}
             # A resumed run has optimizer state already (a fresh one gets it in the first warm-up step).
-            saved_opt = {p: {k: v.clone() for k, v in state.items() if isinstance(v, torch.Tensor)} for p, state in self.opt.state.items()}
+            saved_opt = {
+                p: {k: v.clone() for k, v in state.items() if isinstance(v, torch.Tensor)}
+                for p, state in self.opt.state.items()
+            }
             saved_count = self.count.clone()
             device = static_x.device
             dropout = any(isinstance(m, nn.Dropout) for m in self.model.modules())
@@ -341,7 +380,9 @@ class _Trial:
                     _GRAPHS.release(pool, device)
                 if isinstance(e, torch.OutOfMemoryError) or not isinstance(e, Exception):
                     raise
-                raise _CaptureFailed(f"{type(e).__name__}: {str(e).strip().splitlines()[0] if str(e).strip() else 'no message'}") from e
+                raise _CaptureFailed(
+                    f"{type(e).__name__}: {str(e).strip().splitlines()[0] if str(e).strip() else 'no message'}"
+                ) from e
             with torch.no_grad():
                 for k, v in self.model.state_dict().items():
                     v.copy_(saved[k])
@@ -350,7 +391,9 @@ class _Trial:
                         v.copy_(saved_ema[k])
                 for p, state in self.opt.state.items():
                     for k, v in state.items():
-                        if isinstance(v, torch.Tensor):  # as before the warm-up; zeroed momentum (and Adam's step and moments) act as fresh ones
+                        if isinstance(
+                            v, torch.Tensor
+                        ):  # as before the warm-up; zeroed momentum (and Adam's step and moments) act as fresh ones
                             v.copy_(saved_opt[p][k]) if k in saved_opt.get(p, {}) else v.zero_()
                 self.count.copy_(saved_count)
                 self.loss_sum.zero_()
@@ -378,8 +421,12 @@ class _Graphs:
 
     def __init__(self) -> None:
         self.failures = 0  # failed captures in this process
-        self._free: dict[tuple[torch.device, int], Any] = {}  # pools of finished trials, by device and stream, for the next capture
-        self._lost: list[Any] = []  # pools of failed captures: kept referenced (freeing one may synchronize the device), counted in `failures`
+        self._free: dict[
+            tuple[torch.device, int], Any
+        ] = {}  # pools of finished trials, by device and stream, for the next capture
+        self._lost: list[
+            Any
+        ] = []  # pools of failed captures: kept referenced (freeing one may synchronize the device), counted in `failures`
         self._per_capture: dict[torch.device, bool] = {}
 
     def available(self, device: torch.device) -> bool:
@@ -395,7 +442,11 @@ class _Graphs:
             try:
                 with torch.cuda.device(device):
                     pool = torch.cuda.MemPool()
-            except (AttributeError, RuntimeError, TypeError):  # a torch whose MemPool cannot be made here: a fresh pool per capture
+            except (
+                AttributeError,
+                RuntimeError,
+                TypeError,
+            ):  # a torch whose MemPool cannot be made here: a fresh pool per capture
                 pool = _FreshPool()
         return pool
 
@@ -513,7 +564,9 @@ def _rng_survives_a_capture(device: torch.device) -> bool:
 _GRAPHS = _Graphs()
 
 
-def _epoch_batches(split: Split, used: int, generators: list[torch.Generator], cfg: TrainConfig) -> tuple[torch.Tensor, torch.Tensor]:
+def _epoch_batches(
+    split: Split, used: int, generators: list[torch.Generator], cfg: TrainConfig
+) -> tuple[torch.Tensor, torch.Tensor]:
     """The epoch's images of every copy stacked along channels [used, K*C, H, W], labels [used, K]."""
     augment = dict(degrees=cfg.rotate, translate=cfg.translate, scale=cfg.scale) if cfg.augment else None
     parts = [shuffled_epoch(split, used, g, augment) for g in generators]
@@ -528,7 +581,9 @@ def _on_trial_stream(device: torch.device) -> Iterator[None]:
     if device.type != "cuda":
         yield
         return
-    torch.backends.cudnn.benchmark = CUDNN_BENCHMARK  # small convs: let cuDNN pick (at a trial's first step and validation, alone)
+    torch.backends.cudnn.benchmark = (
+        CUDNN_BENCHMARK  # small convs: let cuDNN pick (at a trial's first step and validation, alone)
+    )
     streams = _STREAMS.__dict__.setdefault("by_device", {})
     with GPU.shared():
         if device not in streams:
@@ -608,24 +663,76 @@ def train(
         try:
             if _GRAPHS.available(device) and engine != "eager":
                 try:
-                    return _run(arch, data, cfg, seed_list, on_epoch, on_progress, precision, True, f"cuda graph{suffix}", resume, on_checkpoint, checkpoint_seconds)
+                    return _run(
+                        arch,
+                        data,
+                        cfg,
+                        seed_list,
+                        on_epoch,
+                        on_progress,
+                        precision,
+                        True,
+                        f"cuda graph{suffix}",
+                        resume,
+                        on_checkpoint,
+                        checkpoint_seconds,
+                    )
                 except _CaptureFailed as e:
                     if _GRAPHS.failures >= CAPTURE_FAILURES_TO_RESTART:
-                        raise RestartWorker(f"{_GRAPHS.failures} CUDA graph captures failed in this process (the last: {e}); the worker restarts") from e
-                    return _run(arch, data, cfg, seed_list, on_epoch, on_progress, precision, False, f"eager{suffix} (capture failed: {e})",
-                                resume, on_checkpoint, checkpoint_seconds)
-            return _run(arch, data, cfg, seed_list, on_epoch, on_progress, precision, False, f"eager{suffix}", resume, on_checkpoint, checkpoint_seconds)
+                        raise RestartWorker(
+                            f"{_GRAPHS.failures} CUDA graph captures failed in this process (the last: {e}); the worker restarts"
+                        ) from e
+                    return _run(
+                        arch,
+                        data,
+                        cfg,
+                        seed_list,
+                        on_epoch,
+                        on_progress,
+                        precision,
+                        False,
+                        f"eager{suffix} (capture failed: {e})",
+                        resume,
+                        on_checkpoint,
+                        checkpoint_seconds,
+                    )
+            return _run(
+                arch,
+                data,
+                cfg,
+                seed_list,
+                on_epoch,
+                on_progress,
+                precision,
+                False,
+                f"eager{suffix}",
+                resume,
+                on_checkpoint,
+                checkpoint_seconds,
+            )
         except torch.OutOfMemoryError:
             if device.type == "cuda":
-                with GPU.exclusive():  # freeing cached blocks synchronizes the device: never during another thread's capture
+                with (
+                    GPU.exclusive()
+                ):  # freeing cached blocks synchronizes the device: never during another thread's capture
                     torch.cuda.empty_cache()
             raise
 
 
-def _run(arch: Arch, data: Data, cfg: TrainConfig, seeds: list[int], on_epoch: Callable[[Epoch], None] | None,
-         on_progress: Callable[[int, int], None] | None, precision: str, graph: bool, name: str,
-         resume: Checkpoint | None = None, on_checkpoint: Callable[[Checkpoint], None] | None = None,
-         checkpoint_seconds: float = CHECKPOINT_SECONDS) -> Trained:
+def _run(
+    arch: Arch,
+    data: Data,
+    cfg: TrainConfig,
+    seeds: list[int],
+    on_epoch: Callable[[Epoch], None] | None,
+    on_progress: Callable[[int, int], None] | None,
+    precision: str,
+    graph: bool,
+    name: str,
+    resume: Checkpoint | None = None,
+    on_checkpoint: Callable[[Checkpoint], None] | None = None,
+    checkpoint_seconds: float = CHECKPOINT_SECONDS,
+) -> Trained:
     """The epoch loop, shared by both engines: only how a batch reaches `_Trial.step` differs."""
     start = last_checkpoint = time.perf_counter()
     device = data.train.x.device
@@ -637,14 +744,18 @@ def _run(arch: Arch, data: Data, cfg: TrainConfig, seeds: list[int], on_epoch: C
         history: list[Epoch] = []
         if resume is not None:
             if len(resume.generators) != len(seeds) or not 0 < resume.epoch <= cfg.epochs:
-                raise ValueError(f"the checkpoint holds {len(resume.generators)} seed(s) after epoch {resume.epoch}; this run trains {len(seeds)} for {cfg.epochs} epochs")
+                raise ValueError(
+                    f"the checkpoint holds {len(resume.generators)} seed(s) after epoch {resume.epoch}; this run trains {len(seeds)} for {cfg.epochs} epochs"
+                )
             trial.restore(resume.steps, resume.model, resume.optimizer, resume.ema)
             for g, state in zip(generators, resume.generators):
                 g.set_state(state.to(g.get_state().device))
             if device.type == "cpu":
                 torch.set_rng_state(resume.cpu_rng)
             history = list(resume.history)
-    feed: Callable[[torch.Tensor, torch.Tensor], None] = GPU.alone_first(trial.step)  # eager: the first step alone (new shapes)
+    feed: Callable[[torch.Tensor, torch.Tensor], None] = GPU.alone_first(
+        trial.step
+    )  # eager: the first step alone (new shapes)
     captured, pool = None, None
     first = len(history) + 1
     try:
@@ -657,7 +768,9 @@ def _run(arch: Arch, data: Data, cfg: TrainConfig, seeds: list[int], on_epoch: C
                 feed(x[i * batch : (i + 1) * batch], y[i * batch : (i + 1) * batch])
                 if on_progress:
                     on_progress((i + 1) * batch, steps * batch)
-            with GPU.exclusive() if epoch == first else GPU.shared():  # the first validation alone: new shapes, cuDNN autotunes
+            with (
+                GPU.exclusive() if epoch == first else GPU.shared()
+            ):  # the first validation alone: new shapes, cuDNN autotunes
                 if len(data.val):
                     val = torch.cat(_validate(trial.averaged, data.val, len(seeds), trial.autocast))
                 else:  # nas export trains on every image
@@ -672,15 +785,31 @@ def _run(arch: Arch, data: Data, cfg: TrainConfig, seeds: list[int], on_epoch: C
                 if bad:  # validation too: with one step an epoch, the step's own loss is taken before its update
                     raise Diverged(f"{what} loss became {bad[0]} in epoch {epoch}")
             lr = sum(lr_at(i, cfg, cfg.epochs * steps) for i in range((epoch - 1) * steps, epoch * steps)) / steps
-            history.append(Epoch(epoch, lr, sum(losses) / k, sum(val_losses) / k,
-                                 sum(val_accs) / k, time.perf_counter() - start, val_accs, steps * batch))
+            history.append(
+                Epoch(
+                    epoch,
+                    lr,
+                    sum(losses) / k,
+                    sum(val_losses) / k,
+                    sum(val_accs) / k,
+                    time.perf_counter() - start,
+                    val_accs,
+                    steps * batch,
+                )
+            )
             if on_epoch:
                 on_epoch(history[-1])
-            if on_checkpoint is not None and epoch < cfg.epochs and time.perf_counter() - last_checkpoint >= checkpoint_seconds:
+            if (
+                on_checkpoint is not None
+                and epoch < cfg.epochs
+                and time.perf_counter() - last_checkpoint >= checkpoint_seconds
+            ):
                 with GPU.shared():
                     done, weights, optimizer, ema = trial.state()
                     states = [g.get_state() for g in generators]
-                on_checkpoint(Checkpoint(epoch, done, weights, optimizer, states, torch.get_rng_state(), list(history), ema))
+                on_checkpoint(
+                    Checkpoint(epoch, done, weights, optimizer, states, torch.get_rng_state(), list(history), ema)
+                )
                 last_checkpoint = time.perf_counter()
             start = time.perf_counter()  # the callback's own time is not the epoch's
     finally:

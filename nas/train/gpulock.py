@@ -25,7 +25,8 @@ from __future__ import annotations
 
 import contextlib
 import threading
-from typing import Callable, Iterator, TypeVar
+from collections.abc import Callable, Iterator
+from typing import TypeVar
 
 T = TypeVar("T")
 
@@ -60,7 +61,9 @@ class GpuLock:
     @contextlib.contextmanager
     def _hold(self, mode: str, enter: Callable[[], None], leave: Callable[[], None]) -> Iterator[None]:
         if self.held() is not None:
-            raise RuntimeError(f"the GPU lock is not reentrant: this thread holds it ({self.held()}) and asked for it {mode}")
+            raise RuntimeError(
+                f"the GPU lock is not reentrant: this thread holds it ({self.held()}) and asked for it {mode}"
+            )
         self._mine.mode = mode
         try:
             with self._cond:
