@@ -85,7 +85,8 @@ def test_replaying_the_pareto_rule_counts_savings_and_what_it_would_lose():
             )
         )
     got = replay_pareto(study, ParetoRule(rungs=(2,), eta=3.0))
-    # At epoch 2 the first six trials have no 6 cheaper peers yet; trials 6 and 7 (0.95 among equals) are not beaten by more than
-    # two thirds; trial 8 (0.6) is, and it ends at 0.99 on the front and above the target: what the rule must not do. Trial 9 leads.
+    # At epoch 2 the first six trials have no 6 cheaper peers yet; trials 6 and 7 (0.95 among equals)
+    # are not beaten by more than two thirds; trial 8 (0.6) is, and it ends at 0.99 on the front and
+    # above the target: what the rule must not do. Trial 9 leads.
     assert got["trials"] == 10 and got["stopped"] == 1 and got["saved"] == 2.0
     assert got["front_lost"] == [8] and got["target_lost"] == [8]

@@ -69,9 +69,8 @@ def wait_for(driver, check, what: str, timeout: float = 30):
     try:
         return WebDriverWait(driver, timeout, poll_frequency=0.2).until(lambda d: check(d))
     except Exception:  # noqa: BLE001 - selenium's TimeoutException, said as what was awaited
-        pytest.fail(
-            f"{what} within {timeout} s; the page says: {driver.execute_script('return document.body.innerText')[:600]!r}"
-        )
+        text = driver.execute_script("return document.body.innerText")
+        pytest.fail(f"{what} within {timeout} s; the page says: {text[:600]!r}")
 
 
 def js_errors(driver) -> list[str]:

@@ -63,7 +63,8 @@ def test_an_unreachable_database_is_one_line_without_its_password(tmp_path, mnis
 def test_a_budget_the_space_cannot_meet_is_refused_before_a_study_exists(tmp_path, mnist_dir):
     refused(
         nas("search", "--max-params", 150, "--storage", f"sqlite:///{tmp_path}/s.db", "--data-dir", mnist_dir),
-        "--max-params 150: no architecture of search space mnist_fcn is within this limit (its smallest: parameters 200)",
+        "--max-params 150: no architecture of search space mnist_fcn is within this limit "
+        "(its smallest: parameters 200)",
     )
     assert list(tmp_path.iterdir()) == []
 
@@ -451,8 +452,8 @@ def test_the_command_lists_say_each_command_whole(columns):
 
 
 def test_help_writes_every_default_one_way():
-    """Some options wrote "(default 20)" in their text while typer printed "[default: mnist]"; only typer's form is left,
-    in words where the default depends on the architecture or the study."""
+    """Some options wrote "(default 20)" in their text while typer printed "[default: mnist]"; only
+    typer's form is left, in words where the default depends on the architecture or the study."""
     for args in _commands():
         shown = " ".join(_help(*args).split())
         assert "(default " not in shown and "default:" not in shown.replace("[default:", "").replace(
@@ -511,7 +512,8 @@ _NOT_MODELS = {
 
 @pytest.mark.parametrize("name", list(_NOT_MODELS))
 def test_predict_a_file_that_is_no_model_is_one_short_line(tmp_path, name):
-    """Text or random bytes given as the model printed torch's paragraph on "a high likelihood that your checkpoint file is corrupted"."""
+    """Text or random bytes given as the model printed torch's paragraph on "a high likelihood that
+    your checkpoint file is corrupted"."""
     import torch
 
     content, text = _NOT_MODELS[name]
@@ -533,7 +535,8 @@ def test_predict_a_file_that_is_no_model_is_one_short_line(tmp_path, name):
 
 @pytest.mark.parametrize("command", [["best"], ["report"], ["export", "--out", "out"], ["worker", "--trials", 1]])
 def test_a_study_that_is_not_there_is_one_line(tmp_path, command):
-    """`nas worker --study nope` printed "study 'nope' in ..." before its error (and left a lock file beside a storage it did not find)."""
+    """`nas worker --study nope` printed "study 'nope' in ..." before its error (and left a lock file
+    beside a storage it did not find)."""
     from conftest import make_study
 
     store = f"sqlite:///{tmp_path}/s.db"

@@ -274,7 +274,7 @@ def test_the_progress_bar_follows_a_download(tmp_path):
     """The bar nas gives pooch on a terminal (rich's), driven by pooch's own downloader here."""
     import pooch
 
-    from nas.data.datasets import _Bar
+    from nas.data.download import _Bar
 
     folder = idx_folder(tmp_path / "served")
     bar = _Bar(IDX[0])

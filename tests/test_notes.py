@@ -14,11 +14,13 @@ from nas.arch.spec import arch_from_dict, arch_to_dict, param_count, read_toml
 from nas.study import notes
 from nas.study.analytics import ConvergenceRule, study_settings
 from nas.study.settings import StudySettings
+from nas.study.study_note import study_note
+from nas.study.trial_note import arch_line, ending, sparkline, trial_note
 
 
 def by_label(study, label):
     settings = study_settings(study)
-    return [t for t in study.trials if notes.ending(t, settings)[0] == label]
+    return [t for t in study.trials if ending(t, settings)[0] == label]
 
 
 def stored_note(study, trial_id=None):
@@ -28,31 +30,31 @@ def stored_note(study, trial_id=None):
 def test_every_ending_is_explained(synthetic_study):
     study, settings = synthetic_study, study_settings(synthetic_study)
     seed = study.trials[0]
-    note = notes.trial_note(seed, settings)
+    note = trial_note(seed, settings)
     assert "### Trial 0: converged" in note and "complete and converged: 98.50 %" in note
     assert "Total params: 9,274" in note and "Receptive field: 38 px" in note  # nas summary's table
     assert "| epochs | batch_size | optimizer | lr |" in note and "`seed_9274`" in note
-    assert notes.sparkline(seed.user_attrs["curve"]) in note
+    assert sparkline(seed.user_attrs["curve"]) in note
 
     budget = by_label(study, "pruned (budget)")[0]
-    assert f"pruned by budget before training: parameters {budget.user_attrs['params']:,} > 9,300" in notes.trial_note(
+    assert f"pruned by budget before training: parameters {budget.user_attrs['params']:,} > 9,300" in trial_note(
         budget, settings
     )
 
     pruned = by_label(study, "pruned (convergence)")[0]
     epoch = pruned.user_attrs["would_prune_epoch"]
-    text = notes.trial_note(pruned, settings)
+    text = trial_note(pruned, settings)
     needed = ConvergenceRule.of(settings).needed(epoch)
     assert f"pruned for convergence at epoch {epoch} of 4" in text and f"< the {100 * needed:.2f} % needed" in text
     assert f"| {epoch} | {100 * pruned.user_attrs['curve'][-1]:.2f} % ✗ | {100 * needed:.2f} % |" in text
 
     below = by_label(study, "below target")[0]
-    assert f"complete below the target: {100 * below.values[0]:.2f} % < 98.00 %" in notes.trial_note(below, settings)
-    assert "invalid architecture, not trained: feature map shrinks" in notes.trial_note(
+    assert f"complete below the target: {100 * below.values[0]:.2f} % < 98.00 %" in trial_note(below, settings)
+    assert "invalid architecture, not trained: feature map shrinks" in trial_note(
         by_label(study, "invalid")[0], settings
     )
-    assert "failed: training loss became nan in epoch 2" in notes.trial_note(by_label(study, "failed")[0], settings)
-    stale = notes.trial_note(by_label(study, "failed (stale)")[0], settings)
+    assert "failed: training loss became nan in epoch 2" in trial_note(by_label(study, "failed")[0], settings)
+    stale = trial_note(by_label(study, "failed (stale)")[0], settings)
     assert "failed as stale by another worker" in stale and "no heartbeat from worker w1 on host-b" in stale
 
 
@@ -72,7 +74,7 @@ def test_attributes_others_add_are_shown_and_missing_ones_tolerated():
         "flops_ratio": 0.5,
     }
     t = optuna.trial.create_trial(values=[0.983, 5000], user_attrs=extra)
-    note = notes.trial_note(t, settings)
+    note = trial_note(t, settings)
     for text in (
         "MACs | 1,234,567",
         "peak int8 activations | 40,960 B (163,840 B at fp32)",
@@ -85,11 +87,11 @@ def test_attributes_others_add_are_shown_and_missing_ones_tolerated():
     ):
         assert text in note, text
     bare = optuna.trial.create_trial(state=TrialState.FAIL)
-    assert "no reason recorded" in notes.trial_note(bare, settings)
+    assert "no reason recorded" in trial_note(bare, settings)
     unreadable = optuna.trial.create_trial(
         state=TrialState.PRUNED, user_attrs={"arch": "{not json", "prune_reason": "budget"}
     )
-    assert "not readable" in notes.trial_note(unreadable, settings)
+    assert "not readable" in trial_note(unreadable, settings)
 
 
 def test_notes_are_saved_where_the_dashboard_reads_them(synthetic_study):
@@ -97,14 +99,14 @@ def test_notes_are_saved_where_the_dashboard_reads_them(synthetic_study):
     finished = study.trials[0]
     notes.save_trial_note(study, finished)  # after the trial ended: notes live in study attributes
     saved = stored_note(study, finished._trial_id)
-    assert saved == {"version": 1, "body": notes.trial_note(finished, study_settings(study))}
+    assert saved == {"version": 1, "body": trial_note(finished, study_settings(study))}
     notes.save_trial_note(study, finished)
     assert stored_note(study, finished._trial_id)["version"] == 1  # unchanged: no new version
     big = make_study(name="big", n=60)  # a longer front: a note over several chunks
     notes.save_study_note(big)
     body = stored_note(big)["body"]
     assert len(body) > 2045  # spans several of optuna-dashboard's chunks and reads back whole
-    assert body == notes.study_note(big)
+    assert body == study_note(big)
     front = [line for line in body.splitlines() if line.startswith("| ") and "`c" in line]
     assert front and "seed_9274" in body and "### Pareto front" in body and "### Search space `mnist_fcn`" in body
 
@@ -154,7 +156,7 @@ def test_export_is_recorded_with_its_files(synthetic_study, tmp_path):
     assert entry["test_acc"] == 0.9912 and entry["seeds"] == 2 and entry["out"] == str(out.resolve())
     names = {m.filename for m in optuna.artifacts.get_all_artifact_meta(synthetic_study)}
     assert names == {"trial_4.model-card.md", "trial_4.metrics.json"} == set(entry["artifacts"])
-    assert "**Exported:** trial 4, 99.12 % test accuracy" in notes.study_note(synthetic_study)
+    assert "**Exported:** trial 4, 99.12 % test accuracy" in study_note(synthetic_study)
 
 
 def test_artifact_folder_defaults_next_to_sqlite():
@@ -165,10 +167,10 @@ def test_artifact_folder_defaults_next_to_sqlite():
 
 def test_arch_line_and_sparkline():
     arch = arch_from_dict(read_toml(ROOT / "search_spaces" / "seeds" / "seed_9274.toml", "toml"))
-    assert notes.arch_line(arch) == "c4 c4 c8 max c12 c12 c16 max c20v → conv3x3v, GAP"
+    assert arch_line(arch) == "c4 c4 c8 max c12 c12 c16 max c20v → conv3x3v, GAP"
     small = arch_from_dict({**arch_to_dict(arch), "layers": [{"conv": 4, "stride": 2}, {"conv": 8, "padding": 0}]})
-    assert notes.arch_line(small) == "c4s2 c8v → conv3x3v, GAP"
-    assert notes.sparkline([0.9, 0.95, 0.99]) == "▁▅█" and notes.sparkline([0.5, 0.5]) == "██"
+    assert arch_line(small) == "c4s2 c8v → conv3x3v, GAP"
+    assert sparkline([0.9, 0.95, 0.99]) == "▁▅█" and sparkline([0.5, 0.5]) == "██"
 
 
 def test_notes_and_report_do_not_import_torch():
@@ -180,7 +182,7 @@ def test_notes_and_report_do_not_import_torch():
 def test_study_note_of_an_empty_study():
     study = optuna.create_study(directions=["maximize", "minimize"])
     study.set_user_attr("settings", StudySettings().to_dict())
-    note = notes.study_note(study)
+    note = study_note(study)
     assert "no complete trial reaches 99.40 % yet" in note and "Pareto front" not in note
 
 
@@ -188,7 +190,7 @@ def test_make_study_is_realistic():
     """The synthetic study covers every ending the notes explain (else the tests above prove less)."""
     study = make_study()
     settings = study_settings(study)
-    labels = {notes.ending(t, settings)[0] for t in study.trials}
+    labels = {ending(t, settings)[0] for t in study.trials}
     assert labels >= {
         "converged",
         "below target",

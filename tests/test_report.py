@@ -10,6 +10,7 @@ from nas.study import notes
 from nas.study.analytics import best_trial, pareto_front, rule_replays, study_settings
 from nas.study.report import render, write_report
 from nas.study.settings import StudySettings
+from nas.study.trial_note import arch_line, trial_arch
 
 
 def test_csv_has_one_flat_row_per_trial(synthetic_study, tmp_path):
@@ -67,7 +68,7 @@ def test_page_tells_the_study(synthetic_study, tmp_path):
     ):
         assert fact in text, fact
     for t in pareto_front(study):  # hover text carries each front point's architecture in one line
-        assert notes.arch_line(notes.trial_arch(t)) in page
+        assert arch_line(trial_arch(t)) in page
     assert page.count("plotly.js v") == 1 and "<script src=" not in page  # plotly inlined once: works offline
     assert page.count('class="plotly-graph-div"') == 4  # front, curves, importances, history
     assert "convergence threshold (on)" in page and "failed (stale)" in page and "pruned (convergence)" in page

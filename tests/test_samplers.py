@@ -17,7 +17,7 @@ SETTINGS = StudySettings(max_params=4000, max_epochs=2, space=read_space("mnist_
 
 
 def fake_objective(settings):
-    """What nas.search.worker.Objective does before training, and a made-up accuracy that grows with size."""
+    """What nas.search.objective.Objective does before training, and a made-up accuracy that grows with size."""
 
     def objective(trial):
         arch, cfg = sample(settings.parsed_space, trial, settings.max_epochs)
@@ -26,7 +26,7 @@ def fake_objective(settings):
         except SpecError:
             for k, v in constraints(None, settings).items():
                 trial.set_constraint(k, v)
-            raise optuna.TrialPruned()
+            raise optuna.TrialPruned() from None
         for k, v in constraints(c, settings).items():
             trial.set_constraint(k, v)
         trial.set_user_attr("params", c.params)

@@ -14,6 +14,7 @@ from conftest import ROOT
 from optuna.trial import TrialState
 from typer.testing import CliRunner
 
+import nas.search.objective as objective_mod
 import nas.search.worker as search_mod
 from nas.arch.spec import arch_to_dict, load_arch
 from nas.cli.app import app
@@ -83,8 +84,8 @@ def test_tiny_search_end_to_end_seed_first(store, mnist_dir):
 
 def test_over_budget_is_pruned_without_training(store, mnist_dir, monkeypatch):
     trained = []
-    real_train = search_mod.train
-    monkeypatch.setattr(search_mod, "train", lambda arch, *a, **k: trained.append(arch) or real_train(arch, *a, **k))
+    real_train = objective_mod.train
+    monkeypatch.setattr(objective_mod, "train", lambda arch, *a, **k: trained.append(arch) or real_train(arch, *a, **k))
     tiny(
         "b", store, mnist_dir, 4, max_params=5000, seed_archs=(SEED_9274,)
     )  # asked for, so enqueued though over the budget
@@ -161,7 +162,7 @@ def test_a_trial_failed_as_stale_under_its_worker_does_not_stop_it(store):
 
 def test_interrupted_trial_is_rerun_on_resume(store, mnist_dir, monkeypatch):
     calls = []
-    real_train = search_mod.train
+    real_train = objective_mod.train
 
     def flaky(*a, **k):
         calls.append(1)
@@ -169,7 +170,7 @@ def test_interrupted_trial_is_rerun_on_resume(store, mnist_dir, monkeypatch):
             raise KeyboardInterrupt
         return real_train(*a, **k)
 
-    monkeypatch.setattr(search_mod, "train", flaky)
+    monkeypatch.setattr(objective_mod, "train", flaky)
     with pytest.raises(KeyboardInterrupt):
         tiny("i", store, mnist_dir, 5)
     study = load(store, "i")
@@ -189,7 +190,7 @@ def test_a_ctrl_c_in_the_seed_trial_never_loses_it(store, mnist_dir, monkeypatch
     the built-ins the goal left untrained are named."""
     from nas.study import analytics
 
-    real_train = search_mod.train
+    real_train = objective_mod.train
 
     def ctrl_c_in_the_first_epoch(*a, on_progress=None, **k):
         def stop(done, total):
@@ -197,10 +198,10 @@ def test_a_ctrl_c_in_the_seed_trial_never_loses_it(store, mnist_dir, monkeypatch
 
         return real_train(*a, on_progress=stop, **k)
 
-    monkeypatch.setattr(search_mod, "train", ctrl_c_in_the_first_epoch)
+    monkeypatch.setattr(objective_mod, "train", ctrl_c_in_the_first_epoch)
     with pytest.raises(KeyboardInterrupt):
         tiny("n", store, mnist_dir, 3)
-    monkeypatch.setattr(search_mod, "train", real_train)
+    monkeypatch.setattr(objective_mod, "train", real_train)
     tiny("n", store, mnist_dir, 3)
     study = load(store, "n")
     seeds = [t for t in study.trials if t.user_attrs.get("seed_arch") == "seed_9274"]
@@ -226,7 +227,7 @@ def test_a_restarting_worker_requeues_its_trials_uncounted_and_execs_nas_worker(
     from nas.train.engine import RestartWorker
 
     st.open_study("r", store, StudySettings(max_epochs=3, train_size=600, val_size=300, target_accuracy=0.5))
-    real_train, calls, running, lock = search_mod.train, [], set(), threading.Lock()
+    real_train, calls, running, lock = objective_mod.train, [], set(), threading.Lock()
 
     def poisoned(*a, **k):
         with lock:
@@ -247,7 +248,7 @@ def test_a_restarting_worker_requeues_its_trials_uncounted_and_execs_nas_worker(
             running.discard(n)
 
     execs = []
-    monkeypatch.setattr(search_mod, "train", poisoned)
+    monkeypatch.setattr(objective_mod, "train", poisoned)
     monkeypatch.setattr(search_mod, "EXEC", lambda path, argv: execs.append(argv))
     search_mod.work("r", store, Run(device="cpu", data_dir=str(mnist_dir)), 30, None, Slot(0, None, 2, 1))
     trials = load(store, "r").trials
@@ -293,12 +294,12 @@ def test_an_interrupted_trial_goes_on_from_its_checkpoint_bit_identical(store, m
     checkpoint is gone once the trial is."""
     from nas.search.checkpoints import Checkpoints
 
-    monkeypatch.setattr(search_mod, "CHECKPOINT_EVERY", 0.0)  # a checkpoint after every epoch but the last
+    monkeypatch.setattr(objective_mod, "CHECKPOINT_EVERY", 0.0)  # a checkpoint after every epoch but the last
     kw = dict(
         max_epochs=4, pruning="off", seed_archs=StudySettings().seed_archs[:1]
     )  # seed_9274 alone, no other built-in waiting
     whole = tiny("whole", store, mnist_dir, 1, **kw).trials[0]
-    real_train = search_mod.train
+    real_train = objective_mod.train
 
     def stopped_after_a_checkpoint(*a, on_checkpoint, **k):
         def then_ctrl_c(ckpt):
@@ -310,7 +311,7 @@ def test_an_interrupted_trial_goes_on_from_its_checkpoint_bit_identical(store, m
     checkpoints = Checkpoints.of(
         store, "cut", tmp_path / "artifacts"
     )  # the default artifact folder: next to the SQLite file
-    monkeypatch.setattr(search_mod, "train", stopped_after_a_checkpoint)
+    monkeypatch.setattr(objective_mod, "train", stopped_after_a_checkpoint)
     for run in range(3):
         with pytest.raises(KeyboardInterrupt):
             tiny("cut", store, mnist_dir, 1, **kw)
@@ -319,7 +320,7 @@ def test_an_interrupted_trial_goes_on_from_its_checkpoint_bit_identical(store, m
         assert cut[-1].user_attrs == {"seed_arch": "seed_9274", "retry_of": run, "retries": 0}
         assert checkpoints.path(cut[run].user_attrs["config_key"]).is_file()
         assert cut[run].user_attrs.get("resumed", {}).get("epoch") == (run or None)
-    monkeypatch.setattr(search_mod, "train", real_train)
+    monkeypatch.setattr(objective_mod, "train", real_train)
     tiny("cut", store, mnist_dir, 1, **kw)
     seed = load(store, "cut").trials[-1]
     assert seed.state == TrialState.COMPLETE and seed.user_attrs["resumed"] == {"epoch": 3, "from_trial": 2}
@@ -426,7 +427,7 @@ def test_replaying_a_rule_counts_savings_and_wrong_prunes():
     study = optuna.create_study(directions=["maximize", "minimize"])
     study.set_user_attr("settings", StudySettings(max_epochs=4, target_accuracy=0.98).to_dict())
     curves = {0: [0.90, 0.88, 0.981, 0.985], 1: [0.90, 0.91, 0.93, 0.95], 2: [0.97, 0.975, 0.979, 0.981]}
-    for n, curve in curves.items():
+    for curve in curves.values():
         study.add_trial(
             optuna.trial.create_trial(
                 values=[curve[-1], 1000], user_attrs={"curve": curve, "epoch_seconds": [1.0] * 4, "params": 1000}
@@ -447,7 +448,7 @@ def test_replaying_a_rule_counts_savings_and_wrong_prunes():
 def test_the_estimate_hints_when_a_search_takes_hours():
     from types import SimpleNamespace
 
-    from nas.search.worker import Objective
+    from nas.search.objective import Objective
 
     fake = SimpleNamespace(device="cpu", goal=50, left=None)
     slow, quick = Objective.estimate(fake, 60.0, 20), Objective.estimate(fake, 0.3, 20)
@@ -463,13 +464,13 @@ def test_the_pareto_rule_stops_a_live_trial_its_cheaper_peers_beat_unless_it_is_
     from types import SimpleNamespace
 
     from nas.arch.budgets import resource
-    from nas.search.worker import Objective
+    from nas.search.objective import Objective
     from nas.study.analytics import ParetoRule
 
     study = optuna.create_study(directions=["maximize", "minimize"])
     settings = StudySettings(max_epochs=4, stop_rungs=(0.5,), stop_eta=3.0)
     study.set_user_attr("settings", settings.to_dict())
-    for n in range(6):
+    for _ in range(6):
         study.add_trial(
             optuna.trial.create_trial(
                 values=[0.97, 1000], user_attrs={"curve": [0.9, 0.96, 0.97, 0.97], "params": 1000, "arch": "{}"}

@@ -44,7 +44,8 @@ def test_a_study_stored_before_the_resource_settings_still_loads():
 def test_a_different_limit_on_resume_is_refused_with_both_values():
     with pytest.raises(
         SettingsMismatch,
-        match=r"--max-activation-kb: the study was created with --max-activation-kb 2.5; this run asks for --max-activation-kb 3.0",
+        match=r"--max-activation-kb: the study was created with --max-activation-kb 2.5; "
+        r"this run asks for --max-activation-kb 3.0",
     ):
         StudySettings(max_activation_kb=2.5).reconcile({"max_activation_kb": 3.0}, "s")
 
@@ -61,7 +62,8 @@ def test_a_budget_no_architecture_of_the_space_meets_is_refused():
     prune every trial before training."""
     with pytest.raises(
         SpecError,
-        match=r"--max-params 150: no architecture of search space mnist_fcn is within this limit \(its smallest: parameters 200\)",
+        match=r"--max-params 150: no architecture of search space mnist_fcn is within this limit "
+        r"\(its smallest: parameters 200\)",
     ):
         StudySettings(max_params=150).check_reachable()
     StudySettings(max_params=200).check_reachable()
@@ -124,7 +126,8 @@ def test_built_in_seeds_for_other_images_are_left_out_in_one_line_and_refused_wh
     assert [a["name"] for a in StudySettings(dataset=fashion).seed_archs][0] == "seed_9274"
     with pytest.raises(
         SpecError,
-        match=r"seed architecture seed_9274: input: is \[1, 28, 28\], but search space mnist_fcn searches \[3, 32, 32\]",
+        match=r"seed architecture seed_9274: input: is \[1, 28, 28\], "
+        r"but search space mnist_fcn searches \[3, 32, 32\]",
     ):
         StudySettings(dataset=RGB, seed_archs=(arch_to_dict(load_arch("seed_9274")),))
 
@@ -134,8 +137,8 @@ def test_resuming_with_other_data_is_refused_naming_both():
         StudySettings().reconcile({"dataset": RGB}, "s")
     message = str(err.value)
     assert (
-        "--dataset: the study was created with --dataset mnist (1x28x28, 10 classes, 60,000+10,000 images, SHA-256 05a957b0b09c)"
-        in message
+        "--dataset: the study was created with --dataset mnist "
+        "(1x28x28, 10 classes, 60,000+10,000 images, SHA-256 05a957b0b09c)" in message
     )
     assert "this run asks for --dataset rgb.npz (3x32x32" in message and "\n" not in message
     StudySettings().reconcile(

@@ -10,6 +10,8 @@ from optuna.trial import TrialState
 from pgserver import postgres  # noqa: F401 - fixture
 
 from nas.errors import SpecError
+from nas.study import keeper as kp
+from nas.study import outages
 from nas.study import storage as st
 from nas.study.settings import StudySettings
 
@@ -233,13 +235,13 @@ def test_resume_refuses_disagreeing_settings(tmp_path):
     )
 
 
-def _running_trial(url: str, monkeypatch) -> tuple[optuna.Study, st.Keeper, int]:
-    monkeypatch.setattr(st, "HEARTBEAT_SECONDS", 1)
-    monkeypatch.setattr(st, "GRACE_SECONDS", 1)
+def _running_trial(url: str, monkeypatch) -> tuple[optuna.Study, kp.Keeper, int]:
+    monkeypatch.setattr(kp, "HEARTBEAT_SECONDS", 1)
+    monkeypatch.setattr(kp, "GRACE_SECONDS", 1)
     study = st.open_study("k", url, StudySettings())
     trial = study.ask()  # the enqueued seed trial
     trial.set_user_attr("curve", [0.5])
-    keeper = st.Keeper(study, lambda msg: None)
+    keeper = kp.Keeper(study, lambda msg: None)
     keeper.beat(trial._trial_id)
     return study, keeper, trial.number
 
@@ -259,14 +261,14 @@ def test_stale_trials_are_failed_and_retried_clean(tmp_path, monkeypatch, kind):
         "retry_of": number,
         "retries": 1,
     }
-    assert st.finished(trials) == 0  # the retry will count instead
+    assert kp.finished(trials) == 0  # the retry will count instead
 
 
 def test_a_trial_that_never_beat_is_reaped_after_a_grace_period_seen(tmp_path, monkeypatch):
-    monkeypatch.setattr(st, "GRACE_SECONDS", 1)
+    monkeypatch.setattr(kp, "GRACE_SECONDS", 1)
     study = st.open_study("u", f"sqlite:///{tmp_path}/u.db", StudySettings())
     study.ask()  # its worker died before its first beat
-    keeper = st.Keeper(study, lambda msg: None)
+    keeper = kp.Keeper(study, lambda msg: None)
     assert keeper.reap() == []  # first seen now: no clock of another machine is trusted for it
     time.sleep(1.2)
     assert len(keeper.reap()) == 1
@@ -275,14 +277,14 @@ def test_a_trial_that_never_beat_is_reaped_after_a_grace_period_seen(tmp_path, m
 def test_a_trial_is_retried_at_most_twice(tmp_path):
     study = optuna.create_study(storage=f"sqlite:///{tmp_path}/r.db")
     dead = optuna.trial.create_trial(state=TrialState.FAIL, user_attrs={"retries": 2})
-    assert not st.retry(study, dead) and study.trials == []
+    assert not kp.retry(study, dead) and study.trials == []
 
 
 def test_an_interrupt_does_not_use_up_the_retries(tmp_path):
     """Three Ctrl-Cs during the seed trial once dropped the seed for good: an interrupt is no lost worker."""
     study = optuna.create_study(storage=f"sqlite:///{tmp_path}/r.db")
     interrupted = optuna.trial.create_trial(state=TrialState.FAIL, user_attrs={"retries": 2, "seed_arch": "seed_9274"})
-    assert st.retry(study, interrupted, lost_worker=False)
+    assert kp.retry(study, interrupted, lost_worker=False)
     assert study.trials[0].user_attrs == {"retries": 2, "retry_of": interrupted.number, "seed_arch": "seed_9274"}
 
 
@@ -299,11 +301,11 @@ def test_finished_counts_complete_pruned_and_unretried_failures():
     for n, t in enumerate(trials):
         t.number = n
     trials[5].user_attrs["retry_of"] = 3
-    assert st.finished(trials) == 3
+    assert kp.finished(trials) == 3
 
 
 def test_persist_waits_out_an_outage(monkeypatch):
-    monkeypatch.setattr(st, "STORAGE_PATIENCE", 5.0)
+    monkeypatch.setattr(outages, "STORAGE_PATIENCE", 5.0)
     calls, said = [], []
 
     def flaky():
@@ -312,6 +314,6 @@ def test_persist_waits_out_an_outage(monkeypatch):
             raise optuna.exceptions.StorageInternalError("server closed the connection")
         return "stored"
 
-    assert st.persist(flaky, said.append, "storing a result") == "stored" and len(calls) == 3 and len(said) == 1
+    assert outages.persist(flaky, said.append, "storing a result") == "stored" and len(calls) == 3 and len(said) == 1
     with pytest.raises(ValueError):
-        st.persist(lambda: (_ for _ in ()).throw(ValueError("a bug, not an outage")), said.append, "x")
+        outages.persist(lambda: (_ for _ in ()).throw(ValueError("a bug, not an outage")), said.append, "x")

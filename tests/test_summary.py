@@ -1,7 +1,8 @@
 from conftest import SEED
 from test_arch import SEED_COUNTS
 
-from nas.arch.spec import DEFINITIONS, costs, load_arch
+from nas.arch.costs import DEFINITIONS
+from nas.arch.spec import costs, load_arch
 from nas.arch.summary import summary_table
 from nas.data.datasets import MNIST
 
@@ -73,8 +74,8 @@ def test_summary_and_card_say_which_batchnorms_fold():
         seed, layers=[replace(layer, order="bn_relu") if isinstance(layer, Conv) else layer for layer in seed.layers]
     )
     assert (
-        "BatchNorm as deployed: 0 of 7 directly after a conv, folded into it (order bn_relu); 7 after a ReLU, kept as a scale and shift (relu_bn)"
-        in flat(summary_table(seed))
+        "BatchNorm as deployed: 0 of 7 directly after a conv, folded into it (order bn_relu); "
+        "7 after a ReLU, kept as a scale and shift (relu_bn)" in flat(summary_table(seed))
     )
     assert "7 of 7 directly after a conv, folded into it (order bn_relu); 0 after a ReLU" in flat(summary_table(folded))
     run = {"test_acc": 0.99}

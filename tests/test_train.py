@@ -10,7 +10,9 @@ from nas.arch.model import count_params
 from nas.arch.spec import Pool, load_arch
 from nas.data.tensors import Data, Split
 from nas.errors import SpecError
-from nas.train.engine import Diverged, TrainConfig, evaluate, lr_at, train
+from nas.train.config import TrainConfig
+from nas.train.engine import Diverged, evaluate, train
+from nas.train.schedule import lr_at
 
 
 def cuda(test):
@@ -334,20 +336,21 @@ def test_failed_capture_falls_back_to_eager_and_says_why(small_data, monkeypatch
     """A capture broken by a host sync, on a network with dropout: the trial falls back to eager and
     trains, and the process is not poisoned: the next trial (dropout again) captures and replays."""
     import nas.train.engine as t
+    from nas.train.trial import _Trial
 
-    real = t._Trial.step
+    real = _Trial.step
 
     def syncs_when_captured(self, x, y):
         if torch.cuda.is_current_stream_capturing():
             self.loss_sum.sum().item()  # a host sync: not allowed while capturing
         real(self, x, y)
 
-    monkeypatch.setattr(t._Trial, "step", syncs_when_captured)
+    monkeypatch.setattr(_Trial, "step", syncs_when_captured)
     tiny = subset(small_data, 512, 256, "cuda")
     trained = train(with_dropout(), tiny, TrainConfig(epochs=1, batch_size=128))
     assert trained.engine.startswith("eager, fp32 (capture failed: "), trained.engine
     assert math.isfinite(trained.history[0].train_loss) and t._GRAPHS.failures == 1
-    monkeypatch.setattr(t._Trial, "step", real)
+    monkeypatch.setattr(_Trial, "step", real)
     again = train(with_dropout(), tiny, TrainConfig(epochs=2, batch_size=128))
     assert again.engine == "cuda graph, fp32" and math.isfinite(again.history[-1].train_loss)
 
@@ -498,10 +501,12 @@ def fake_cuda(monkeypatch):
     are recorded (the discipline, recovery and RNG choices are the real code's), and every step,
     validation and epoch preparation recorded as an interval."""
     import nas.train.engine as t
+    from nas.train.graphs import _Graphs
+    from nas.train.trial import _Trial
 
     rec = Record()
 
-    class FakeGraphs(t._Graphs):
+    class FakeGraphs(_Graphs):
         fail = False  # captures raise at capture_end
         per_capture = True  # how the fake torch keeps RNG state
         pools = 0
@@ -542,14 +547,14 @@ def fake_cuda(monkeypatch):
             name,
             lambda *a, _real=real, _name=name: (lambda s: (_real(*a), rec.add(_name, s))[0])(time.perf_counter()),
         )
-    step = t._Trial.step
+    step = _Trial.step
 
     def recorded_step(self, x, y):
         start = time.perf_counter()
         step(self, x, y)
         rec.add("step", start)
 
-    monkeypatch.setattr(t._Trial, "step", recorded_step)
+    monkeypatch.setattr(_Trial, "step", recorded_step)
     return graphs, rec
 
 
@@ -624,7 +629,8 @@ def test_a_failed_capture_is_cleaned_up_before_the_eager_fallback(small_data, fa
     with dropout: the graph is destroyed, the allocator told the capture ended, the generator's
     capture state cleared and the failure counted, all before the fallback's first eager step;
     the trial then trains eagerly and learns. The failed pool is not used again."""
-    import nas.train.engine as t
+    from nas.train.engine import RestartWorker
+    from nas.train.graphs import CAPTURE_FAILURES_TO_RESTART
 
     graphs, rec = fake_cuda
     graphs.fail, graphs.per_capture = True, False
@@ -644,8 +650,8 @@ def test_a_failed_capture_is_cleaned_up_before_the_eager_fallback(small_data, fa
     # the default generator was pointed at the trial's own (seed 4) during the capture and back after
     assert [i["state"] for i in rec.of("default generator")] == ["own seed 4", "default"]
     assert [i["seed"] for i in rec.of("register")] == [4]
-    graphs.failures = t.CAPTURE_FAILURES_TO_RESTART - 1
-    with pytest.raises(t.RestartWorker, match=f"{t.CAPTURE_FAILURES_TO_RESTART} CUDA graph captures failed"):
+    graphs.failures = CAPTURE_FAILURES_TO_RESTART - 1
+    with pytest.raises(RestartWorker, match=f"{CAPTURE_FAILURES_TO_RESTART} CUDA graph captures failed"):
         train(with_dropout(), subset(small_data, 256, 64), TrainConfig(epochs=1, batch_size=64))
 
 
@@ -679,7 +685,7 @@ def test_dropout_gets_its_own_generator_only_where_the_torch_shares_one(
 
 def test_norm_and_bias_decay_is_a_setting(small_data):
     """decay_norm_bias=False leaves BatchNorm weights and biases (the 1-D parameters) undecayed."""
-    from nas.train.engine import _Trial
+    from nas.train.trial import _Trial
 
     model = train(load_arch(SEED), subset(small_data, 128, 64), TrainConfig(epochs=1, batch_size=64)).packed
     decayed = lambda trial: {p.ndim: g["weight_decay"] for g in trial.opt.param_groups for p in g["params"]}  # noqa: E731
@@ -696,16 +702,17 @@ def test_the_weight_average_is_what_validation_and_export_see(small_data):
     """With ema_half_life the trained network is the average: it differs from the live weights,
     its validation figures are its own, and a half-life of a hundredth of an epoch tracks the
     live weights closely while one of an epoch lags."""
-    from nas.train.engine import _Trial
+    from nas.train.trial import _Trial
 
     tiny, arch = subset(small_data, 512, 256), load_arch(SEED)
     plain = train(arch, tiny, TrainConfig(epochs=2, batch_size=64, seed=1))
     short = train(arch, tiny, TrainConfig(epochs=2, batch_size=64, seed=1, ema_half_life=0.01))
     long = train(arch, tiny, TrainConfig(epochs=2, batch_size=64, seed=1, ema_half_life=1.0))
     live = plain.packed.state_dict()
-    gap = lambda t: max(
-        (a - live[k]).abs().max().item() for k, a in t.packed.state_dict().items() if a.is_floating_point()
-    )  # noqa: E731
+
+    def gap(t):
+        return max((a - live[k]).abs().max().item() for k, a in t.packed.state_dict().items() if a.is_floating_point())
+
     assert 0 < gap(short) < gap(long) and long.history[-1].val_loss != plain.history[-1].val_loss
     trial = _Trial(build_seed(), TrainConfig(epochs=4, ema_half_life=2.0), 1, 40, torch.device("cpu"), "fp32", False)
     assert (1 - trial.ema_weight) ** 20 == pytest.approx(0.5)  # a half-life of 2 epochs of 10 updates: 20 updates
@@ -753,7 +760,7 @@ def test_the_graph_step_averages_and_capture_puts_the_average_back(small_data, f
     """The step a CUDA graph captures updates the average (device-tensor learning rate, fused
     optimizer), as the eager step does; capture() runs warm-up steps and leaves the average as it
     was, so the first replay is the run's first update (graph engine on the CPU, as above)."""
-    from nas.train.engine import _Trial
+    from nas.train.trial import _Trial
 
     x, y = small_data.train.x[:64].contiguous(memory_format=torch.channels_last), small_data.train.y[:64, None]
     cfg = TrainConfig(epochs=1, batch_size=64, ema_half_life=0.5)
@@ -762,7 +769,7 @@ def test_the_graph_step_averages_and_capture_puts_the_average_back(small_data, f
         for g in (False, True)
     )
     before = {k: v.clone() for k, v in graph.ema.state_dict().items()}
-    graph.capture(x, y, 0)
+    graph.capture(x, y, 0, fake_cuda[0])
     for k, v in graph.ema.state_dict().items():
         assert torch.equal(v, before[k]), k
     for _ in range(3):

@@ -1,1 +1,3 @@
-"""Architectures as data: the layer kinds, the analytic plan every count comes from, budgets, the layer table, the one builder (model.py, the only module here that imports torch)."""
+"""Architectures as data: the layer kinds (layers.py), the analytic plan every count and cost comes
+from (costs.py), their file form (spec.py), budgets, the layer table, and the one builder (model.py,
+the only module here that imports torch)."""

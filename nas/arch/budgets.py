@@ -1,7 +1,7 @@
 """The budgets a study can limit and minimise, in one registry (torch-free).
 
 Each resource says where its limit lives (a StudySettings field, whose flag follows from its
-name), the limit's unit, how to read the value from nas.arch.spec.Costs and which trial attribute
+name), the limit's unit, how to read the value from nas.arch.costs.Costs and which trial attribute
 stores it. The worker, the CLI, the analytics and the report all go through this table, so a
 new resource is one entry here plus its StudySettings field.
 """
@@ -13,7 +13,8 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, NamedTuple
 
-from nas.arch.spec import KB, Costs, arch_from_dict, costs
+from nas.arch.costs import KB, Costs, costs
+from nas.arch.spec import arch_from_dict
 
 
 def flag(key: str) -> str:

@@ -1,11 +1,11 @@
-"""The one builder: an Arch becomes an nn.Sequential, module for module as nas.arch.spec.plan says.
+"""The one builder: an Arch becomes an nn.Sequential, module for module as nas.arch.costs.plan says.
 
 `build(arch, copies=K)` lays out K independent copies of the network as one: every conv is grouped
-(groups=K, a depthwise conv's groups=K x C) and every BatchNorm has K x C channels, so copy k owns channel block k of every layer and
-no weight, gradient or batch statistic crosses between copies. Copy k reads input channels
-k*C_in..(k+1)*C_in and writes logits k*classes..(k+1)*classes: K different batches stacked along
-the channel dimension train K networks in one launch per layer. `pack` and `unpack` move weights
-between K plain networks and the packed one.
+(groups=K, a depthwise conv's groups=K x C) and every BatchNorm has K x C channels, so copy k owns
+channel block k of every layer and no weight, gradient or batch statistic crosses between copies.
+Copy k reads input channels k*C_in..(k+1)*C_in and writes logits k*classes..(k+1)*classes: K
+different batches stacked along the channel dimension train K networks in one launch per layer.
+`pack` and `unpack` move weights between K plain networks and the packed one.
 """
 
 from __future__ import annotations
@@ -16,14 +16,16 @@ import torch
 from torch import nn
 from torch.nn.utils.fusion import fuse_conv_bn_eval
 
-from nas.arch.spec import Arch, plan
+from nas.arch.costs import plan
+from nas.arch.layers import Arch
 
 # Arguments that count channels, widened K times in a packed network.
 _CHANNELS = {"Conv2d": ("in_channels", "out_channels"), "BatchNorm2d": ("num_features",)}
 
 
 def build(arch: Arch, copies: int = 1) -> nn.Sequential:
-    """The network of `arch`; copies > 1 packs that many independent networks into one (output [N, copies * classes])."""
+    """The network of `arch`; copies > 1 packs that many independent networks into one
+    (output [N, copies * classes])."""
     if copies < 1:
         raise ValueError(f"copies must be at least 1 (got {copies})")
     modules = []
@@ -35,7 +37,9 @@ def build(arch: Arch, copies: int = 1) -> nn.Sequential:
             args["groups"] = args.get("groups", 1) * copies
         modules.append(getattr(nn, step.module)(**args))
     model = nn.Sequential(*modules)
-    model.copies = copies
+    # A plain attribute, stored as nn.Module's __setattr__ stores any value that is no tensor or module
+    # (its annotation admits only those).
+    vars(model)["copies"] = copies
     return model
 
 
@@ -73,10 +77,16 @@ def count_params(model: nn.Module) -> int:
 
 
 class Affine(nn.Module):
-    """A BatchNorm that cannot fold (it follows a ReLU) as deployed: a per-channel scale and shift, in place."""
+    """A BatchNorm that cannot fold (it follows a ReLU) as deployed: a per-channel scale and shift,
+    in place."""
 
     def __init__(self, bn: nn.BatchNorm2d):
         super().__init__()
+        # Its two buffers, declared for the type checker only: a class annotation would be a string
+        # here (postponed annotations), which torch.jit.script cannot read.
+        self.scale: torch.Tensor
+        self.shift: torch.Tensor
+        assert bn.running_mean is not None and bn.running_var is not None  # built with running statistics
         scale = bn.weight / torch.sqrt(bn.running_var + bn.eps)
         self.register_buffer("scale", scale.detach().view(-1, 1, 1))
         self.register_buffer("shift", (bn.bias - bn.running_mean * scale).detach().view(-1, 1, 1))
@@ -87,13 +97,16 @@ class Affine(nn.Module):
 
 @torch.no_grad()
 def deployed(model: nn.Sequential) -> nn.Sequential:
-    """A copy of the network as a deployment holds it, which is what nas.arch.spec.step_costs counts: a
+    """A copy of the network as a deployment holds it, which is what nas.arch.costs.step_costs counts: a
     BatchNorm right after a conv folded into it (order bn_relu), any other one an in-place Affine
     (relu_bn), ReLU in place, Dropout dropped; same outputs as `model` in eval mode. Its weights are
     in the default memory layout: one trained in channels_last would otherwise export its layout
     as index arithmetic in the graph."""
     out: list[nn.Module] = []
-    for m in copy.deepcopy(model).to(memory_format=torch.contiguous_format):
+    # Module.to takes memory_format (its documentation says so), but its typed overloads leave it out.
+    plain = copy.deepcopy(model)
+    plain = plain.to(memory_format=torch.contiguous_format)  # type: ignore[call-overload]  # stubs lack memory_format
+    for m in plain:
         if isinstance(m, nn.BatchNorm2d) and out and isinstance(out[-1], nn.Conv2d):
             out[-1] = fuse_conv_bn_eval(out[-1], m)
         elif isinstance(m, nn.BatchNorm2d):

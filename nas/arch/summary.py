@@ -6,7 +6,8 @@ from __future__ import annotations
 
 import textwrap
 
-from nas.arch.spec import DEFINITIONS, FP32, INT8, KB, Arch, costs, plan
+from nas.arch.costs import DEFINITIONS, FP32, INT8, KB, costs, plan
+from nas.arch.layers import Arch
 
 WIDTH = 108
 
@@ -33,7 +34,8 @@ def summary_table(arch: Arch) -> str:
     rule = "-" * WIDTH
     lines = [
         rule,
-        f"{'Layer (type)':>24}  {'Output Shape':>22}  {'Param #':>9}  {'MACs':>11}  {'Act. int8':>10}  {'Int8 bytes':>10}  {'RF':>8}",
+        f"{'Layer (type)':>24}  {'Output Shape':>22}  {'Param #':>9}  {'MACs':>11}  "
+        f"{'Act. int8':>10}  {'Int8 bytes':>10}  {'RF':>8}",
         "=" * WIDTH,
     ]
     for n, (s, sc) in enumerate(zip(steps, c.steps), 1):
@@ -41,7 +43,8 @@ def summary_table(arch: Arch) -> str:
         act = f"{sc.activation * INT8:,}" + ("*" if n - 1 == c.peak_step else " ") if sc.activation else "in place "
         stored = "folded" if sc.folded else f"{sc.int8_bytes:,}"
         lines.append(
-            f"{s.module + '-' + str(n):>24}  {shape:>22}  {s.params:>9,}  {sc.macs:>11,}  {act:>10}  {stored:>10}  {s.rf:>8}"
+            f"{s.module + '-' + str(n):>24}  {shape:>22}  {s.params:>9,}  {sc.macs:>11,}  "
+            f"{act:>10}  {stored:>10}  {s.rf:>8}"
         )
     lines += [
         "=" * WIDTH,
@@ -50,7 +53,8 @@ def summary_table(arch: Arch) -> str:
         "Non-trainable params: 0",
         f"Receptive field: {max(s.rf for s in steps)} px (input {'x'.join(map(str, arch.input))})",
         f"MACs per image: {c.macs:,}",
-        f"Peak activation memory: int8 {_kb(c.activation_int8)}, fp32 {_kb(c.activation_fp32)} (at layer {c.peak_step + 1}, marked *)",
+        f"Peak activation memory: int8 {_kb(c.activation_int8)}, fp32 {_kb(c.activation_fp32)} "
+        f"(at layer {c.peak_step + 1}, marked *)",
         f"Model bytes: int8 {_kb(c.model_int8)}, fp32 {_kb(c.model_fp32)} ({c.model_fp32 // FP32:,} numbers stored)",
         *textwrap.wrap(batchnorm_line(arch), WIDTH, subsequent_indent="  "),
         rule,
@@ -58,7 +62,8 @@ def summary_table(arch: Arch) -> str:
             textwrap.fill(text, WIDTH, subsequent_indent="  ")
             for text in (
                 *DEFINITIONS,
-                "Act. int8: bytes of input + output held while the layer runs; Int8 bytes: its stored weights, scales and biases.",
+                "Act. int8: bytes of input + output held while the layer runs; "
+                "Int8 bytes: its stored weights, scales and biases.",
             )
         ),
         rule,

@@ -14,14 +14,14 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from nas.data import datasets
+from nas.data import datasets, formats
 from nas.data.datasets import MNIST, Dataset, DatasetSpec
 from nas.errors import DataError
 
 
 def read_idx(path: str | Path) -> torch.Tensor:
-    """An IDX file (raw or .gz) as a uint8 tensor (nas.data.datasets.read_idx)."""
-    return torch.from_numpy(datasets.read_idx(path).copy())
+    """An IDX file (raw or .gz) as a uint8 tensor (nas.data.formats.read_idx)."""
+    return torch.from_numpy(formats.read_idx(path).copy())
 
 
 def _dataset(dataset: str | Dataset, data_dir: str | Path | None, fetch: bool = True) -> Dataset:
@@ -94,7 +94,8 @@ def load(
     images, labels = torch.from_numpy(ds.x_train), torch.from_numpy(ds.y_train)
     if not 0 <= val_size < len(labels):
         raise DataError(
-            f"validation size {val_size} must be between 0 and {len(labels) - 1} ({ds.spec.name} has {len(labels):,} training images)"
+            f"validation size {val_size} must be between 0 and {len(labels) - 1} "
+            f"({ds.spec.name} has {len(labels):,} training images)"
         )
     order = torch.randperm(len(labels), generator=torch.Generator().manual_seed(seed))
     val_idx, train_idx = order[:val_size], order[val_size:]

@@ -2,7 +2,7 @@
 
 A trial offers a checkpoint at the end of an epoch once nas.train.engine.CHECKPOINT_SECONDS have passed
 since its last one (so a trial of a few seconds writes none). The file is named after the trial's
-config_key (nas.search.worker.config_key: the architecture, its training configuration and the seeds), so
+config_key (nas.space.spaces.point_key: the architecture, its training configuration and the seeds), so
 the retry of an interrupted trial, or of one whose worker died, finds it and trains on from there.
 It lives in the study's artifact folder (`checkpoints/<study>/`), which workers on several
 machines share; a server storage given no --artifacts keeps them in this machine's cache, where

@@ -71,7 +71,10 @@ def describe(slots: Sequence[Slot]) -> str:
     """The plan in a few words, however many workers it has."""
     if all(x.gpu is None for x in slots):
         threads = slots[0].threads
-        return f"{len(slots)} worker{'s' if len(slots) != 1 else ''} on the CPU, {threads} thread{'s' if threads != 1 else ''}{' each' if len(slots) > 1 else ''}"
+        return (
+            f"{len(slots)} worker{'s' if len(slots) != 1 else ''} on the CPU, "
+            f"{threads} thread{'s' if threads != 1 else ''}{' each' if len(slots) > 1 else ''}"
+        )
     per: dict[str, list[Slot]] = {}
     for x in slots:
         per.setdefault(str(x.gpu), []).append(x)

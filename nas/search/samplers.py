@@ -144,6 +144,7 @@ class EvolutionSampler(BaseSampler):
             elif isinstance(d, IntDistribution):
                 g[name] = self.rng.randint(d.low, d.high)
             else:
+                assert isinstance(d, FloatDistribution)  # the genome's only other kind: a learning rate
                 g[name] = (
                     math.exp(self.rng.uniform(math.log(d.low), math.log(d.high)))
                     if d.log
@@ -162,6 +163,7 @@ class EvolutionSampler(BaseSampler):
         elif isinstance(d, IntDistribution):
             child[name] = min(d.high, max(d.low, g[name] + self.rng.choice((-1, 1))))
         else:  # a learning rate: a log-normal step, kept in range
+            assert isinstance(d, FloatDistribution)
             child[name] = min(d.high, max(d.low, g[name] * math.exp(self.rng.gauss(0, 0.5))))
         return None if decode(self.space, child, self.settings.max_epochs) == before else child
 

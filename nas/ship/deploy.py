@@ -79,6 +79,7 @@ def write_fp32(model: nn.Module, example: torch.Tensor, path: Path, metadata: di
             output_names=[OUTPUT],
             dynamic_shapes=({0: torch.export.Dim("batch")},),
         )
+    assert program is not None  # dynamo=True always gives the program
     proto = program.model_proto
     for node in proto.graph.node:
         del node.metadata_props[:]

@@ -21,7 +21,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import optuna
 import torch
@@ -31,12 +31,12 @@ import nas
 from nas.arch.budgets import trial_attrs
 from nas.arch.model import deployed
 from nas.arch.spec import Arch, arch_to_toml, costs, param_count, receptive_field
-from nas.arch.summary import batchnorm_line, summary_table
-from nas.data.datasets import MNIST, Dataset, DatasetSpec, background
+from nas.data.datasets import MNIST, Dataset, DatasetSpec
+from nas.data.stats import background
 from nas.data.tensors import Data, load_full_train, load_test
 from nas.ship import deploy
+from nas.ship.card import model_card
 from nas.ship.predict import INFO, ModelInfo, jit_quietly, pixels
-from nas.study.analytics import count
 from nas.train.config import TrainConfig
 from nas.train.engine import Epoch, accuracy, predict, train
 
@@ -98,6 +98,10 @@ def from_trial(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> Source:
 class RawPixels(nn.Module):
     """What ships: the data's normalisation (per channel), then the trained network."""
 
+    if TYPE_CHECKING:  # the buffers' type, for mypy: TorchScript cannot read these (string) annotations
+        mean: torch.Tensor
+        std: torch.Tensor
+
     def __init__(self, net: nn.Module, spec: DatasetSpec = MNIST):
         super().__init__()
         self.net = net
@@ -127,7 +131,8 @@ def to_exported(model: torch.nn.Module, example: torch.Tensor, path: Path, info:
     ModelInfo as model.pt (load with torch.export.load(path).module())."""
     # Weights in the standard layout: the trainer's channels_last ones save as views that
     # torch.export's archive warns about when loaded ("No complete tensor found in the group").
-    model = copy.deepcopy(model).to(memory_format=torch.contiguous_format)
+    model = copy.deepcopy(model)
+    model = model.to(memory_format=torch.contiguous_format)  # type: ignore[call-overload]  # stubs omit memory_format
     program = torch.export.export(model, (example,), dynamic_shapes={"x": {0: torch.export.Dim("batch")}})
     torch.export.save(program, str(path), extra_files={INFO: info.to_json()})
 
@@ -275,7 +280,8 @@ def _export(
         if device.type == "cuda"
         else f"cpu ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)",
         "torchscript": how,
-        "input": f"model.pt: float [N, {c}, {h}, {w}] pixels in [0, 1] (normalisation inside), as model.pt2; state_dict.pt: the bare network, normalised input",
+        "input": f"model.pt: float [N, {c}, {h}, {w}] pixels in [0, 1] (normalisation inside), as model.pt2; "
+        "state_dict.pt: the bare network, normalised input",
         "background": info.background,
         "verified": True,
         "onnx": onnx_files,
@@ -315,9 +321,11 @@ def ship_onnx(
         fp32.unlink(missing_ok=True)
         int8.unlink(missing_ok=True)
         log(
-            f"no ONNX files: {', '.join(absent)} not installed ({deploy.INSTALL} to get {deploy.FP32} and {deploy.INT8})"
+            f"no ONNX files: {', '.join(absent)} not installed "
+            f"({deploy.INSTALL} to get {deploy.FP32} and {deploy.INT8})"
         )
         return None
+    assert isinstance(net, nn.Sequential)  # nas.arch.model.build's network, which nas trains
     start = time.perf_counter()
     try:
         deploy.write_fp32(
@@ -336,16 +344,19 @@ def ship_onnx(
         got[0], expected, atol=ONNX_TOLERANCE, rtol=ONNX_TOLERANCE
     ):
         raise ExportError(
-            f"{fp32} does not reproduce model.pt's predictions on the test set (tolerance {ONNX_TOLERANCE}); not exporting"
+            f"{fp32} does not reproduce model.pt's predictions on the test set "
+            f"(tolerance {ONNX_TOLERANCE}); not exporting"
         )
     fp32_acc, int8_acc = accuracy(got[0], labels), accuracy(got[1], labels)
     agreement = (got[1].argmax(1) == got[0].argmax(1)).float().mean().item()
     log(
         f"ONNX: {deploy.FP32} {100 * fp32_acc:.2f} % (as model.pt), {deploy.INT8} {100 * int8_acc:.2f} % "
-        f"(agrees with fp32 on {100 * agreement:.2f} %), checked with onnxruntime alone, {time.perf_counter() - start:.0f} s"
+        f"(agrees with fp32 on {100 * agreement:.2f} %), checked with onnxruntime alone, "
+        f"{time.perf_counter() - start:.0f} s"
     )
     return {
-        "input": f"{deploy.INPUT}: float32 [N, {', '.join(map(str, spec.shape))}] pixels in [0, 1] (normalisation inside); output {deploy.OUTPUT} [N, {spec.classes}]",
+        "input": f"{deploy.INPUT}: float32 [N, {', '.join(map(str, spec.shape))}] pixels in [0, 1] "
+        f"(normalisation inside); output {deploy.OUTPUT} [N, {spec.classes}]",
         "tolerance": ONNX_TOLERANCE,
         "fp32": {
             "file": deploy.FP32,
@@ -362,100 +373,3 @@ def ship_onnx(
 def _line(e: Epoch, epochs: int, seeds: int) -> str:
     loss = f"train loss {e.train_loss:.4f}" + (f" (mean of {seeds} seeds)" if seeds > 1 else "")
     return f"epoch {e.epoch:>3}/{epochs}  mean lr {e.lr:.4f}  {loss}  {e.seconds:6.2f} s"
-
-
-def _bytes(f: dict[str, Any]) -> str:
-    return f"{f['tensor_bytes']:,} B (" + ", ".join(f"{dtype} {n:,}" for dtype, n in f["by_dtype"].items()) + ")"
-
-
-def onnx_card(o: dict[str, Any] | None, model_int8: int, model_fp32: int, batchnorm: str) -> str:
-    """The model card's section on the ONNX files: what they score, hold and weigh against the budget."""
-    if o is None:
-        return f"No ONNX files: the onnx extra was not installed at export (`{deploy.INSTALL}`, then export again)."
-    fp32, int8 = o["fp32"], o["int8"]
-    extra = ", ".join(f"{role} {n:,} B" for role, n in int8["by_role"].items() if role not in deploy.BUDGETED)
-    return f"""## Without PyTorch: `model.onnx` and `model.int8.onnx`
-
-| file | test accuracy | tensors stored | of which model bytes | file |
-|---|---|---|---|---|
-| `model.onnx`, fp32 | {100 * fp32["test_acc"]:.2f} % (the class of `model.pt` on every test image, logits within {o["tolerance"]:.0e}) | {_bytes(fp32)} | {fp32["budgeted_bytes"]:,} B (analytic {model_fp32:,} B) | {fp32["file_bytes"]:,} B |
-| `model.int8.onnx` | {100 * int8["test_acc"]:.2f} % (agrees with fp32 on {100 * int8["agreement"]:.2f} %) | {_bytes(int8)} | {int8["budgeted_bytes"]:,} B (analytic {model_int8:,} B) | {int8["file_bytes"]:,} B |
-
-Both are single files (weights inside), checked in a fresh process with onnxruntime alone, and
-take the same input as `model.pt`. {batchnorm}. `model.int8.onnx` is
-{o["quantization"]}, the ranges calibrated on the first {o["calibration_images"]:,} training images
-(never the test set). Model bytes are its conv weights, their scales, biases and kept BatchNorm
-(definitions below the layer table); its other tensors: {extra}. The files hold their graphs besides.
-
-    import onnxruntime as ort
-    session = ort.InferenceSession("model.int8.onnx")  # or model.onnx
-    classes = session.run(None, {{"{deploy.INPUT}": x.numpy()}})[0].argmax(1)  # x as above, float32"""
-
-
-def model_card(arch: Arch, m: dict[str, Any]) -> str:
-    d = DatasetSpec.from_dict(m["dataset"])
-    origin = f"study `{m['study']}`, trial {m['trial']}" if m.get("study") else "an architecture file"
-    seeds = ", ".join(f"{100 * r['test_acc']:.2f} %" for r in m["seeds"])
-    n = m["train_images"]
-    images = (
-        f"all {n:,} training images"
-        if n == d.train
-        else f"the first {n:,} of the {d.train:,} training images (a smoke run)"
-    )
-    c = costs(arch)
-    channels, h, w = d.shape
-    polarity = {
-        "dark": ", light on dark as the training images are (invert dark-on-light scans)",
-        "light": ", dark on light as the training images are (invert light-on-dark scans)",
-    }.get(m["background"], "")
-    names = (
-        ("\n\n| class | name |\n|---|---|\n" + "\n".join(f"| {k} | {name} |" for k, name in enumerate(d.class_names)))
-        if d.class_names
-        else ""
-    )
-    shape = (
-        f"    x = x.reshape(-1, 1, {h}, {w})\n"
-        if channels == 1
-        else f"    x = x.permute(0, 3, 1, 2)  # images [N, {h}, {w}, {channels}] as PIL and numpy hold them, to [N, {channels}, {h}, {w}]\n"
-    )
-    return f"""# {arch.name}
-
-A fully convolutional classifier of {d.name} ({"x".join(map(str, d.shape))} images, {d.classes} classes) found by nas
-({origin}): {m["params"]:,} parameters, receptive field {m["receptive_field"]} px, no fully connected layer.
-
-| | |
-|---|---|
-| test accuracy of `model.pt` (seed 0) | {100 * m["test_acc"]:.2f} % on {d.test:,} test images{" (held out of the data, seeded)" if d.held_out else ""} |
-| over {count(len(m["seeds"]), "seed")} | mean {100 * m["test_acc_mean"]:.2f} %, range {100 * m["test_acc_min"]:.2f}-{100 * m["test_acc_max"]:.2f} % ({seeds}) |
-| training | {count(m["epochs"], "epoch")} on {images}, {m["train_seconds"]:.0f} s on {m["device"]} |
-| search validation accuracy | {"n/a" if m.get("search_val_acc") is None else f"{100 * m['search_val_acc']:.2f} %"} |
-| data | {d.name}, SHA-256 of its arrays {d.sha256} |
-| MACs per image | {c.macs:,} |
-| peak activation memory | {c.activation_int8:,} B at int8, {c.activation_fp32:,} B at fp32 |
-| model bytes (deployed) | {c.model_int8:,} B at int8, {c.model_fp32:,} B at fp32 |{names}
-
-The test set was used only for the figures above, after the architecture was chosen.
-The costs are computed from the architecture (definitions below the layer table).
-
-`model.pt` is TorchScript ({m["torchscript"]}); it needs only torch, and takes images as people
-have them: the data's normalisation is inside the model, so do not normalise again.
-
-    import torch
-    model = torch.jit.load("model.pt").eval()
-    x = images.float().div(255)  # uint8 pixels to [0, 1]{polarity}
-{shape}    classes = model(x).argmax(1)
-
-`model.pt2` is the same network as a `torch.export` program (TorchScript's successor, which
-torch 2.14 recommends), checked in a fresh process like `model.pt`:
-
-    model = torch.export.load("model.pt2").module()
-
-`state_dict.pt` holds the bare network's weights (for `nas.arch.model.build` of `architecture.toml`),
-which expects normalised input, `(x - mean) / std` per channel with mean {list(d.mean)} and std {list(d.std)}.
-
-{onnx_card(m.get("onnx"), c.model_int8, c.model_fp32, batchnorm_line(arch))}
-
-```
-{summary_table(arch)}
-```
-"""

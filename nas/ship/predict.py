@@ -13,7 +13,8 @@ from pathlib import Path
 
 import torch
 
-from nas.data import datasets
+from nas.data.formats import images_chw, read_idx
+from nas.data.stats import edge_level
 from nas.errors import DataError, UsageError
 
 INFO = "nas.json"  # model.pt's extra file, and the key of the ONNX files' metadata, that holds ModelInfo
@@ -29,7 +30,7 @@ class ModelInfo:
     dataset: str = "mnist"
     input: tuple[int, int, int] = (1, 28, 28)  # channels, height, width
     class_names: tuple[str, ...] | None = None
-    background: str = "dark"  # of the training images' edges (nas.data.datasets.background)
+    background: str = "dark"  # of the training images' edges (nas.data.stats.background)
 
     def to_json(self) -> str:
         return json.dumps(asdict(self))
@@ -69,7 +70,7 @@ def load_images(path: Path, info: ModelInfo) -> tuple[torch.Tensor, bool]:
     head = path.read_bytes()[:4]
     inverted = False
     if head[:3] == IDX_MAGIC or head[:2] == b"\x1f\x8b":
-        images = datasets.read_idx(path)
+        images = read_idx(path)
         images = images[None] if images.ndim == 2 else images
     elif head[:2] == b"PK":  # a zip: an .npz
         with _npz(path) as f:
@@ -85,20 +86,21 @@ def load_images(path: Path, info: ModelInfo) -> tuple[torch.Tensor, bool]:
                 images = np.array(im.convert(_MODES[info.input[0]]))[None]
         except (UnidentifiedImageError, OSError) as e:
             raise DataError(f"{path}: not a PNG/JPEG image, IDX or .npz file ({e})") from None
-        level = datasets.edge_level(
-            datasets.images_chw(images, str(path))
-        )  # a photo of paper is grey, not white: which side of grey counts
+        # a photo of paper is grey, not white: which side of grey counts
+        level = edge_level(images_chw(images, str(path)))
         if (info.background == "dark" and level > 0.5) or (info.background == "light" and level < 0.5):
             images, inverted = 255 - images, True
-    x = datasets.images_chw(images, str(path))
+    x = images_chw(images, str(path))
     c, h, w = info.input
     if x.shape[1] != c:
         raise DataError(
-            f"{path}: holds {x.shape[1]}-channel images; the model takes {c} ({_MODES.get(c, c)}), as {info.dataset} has them"
+            f"{path}: holds {x.shape[1]}-channel images; "
+            f"the model takes {c} ({_MODES.get(c, c)}), as {info.dataset} has them"
         )
     if tuple(x.shape[2:]) != (h, w):
         raise DataError(
-            f"{path}: the image is {x.shape[3]}x{x.shape[2]} pixels; the model classifies {w}x{h} images as {info.dataset} has them: "
+            f"{path}: the image is {x.shape[3]}x{x.shape[2]} pixels; "
+            f"the model classifies {w}x{h} images as {info.dataset} has them: "
             f"crop or scale it to {w}x{h} first"
         )
     return torch.from_numpy(x), inverted
@@ -135,7 +137,8 @@ class OnnxModel:
         names = [i.name for i in self.session.get_inputs()]
         if names != [INPUT]:
             raise UsageError(
-                f"{path}: takes {', '.join(names)}, not the {INPUT!r} input of the models nas export writes; give one of those"
+                f"{path}: takes {', '.join(names)}, not the {INPUT!r} input of the models nas export writes; "
+                "give one of those"
             )
         self.input = INPUT
         self.info = ModelInfo.from_json(self.session.get_modelmeta().custom_metadata_map.get(INFO))

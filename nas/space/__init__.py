@@ -1,1 +1,3 @@
-"""Search spaces as data: a TOML file becomes a Space that samples genomes within a budget."""
+"""Search spaces as data: what a space offers (choices.py), read from its TOML file (spaces.py),
+sampled as a genome (genome.py), its exact cheapest networks (cheapest.py) and its description
+(describe.py)."""

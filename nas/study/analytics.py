@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -69,7 +70,7 @@ class ParetoRule:
     def of(cls, settings: StudySettings) -> ParetoRule:
         return cls(settings.stop_epochs(), settings.stop_eta)
 
-    def should_stop(self, epoch: int, acc: float, cost: float, peers: list[tuple[float, float]]) -> bool:
+    def should_stop(self, epoch: int, acc: float, cost: float, peers: Sequence[tuple[float, float]]) -> bool:
         """peers: (accuracy at this epoch, cost) of the other trials that reached it."""
         if epoch not in self.rungs:
             return False
@@ -263,7 +264,11 @@ def replay_rule(study: optuna.Study, rule: ConvergenceRule) -> dict[str, Any]:
     return {"trials": len(full), "pruned": pruned, "seconds": spent, "saved": saved, "wrongly_pruned": wrong}
 
 
-def rule_replays(study: optuna.Study, starts=(0.25, 0.5, 0.75), slacks=(0.03, 0.06, 0.1)) -> list[dict[str, Any]]:
+def rule_replays(
+    study: optuna.Study,
+    starts: tuple[float, ...] = (0.25, 0.5, 0.75),
+    slacks: tuple[float, ...] = (0.03, 0.06, 0.1),
+) -> list[dict[str, Any]]:
     """Candidate convergence rules replayed on the trials that trained all their epochs."""
     settings = study_settings(study)
     rows = []
@@ -329,14 +334,16 @@ def summary(study: optuna.Study) -> str:
     c, over = counts(study), over_budget(study)
     why = f" ({', '.join(f'{k} {v}' for k, v in over.items())})" if over else ""
     lines = [
-        f"trials: {c['complete']} complete ({c['converged']} reached the target), pruned {c['pruned_budget']} by budget{why}, "
-        f"{c['pruned_invalid']} invalid, {c['pruned_convergence']} by convergence, {c['pruned_pareto']} by the Pareto rule, {c['failed']} failed"
+        f"trials: {c['complete']} complete ({c['converged']} reached the target), "
+        f"pruned {c['pruned_budget']} by budget{why}, {c['pruned_invalid']} invalid, "
+        f"{c['pruned_convergence']} by convergence, {c['pruned_pareto']} by the Pareto rule, {c['failed']} failed"
         + (f" ({c['rerun']} more stopped and run again)" if c["rerun"] else "")
     ]
     waiting = untrained_builtins(study)
     if waiting:
         lines.append(
-            f"built-ins not trained yet (the --trials goal came first): {', '.join(waiting)}; a higher --trials trains them"
+            f"built-ins not trained yet (the --trials goal came first): {', '.join(waiting)}; "
+            "a higher --trials trains them"
         )
     front, r = pareto_front(study), minimized(study)
     if front:
@@ -351,7 +358,8 @@ def summary(study: optuna.Study) -> str:
             note = "seed" if "seed_arch" in t.user_attrs else ""
             size = f"{r.format(r.value(t.user_attrs)):>22}  " if extra else ""
             lines.append(
-                f"  {t.number:>5}  {t.user_attrs['params']:>8,}  {size}{100 * t.values[0]:>7.2f}%  {t.user_attrs['receptive_field']:>4}  {note}"
+                f"  {t.number:>5}  {t.user_attrs['params']:>8,}  {size}{100 * t.values[0]:>7.2f}%  "
+                f"{t.user_attrs['receptive_field']:>4}  {note}"
             )
     best = best_trial(study)
     lines.append(

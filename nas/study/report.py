@@ -1,200 +1,42 @@
-"""A study as files a person can review offline: trials.csv (one flat row per trial) and
-report.html, one self-contained page (plotly.js inlined once) that needs no network.
+"""A study as files a person can review offline: trials.csv (one flat row per trial,
+nas.study.trials_csv) and report.html, one self-contained page (plotly.js inlined once) that
+needs no network. The page's plots are drawn in nas.study.figures.
 
-Torch-free: everything comes from the study's attributes, through nas.study.analytics and nas.study.notes.
+Torch-free: everything comes from the study's attributes, through nas.study.analytics and the
+notes' wording (nas.study.trial_note, nas.study.study_note).
 """
 
 from __future__ import annotations
 
-import csv
 import html
-import warnings
+from collections.abc import Collection
 from pathlib import Path
 from typing import Any
 
 import optuna
 import plotly.graph_objects as go
-from optuna.trial import FrozenTrial, TrialState
+from optuna.trial import TrialState
 
-from nas.arch.budgets import FP32_ATTRS, RESOURCES
 from nas.arch.summary import summary_table
 from nas.study.analytics import (
     ConvergenceRule,
     best_trial,
     count,
     duration,
-    minimized,
     pareto_front,
     pareto_replays,
     pruning_savings,
     rule_replays,
     study_settings,
 )
-from nas.study.notes import arch_line, counts_line, ending, pct, settings_rows, time_spent, trial_arch
-
-# Outcome -> (colour, line dash) in the learning curves; a legend entry each.
-STYLES = {
-    "converged": ("#2ca02c", "solid"),
-    "below target": ("#ff7f0e", "solid"),
-    "pruned (convergence)": ("#d62728", "dot"),
-    "failed": ("#7f7f7f", "dash"),
-    "failed (stale)": ("#7f7f7f", "dash"),
-    "running": ("#1f77b4", "solid"),
-}
-# Attributes only some studies have (costs, engines, seeds): a column each when any trial has one.
-OPTIONAL_COLUMNS = (
-    *(r.attr for r in RESOURCES[1:]),
-    *FP32_ATTRS.values(),
-    "engine",
-    "duplicate_of",
-    "val_accs",
-    "worker",
-)
+from nas.study.figures import curves_figure, history_figure, importance_figure, pareto_figure
+from nas.study.study_note import counts_line, settings_rows, time_spent
+from nas.study.trial_note import arch_line, ending, pct, trial_arch
+from nas.study.trials_csv import write_csv
 
 
 def _esc(x: Any) -> str:
     return html.escape(str(x))
-
-
-def _hover(t: FrozenTrial) -> str:
-    """A point's label: the trial, its architecture in one line, and its costs."""
-    arch = trial_arch(t)
-    costs = ", ".join(f"{r.label} {r.format(t.user_attrs[r.attr])}" for r in RESOURCES if r.attr in t.user_attrs)
-    return (
-        f"trial {t.number}"
-        + (f"<br>{html.escape(arch_line(arch))}" if arch else "")
-        + (f"<br>{html.escape(costs)}" if costs else "")
-    )
-
-
-def pareto_figure(study: optuna.Study) -> go.Figure:
-    """Every complete trial by the minimised resource (--minimize) and validation accuracy; the
-    front joined, the seed a star."""
-    settings, r = study_settings(study), minimized(study)
-    done = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
-    front = pareto_front(study)
-    on_front = {t.number for t in front}
-    fig = go.Figure()
-    for label, members, marker, mode in (
-        ("trials", [t for t in done if t.number not in on_front], dict(color="#b0b0b0", size=8), "markers"),
-        ("Pareto front", front, dict(color="royalblue", size=10), "lines+markers"),
-        (
-            "seed network",
-            [t for t in done if "seed_arch" in t.user_attrs],
-            dict(color="crimson", size=18, symbol="star", line=dict(width=1, color="black")),
-            "markers",
-        ),
-    ):
-        fig.add_trace(
-            go.Scatter(
-                x=[r.value(t.user_attrs) for t in members],
-                y=[100 * t.values[0] for t in members],
-                mode=mode,
-                name=label,
-                marker=marker,
-                line=dict(shape="hv", color="royalblue") if mode != "markers" else None,
-                text=[_hover(t) for t in members],
-                hovertemplate="%{text}<br>%{y:.2f} %<extra></extra>",
-            )
-        )
-    fig.add_hline(y=100 * settings.target_accuracy, line_dash="dot", annotation_text="target")
-    if r.limit(settings) is not None:
-        fig.add_vline(x=r.limit(settings), line_dash="dot", annotation_text="budget")
-    fig.update_layout(
-        title=f"Validation accuracy vs {r.label} (hover for the architecture)",
-        xaxis_title=r.label + (f" ({r.value_unit})" if r.value_unit else ""),
-        yaxis_title="validation accuracy (%)",
-        hoverlabel=dict(align="left"),
-    )
-    return fig
-
-
-def curves_figure(study: optuna.Study) -> go.Figure:
-    """Every learning curve coloured by how its trial ended, with the target and the line the
-    convergence rule holds trials to over the epochs it judges."""
-    settings = study_settings(study)
-    rule = ConvergenceRule.of(settings)
-    fig = go.Figure()
-    shown: set[str] = set()
-    lows = [100 * settings.target_accuracy]
-    for t in study.get_trials(deepcopy=False):
-        curve = t.user_attrs.get("curve")
-        if not curve:
-            continue
-        label = ending(t, settings)[0]
-        colour, dash = STYLES.get(label, ("#9467bd", "solid"))
-        lows += [100 * a for a in curve[1:] or curve]
-        fig.add_trace(
-            go.Scatter(
-                x=list(range(1, len(curve) + 1)),
-                y=[100 * a for a in curve],
-                mode="lines+markers" if len(curve) == 1 else "lines",
-                name=label,
-                legendgroup=label,
-                showlegend=label not in shown,
-                line=dict(color=colour, dash=dash, width=1.5),
-                opacity=0.8,
-                text=[f"trial {t.number}: {label}"] * len(curve),
-                hovertemplate="%{text}<br>epoch %{x}: %{y:.2f} %<extra></extra>",
-            )
-        )
-        shown.add(label)
-    if settings.pruning != "off":
-        epochs = list(range(rule.first_epoch(), settings.max_epochs + 1))
-        fig.add_trace(
-            go.Scatter(
-                x=epochs,
-                y=[100 * rule.needed(e) for e in epochs],
-                mode="lines+markers",
-                name=f"convergence threshold ({settings.pruning})",
-                line=dict(color="black", dash="dash", width=2),
-                marker=dict(symbol="line-ew-open", size=10),
-                hovertemplate="epoch %{x}: %{y:.2f} % needed<extra></extra>",
-            )
-        )
-        lows.append(100 * rule.needed(rule.first_epoch()))
-    fig.add_hline(y=100 * settings.target_accuracy, line_dash="dot", annotation_text="target")
-    fig.update_layout(
-        title="Learning curves, coloured by outcome",
-        xaxis_title="epoch",
-        yaxis_title="validation accuracy (%)",
-        xaxis=dict(dtick=1 if settings.max_epochs <= 20 else None),
-        yaxis_range=[max(0.0, sorted(lows)[len(lows) // 10] - 1), 100],
-    )
-    return fig
-
-
-def _optional(study: optuna.Study, make, what: str) -> go.Figure | str:
-    """Optuna's own plots need enough complete trials; say so instead of drawing an empty plot or failing."""
-    if len(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))) < 2:
-        return f"{what}: not available yet (needs two complete trials)"
-    try:
-        with warnings.catch_warnings():  # "few trials per regime" notes are expected early in a study
-            warnings.simplefilter("ignore")
-            return make()
-    except (ValueError, RuntimeError, ZeroDivisionError) as e:
-        return f"{what}: not available yet ({e})"
-
-
-def importance_figure(study: optuna.Study) -> go.Figure | str:
-    # PED-ANOVA ranks what leads to *low* values, so importances are computed on the error.
-    return _optional(
-        study,
-        lambda: optuna.visualization.plot_param_importances(
-            study, target=lambda t: 1 - t.values[0], target_name="validation error"
-        ),
-        "Parameter importances",
-    )
-
-
-def history_figure(study: optuna.Study) -> go.Figure | str:
-    return _optional(
-        study,
-        lambda: optuna.visualization.plot_optimization_history(
-            study, target=lambda t: t.values[0], target_name="validation accuracy"
-        ),
-        "Optimization history",
-    )
 
 
 PARETO_CANDIDATES = [(0.34,), (0.5,), (0.34, 0.67), (0.5, 0.75)]  # rungs, as fractions of the epochs
@@ -203,13 +45,15 @@ PARETO_CANDIDATES = [(0.34,), (0.5,), (0.34, 0.67), (0.5, 0.75)]  # rungs, as fr
 def rule_table(study: optuna.Study) -> list[str]:
     """Candidate convergence and Pareto rules replayed on the trials that trained all their epochs, as lines."""
     lines = [
-        f"convergence rule, start {r['start']:.2f}, slack {r['slack']:.2f}: prunes {r['pruned']}/{r['trials']} trials, saves {r['saved']:.0f} of "
-        f"{r['seconds']:.0f} s ({100 * r['saved'] / r['seconds']:.0f} %), wrongly pruned: {r['wrongly_pruned'] or 'none'}"
+        f"convergence rule, start {r['start']:.2f}, slack {r['slack']:.2f}: prunes {r['pruned']}/{r['trials']} trials, "
+        f"saves {r['saved']:.0f} of {r['seconds']:.0f} s ({100 * r['saved'] / r['seconds']:.0f} %), "
+        f"wrongly pruned: {r['wrongly_pruned'] or 'none'}"
         for r in rule_replays(study)
     ]
     lines += [
-        f"Pareto rule, epochs {', '.join(map(str, r['epochs']))}, eta {r['eta']:g}: stops {r['stopped']}/{r['trials']} trials, saves {r['saved']:.0f} of "
-        f"{r['seconds']:.0f} s ({100 * r['saved'] / max(r['seconds'], 1e-9):.0f} %), front members lost: {r['front_lost'] or 'none'}, "
+        f"Pareto rule, epochs {', '.join(map(str, r['epochs']))}, eta {r['eta']:g}: "
+        f"stops {r['stopped']}/{r['trials']} trials, saves {r['saved']:.0f} of {r['seconds']:.0f} s "
+        f"({100 * r['saved'] / max(r['seconds'], 1e-9):.0f} %), front members lost: {r['front_lost'] or 'none'}, "
         f"trials at the target lost: {r['target_lost'] or 'none'}"
         for r in pareto_replays(study, PARETO_CANDIDATES)
     ]
@@ -219,9 +63,11 @@ def rule_table(study: optuna.Study) -> list[str]:
 # --- HTML -------------------------------------------------------------------------------------
 
 CSS = """
-body { font: 15px/1.45 system-ui, -apple-system, "Segoe UI", sans-serif; color: #222; max-width: 1100px; margin: 2em auto; padding: 0 1em; }
+body { font: 15px/1.45 system-ui, -apple-system, "Segoe UI", sans-serif; color: #222;
+  max-width: 1100px; margin: 2em auto; padding: 0 1em; }
 h1 { margin-bottom: .2em; } h2 { margin-top: 1.8em; border-bottom: 1px solid #ddd; padding-bottom: .2em; }
-table { border-collapse: collapse; margin: .6em 0; } th, td { padding: .25em .7em; border-bottom: 1px solid #e4e4e4; text-align: left; vertical-align: top; }
+table { border-collapse: collapse; margin: .6em 0; }
+th, td { padding: .25em .7em; border-bottom: 1px solid #e4e4e4; text-align: left; vertical-align: top; }
 th { background: #f5f5f5; } td.num, th.num { text-align: right; font-variant-numeric: tabular-nums; }
 table.facts th { background: none; font-weight: 600; white-space: nowrap; }
 tr.current td { background: #eef4ff; font-weight: 600; }
@@ -231,7 +77,7 @@ pre { background: #f7f7f7; padding: .6em; font-size: 12px; overflow-x: auto; } c
 
 
 def _html_table(
-    header: list[str], rows: list[list[Any]], numeric: set[int] = frozenset(), classes: list[str] | None = None
+    header: list[str], rows: list[list[Any]], numeric: Collection[int] = frozenset(), classes: list[str] | None = None
 ) -> str:
     def cell(tag: str, i: int, v: Any) -> str:
         return f"<{tag}{' class=num' if i in numeric else ''}>{v}</{tag}>"
@@ -260,7 +106,8 @@ def _facts_html(study: optuna.Study) -> str:
         (
             "time spent",
             _esc(
-                f"{duration(train)} training, {duration(wall)} wall-clock from the first trial's start to the last one's end"
+                f"{duration(train)} training, {duration(wall)} wall-clock "
+                "from the first trial's start to the last one's end"
             ),
         ),
     ]
@@ -279,7 +126,8 @@ def _facts_html(study: optuna.Study) -> str:
             (
                 "best",
                 _esc(
-                    f"trial {best.number}: {best.user_attrs['params']:,} parameters, {pct(best.values[0])} validation accuracy"
+                    f"trial {best.number}: {best.user_attrs['params']:,} parameters, "
+                    f"{pct(best.values[0])} validation accuracy"
                 )
                 + (f"<br><code>{_esc(arch_line(arch))}</code>" if arch else ""),
             )
@@ -288,7 +136,8 @@ def _facts_html(study: optuna.Study) -> str:
         rows.append(("best", _esc(f"no complete trial reaches {pct(settings.target_accuracy)} yet")))
     for e in study.user_attrs.get("exports", []):
         spread = (
-            f"; mean {pct(e['test_acc_mean'])} over {e['seeds']} seeds ({pct(e['test_acc_min'])}-{pct(e['test_acc_max'])})"
+            f"; mean {pct(e['test_acc_mean'])} over {e['seeds']} seeds "
+            f"({pct(e['test_acc_min'])}-{pct(e['test_acc_max'])})"
             if e.get("seeds", 1) > 1
             else ""
         )
@@ -297,13 +146,17 @@ def _facts_html(study: optuna.Study) -> str:
                 "exported model",
                 _esc(
                     f"trial {e.get('trial')}: {pct(e['test_acc'])} test accuracy (model.pt, seed 0){spread}, "
-                    f"{count(e['epochs'], 'epoch') if 'epochs' in e else '? epochs'} on {e.get('train_images', 0):,} images; {e.get('out', '')} ({e.get('when', '')})"
+                    f"{count(e['epochs'], 'epoch') if 'epochs' in e else '? epochs'} "
+                    f"on {e.get('train_images', 0):,} images; {e.get('out', '')} ({e.get('when', '')})"
                 ),
             )
         )
     table = "<table class=facts>" + "".join(f"<tr><th>{k}</th><td>{v}</td></tr>" for k, v in rows) + "</table>"
     if best is not None and (arch := trial_arch(best)) is not None:
-        table += f"<details open><summary>Layers of the best architecture (trial {best.number})</summary><pre>{_esc(summary_table(arch))}</pre></details>"
+        table += (
+            f"<details open><summary>Layers of the best architecture (trial {best.number})</summary>"
+            f"<pre>{_esc(summary_table(arch))}</pre></details>"
+        )
     return table
 
 
@@ -340,7 +193,8 @@ def _pruning_html(study: optuna.Study) -> str:
     settings = study_settings(study)
     s = pruning_savings(study)
     parts = [
-        f"<p>Convergence pruning was <b>{_esc(s['mode'])}</b>: {s['flagged']} of {s['trained_trials']} trained trials flagged by the rule, "
+        f"<p>Convergence pruning was <b>{_esc(s['mode'])}</b>: "
+        f"{s['flagged']} of {s['trained_trials']} trained trials flagged by the rule, "
         f"{s['seconds_saved']:.0f} s of training saved ({100 * s['saved_fraction']:.0f} %)"
         + (
             f"; flagged although they reached the target: trials {_esc(s['flagged_but_converged'])}"
@@ -461,65 +315,18 @@ def render(study: optuna.Study) -> str:
     for part in sections:
         if isinstance(part, go.Figure):
             part.update_layout(template="plotly_white", height=480, margin=dict(t=60, b=50))
-            body.append(
-                f"<div class=figure>{part.to_html(full_html=False, include_plotlyjs=first, config=dict(displaylogo=False))}</div>"
-            )
+            plot = part.to_html(full_html=False, include_plotlyjs=first, config=dict(displaylogo=False))
+            body.append(f"<div class=figure>{plot}</div>")
             first = False
         elif part.startswith("<"):
             body.append(part)
         else:
             body.append(f"<p class=muted><em>{_esc(part)}</em></p>")
     return (
-        f"<!doctype html><html lang=en><head><meta charset='utf-8'><title>nas study {name}</title><style>{CSS}</style></head>"
+        "<!doctype html><html lang=en><head><meta charset='utf-8'>"
+        f"<title>nas study {name}</title><style>{CSS}</style></head>"
         f"<body>{''.join(body)}</body></html>"
     )
-
-
-# --- CSV --------------------------------------------------------------------------------------
-
-
-def trial_rows(study: optuna.Study) -> list[dict[str, Any]]:
-    """One flat dict per trial: outcome and reason, the figures, optional attributes (costs), every sampled parameter."""
-    settings = study_settings(study)
-    trials = study.get_trials(deepcopy=False)
-    optional = [k for k in OPTIONAL_COLUMNS if any(k in t.user_attrs for t in trials)]
-    names = list(dict.fromkeys(p for t in trials for p in t.params))  # in the order the sampler asks
-    rows = []
-    for t in trials:
-        a = t.user_attrs
-        outcome, reason = ending(t, settings)
-        curve = a.get("curve") or []
-        row: dict[str, Any] = {
-            "number": t.number,
-            "state": t.state.name.lower(),
-            "outcome": outcome,
-            "reason": reason,
-            "params": a.get("params", ""),
-            "receptive_field": a.get("receptive_field", ""),
-            "val_acc": t.values[0] if t.state == TrialState.COMPLETE and t.values else (curve[-1] if curve else ""),
-            "epochs": len(curve),
-            "train_seconds": round(a["train_seconds"], 3) if "train_seconds" in a else "",
-            "seconds": round((t.datetime_complete - t.datetime_start).total_seconds(), 3)
-            if t.datetime_start and t.datetime_complete
-            else "",
-            "seed_arch": a.get("seed_arch", ""),
-            "retry_of": a.get("retry_of", ""),
-            "device": a.get("device", ""),
-            "architecture": arch_line(arch) if (arch := trial_arch(t)) else "",
-        }
-        row.update({k: ";".join(map(str, a[k])) if isinstance(a.get(k), list) else a.get(k, "") for k in optional})
-        row.update({f"param_{p}": t.params.get(p, "") for p in names})
-        rows.append(row)
-    return rows
-
-
-def write_csv(study: optuna.Study, path: Path) -> Path:
-    rows = trial_rows(study)
-    with path.open("w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=list(rows[0]) if rows else ["number"])
-        writer.writeheader()
-        writer.writerows(rows)
-    return path
 
 
 def write_report(study: optuna.Study, out: Path) -> list[Path]:

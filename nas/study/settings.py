@@ -14,11 +14,11 @@ from functools import cached_property
 from typing import Any
 
 from nas.arch.budgets import NAMES as RESOURCE_NAMES
-from nas.arch.budgets import RESOURCES, flag, violations
-from nas.arch.spec import arch_from_dict, arch_to_dict, builtin_archs, costs
+from nas.arch.budgets import RESOURCES, flag
 from nas.data.datasets import MNIST, DatasetSpec
 from nas.errors import SpecError
-from nas.space.spaces import DEFAULT_SPACE, Space, cheapest, params_for, read_space, space_for
+from nas.space.spaces import DEFAULT_SPACE, Space, cheapest, read_space, space_for
+from nas.study import seeds
 from nas.train.config import DEFAULT_EPOCHS, TrainConfig
 
 PRUNING_MODES = ("on", "observe", "off")
@@ -54,12 +54,12 @@ class StudySettings:
     # (nas.study.analytics.ConvergenceRule says how they were chosen).
     prune_start: float = 0.75
     prune_slack: float = 0.06
-    # Pareto-aware early stopping (nas.study.analytics.ParetoRule): rungs as fractions of the epochs (after
-    # OneCycle's warm-up), and eta: a trial stops at a rung when it is not in the top 1/eta of the
-    # trials that reached it at no larger cost. () turns the rule off.
-    stop_rungs: tuple[
-        float, ...
-    ] = ()  # the Pareto rule is off: replayed on 216 curves its safe candidates saved 1-6 %, and on a held-out study the chosen one stopped 2 front members (README)
+    # Pareto-aware early stopping (nas.study.analytics.ParetoRule): rungs as fractions of the
+    # epochs (after OneCycle's warm-up), and eta: a trial stops at a rung when it is not in the top
+    # 1/eta of the trials that reached it at no larger cost. () turns the rule off, as it is by
+    # default: replayed on 216 curves its safe candidates saved 1-6 %, and on a held-out study the
+    # chosen one stopped 2 front members (README).
+    stop_rungs: tuple[float, ...] = ()
     stop_eta: float = 3.0
     train_size: int | None = None
     val_size: int | None = None  # None: the data's default (DatasetSpec.default_val_size, 10,000 for MNIST)
@@ -70,7 +70,8 @@ class StudySettings:
     # Architectures (not paths) enqueued as a new study's first trials. None: every built-in
     # architecture that is a point of the space and within the budgets (builtin_seeds).
     seed_archs: tuple[dict[str, Any], ...] | None = None
-    # The data (nas.data.datasets): what it is, not where it lies, so every machine checks its copy against it.
+    # The data (nas.data.datasets): what it is, not where it lies, so every machine checks its
+    # copy against it.
     dataset: DatasetSpec = MNIST
 
     def __post_init__(self) -> None:
@@ -79,7 +80,8 @@ class StudySettings:
             object.__setattr__(self, "dataset", DatasetSpec.from_dict(self.dataset))
         if self.val_size is None:
             object.__setattr__(self, "val_size", self.dataset.default_val_size)
-        images = self.dataset.train
+        images, val_size = self.dataset.train, self.val_size
+        assert val_size is not None  # filled in just above
         for key, ok, what in (
             ("max_params", self.max_params >= 1, "must be at least 1"),
             ("max_epochs", self.max_epochs >= 1, "must be at least 1"),
@@ -92,13 +94,15 @@ class StudySettings:
             ("stop_eta", self.stop_eta > 1, "must be above 1"),
             (
                 "val_size",
-                1 <= self.val_size < images,
-                f"must be between 1 and {images - 1:,} (the search judges on it; {self.dataset.name} has {images:,} training images)",
+                1 <= val_size < images,
+                f"must be between 1 and {images - 1:,} (the search judges on it; "
+                f"{self.dataset.name} has {images:,} training images)",
             ),
             (
                 "train_size",
-                self.train_size is None or 1 <= self.train_size <= images - self.val_size,
-                f"must be between 1 and {images - self.val_size:,} ({self.dataset.name}'s {images:,} training images minus --val-size)",
+                self.train_size is None or 1 <= self.train_size <= images - val_size,
+                f"must be between 1 and {images - val_size:,} "
+                f"({self.dataset.name}'s {images:,} training images minus --val-size)",
             ),
             ("seeds_per_trial", 1 <= self.seeds_per_trial <= 16, "must be between 1 and 16"),
             ("seed", self.seed >= 0, "must be >= 0"),
@@ -128,6 +132,7 @@ class StudySettings:
     @property
     def train_images(self) -> int:
         """Images each trial trains on (the training split less the validation images, or --train-size)."""
+        assert self.val_size is not None  # filled in on construction
         return self.train_size or self.dataset.train - self.val_size
 
     def trial_config(self, drawn: TrainConfig) -> TrainConfig:
@@ -138,29 +143,12 @@ class StudySettings:
     def builtin_seeds(self) -> list[dict[str, Any]]:
         """The built-in architectures this study starts from: those that are points of its space
         (input and classes included: the data's) and within all its budgets, seed_9274 first."""
-        out = []
-        for arch in builtin_archs():
-            cfg = TrainConfig.from_dict({**arch.train, "epochs": self.max_epochs}, arch.name)
-            try:
-                params_for(self.parsed_space, arch, cfg, arch.name)
-            except SpecError:
-                continue
-            if not violations(costs(arch), self):
-                out.append(arch_to_dict(arch))
-        return out
+        return seeds.builtin_seeds(self.parsed_space, self.max_epochs, self)
 
     def unfit_builtins(self) -> str | None:
         """One line naming the built-in architectures left out because they take other images or
         classes than the data's (None when all fit)."""
-        d = self.dataset
-        unfit = [a for a in builtin_archs() if (tuple(a.input), a.classes) != (d.shape, d.classes)]
-        if not unfit:
-            return None
-        takes = sorted({f"{'x'.join(map(str, a.input))} images in {a.classes} classes" for a in unfit})
-        return (
-            f"the built-in seed networks {', '.join(a.name for a in unfit)} take {' or '.join(takes)}, not {d.name}'s "
-            f"{'x'.join(map(str, d.shape))} in {d.classes}: the study starts without them (--seed-arch FILE gives it one of yours)"
-        )
+        return seeds.unfit_builtins(self.dataset)
 
     @cached_property
     def parsed_space(self) -> Space:
@@ -171,19 +159,14 @@ class StudySettings:
     def seed_configs(self) -> list[dict[str, Any]]:
         """The trial parameters that replay each seed network in the space (SpecError if one
         is not a point of it)."""
-        out = []
-        for data in self.seed_archs:
-            where = f"seed architecture {data.get('name', '')}".strip()
-            arch = arch_from_dict(data, where)
-            cfg = TrainConfig.from_dict({**arch.train, "epochs": self.max_epochs}, where)
-            out.append(params_for(self.parsed_space, arch, cfg, where))
-        return out
+        assert self.seed_archs is not None  # filled in on construction
+        return seeds.seed_configs(self.parsed_space, self.seed_archs, self.max_epochs)
 
     def check_reachable(self) -> None:
         """Refuse budgets that no architecture of the space meets: every trial would be pruned
         before training, and the search would end saying "search longer" (nas.space.spaces.cheapest
         finds the space's cheapest architectures exactly, in a fraction of a second)."""
-        limits = [(r, r.limit(self)) for r in RESOURCES if r.limit(self) is not None]
+        limits = [(r, limit) for r in RESOURCES if (limit := r.limit(self)) is not None]
         corners = cheapest(self.parsed_space)
         if any(all(r.read(c) <= limit for r, limit in limits) for c in corners):
             return
@@ -195,9 +178,7 @@ class StudySettings:
                 "every architecture of it collapses the feature map; give it more padding or fewer stages",
             )
         least = {r.name: min(r.read(c) for c in corners) for r, _ in limits}
-        alone = [
-            (r, limit) for r, limit in limits if least[r.name] > limit
-        ]  # limits no architecture meets even by itself
+        alone = [(r, limit) for r, limit in limits if least[r.name] > limit]  # none meets even by itself
         named = alone or limits
         given = " and ".join(f"{r.flag} {getattr(self, r.setting):g}" for r, _ in named)
         smallest = "; ".join(f"{r.label} {r.format(least[r.name])}" for r, _ in named)
@@ -206,10 +187,12 @@ class StudySettings:
             "settings",
             given,
             f"no architecture of search space {name} is within {within} (its smallest: {smallest}); "
-            f"raise {'it' if len(named) == 1 else 'them'}, or search a space with smaller choices (nas space show prints its ranges)",
+            f"raise {'it' if len(named) == 1 else 'them'}, or search a space with smaller choices "
+            "(nas space show prints its ranges)",
         )
 
     def to_dict(self) -> dict[str, Any]:
+        assert self.seed_archs is not None  # filled in on construction
         out = {f.name: getattr(self, f.name) for f in fields(self)}
         out["seed_archs"] = list(self.seed_archs)
         out["dataset"] = self.dataset.to_dict()
@@ -252,8 +235,8 @@ class StudySettings:
         raise SettingsMismatch(
             f"study {study!r}",
             ", ".join(keys),
-            f"the study was created with {', '.join(were)}; this run asks for {', '.join(now)}. Drop {' and '.join(keys)} to resume with the stored "
-            f"settings, or start a new study with --study-name NEW",
+            f"the study was created with {', '.join(were)}; this run asks for {', '.join(now)}. "
+            f"Drop {' and '.join(keys)} to resume with the stored settings, or start a new study with --study-name NEW",
         )
 
 

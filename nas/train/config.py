@@ -17,20 +17,18 @@ DEFAULT_EPOCHS = 20
 # of 10,000) and trained well from 192 on; 300 leaves a margin. See TrainConfig.fitted.
 MIN_UPDATES = 300
 
-_KINDS = {"int": int, "float": (int, float), "bool": bool, "str": str}
+_KINDS: dict[str, type[Any] | tuple[type[Any], ...]] = {"int": int, "float": (int, float), "bool": bool, "str": str}
 
 
 @dataclass(frozen=True)
 class TrainConfig:
     epochs: int = DEFAULT_EPOCHS
-    batch_size: int = (
-        1024  # large batches are the fast ones on a GPU; 1024 beat 512 on validation (README, the large-batch recipe)
-    )
+    # Large batches are the fast ones on a GPU; 1024 beat 512 on validation (README, the large-batch recipe).
+    batch_size: int = 1024
     optimizer: str = "sgd"
     lr: float = 0.1  # peak learning rate at batch size REFERENCE_BATCH (0.8 at batch 1024)
-    momentum: float = (
-        0.9  # constant: the schedule moves the learning rate only (a CUDA graph captures momentum as a number)
-    )
+    # Constant: the schedule moves the learning rate only (a CUDA graph captures momentum as a number).
+    momentum: float = 0.9
     weight_decay: float = 5e-4
     # False: BatchNorm weights and every bias (the 1-D parameters) are not decayed, only the conv
     # weights; True decays everything, as every study before this setting did.
@@ -73,7 +71,8 @@ class TrainConfig:
     @classmethod
     def from_dict(cls, data: dict[str, Any], where: str = "train") -> TrainConfig:
         """A config from a [train] table or stored JSON; problems name `where` and the key."""
-        known = {f.name: f.type for f in fields(cls)}
+        # The annotations are strings here (from __future__ import annotations): "int", "float", ...
+        known = {f.name: str(f.type) for f in fields(cls)}
         values: dict[str, Any] = {}
         for k, v in data.items():
             if k not in known:
