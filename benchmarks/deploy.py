@@ -91,7 +91,8 @@ def measure(folder: Path, x: np.ndarray, labels: np.ndarray, threads: int, repea
     for name, key in ((FP32, "fp32"), (INT8, "int8")):
         if key in recorded and abs(recorded[key]["test_acc"] - out[name]["test_acc"]) > 1e-6:
             print(
-                f"warning: {folder / name}: test accuracy {out[name]['test_acc']:.4f} here, {recorded[key]['test_acc']:.4f} in metrics.json"
+                f"warning: {folder / name}: test accuracy {out[name]['test_acc']:.4f} here, "
+                f"{recorded[key]['test_acc']:.4f} in metrics.json"
             )
     return out
 
@@ -104,7 +105,8 @@ def rows(m: dict) -> list[str]:
         times = " | ".join(f"{statistics.median(f['us'][b]):,.0f}" for b in BATCHES)
         first = f"{m['name']} ({m['params']:,} params)" if name == FP32 else ""
         lines.append(
-            f"| {first} | {label} `{name}` | {acc} | {f['budgeted_bytes']:,} B ({m['analytic'][name]:,} B) | {f['tensor_bytes']:,} B | {f['file_bytes']:,} B | {times} |"
+            f"| {first} | {label} `{name}` | {acc} | {f['budgeted_bytes']:,} B ({m['analytic'][name]:,} B) | "
+            f"{f['tensor_bytes']:,} B | {f['file_bytes']:,} B | {times} |"
         )
     return lines
 
@@ -126,11 +128,13 @@ def main() -> None:
     results = [measure(f, x, y, args.threads, args.repeats) for f in args.folders]
     v = versions()
     print(
-        f"{cpu()}, onnxruntime {v['onnxruntime']} CPU provider, {args.threads} thread(s); time per image: median of {args.repeats} passes over {len(x):,} test images"
+        f"{cpu()}, onnxruntime {v['onnxruntime']} CPU provider, {args.threads} thread(s); "
+        f"time per image: median of {args.repeats} passes over {len(x):,} test images"
     )
     print()
     print(
-        "| network | model | test accuracy | model bytes (analytic) | tensors | file | µs/image, 1 a call | µs/image, 1,000 a call |"
+        "| network | model | test accuracy | model bytes (analytic) | tensors | file | "
+        "µs/image, 1 a call | µs/image, 1,000 a call |"
     )
     print("|---|---|---|---|---|---|--:|--:|")
     for m in results:
@@ -140,7 +144,8 @@ def main() -> None:
         for name in (FP32, INT8):
             spread = ", ".join(f"batch {b}: {min(m[name]['us'][b]):,.1f}-{max(m[name]['us'][b]):,.1f}" for b in BATCHES)
             print(
-                f"{m['name']} {name}: µs/image min-max {spread}; tensors {json.dumps(m[name]['by_dtype'])}, by role {json.dumps(m[name]['by_role'])}"
+                f"{m['name']} {name}: µs/image min-max {spread}; tensors {json.dumps(m[name]['by_dtype'])}, "
+                f"by role {json.dumps(m[name]['by_role'])}"
             )
 
 

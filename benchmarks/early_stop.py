@@ -1,6 +1,7 @@
 """Choose the Pareto rule's rungs and eta on some studies, report the choice on a held-out one.
 
-    python3 benchmarks/early_stop.py --choose URL::STUDY [--choose ...] --report URL::STUDY [--out benchmarks/results/early_stop]
+    python3 benchmarks/early_stop.py --choose URL::STUDY [--choose ...] --report URL::STUDY
+        [--out benchmarks/results/early_stop]
 
 Every study must have trained its trials to the end (--pruning observe or off). Each candidate rule
 (rungs as fractions of the epochs, after OneCycle's warm-up; eta) is replayed on every choice study
@@ -46,7 +47,8 @@ def pooled(studies: list, fractions: tuple[float, ...], eta: float) -> dict:
 
 def row(label: str, r: dict) -> str:
     return (
-        f"| {label} | {r['trials']} | {r['stopped']} | {100 * r['saved_fraction']:.0f} % ({r['saved']:.0f} of {r['seconds']:.0f} s) | "
+        f"| {label} | {r['trials']} | {r['stopped']} | "
+        f"{100 * r['saved_fraction']:.0f} % ({r['saved']:.0f} of {r['seconds']:.0f} s) | "
         f"{len(r['front_lost'])} | {len(r['target_lost'])} |"
     )
 

@@ -2,7 +2,8 @@
 the plain loop people write (a DataLoader collating single images, eager PyTorch, batch 128, the
 same validation), alternating in one process.
 
-    python3 benchmarks/epoch_speed.py [--device cpu|cuda] [--rounds 3] [--arch seed_9274 ...] [--batch-sizes 128,1024] [--threads N]
+    python3 benchmarks/epoch_speed.py [--device cpu|cuda] [--rounds 3] [--arch seed_9274 ...]
+        [--batch-sizes 128,1024] [--threads N]
 
 Each round times one epoch of the baseline, then one of nas.train.engine at each batch size, so a machine
 whose speed drifts slows both alike; the table gives the median of the rounds and the ratio
@@ -101,8 +102,10 @@ def main() -> None:
             ours = [nas_epoch(arch, data, b, args.augment) for b in sizes]
             if r:  # round 0 warms up
                 times["baseline"].append(base)
-                for b, (secs, engine) in zip(sizes, ours):
+                for b, (secs, eng) in zip(sizes, ours):
                     times[f"nas {b}"].append(secs)
+                    # the table's label names the engine of the last run
+                    engine = eng
         base = statistics.median(times["baseline"])
         for loop, values in times.items():
             label = (

@@ -2,11 +2,16 @@
 export the best two with three seeds, and record every stage in benchmarks/results/front.csv.
 
     python3 benchmarks/front.py search  --budget 3000 --hours 3 [--sampler evolution] [--epochs 4 --train-size 20000]
-    python3 benchmarks/front.py confirm --budget 3000 [--top 5 | --under 3000,4000,5000]  # 20 epochs on 50,000 images, 1 seed, validation
-    python3 benchmarks/front.py export  --budget 3000 [--best 2 | --trials 12,23]  # nas export --seeds 3: all 60,000 images, tested once
-    python3 benchmarks/front.py record  --arch rec_3762                 # a built-in network through the same export
-    python3 benchmarks/front.py table                                   # front.csv and the README's table
-    python3 benchmarks/front.py restore --budget 3000                   # the study again from its committed JSON, to resume it
+    # 20 epochs on 50,000 images, 1 seed, validation
+    python3 benchmarks/front.py confirm --budget 3000 [--top 5 | --under 3000,4000,5000]
+    # nas export --seeds 3: all 60,000 images, tested once
+    python3 benchmarks/front.py export  --budget 3000 [--best 2 | --trials 12,23]
+    # a built-in network through the same export
+    python3 benchmarks/front.py record  --arch rec_3762
+    # front.csv and the README's table
+    python3 benchmarks/front.py table
+    # the study again from its committed JSON, to resume it
+    python3 benchmarks/front.py restore --budget 3000
 
 Searches run as `nas search` does (observe-mode pruning, so every curve is whole for the early-
 stopping replay) on the mnist_tiny space, studies in studies/front-<budget>.sqlite3 with a JSON copy
@@ -234,7 +239,8 @@ def confirm(args: argparse.Namespace) -> None:
         for r in pool.imap_unordered(full_protocol, jobs):
             append(log, r)
             print(
-                f"trial {r['trial']}: {r['params']:,} params, search {100 * r['search_val_acc']:.2f} %, full protocol {100 * r['full_val_acc']:.2f} % val",
+                f"trial {r['trial']}: {r['params']:,} params, search {100 * r['search_val_acc']:.2f} %, "
+                f"full protocol {100 * r['full_val_acc']:.2f} % val",
                 flush=True,
             )
 
@@ -251,8 +257,10 @@ def keep_as_builtin(r: dict) -> str:
     arch.train = {k: v for k, v in r["full_config"].items() if k != "seed"}
     path = SEEDS_DIR / f"{arch.name}.toml"
     header = (
-        f"# Found by nas: study {study_name(r['budget'])} (benchmarks/front.py, --max-params {r['budget']:,}), trial {r['trial']};\n"
-        f"# {100 * r['search_val_acc']:.2f} % validation accuracy at the search protocol, {100 * r['full_val_acc']:.2f} % after 20 epochs on\n"
+        f"# Found by nas: study {study_name(r['budget'])} "
+        f"(benchmarks/front.py, --max-params {r['budget']:,}), trial {r['trial']};\n"
+        f"# {100 * r['search_val_acc']:.2f} % validation accuracy at the search protocol, "
+        f"{100 * r['full_val_acc']:.2f} % after 20 epochs on\n"
         f"# 50,000 images (benchmarks/results/front.csv holds its test accuracy over 3 seeds).\n"
     )
     path.write_text(header + arch_to_toml(arch))
@@ -307,7 +315,8 @@ def export(args: argparse.Namespace) -> None:
                 {**row, "trial": r["trial"], "search_val_acc": r["search_val_acc"], "full_val_acc": r["full_val_acc"]},
             )
             print(
-                f"{name}: test {100 * row['test_acc_mean']:.2f} % mean of 3 seeds ({', '.join(f'{100 * a:.2f}' for a in row['test_accs'])})",
+                f"{name}: test {100 * row['test_acc_mean']:.2f} % mean of 3 seeds "
+                f"({', '.join(f'{100 * a:.2f}' for a in row['test_accs'])})",
                 flush=True,
             )
 

@@ -1,7 +1,9 @@
 """Everything issue 7 asks to measure on one GPU, in one command of under 7 minutes (8 with the CUDA tests).
 
-    source .gpu-env; python3 benchmarks/gpu_suite.py [--data-dir .data/mnist] [--out runs/gpu_suite.json] [--only NAME,...] [--budget 400]
-    python3 benchmarks/gpu_suite.py --smoke      # every section on 1,024 images for 2 epochs, on the CPU too: checks the suite itself
+    source .gpu-env; python3 benchmarks/gpu_suite.py [--data-dir .data/mnist] [--out runs/gpu_suite.json]
+        [--only NAME,...] [--budget 400]
+    # every section on 1,024 images for 2 epochs, on the CPU too: checks the suite itself
+    python3 benchmarks/gpu_suite.py --smoke
 
 Run from the project checkout; it needs only torch, optuna and the project's own dependencies.
 The sections, in order of what matters most should the budget run out: correctness (the CUDA
@@ -17,11 +19,11 @@ autotuning on and off).
 
 Every section's time cap is estimated from its work before it starts (printed with the estimate):
 training runs x set-up seconds plus epochs x seconds per epoch, assumed until the recipe and speed
-sections have measured them; no section runs past what is left of --budget. A section that runs out of time reports what it has ("cut"); the
-correctness section cut counts as a failure. A section that breaks prints one line "FAIL
-<section>: <reason>" and the others still run. Every figure is written to --out as soon as it is
-measured; at the end a markdown table is printed. Exit code 1 when a section failed, 2 when the
-suite cannot start (no GPU, no data), 0 otherwise.
+sections have measured them; no section runs past what is left of --budget. A section that runs
+out of time reports what it has ("cut"); the correctness section cut counts as a failure. A
+section that breaks prints one line "FAIL <section>: <reason>" and the others still run. Every
+figure is written to --out as soon as it is measured; at the end a markdown table is printed. Exit
+code 1 when a section failed, 2 when the suite cannot start (no GPU, no data), 0 otherwise.
 """
 
 from __future__ import annotations
@@ -58,7 +60,8 @@ from nas.train.engine import Trained, evaluate, train  # noqa: E402
 
 # In order of what matters most should the budget run out: correctness, then issue 7's goals.
 SECTIONS = ("checks", "recipe", "kseeds", "concurrent", "search", "speed", "archs")
-BUDGET = 400.0  # seconds the suite may take, start-up and data included: with the CUDA tests after it, 8 minutes of the GPU machine
+# seconds the suite may take, start-up and data included: with the CUDA tests after it, 8 minutes of the GPU machine
+BUDGET = 400.0
 SEARCH_SECONDS = 18  # --timeout of each `nas search` run in the search section
 ARCH_EPOCHS = 4  # epochs each fixed architecture trains in the archs section
 DROPOUT_ARCH = "fixed_5_9354"  # the fixed architecture (dropout after every conv) the concurrent section also runs
@@ -108,7 +111,8 @@ def estimate(name: str, c: Costs, train_images: int) -> tuple[float, str]:
     if name == "speed":
         return (
             (2 * c.baseline + 2 * (4 * c.epoch + 3 * c.eager_epoch)) * share + 7 * c.start,
-            "2 baseline epochs (one a warm-up) + 7 runs of 2 epochs (4 graph ~1 epoch, 3 eager up to an eager batch-128 epoch)",
+            "2 baseline epochs (one a warm-up) + 7 runs of 2 epochs "
+            "(4 graph ~1 epoch, 3 eager up to an eager batch-128 epoch)",
         )
     if name == "recipe":
         return 3 * trial, f"3 trials of {e} epochs"
@@ -431,7 +435,8 @@ def archs(sec: Section, data: Data, test: Split) -> None:
                     },
                 )
                 sec.row(
-                    f"{path.stem} ({param_count(arch):,} params, {cfg.optimizer}, batch {cfg.batch_size}), {label}: first epoch, next, {cfg.epochs}-epoch trial",
+                    f"{path.stem} ({param_count(arch):,} params, {cfg.optimizer}, batch {cfg.batch_size}), "
+                    f"{label}: first epoch, next, {cfg.epochs}-epoch trial",
                     f"{secs[0]:.2f} s, {rest:.3f} s/epoch, ~{estimate_s:.1f} s ({trained.engine})",
                 )
         finally:
@@ -672,7 +677,8 @@ def main() -> int:
         "--budget",
         type=float,
         default=None,
-        help=f"seconds the whole suite may take (default {BUDGET:.0f}, none with --smoke); a section is cut at the lesser of its cap and what is left",
+        help=f"seconds the whole suite may take (default {BUDGET:.0f}, none with --smoke); "
+        "a section is cut at the lesser of its cap and what is left",
     )
     p.add_argument(
         "--smoke", action="store_true", help="tiny data, 2 epochs, CPU allowed: checks the suite, measures nothing"
@@ -687,7 +693,8 @@ def main() -> int:
         return 2
     if not torch.cuda.is_available() and not Smoke.on:
         print(
-            "error: torch sees no CUDA GPU; this suite measures the GPU path (run it on the GPU machine, or add --smoke)",
+            "error: torch sees no CUDA GPU; this suite measures the GPU path "
+            "(run it on the GPU machine, or add --smoke)",
             file=sys.stderr,
         )
         return 2
@@ -714,7 +721,8 @@ def main() -> int:
             costs, slow = Costs(start=2.0, epoch=15.0, eager_epoch=15.0, baseline=20.0, process=10.0), 3.0
     print(
         f"{gpu}; torch {torch.__version__}; CUDA {torch.version.cuda}; python {platform.python_version()}; "
-        f"{len(data.train):,} training images on the GPU ({time.perf_counter() - started:.1f} s to load); budget {budget:.0f} s",
+        f"{len(data.train):,} training images on the GPU ({time.perf_counter() - started:.1f} s to load); "
+        f"budget {budget:.0f} s",
         flush=True,
     )
     results: dict[str, Any] = {}

@@ -104,9 +104,11 @@ def main() -> None:
     print("\n| workers | trials asked | finished | trained twice | killed trial | its retry | states | wall time |")
     print("|---|---|---|---|---|---|---|---|")
     print(
-        f"| {args.workers} ({len(codes)} exited 0: {all(c == 0 for c in codes)}) | {args.trials} | {finished(trials)} | "
-        f"{sum(n - 1 for n in trained.values())} | {killed}: {trials[killed].state.name}, {trials[killed].user_attrs.get('fail_reason', '')[:40]} | "
-        f"{', '.join(f'{t.number}: {t.state.name}' for t in retries) or 'none'} | {dict(states)} | {time.time() - start:.0f} s |"
+        f"| {args.workers} ({len(codes)} exited 0: {all(c == 0 for c in codes)}) | {args.trials} | "
+        f"{finished(trials)} | {sum(n - 1 for n in trained.values())} | "
+        f"{killed}: {trials[killed].state.name}, {trials[killed].user_attrs.get('fail_reason', '')[:40]} | "
+        f"{', '.join(f'{t.number}: {t.state.name}' for t in retries) or 'none'} | {dict(states)} | "
+        f"{time.time() - start:.0f} s |"
     )
 
 

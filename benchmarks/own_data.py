@@ -57,8 +57,8 @@ def main() -> None:
 
     Image.fromarray(rgb_test[0]).save(args.out / "digit_rgb.png")
     print(
-        f"wrote {args.out}/mnist.npz, rgb.npz ({len(y):,} training and {len(y_test):,} test images each), seed_rgb.toml and "
-        f"digit_rgb.png (a {NAMES[y_test[0]]})"
+        f"wrote {args.out}/mnist.npz, rgb.npz ({len(y):,} training and {len(y_test):,} test images each), "
+        f"seed_rgb.toml and digit_rgb.png (a {NAMES[y_test[0]]})"
     )
 
 

@@ -199,10 +199,12 @@ def table(runs: list[dict]) -> list[str]:
     spread = [abs(by[(n, "full", 0)]["val_acc"] - by[(n, "full", 1)]["val_acc"]) for n in names if (n, "full", 1) in by]
     lines += [
         "",
-        f"full protocol: {len(full)} architectures, {sum(r['cpu_seconds'] for r in full.values()) / max(1, len(full)):.0f} CPU s a trial (one thread)"
+        f"full protocol: {len(full)} architectures, "
+        f"{sum(r['cpu_seconds'] for r in full.values()) / max(1, len(full)):.0f} CPU s a trial (one thread)"
         + (f"; seed-to-seed differences {', '.join(f'{100 * s:.2f}' for s in spread)} points" if spread else ""),
         "",
-        "| fidelity | epochs x images | Spearman rho with the full protocol | top 5 holds the full top 3 | CPU s a trial (one thread) | wall s a trial |",
+        "| fidelity | epochs x images | Spearman rho with the full protocol | top 5 holds the full top 3 | "
+        "CPU s a trial (one thread) | wall s a trial |",
         "|---|---|---|---|---|---|",
     ]
     top3 = set(names[:3])
@@ -214,8 +216,10 @@ def table(runs: list[dict]) -> list[str]:
         rho = spearman([full[m]["val_acc"] for m in names], [r["val_acc"] for r in got])
         top5 = {r["name"] for r in sorted(got, key=lambda r: -r["val_acc"])[:5]}
         lines.append(
-            f"| {f} | {e} x {n:,} | {rho:.2f} | {'yes' if top3 <= top5 else 'no: misses ' + ', '.join(sorted(top3 - top5))} | "
-            f"{sum(r['cpu_seconds'] for r in got) / len(got):.0f} | {sum(r['wall_seconds'] for r in got) / len(got):.0f} |"
+            f"| {f} | {e} x {n:,} | {rho:.2f} | "
+            f"{'yes' if top3 <= top5 else 'no: misses ' + ', '.join(sorted(top3 - top5))} | "
+            f"{sum(r['cpu_seconds'] for r in got) / len(got):.0f} | "
+            f"{sum(r['wall_seconds'] for r in got) / len(got):.0f} |"
         )
     return lines
 

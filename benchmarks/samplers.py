@@ -4,15 +4,16 @@ budget at the same cheap protocol, from several sampler seeds, with the same enq
     python3 benchmarks/samplers.py --out benchmarks/results/samplers [--seeds 5] [--trained 60] [--workers 2]
 
 Each search is a real nas study (the mnist_tiny space, --max-params 5000, pruning off) trained until
-it has --trained trials that trained (trials pruned before training, over the budget or invalid, cost
-nothing and are not counted). For each search, after a third, two thirds and all of its trained trials: the hypervolume of
-(validation accuracy, parameters) of its complete trials, with the reference point (90 % accuracy,
-the budget) and parameters scaled by the budget, and the best validation accuracy. Per sampler: the
-mean over seeds with a 95 % bootstrap interval; one sampler is called better than another only where
-their intervals do not overlap. Then each sampler's most accurate network is retrained with two other
-training seeds at the same protocol, so a lucky draw is told from a good one. Searches run in their
-own processes, one thread each; studies live in OUT/studies (SQLite; an interrupted run resumes) and
-every finished search is summarised in OUT/searches.jsonl.
+it has --trained trials that trained (trials pruned before training, over the budget or invalid,
+cost nothing and are not counted). For each search, after a third, two thirds and all of its trained
+trials: the hypervolume of (validation accuracy, parameters) of its complete trials, with the
+reference point (90 % accuracy, the budget) and parameters scaled by the budget, and the best
+validation accuracy. Per sampler: the mean over seeds with a 95 % bootstrap interval; one sampler is
+called better than another only where their intervals do not overlap. Then each sampler's most
+accurate network is retrained with two other training seeds at the same protocol, so a lucky draw is
+told from a good one. Searches run in their own processes, one thread each; studies live in
+OUT/studies (SQLite; an interrupted run resumes) and every finished search is summarised in
+OUT/searches.jsonl.
 """
 
 from __future__ import annotations
@@ -177,7 +178,8 @@ def main() -> None:
                     f.write(json.dumps(result) + "\n")
                 m = measures(result, args.max_params, at)
                 print(
-                    f"{result['sampler']} seed {result['seed']}: {len(result['trials'])} trials, hv@{at[-1]} {m[f'hv@{at[-1]}']:.4f}, best@{at[-1]} {100 * m[f'best@{at[-1]}']:.2f} %, "
+                    f"{result['sampler']} seed {result['seed']}: {len(result['trials'])} trials, "
+                    f"hv@{at[-1]} {m[f'hv@{at[-1]}']:.4f}, best@{at[-1]} {100 * m[f'best@{at[-1]}']:.2f} %, "
                     f"{result['seconds']:.0f} s",
                     flush=True,
                 )
@@ -229,7 +231,8 @@ def main() -> None:
     for s, r in retrained.items():
         a = r["val_accs"]
         lines.append(
-            f"| {s} | {r['params']:,} params | {100 * a[0]:.2f} % | {100 * a[1]:.2f} %, {100 * a[2]:.2f} % | {100 * statistics.fmean(a):.2f} % |"
+            f"| {s} | {r['params']:,} params | {100 * a[0]:.2f} % | {100 * a[1]:.2f} %, {100 * a[2]:.2f} % | "
+            f"{100 * statistics.fmean(a):.2f} % |"
         )
     text = "\n".join(lines)
     (args.out / "table.md").write_text(text + "\n")

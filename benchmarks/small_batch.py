@@ -2,7 +2,8 @@
 batch 32 costs against batch 128 for each network (issue 24: within 1.5x per image, or find where
 the step's overhead goes).
 
-    python3 benchmarks/small_batch.py [--arch rec_3762 found_2576 rec_7918 seed_9274] [--batch-sizes 32,64,128] [--rounds 3]
+    python3 benchmarks/small_batch.py [--arch rec_3762 found_2576 rec_7918 seed_9274] [--batch-sizes 32,64,128]
+        [--rounds 3]
 
 Each round trains one epoch of 10,000 augmented images (no validation) at each batch size in turn,
 timed with the process's own CPU clock (time.process_time), so other work on the machine does not
@@ -38,7 +39,8 @@ def main() -> None:
     data = Data(data.train, replace(data.val, x=data.val.x[:0], y=data.val.y[:0]))  # no validation: the step alone
     batches = [int(b) for b in args.batch_sizes.split(",")]
     print(
-        f"torch {torch.__version__}, 1 thread, {args.images:,} augmented images an epoch, CPU seconds per 10,000 images (median of {args.rounds})"
+        f"torch {torch.__version__}, 1 thread, {args.images:,} augmented images an epoch, "
+        f"CPU seconds per 10,000 images (median of {args.rounds})"
     )
     print(
         f"{'network':>12}  "

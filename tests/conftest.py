@@ -54,7 +54,8 @@ def find_mnist() -> Path:
         if has_mnist(Path(env)):
             return Path(env)
         raise RuntimeError(
-            f"NAS_TEST_MNIST={env} does not hold the four MNIST IDX files (.gz or raw); point it at a folder that does, or unset it"
+            f"NAS_TEST_MNIST={env} does not hold the four MNIST IDX files (.gz or raw); "
+            "point it at a folder that does, or unset it"
         )
     if has_mnist(SHARED_MNIST):
         return SHARED_MNIST

@@ -9,7 +9,12 @@ from nas.study.settings import StudySettings
 
 def trials(store: str, name: str, mnist_dir) -> list[tuple]:
     settings = StudySettings(
-        max_epochs=1, train_size=600, val_size=300, target_accuracy=0.5, seed=3, seed_archs=StudySettings().seed_archs[:1]
+        max_epochs=1,
+        train_size=600,
+        val_size=300,
+        target_accuracy=0.5,
+        seed=3,
+        seed_archs=StudySettings().seed_archs[:1],
     )
     search(name, store, settings, 4, None, Run(device="cpu", data_dir=str(mnist_dir)))
     study = optuna.load_study(study_name=name, storage=store)
