@@ -17,7 +17,9 @@ stopped at any moment and resumed from where it stood (--shard i/n: every n-th p
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
+import statistics
 import subprocess
 import time
 import tomllib
@@ -80,23 +82,58 @@ def commit() -> str:
     return out.stdout.strip() or "unknown"
 
 
-def study(plan: Path, shard: str, data_dir: str | None, device: torch.device, results: Path = RESULTS) -> None:
-    """Run the plan's pending (candidate, seed) pairs, appending each result as it finishes."""
-    runs = tomllib.loads(plan.read_text())["run"]
+def results_of(results: Path) -> list[dict]:
+    """Every finished run so far, from all the architectures' files."""
+    return [json.loads(line) for path in sorted(results.glob("*.jsonl")) for line in path.read_text().splitlines()]
+
+
+def confirmations(plan: dict, done: list[dict]) -> list[tuple[dict, int]]:
+    """Once every screening run of an architecture is done: its `top` best candidates by
+    validation accuracy of seed 0 (the plan's and earlier ones, with the config each ran with)
+    get the plan's confirmation seeds, so each is judged on a mean of 1 + len(seeds) runs."""
+    rule = plan.get("confirm", {})
+    out = []
+    for arch in dict.fromkeys(c["arch"] for c in plan["run"]):
+        screened = {r["name"]: r for r in done if r["arch"] == arch and r["seed"] == 0}
+        if any(c["name"] not in screened for c in plan["run"] if c["arch"] == arch):
+            continue  # still screening: the ranking is not known yet
+        best = sorted(screened.values(), key=lambda r: -r["val_acc"])[: rule.get("top", 0)]
+        out += [
+            ({"arch": arch, "name": r["name"], "config": r["config"]}, s) for r in best for s in rule.get("seeds", [])
+        ]
+    return out
+
+
+def study(plan_path: Path, shard: str, data_dir: str | None, device: torch.device, results: Path = RESULTS) -> None:
+    """Run the plan's pending (candidate, seed) pairs, appending each result as it finishes: the
+    screening runs, then the confirmations. A run belongs to one shard by a hash of its name, so
+    shards never run the same one; a shard with nothing to do waits for the screening to end."""
+    plan = tomllib.loads(plan_path.read_text())
     index, count = map(int, shard.split("/"))
     results.mkdir(parents=True, exist_ok=True)
-    done = set()
-    for path in results.glob("*.jsonl"):
-        for line in path.read_text().splitlines():
-            r = json.loads(line)
-            done.add((r["arch"], r["name"], r["seed"]))
-    pending = [(c, s) for c in runs for s in c.get("seeds", [0]) if (c["arch"], c["name"], s) not in done]
-    mine = pending[index::count]
-    print(f"plan {plan}: {len(pending)} runs pending, {len(mine)} in shard {shard}", flush=True)
     data = load(data_dir, device)
-    for c, seed in mine:
+
+    def mine(key: tuple) -> bool:
+        return int(hashlib.sha256(repr(key).encode()).hexdigest(), 16) % count == index
+
+    while True:
+        done = results_of(results)
+        finished = {(r["arch"], r["name"], r["seed"]) for r in done}
+        screening = [
+            (c, s) for c in plan["run"] for s in c.get("seeds", [0]) if (c["arch"], c["name"], s) not in finished
+        ]
+        todo = [(c, s) for c, s in screening + confirmations(plan, done) if (c["arch"], c["name"], s) not in finished]
+        todo = [(c, s) for c, s in todo if mine((c["arch"], c["name"], s))]
+        if not todo:
+            if not screening:
+                print(f"plan {plan_path}: nothing left for shard {shard}", flush=True)
+                return
+            time.sleep(60)  # the other shard's screening runs decide the confirmations
+            continue
+        c, seed = todo[0]
         arch = load_arch(c["arch"])
-        cfg = TrainConfig.from_dict({**arch.train, **c.get("train", {}), "seed": seed}, f"{plan}: {c['name']}")
+        table = c.get("config") or {**arch.train, **c.get("train", {})}
+        cfg = TrainConfig.from_dict({**table, "seed": seed}, f"{plan_path}: {c['name']}")
         run = run_one(arch, cfg, data)
         record = {
             "arch": arch.name,
@@ -113,6 +150,29 @@ def study(plan: Path, shard: str, data_dir: str | None, device: torch.device, re
         print(
             f"{arch.name} {c['name']} seed {seed}: val {100 * run['val_acc']:.2f} %  {run['seconds']:.0f} s", flush=True
         )
+
+
+def table(results: Path) -> None:
+    """Each candidate's validation accuracy: seeds, mean, range and a 95 % interval of the mean
+    (Student's t), best mean first."""
+    by: dict[tuple[str, str], list[dict]] = {}
+    for r in results_of(results):
+        by.setdefault((r["arch"], r["name"]), []).append(r)
+    rows = []
+    for (arch, name), runs in by.items():
+        accs = [100 * r["val_acc"] for r in runs]
+        mean = statistics.mean(accs)
+        half = (
+            T95.get(len(accs) - 1, 2.0) * statistics.stdev(accs) / len(accs) ** 0.5 if len(accs) > 1 else float("nan")
+        )
+        minutes = statistics.mean(r["seconds"] for r in runs) / 60
+        rows.append((arch, -mean, name, len(accs), mean, min(accs), max(accs), half, minutes))
+    print(f"{'network':>10}  {'candidate':<42} {'n':>2}  {'mean':>6}  {'range':>13}  {'95 % CI':>8}  {'min/run':>7}")
+    for arch, _, name, n, mean, lo, hi, half, minutes in sorted(rows):
+        print(f"{arch:>10}  {name:<42} {n:>2}  {mean:6.2f}  {lo:6.2f}-{hi:6.2f}  +-{half:5.2f}  {minutes:7.1f}")
+
+
+T95 = {1: 12.71, 2: 4.30, 3: 3.18, 4: 2.78, 5: 2.57}  # Student's t, two-sided 95 %, by degrees of freedom
 
 
 def main() -> None:
@@ -135,6 +195,7 @@ def main() -> None:
         default=RESULTS,
         help="with --plan: the folder of results (default benchmarks/results/recipe)",
     )
+    p.add_argument("--table", action="store_true", help="print each candidate's mean validation accuracy and stop")
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--device", default="auto")
     p.add_argument("--data-dir", default=None)
@@ -142,6 +203,9 @@ def main() -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
     device = resolve_device(args.device)
+    if args.table:
+        table(args.results)
+        return
     if args.plan:
         study(args.plan, args.shard, args.data_dir, device, args.results)
         return
