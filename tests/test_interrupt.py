@@ -14,6 +14,16 @@ class Thing:
     pass
 
 
+@pytest.fixture(autouse=True)
+def python_handles_ctrl_c():
+    """The tests start from Python's own SIGINT handler. A shell that starts the suite in the
+    background without job control (`pytest &` in a script) has it ignored (SIG_IGN), and Python
+    then keeps it ignored: these tests failed under `nohup bash -c 'pytest ... &'`."""
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    yield
+    signal.signal(signal.SIGINT, previous)
+
+
 def ctrl_c_inside_a_weakref_callback() -> None:
     """What torch's lazy imports let happen mid-training: the signal lands in a callback that the
     garbage collector runs, where Python can only print the KeyboardInterrupt and drop it."""
