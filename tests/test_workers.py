@@ -12,8 +12,8 @@ import pytest
 from optuna.trial import TrialState
 from pgserver import postgres  # noqa: F401 - fixture
 
-from nas.study import storage as st
 from nas.errors import SpecError
+from nas.study import storage as st
 from nas.study.storage import finished
 
 TINY = ["--train-size", "400", "--val-size", "200", "--target-accuracy", "0.5"]
@@ -22,8 +22,13 @@ TINY = ["--train-size", "400", "--val-size", "200", "--target-accuracy", "0.5"]
 def nas(*args, mnist_dir):
     """A `nas` process with one-second heartbeats (a killed worker's trial is failed after 3 s)."""
     env = {**os.environ, "NAS_HEARTBEAT_SECONDS": "1", "OMP_NUM_THREADS": "1"}
-    return subprocess.Popen([sys.executable, "-m", "nas", *map(str, args), "--data-dir", str(mnist_dir), "--device", "cpu"],
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
+    return subprocess.Popen(
+        [sys.executable, "-m", "nas", *map(str, args), "--data-dir", str(mnist_dir), "--device", "cpu"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        env=env,
+    )
 
 
 def wait_for(predicate, seconds=120, what="condition"):
@@ -46,9 +51,23 @@ def study_of(url, name):
 
 def start(url, name, n_trials, extra_workers, mnist_dir, epochs=1):
     """`nas search` creates the study, then `nas worker` processes join it (as other machines would)."""
-    first = nas("search", "--study-name", name, "--storage", url, "--trials", n_trials, "--max-epochs", epochs, *TINY, mnist_dir=mnist_dir)
+    first = nas(
+        "search",
+        "--study-name",
+        name,
+        "--storage",
+        url,
+        "--trials",
+        n_trials,
+        "--max-epochs",
+        epochs,
+        *TINY,
+        mnist_dir=mnist_dir,
+    )
     wait_for(lambda: study_of(url, name), what="the study")
-    return [first] + [nas("worker", "--study-name", name, "--storage", url, mnist_dir=mnist_dir) for _ in range(extra_workers)]
+    return [first] + [
+        nas("worker", "--study-name", name, "--storage", url, mnist_dir=mnist_dir) for _ in range(extra_workers)
+    ]
 
 
 def finish(procs, timeout=240):
@@ -65,8 +84,13 @@ def check_exact(url, name, n_trials):
     assert not [t for t in trials if t.state == TrialState.RUNNING]
     # A result is a finished trial that trained; a trial failed midway (its worker killed, or the
     # storage gone) is redone by its retry, which is recovery, not a repeat.
-    trained = [t.user_attrs["config_key"] for t in trials
-               if t.state in (TrialState.COMPLETE, TrialState.PRUNED) and "curve" in t.user_attrs and "duplicate_of" not in t.user_attrs]
+    trained = [
+        t.user_attrs["config_key"]
+        for t in trials
+        if t.state in (TrialState.COMPLETE, TrialState.PRUNED)
+        and "curve" in t.user_attrs
+        and "duplicate_of" not in t.user_attrs
+    ]
     assert len(trained) == len(set(trained)), "an architecture was trained twice"
     return trials
 

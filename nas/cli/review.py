@@ -95,8 +95,23 @@ def dashboard(
     if open_browser:
         threading.Timer(1.0, webbrowser.open, [url]).start()
     on_interrupt(lambda: "dashboard stopped")
+    # The server runs in a thread of its own and the main thread waits: a Ctrl-C is raised only in
+    # the main thread, never inside a request, where wsgiref's handler caught it and served on.
+    failed: list[BaseException] = []
+
+    def serve() -> None:
+        try:
+            optuna_dashboard.run_server(backend, host=host, port=port, artifact_store=store)
+        except BaseException as e:  # noqa: BLE001 - handed to the main thread
+            failed.append(e)
+
+    server = threading.Thread(target=serve, name="optuna-dashboard", daemon=True)
+    server.start()
+    while server.is_alive():
+        server.join(0.5)
     try:
-        optuna_dashboard.run_server(backend, host=host, port=port, artifact_store=store)
+        if failed:
+            raise failed[0]
     except OSError as e:  # taken between the check and now
         raise UsageError(
             f"--port {port}: cannot listen on {host}:{port} ({e.strerror or e}); choose another --port"
