@@ -347,6 +347,54 @@ def test_ctrl_c_prints_one_friendly_line_and_exits_130(tmp_path, mnist_dir):
     assert "run the same command to resume" in err and len(err.strip().splitlines()) == 1, err
 
 
+def test_ctrl_c_stops_the_dashboard_while_it_serves_a_request(tmp_path):
+    """A Ctrl-C that landed while a request was being served (a browser polls the API; a test asks
+    once and stops it at once) was caught by wsgiref's error handler: a traceback, and a dashboard
+    that served on. Here the request is a large artifact the client does not read, so the server
+    is inside it when the Ctrl-C comes."""
+    import socket
+
+    import optuna
+    from optuna.artifacts import FileSystemArtifactStore, upload_artifact
+
+    storage, folder = f"sqlite:///{tmp_path}/s.db", tmp_path / "artifacts"
+    folder.mkdir()
+    study = optuna.create_study(study_name="mnist", storage=storage)
+    big = tmp_path / "big.bin"
+    big.write_bytes(bytes(64 << 20))  # far more than the sockets' buffers hold
+    store = FileSystemArtifactStore(str(folder))
+    artifact = upload_artifact(artifact_store=store, file_path=str(big), study_or_trial=study)
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    command = ["dashboard", "--storage", storage, "--artifacts", folder, "--port", port]
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "nas", *map(str, command)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
+    try:
+        deadline = time.monotonic() + 180
+        while True:
+            try:
+                client = socket.create_connection(("127.0.0.1", port), timeout=60)
+                break
+            except OSError:
+                assert proc.poll() is None and time.monotonic() < deadline, "the dashboard did not listen"
+                time.sleep(0.2)
+        with client:
+            client.sendall(f"GET /artifacts/{study._study_id}/{artifact} HTTP/1.0\r\n\r\n".encode())
+            assert client.recv(12).startswith(b"HTTP/1.0 200")  # the server is writing it, held up by the unread socket
+            proc.send_signal(signal.SIGINT)
+            try:
+                out, err = proc.communicate(timeout=60)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                out, err = proc.communicate()
+                pytest.fail(f"the dashboard served on after Ctrl-C: {err[-2000:]}")
+    finally:
+        proc.kill()
+    assert proc.returncode == 130 and "Traceback" not in out + err, (out, err)
+
+
 _TORCH_CHECK = """
 import atexit, sys
 atexit.register(lambda: sys.stderr.write("\\nTORCH-LOADED\\n" if "torch" in sys.modules else "\\nNO-TORCH\\n"))
