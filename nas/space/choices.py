@@ -14,6 +14,21 @@ PADDINGS = ("same", "valid")
 DROPOUT_PLACES = ("block", "pool")  # after every conv block, or once after each pooling
 # TrainConfig fields a space may list choices for
 OPTIONAL_TRAINING = ("weight_decay", "rotate", "translate", "scale")
+# The [architecture] choices shared by every stage, in the order the genome asks for them; a
+# space file's [architecture] table holds these and its per-stage `stage` list.
+ARCHITECTURE_CHOICES = (
+    "stages",
+    "kernel",
+    "pool",
+    "order",
+    "dropout",
+    "dropout_at",
+    "bias",
+    "final_bn",
+    "dw_relu",
+    "head",
+    "head_kernel",
+)
 
 
 @dataclass

@@ -19,7 +19,7 @@ from typing import Any, Protocol
 from nas.arch.layers import CONVS, Arch, Conv, Dropout, Head, Layer, Pool, SepConv
 from nas.arch.spec import arch_to_json
 from nas.errors import SpecError
-from nas.space.choices import OPTIONAL_TRAINING, Space
+from nas.space.choices import ARCHITECTURE_CHOICES, OPTIONAL_TRAINING, Space
 from nas.train.config import DEFAULT_EPOCHS, TrainConfig
 
 
@@ -47,19 +47,7 @@ def genome(space: Space, trial: Chooser) -> dict[str, Any]:
     def ask(name: str, choices: list[Any]) -> None:
         g[name] = choices[0] if len(choices) == 1 else trial.suggest_categorical(name, choices)
 
-    for name in (
-        "stages",
-        "kernel",
-        "pool",
-        "order",
-        "dropout",
-        "dropout_at",
-        "bias",
-        "final_bn",
-        "dw_relu",
-        "head",
-        "head_kernel",
-    ):
+    for name in ARCHITECTURE_CHOICES:
         ask(name, getattr(space, name))
     for i, st in enumerate(space.stage[: max(space.stages)], 1):
         ask(f"s{i}_padding", st.padding)

@@ -28,7 +28,7 @@ from nas.arch.spec import (
 )
 from nas.errors import SpecError
 from nas.space.cheapest import cheapest
-from nas.space.choices import DROPOUT_PLACES, OPTIONAL_TRAINING, PADDINGS, Space, Stage
+from nas.space.choices import ARCHITECTURE_CHOICES, DROPOUT_PLACES, OPTIONAL_TRAINING, PADDINGS, Space, Stage
 from nas.space.describe import architecture_count, describe
 from nas.space.genome import Chooser, decode, genome, params_for, point_key, random_archs, sample
 from nas.train.config import OPTIMIZERS, TrainConfig
@@ -115,20 +115,7 @@ def space_from_dict(data: dict[str, Any], where: str) -> Space:
     _no_extra(
         where,
         a,
-        {
-            "stages",
-            "kernel",
-            "pool",
-            "order",
-            "dropout",
-            "dropout_at",
-            "bias",
-            "final_bn",
-            "dw_relu",
-            "head",
-            "head_kernel",
-            "stage",
-        },
+        {*ARCHITECTURE_CHOICES, "stage"},
         "architecture.",
     )
     _no_extra(
