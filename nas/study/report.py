@@ -23,14 +23,13 @@ from nas.study.analytics import (
     best_trial,
     count,
     duration,
-    pareto_front,
     pareto_replays,
     pruning_savings,
     rule_replays,
     study_settings,
 )
 from nas.study.figures import curves_figure, history_figure, importance_figure, pareto_figure
-from nas.study.study_note import counts_line, settings_rows, time_spent
+from nas.study.study_note import counts_line, front_rows, settings_rows, time_spent
 from nas.study.trial_note import arch_line, ending, pct, trial_arch
 from nas.study.trials_csv import write_csv
 
@@ -161,32 +160,13 @@ def _facts_html(study: optuna.Study) -> str:
 
 
 def _front_html(study: optuna.Study) -> str:
-    best = best_trial(study)
-    rows, classes = [], []
-    for t in pareto_front(study):
-        arch = trial_arch(t)
-        tags = [
-            x
-            for x in (
-                "seed" if "seed_arch" in t.user_attrs else "",
-                "best" if best is not None and best.number == t.number else "",
-            )
-            if x
-        ]
-        rows.append(
-            [
-                t.number,
-                f"{t.user_attrs['params']:,}",
-                pct(t.values[0]),
-                t.user_attrs.get("receptive_field", ""),
-                f"<code>{_esc(arch_line(arch))}</code>" if arch else "",
-                ", ".join(tags),
-            ]
-        )
-        classes.append("current" if "best" in tags else "")
+    rows = front_rows(study, best_trial(study), lambda line: f"<code>{_esc(line)}</code>")
     if not rows:
         return "<p class=muted>No complete trial yet.</p>"
-    return _html_table(["trial", "params", "val acc", "RF", "architecture", ""], rows, {0, 1, 2, 3}, classes)
+    classes = ["current" if "best" in row[-1] else "" for row in rows]
+    return _html_table(
+        ["trial", "params", "val acc", "RF", "architecture", ""], [list(r) for r in rows], {0, 1, 2, 3}, classes
+    )
 
 
 def _pruning_html(study: optuna.Study) -> str:

@@ -7,10 +7,11 @@ so the note and the page agree. nas.study.notes writes the note to the study.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 import optuna
+from optuna.trial import FrozenTrial
 
 from nas.arch.budgets import RESOURCES
 from nas.space.spaces import architecture_count
@@ -50,6 +51,27 @@ def _space_rows(settings: StudySettings) -> list[tuple[str, str]]:
         )
     )
     rows.append(("size", f"{architecture_count(s):.2e} architectures (times the training choices)"))
+    return rows
+
+
+def front_rows(study: optuna.Study, best: FrozenTrial | None, code: Callable[[str], str]) -> list[tuple[Any, ...]]:
+    """The Pareto front as table rows (trial, params, val acc, RF, architecture, tags), the
+    architecture line written as `code` puts it (Markdown here, HTML in the report)."""
+    rows = []
+    for t in pareto_front(study):
+        arch = trial_arch(t)
+        is_seed, is_best = "seed_arch" in t.user_attrs, best is not None and t.number == best.number
+        tags = ", ".join(x for x in ("seed" if is_seed else "", "best" if is_best else "") if x)
+        rows.append(
+            (
+                t.number,
+                f"{t.user_attrs['params']:,}",
+                pct(t.values[0]),
+                t.user_attrs.get("receptive_field", ""),
+                code(arch_line(arch)) if arch else "",
+                tags,
+            )
+        )
     return rows
 
 
@@ -139,29 +161,8 @@ def study_note(study: optuna.Study) -> str:
             f"to `{e.get('out')}`.",
             "",
         ]
-    front = pareto_front(study)
-    if front:
-        rows = []
-        for t in front:
-            arch = trial_arch(t)
-            note = ", ".join(
-                x
-                for x in (
-                    "seed" if "seed_arch" in t.user_attrs else "",
-                    "best" if best is not None and t.number == best.number else "",
-                )
-                if x
-            )
-            rows.append(
-                (
-                    t.number,
-                    f"{t.user_attrs['params']:,}",
-                    pct(t.values[0]),
-                    t.user_attrs.get("receptive_field", ""),
-                    f"`{arch_line(arch)}`" if arch else "",
-                    note,
-                )
-            )
+    rows = front_rows(study, best, lambda line: f"`{line}`")
+    if rows:
         lines += ["### Pareto front", ""] + table(("trial", "params", "val acc", "RF", "architecture", ""), rows) + [""]
     lines += ["### Settings", ""] + table(("setting", "value"), settings_rows(settings)) + [""]
     lines += (
