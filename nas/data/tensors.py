@@ -11,6 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -110,26 +111,25 @@ def load(
     )
 
 
+def _split(images: np.ndarray, labels: np.ndarray, ds: Dataset, device: str | torch.device) -> Split:
+    """A whole set of the data's images as a normalised Split on `device`."""
+    return Split(
+        normalize(torch.from_numpy(images), ds.spec).to(device), torch.from_numpy(labels).to(device), black(ds.spec)
+    )
+
+
 def load_full_train(
     data_dir: str | Path | None = None, device: str | torch.device = "cpu", dataset: str | Dataset = datasets.DEFAULT
 ) -> Split:
     ds = _dataset(dataset, data_dir)
-    return Split(
-        normalize(torch.from_numpy(ds.x_train), ds.spec).to(device),
-        torch.from_numpy(ds.y_train).to(device),
-        black(ds.spec),
-    )
+    return _split(ds.x_train, ds.y_train, ds, device)
 
 
 def load_test(
     data_dir: str | Path | None = None, device: str | torch.device = "cpu", dataset: str | Dataset = datasets.DEFAULT
 ) -> Split:
     ds = _dataset(dataset, data_dir)
-    return Split(
-        normalize(torch.from_numpy(ds.x_test), ds.spec).to(device),
-        torch.from_numpy(ds.y_test).to(device),
-        black(ds.spec),
-    )
+    return _split(ds.x_test, ds.y_test, ds, device)
 
 
 AUGMENT_CHUNK = 16_384  # images per grid_sample call: bounds the memory of a whole-epoch augmentation
