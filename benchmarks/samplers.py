@@ -60,8 +60,9 @@ def run_search(job: tuple[str, int, argparse.Namespace]) -> dict:
     import torch
 
     from nas.data.tensors import load
+    from nas.search.ladder import sampler_seed
+    from nas.search.objective import Objective
     from nas.search.samplers import make_sampler
-    from nas.search.worker import Objective, sampler_seed
     from nas.study import storage as st
 
     sampler, seed, args = job

@@ -30,7 +30,9 @@ def fake_objective(settings):
         for k, v in constraints(c, settings).items():
             trial.set_constraint(k, v)
         trial.set_user_attr("params", c.params)
-        trial.set_user_attr("config_key", point_key(arch, settings.trial_config(cfg), settings.seeds_per_trial))
+        trial.set_user_attr(
+            "config_key", point_key(arch, settings.trial_config(cfg), settings.seeds_per_trial, settings.train_images)
+        )
         if violations(c, settings):
             raise optuna.TrialPruned()
         return 0.9 + 0.09 * math.tanh(c.params / 3000) - 0.001 * (trial.number % 3), c.params
@@ -87,7 +89,7 @@ def test_evolution_proposes_new_admissible_one_step_mutations_of_the_front():
         assert min(distances) == 1  # one choice away from a member of the front
         arch, cfg = decode(SETTINGS.parsed_space, {**evo.fixed, **child}, SETTINGS.max_epochs)
         assert not violations(costs(arch), SETTINGS)  # valid and within the budget: never pruned before training
-        assert point_key(arch, SETTINGS.trial_config(cfg), 1) not in seen
+        assert point_key(arch, SETTINGS.trial_config(cfg), 1, SETTINGS.train_images) not in seen
 
 
 def test_evolution_starts_from_random_draws_that_fit():

@@ -154,9 +154,10 @@ def test_a_trial_failed_as_stale_under_its_worker_does_not_stop_it(store):
     trial = study.ask()
     study.tell(trial.number, state=TrialState.FAIL)  # what another worker's reaper did
     worker, said = search_mod.Worker.__new__(search_mod.Worker), []
-    worker.study, worker.log = study, said.append
-    worker.objective = lambda t: t.set_user_attr("curve", [0.5])  # its next write
-    worker.run_trial(trial)
+    worker.log = said.append
+    objective = lambda t: t.set_user_attr("curve", [0.5])  # noqa: E731 - its next write
+    objective.log = said.append
+    worker.run_trial(trial, search_mod.Level(0, study, objective))
     assert "failed as stale by another worker" in said[-1] and study.trials[0].user_attrs == {}
 
 

@@ -238,7 +238,7 @@ def test_resume_refuses_disagreeing_settings(tmp_path):
 def _running_trial(url: str, monkeypatch) -> tuple[optuna.Study, kp.Keeper, int]:
     monkeypatch.setattr(kp, "HEARTBEAT_SECONDS", 1)
     monkeypatch.setattr(kp, "GRACE_SECONDS", 1)
-    study = st.open_study("k", url, StudySettings())
+    study = st.open_study("k", url, StudySettings(levels=()))
     trial = study.ask()  # the enqueued seed trial
     trial.set_user_attr("curve", [0.5])
     keeper = kp.Keeper(study, lambda msg: None)
@@ -266,7 +266,7 @@ def test_stale_trials_are_failed_and_retried_clean(tmp_path, monkeypatch, kind):
 
 def test_a_trial_that_never_beat_is_reaped_after_a_grace_period_seen(tmp_path, monkeypatch):
     monkeypatch.setattr(kp, "GRACE_SECONDS", 1)
-    study = st.open_study("u", f"sqlite:///{tmp_path}/u.db", StudySettings())
+    study = st.open_study("u", f"sqlite:///{tmp_path}/u.db", StudySettings(levels=()))
     study.ask()  # its worker died before its first beat
     keeper = kp.Keeper(study, lambda msg: None)
     assert keeper.reap() == []  # first seen now: no clock of another machine is trusted for it

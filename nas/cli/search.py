@@ -144,6 +144,23 @@ def search(
             help="Pareto rule: the share kept at each --stop-at rung is 1/eta.",
         ),
     ] = None,
+    levels: Annotated[
+        str | None,
+        typer.Option(
+            metavar="EPOCHSxIMAGES,...|none",
+            show_default="4x20000 below a top level at least 4 times its cost, else none",
+            help="Fidelity levels below the top (the --max-epochs on every training image): architectures are "
+            "drawn and screened at the lowest, the best promoted up to the top, whose results are the answer.",
+        ),
+    ] = None,
+    promote_eta: Annotated[
+        float | None,
+        typer.Option(
+            min=1.01,
+            show_default=f"{_STUDY['promote_eta']:g}",
+            help="Each level promotes the top 1/eta of the trials trained there, by Pareto rank.",
+        ),
+    ] = None,
     train_size: TrainSize = None,
     val_size: ValSize = None,
     dataset: Annotated[
@@ -164,12 +181,20 @@ def search(
         int | None,
         typer.Option(
             min=1,
-            show_default=f"{DEFAULT_TRIALS} unless --timeout is given",
-            help="Run until the study has this many finished trials.",
+            show_default=f"{DEFAULT_TRIALS} unless --timeout or --hours is given",
+            help="Run until the study has this many finished trials (with levels: architectures drawn at the lowest).",
         ),
     ] = None,
     timeout: Annotated[
-        float | None, typer.Option(min=1, help="Stop starting new trials after this many seconds.")
+        float | None, typer.Option(min=1, help="Stop starting new trials after this many seconds of this run.")
+    ] = None,
+    hours: Annotated[
+        float | None,
+        typer.Option(
+            min=0.01,
+            help="Hours of searching for the study, summed over resumed runs and machines (stored with it; "
+            "a later run may raise it).",
+        ),
     ] = None,
     study_name: Annotated[
         str, typer.Option("--study-name", "--study", help="Study name; re-using one resumes it.")
@@ -209,9 +234,14 @@ def search(
             stop_eta=stop_eta,
             train_size=train_size,
             val_size=val_size,
+            promote_eta=promote_eta,
         ).items()
         if v is not None
     }
+    if levels is not None:
+        from nas.study.levels import parse_levels
+
+        given["levels"] = parse_levels(levels)
     if space is not None:
         given["space"] = read_space(space)
     if no_seed_arch and seed_arch:
@@ -223,7 +253,7 @@ def search(
 
         given["dataset"] = datasets.read(dataset, data_dir, log=say).spec
     settings = StudySettings(**given)  # validates every flag before anything is created
-    if trials is None and timeout is None:
+    if trials is None and timeout is None and hours is None:
         trials = DEFAULT_TRIALS
     _run_search(
         study_name,
@@ -233,6 +263,7 @@ def search(
         trials,
         timeout,
         _run_options(workers, trials_per_gpu, device, dataset, data_dir, artifacts),
+        hours,
     )
 
 
@@ -314,6 +345,7 @@ def _run_search(
     trials: int | None,
     timeout: float | None,
     run: Run,
+    hours: float | None = None,
 ) -> None:
     import time
 
@@ -328,6 +360,6 @@ def _run_search(
     start = time.time()
     # short: one terminal line
     on_interrupt(lambda: f"interrupted after {analytics.elapsed(start)}; run the same command to resume")
-    study = s.search(study_name, storage, settings, trials, timeout, run, given)
+    study = s.search(study_name, storage, settings, trials, timeout, run, given, hours)
     say(f"done in {analytics.elapsed(start)}")
     say(analytics.summary(study))

@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import threading
 from collections.abc import Callable
+from dataclasses import replace
 from typing import Any
 
 import optuna
@@ -24,7 +25,7 @@ from nas.search import interrupt
 from nas.search.checkpoints import Checkpoints
 from nas.search.progress import EpochBar
 from nas.space.spaces import point_key, sample
-from nas.study import notes
+from nas.study import levels, notes
 from nas.study import storage as st
 from nas.study.analytics import ConvergenceRule, ParetoRule, duration, peers_at
 from nas.study.settings import StudySettings
@@ -63,6 +64,9 @@ class Objective:
         # Set when this worker process is about to restart: trials stop at their next epoch.
         self.restart: threading.Event | None = None
         self.left: int | None = None  # of which were not finished when this worker started
+        # Below the top level of a ladder: its promotion share 1/eta, which sets its convergence bar.
+        self.screen_eta: float | None = None
+        self.level: int | None = None  # its level, when the study has several (nas.study.levels)
 
     def __call__(self, trial: optuna.Trial) -> Any:
         s = self.settings
@@ -84,7 +88,7 @@ class Objective:
             self.log(f"[trial {trial.number}] PRUNED invalid architecture ({e.problem})")
             raise optuna.TrialPruned("invalid architecture") from None
         self.constrain(trial, constraints(c, s))
-        key = point_key(arch, cfg, s.seeds_per_trial)
+        key = point_key(arch, cfg, s.seeds_per_trial, s.train_images)
         for name, value in dict(
             **trial_attrs(c),
             receptive_field=receptive_field(arch),
@@ -92,6 +96,7 @@ class Objective:
             train_config=cfg.to_dict(),
             device=str(self.device),
             config_key=key,
+            **({"level": self.level} if self.level is not None else {}),
         ).items():
             trial.set_user_attr(name, value)
         if self.artifacts is not None:
@@ -140,7 +145,7 @@ class Objective:
         return tuple(same.values) if self.pareto else same.values[0]
 
     def fit(self, trial: optuna.Trial, arch: Arch, cfg: TrainConfig, c: Costs, key: str) -> list[float]:
-        s, rule, n = self.settings, self.rule, c.params
+        s, rule, n = self.settings, self.rule_for(trial), c.params
         resume, meta = self.last_checkpoint(trial, key, cfg)
         curve: list[float] = []
         seconds: list[float] = []
@@ -160,6 +165,7 @@ class Objective:
             """Prune the trial if it is not on course for the target (or, observing, say where it would have been)."""
             if (
                 s.pruning != "off"
+                and rule is not None
                 and rule.should_prune(e.epoch, e.val_acc)
                 and "would_prune_epoch" not in trial.user_attrs
             ):
@@ -168,7 +174,8 @@ class Objective:
                     trial.set_user_attr("prune_reason", "convergence")
                     self.log(
                         f"[trial {trial.number}] PRUNED at epoch {e.epoch}: {100 * e.val_acc:.2f} % < "
-                        f"{100 * rule.needed(e.epoch):.2f} % needed to be on course for {100 * s.target_accuracy:.2f} %"
+                        f"{100 * rule.needed(e.epoch):.2f} % needed to be on course for {100 * rule.target:.2f} %"
+                        + (" (this level's promotion bar)" if self.screen_eta is not None else "")
                     )
                     raise optuna.TrialPruned(f"not converging at epoch {e.epoch}")
             if s.pruning != "off" and e.epoch in self.pareto_rule.rungs and "would_stop_epoch" not in trial.user_attrs:
@@ -227,6 +234,16 @@ class Objective:
         if len(trained.seeds) > 1:  # the curve is the mean over seeds; each seed's final accuracy too
             trial.set_user_attr("val_accs", trained.history[-1].val_accs)
         return curve
+
+    def rule_for(self, trial: optuna.Trial) -> ConvergenceRule | None:
+        """The convergence rule a trial is judged by: the mission's (on course for the target) at the
+        top level; below it, the same shape aimed at the level's own bar (nas.study.levels.screen_target),
+        none until enough trials trained there to set one."""
+        if self.screen_eta is None:
+            return self.rule
+        trials = st.persist(lambda: trial.study.get_trials(deepcopy=False), self.log, "reading the level's trials")
+        target = levels.screen_target(trials, self.screen_eta, self.minimized, self.pareto)
+        return None if target is None else replace(self.rule, target=target)
 
     def pareto_stop(self, trial: optuna.Trial, e: Epoch, cost: float) -> None:
         """The Pareto rule at a rung, against the trials of the study (any worker's) that reached it."""

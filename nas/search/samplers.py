@@ -179,4 +179,7 @@ class EvolutionSampler(BaseSampler):
             c = costs(arch)
         except SpecError:
             return False
-        return not violations(c, self.settings) and point_key(arch, cfg, self.settings.seeds_per_trial) not in known
+        return (
+            not violations(c, self.settings)
+            and point_key(arch, cfg, self.settings.seeds_per_trial, self.settings.train_images) not in known
+        )

@@ -4,13 +4,13 @@ A study is its own source of truth (nas.study.settings, nas.study.storage): a wo
 the settings from it. `search` creates or joins a study and starts this machine's worker processes
 (planned by nas.search.placement, started by nas.search.processes); each runs `work`, whose Workers ask
 for trials one at a time and hand each to an Objective (nas.search.objective), which prunes, trains and
-records it, then tell the study its result.
+records it, then tell the study its result. A study with fidelity levels is run whole (nas.search.ladder):
+promotions waiting above first, else a new draw at level 0.
 """
 
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import os
 import sys
 import threading
@@ -29,11 +29,11 @@ from nas.data.tensors import Data
 from nas.data.tensors import load as load_data
 from nas.search import interrupt, placement, processes
 from nas.search.checkpoints import Checkpoints
-from nas.search.objective import Log, Objective, quietly
+from nas.search.ladder import Ladder, Level, plan_lines
+from nas.search.objective import Log, quietly
 from nas.search.placement import Slot, plan_workers, visible_gpus, worker_cap
 from nas.search.progress import EpochBar
-from nas.search.samplers import make_sampler
-from nas.study import notes
+from nas.study import levels, notes
 from nas.study import storage as st
 from nas.study.analytics import best_trial, describe_trial, study_settings
 from nas.study.settings import StudySettings
@@ -58,12 +58,6 @@ class Run:
     dataset: str | None = None  # --dataset: where the study's data is on this machine (nas.data.datasets.for_study)
 
 
-def sampler_seed(seed: int, worker: int) -> int:
-    """Each worker's sampler seed: reproducible from --seed and the worker's number, and
-    different for every worker of a study (nas.study.storage.next_worker), so no two draw alike."""
-    return int.from_bytes(hashlib.sha256(f"{seed}/{worker}".encode()).digest()[:4], "little")
-
-
 def fail_reason(e: BaseException) -> str:
     if isinstance(e, torch.OutOfMemoryError):
         return f"out of memory: {str(e).splitlines()[0]}"
@@ -75,7 +69,8 @@ def fail_reason(e: BaseException) -> str:
 class Worker:
     """One trial at a time from one study, until the study has enough finished trials, the
     deadline passes, or the process is stopped. Several Workers may share a process (several
-    trials per GPU), each with its own sampler."""
+    trials per GPU), each with its own sampler. A study with levels (nas.study.levels) is run
+    whole: promotions waiting at a higher level first, else a new draw at level 0."""
 
     def __init__(
         self,
@@ -87,114 +82,124 @@ class Worker:
         keeper: st.Keeper,
         log: Log,
         artifacts: Any = None,
-        checkpoints: Checkpoints | None = None,
+        checkpoints: Callable[[str], Checkpoints] | None = None,
         restart: threading.Event | None = None,
     ):
-        self.loc, self.keeper, self.log, self.checkpoints = loc, keeper, log, checkpoints
+        self.loc, self.keeper, self.log = loc, keeper, log
         self.restart = restart or threading.Event()  # shared by the Workers of a process
-        self.study = st.RetriesFirst(study_name=name, storage=study._storage)
-        self.settings = study_settings(self.study)
-        number = st.next_worker(self.study, loc)
-        self.study.sampler = make_sampler(
-            self.settings.sampler, sampler_seed(self.settings.seed, number), self.settings
-        )
-        self.objective = Objective(self.settings, data, device, log, artifacts, checkpoints)
-        self.objective.restart = self.restart
-        self.current: optuna.Trial | None = None
+        self.top = st.RetriesFirst(study_name=name, storage=study._storage)
+        self.settings = study_settings(self.top)
+        number = st.next_worker(self.top, loc)
+        self.ladder = Ladder(self.top, self.settings, number, data, device, log, artifacts, checkpoints, self.restart)
+        self.levels = self.ladder.levels
+        self.current: tuple[Level, optuna.Trial] | None = None
 
     def run(self, goal: int | None, deadline: float | None) -> None:
-        self.objective.goal = goal or st.persist(
-            lambda: self.study.user_attrs.get("trials_goal"), self.log, "reading the study"
-        )
-        if self.objective.goal:
-            done = st.persist(lambda: st.finished(self.study.get_trials(deepcopy=False)), self.log, "reading the study")
-            self.objective.left = max(0, self.objective.goal - done)
+        first, low = self.levels[0].objective, self.levels[0].study
+        first.goal = goal or st.persist(lambda: self.top.user_attrs.get("trials_goal"), self.log, "reading the study")
+        if first.goal:
+            done = st.persist(lambda: st.finished(low.get_trials(deepcopy=False)), self.log, "reading the study")
+            first.left = max(0, first.goal - done)
         while (deadline is None or time.time() < deadline) and not self.restart.is_set():
             interrupt.check()
-            trial = st.persist(lambda: self.next_trial(goal), self.log, "starting a trial")
-            if trial is None:
+            picked = st.persist(lambda: self.next_trial(goal), self.log, "starting a trial")
+            if picked is None:
                 return
-            if trial is False:  # the last trials are running elsewhere; one may yet need a retry
+            if picked is False:  # the last trials are running elsewhere; one may yet need a retry or promotion
                 time.sleep(min(1.0, st.HEARTBEAT_SECONDS))
                 continue
-            self.current = trial
+            level, trial = picked
+            self.current = level, trial
             try:
-                self.run_trial(trial)
+                self.run_trial(trial, level)
             finally:
                 self.keeper.untrack(trial._trial_id)
                 self.current = None
 
-    def next_trial(self, goal: int | None) -> optuna.Trial | bool | None:
-        """A new trial, False to wait, None when the study has its trials. Under the study lock,
-        so that however many workers ask, the study ends with exactly `goal` finished trials."""
-        with st.study_lock(self.loc, self.study.study_name):
-            goal = goal if goal is not None else self.study.user_attrs.get("trials_goal")
-            if goal is not None:
-                trials = self.study.get_trials(deepcopy=False)
-                done = st.finished(trials)
-                if done >= goal:
+    def next_trial(self, goal: int | None) -> tuple[Level, optuna.Trial] | bool | None:
+        """A new trial and its level, False to wait, None when the study is done. Under the study
+        lock, so that however many workers ask, level 0 ends with exactly `goal` finished trials
+        (--trials counts architectures drawn; promotions come on top) and each promotion is made once."""
+        with st.study_lock(self.loc, self.top.study_name):
+            goal = goal if goal is not None else self.top.user_attrs.get("trials_goal")
+            self.ladder.promote()
+            if (above := self.ladder.waiting_above()) is not None:
+                return self.ask(above)
+            trials = self.levels[0].study.get_trials(deepcopy=False)
+            done, running = st.finished(trials), sum(t.state == TrialState.RUNNING for t in trials)
+            draw = goal is None or done + running < goal
+            hours = self.top.user_attrs.get("hours_goal")
+            if hours is not None:
+                left = hours * 3600 - levels.searched(self.top)
+                if left <= 0:
                     return None
-                if done + sum(t.state == TrialState.RUNNING for t in trials) >= goal:
-                    return False
-            with interrupt.held():  # a trial once asked for is run, or recorded as interrupted
-                trial = self.study.ask()
-                self.keeper.track(trial._trial_id)
-                with contextlib.suppress(Exception):  # for review only
-                    trial.set_user_attr("worker", st.worker_name())
-            return trial
+                draw = draw and left > self.ladder.promotions_need()
+            if draw:
+                return self.ask(self.levels[0])
+            if goal is not None and done < goal and hours is None:
+                return False
+            return False if self.ladder.running_below_top() else None
 
-    def run_trial(self, trial: optuna.Trial) -> None:
+    def ask(self, level: Level) -> tuple[Level, optuna.Trial]:
+        with interrupt.held():  # a trial once asked for is run, or recorded as interrupted
+            trial = level.study.ask()
+            self.keeper.track(trial._trial_id)
+            with contextlib.suppress(Exception):  # for review only
+                trial.set_user_attr("worker", st.worker_name())
+        return level, trial
+
+    def run_trial(self, trial: optuna.Trial, level: Level) -> None:
         values, state, again = None, TrialState.COMPLETE, False
+        study, log = level.study, level.objective.log
         try:
-            values = self.objective(trial)
+            values = level.objective(trial)
         except optuna.TrialPruned:
             state = TrialState.PRUNED
         except KeyboardInterrupt:
-            self.interrupted(trial)
+            self.interrupted(trial, level)
             raise
         except RestartWorker as e:
             self.restart.set()
-            self.log(f"[trial {trial.number}] stopped and enqueued again: {e}")
-            self.requeue(trial, f"its worker restarted: {e}", lost_worker=False)
+            log(f"[trial {trial.number}] stopped and enqueued again: {e}")
+            self.requeue(trial, level, f"its worker restarted: {e}", lost_worker=False)
             return
         except UpdateFinishedTrialError:
             # This worker was cut off for longer than the grace: the trial is failed, its retry enqueued.
-            self.log(
-                f"[trial {trial.number}] was failed as stale by another worker while it ran; its retry runs it again"
-            )
+            log(f"[trial {trial.number}] was failed as stale by another worker while it ran; its retry runs it again")
             return
         except Exception as e:  # noqa: BLE001 - a failing trial is recorded and the search goes on
             if self.restart.is_set():  # the process's GPU state is suspect: not the trial's fault
                 self.log(
                     f"[trial {trial.number}] stopped and enqueued again while its worker restarts ({fail_reason(e)})"
                 )
-                self.requeue(trial, f"its worker restarted: {fail_reason(e)}", lost_worker=False)
+                self.requeue(trial, level, f"its worker restarted: {fail_reason(e)}", lost_worker=False)
                 return
             state, again = TrialState.FAIL, st.transient(e)  # the storage went away mid-trial: run it again
             reason = f"storage unreachable: {st.cause(e)}" if again else fail_reason(e)
-            self.log(f"[trial {trial.number}] FAILED: {reason}{'; it will be retried' if again else ''}")
-            st.persist(lambda: trial.set_user_attr("fail_reason", reason), self.log, "recording a failure")
+            log(f"[trial {trial.number}] FAILED: {reason}{'; it will be retried' if again else ''}")
+            st.persist(lambda: trial.set_user_attr("fail_reason", reason), log, "recording a failure")
         with interrupt.held():  # a finished trial's result is stored whole, even if Ctrl-C comes now
-            t = self.tell(trial, values, state)
+            t = self.tell(trial, level, values, state)
             if again:
                 st.persist(
-                    lambda: st.retry(self.study, self.study._storage.get_trial(trial._trial_id)),
+                    lambda: st.retry(study, study._storage.get_trial(trial._trial_id)),
                     self.log,
                     "enqueuing a retry",
                 )
-            elif (store := self.checkpoints) is not None and t is not None and "config_key" in t.user_attrs:
+            elif (store := level.objective.checkpoints) is not None and t is not None and "config_key" in t.user_attrs:
                 quietly(lambda: store.remove(t.user_attrs["config_key"]), self.log, "removing the checkpoint")
         if t is not None:
-            self.review(t)
+            self.review(t, level)
 
-    def tell(self, trial: optuna.Trial, values: Any, state: TrialState) -> FrozenTrial | None:
+    def tell(self, trial: optuna.Trial, level: Level, values: Any, state: TrialState) -> FrozenTrial | None:
         """Store the result, waiting out a storage outage; if another worker failed the trial as
         stale meanwhile, the result is kept as a new trial rather than lost. Returns the trial as
         stored (None when it went to another trial)."""
+        study, log = level.study, level.objective.log
         try:
-            st.persist(lambda: self.study.tell(trial, values, state=state), self.log, "storing a result")
+            st.persist(lambda: study.tell(trial, values, state=state), self.log, "storing a result")
         except (ValueError, UpdateFinishedTrialError):
-            frozen = self.study._storage.get_trial(trial._trial_id)
+            frozen = study._storage.get_trial(trial._trial_id)
             if state == TrialState.FAIL or frozen.state != TrialState.FAIL:
                 return None
             recovered = optuna.trial.create_trial(
@@ -207,45 +212,53 @@ class Worker:
                     "recovered_from": frozen.number,
                 },
             )
-            st.persist(lambda: self.study.add_trial(recovered), self.log, "storing a recovered result")
-            self.log(f"[trial {trial.number}] was failed as stale while it ran; its result is kept as a new trial")
+            st.persist(lambda: study.add_trial(recovered), self.log, "storing a recovered result")
+            log(f"[trial {trial.number}] was failed as stale while it ran; its result is kept as a new trial")
             return None
-        t = st.persist(lambda: self.study._storage.get_trial(trial._trial_id), self.log, "reading the result")
+        t = st.persist(lambda: study._storage.get_trial(trial._trial_id), self.log, "reading the result")
         if state == TrialState.COMPLETE:
-            best = st.persist(lambda: best_trial(self.study), self.log, "reading the best trial")
-            so_far = describe_trial(best, self.objective.minimized) if best else "none meets the target yet"
-            self.log(
+            best = st.persist(lambda: best_trial(self.top), self.log, "reading the best trial")
+            so_far = describe_trial(best, level.objective.minimized) if best else "none meets the target yet"
+            log(
                 f"[trial {t.number}] COMPLETE {100 * t.values[0]:.2f} % val acc, {t.user_attrs['params']:,} params, "
                 f"{t.user_attrs.get('train_seconds', 0):.0f} s; best so far: {so_far}"
             )
+        if len(self.levels) > 1 and state != TrialState.FAIL:
+            n = st.finished(study.get_trials(deepcopy=False))
+            if n in (1, 3) or n % 10 == 0:  # the estimate again as the search learns what trials take
+                quietly(
+                    lambda: self.log(self.ladder.estimate(self.levels[0].objective.goal) or ""),
+                    self.log,
+                    "estimating the search",
+                )
         return t
 
-    def review(self, t: FrozenTrial) -> None:
+    def review(self, t: FrozenTrial, level: Level) -> None:
         """The dashboard's notes: the trial's own, and the study's (one writer at a time, under
         the study lock, since optuna-dashboard saves a note read-modify-write in chunks)."""
 
         def study_note() -> None:
-            with st.study_lock(self.loc, self.study.study_name):
-                notes.save_study_note(self.study)
+            with st.study_lock(self.loc, self.top.study_name):
+                notes.save_study_note(level.study)
 
-        quietly(lambda: notes.save_trial_note(self.study, t), self.log, "writing the trial note")
+        quietly(lambda: notes.save_trial_note(level.study, t), self.log, "writing the trial note")
         quietly(study_note, self.log, "writing the study note")
 
-    def interrupted(self, trial: optuna.Trial) -> None:
+    def interrupted(self, trial: optuna.Trial, level: Level) -> None:
         """Ctrl-C: record the trial as failed and enqueue it again (an interrupt is no lost worker:
         it does not count toward the retry cap), so a resumed search runs it first, from its last
         checkpoint."""
-        self.requeue(trial, "interrupted (Ctrl-C)", lost_worker=False)
+        self.requeue(trial, level, "interrupted (Ctrl-C)", lost_worker=False)
 
-    def requeue(self, trial: optuna.Trial, reason: str, lost_worker: bool = True) -> None:
+    def requeue(self, trial: optuna.Trial, level: Level, reason: str, lost_worker: bool = True) -> None:
         """Record a trial this process stops as failed and enqueue a clean copy to run first;
         `lost_worker=False` when the trial did nothing wrong (an interrupt, a restarting worker), so
         it does not use up the retries of its configuration (nas.study.storage.MAX_RETRIES)."""
         with interrupt.held():
             try:
                 trial.set_user_attr("fail_reason", reason)
-                self.study.tell(trial, state=TrialState.FAIL)
-                st.retry(self.study, self.study._storage.get_trial(trial._trial_id), lost_worker=lost_worker)
+                level.study.tell(trial, state=TrialState.FAIL)
+                st.retry(level.study, level.study._storage.get_trial(trial._trial_id), lost_worker=lost_worker)
             except Exception:  # noqa: BLE001 - stopping must not fail; the reaper retries a trial left RUNNING
                 pass
 
@@ -268,15 +281,23 @@ def work(
     ds = datasets.for_study(settings.dataset, run.dataset, run.data_dir, log)
     data = load_data(run.data_dir, device, val_size=settings.val_size, train_size=settings.train_size, dataset=ds)
     folder, artifacts = notes.artifact_store_for(url, run.artifacts)
-    checkpoints = Checkpoints.of(url, name, folder)
 
-    def reaped(t: FrozenTrial, retried: bool) -> None:
-        quietly(lambda: notes.save_trial_note(study, t), log, "writing the trial note")
+    def checkpoints(level_study: str) -> Checkpoints:  # each level keeps its own
+        return Checkpoints.of(url, level_study, folder)
+
+    def reaped(of: optuna.Study, t: FrozenTrial, retried: bool) -> None:
+        quietly(lambda: notes.save_trial_note(of, t), log, "writing the trial note")
         if not retried and "config_key" in t.user_attrs:  # the configuration is given up: so is its checkpoint
-            quietly(lambda: checkpoints.remove(t.user_attrs["config_key"]), log, "removing the checkpoint")
+            key = t.user_attrs["config_key"]
+            quietly(lambda: checkpoints(of.study_name).remove(key), log, "removing the checkpoint")
+
+    def tick() -> None:  # the searching clock (--hours), shared by every process and machine
+        with st.study_lock(loc, name):
+            levels.tick(study._storage, study._study_id, st.GRACE_SECONDS)
 
     restart = threading.Event()
-    with st.Keeper(study, log, reaped) as keeper, interrupt.catching():
+    watched = [*(s for s in levels.lower_studies(study, settings.ladder) if s is not None), study]
+    with st.Keeper(watched, log, reaped, tick) as keeper, interrupt.catching():
         workers = [
             st.persist(
                 lambda: Worker(name, loc, study, data, device, keeper, log, artifacts, checkpoints, restart),
@@ -287,7 +308,8 @@ def work(
         ]
         if threads == 1:
             if sys.stdout.isatty():
-                workers[0].objective.progress = EpochBar()
+                for level in workers[0].levels:
+                    level.objective.progress = EpochBar()
             workers[0].run(goal, deadline)
         else:
             pool = [threading.Thread(target=w.run, args=(goal, deadline), daemon=True) for w in workers]
@@ -299,7 +321,7 @@ def work(
             except KeyboardInterrupt:
                 for w in workers:
                     if w.current is not None:
-                        w.interrupted(w.current)
+                        w.interrupted(w.current[1], w.current[0])
                 raise
     if restart.is_set():
         cmd = restart_command(name, url, run, goal, deadline, slot)
@@ -382,9 +404,11 @@ def search(
     timeout: float | None,
     run: Run = Run(),
     given: dict[str, Any] | None = None,
+    hours: float | None = None,
 ) -> optuna.Study:
-    """Create or join a study and run workers on it until it has `trials` finished trials
-    (or the stored goal), or `timeout` seconds have passed.
+    """Create or join a study and run workers on it until it has `trials` finished trials at its
+    first level (or the stored goal), `hours` of searching summed over runs (or the stored
+    budget), or `timeout` seconds of this run have passed.
 
     Everything that can be wrong with the input is checked before the study is touched, so a
     failed start leaves nothing behind."""
@@ -409,14 +433,20 @@ def search(
         print(settings.unfit_builtins(), flush=True)
     if trials is not None and settings is not None:
         study.set_user_attr("trials_goal", trials)
-    s, done = study_settings(study), st.finished(study.get_trials(deepcopy=False))
-    goal = trials or study.user_attrs.get("trials_goal")
+    if hours is not None:
+        study.set_user_attr("hours_goal", hours)
+    s = study_settings(study)
+    low = levels.lower_studies(study, s.ladder)[0] if len(s.ladder) > 1 else study
+    assert low is not None  # open_study made every level
+    done, goal = st.finished(low.get_trials(deepcopy=False)), trials or study.user_attrs.get("trials_goal")
     print(
         f"budget {s.max_params:,} params, {s.max_epochs} epochs, target {100 * s.target_accuracy:.2f} % val acc, "
-        f"objective {s.objective}; {done} finished so far{f', running until {goal}' if goal else ''}; "
-        f"{placement.describe(slots)}",
+        f"objective {s.objective}; {done} {'drawn' if len(s.ladder) > 1 else 'finished'} so far"
+        f"{f', running until {goal}' if goal else ''}; {placement.describe(slots)}",
         flush=True,
     )
+    for line in plan_lines(study, s):
+        print(line, flush=True)
     deadline = time.time() + timeout if timeout else None
     if len(slots) == 1:  # in this process (its first GPU is the slot's)
         work(name, url, run, trials, deadline, slots[0])

@@ -31,10 +31,11 @@ class Chooser(Protocol):
     def suggest_float(self, name: str, low: float, high: float, *, log: bool = False) -> float: ...
 
 
-def point_key(arch: Arch, cfg: TrainConfig, seeds: int) -> str:
-    """Identifies what a trial trains: the same key means the same result, so it is not trained twice."""
+def point_key(arch: Arch, cfg: TrainConfig, seeds: int, images: int) -> str:
+    """Identifies what a trial trains (the architecture, its training, seeds and training images: a
+    level of a ladder trains on fewer): the same key means the same result, so it is not trained twice."""
     same = json.loads(arch_to_json(replace(arch, name="")))
-    return hashlib.sha256(json.dumps([same, cfg.to_dict(), seeds], sort_keys=True).encode()).hexdigest()[:16]
+    return hashlib.sha256(json.dumps([same, cfg.to_dict(), seeds, images], sort_keys=True).encode()).hexdigest()[:16]
 
 
 def genome(space: Space, trial: Chooser) -> dict[str, Any]:

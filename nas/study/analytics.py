@@ -17,6 +17,7 @@ import optuna
 from optuna.trial import FrozenTrial, TrialState
 
 from nas.arch.budgets import Resource, resource
+from nas.study import levels
 from nas.study.settings import StudySettings, rung_epochs
 
 
@@ -339,6 +340,12 @@ def summary(study: optuna.Study) -> str:
         f"{c['pruned_convergence']} by convergence, {c['pruned_pareto']} by the Pareto rule, {c['failed']} failed"
         + (f" ({c['rerun']} more stopped and run again)" if c["rerun"] else "")
     ]
+    ladder = study_settings(study).ladder
+    if len(ladder) > 1:
+        lines[0] = f"level {len(ladder) - 1} (the top: {ladder[-1][0]} epochs x {ladder[-1][1]:,} images) " + lines[0]
+        lines[0:0] = levels.level_lines(study, ladder)
+    if seconds := levels.searched(study):
+        lines.append(f"searched for {duration(seconds)} in all (every run and machine)")
     waiting = untrained_builtins(study)
     if waiting:
         lines.append(

@@ -26,7 +26,8 @@ from nas.study.outages import cause, persist, transient
 HEARTBEAT_SECONDS = int(os.environ.get("NAS_HEARTBEAT_SECONDS", "10"))
 GRACE_SECONDS = 3 * HEARTBEAT_SECONDS
 MAX_RETRIES = 2  # a trial whose workers keep dying is given up after this many retries
-_KEPT_ON_RETRY = ("seed_arch",)  # a retry is a clean trial: only what says where it came from is copied
+# A retry is a clean trial: only what says where it came from is copied (a promotion keeps its parent).
+_KEPT_ON_RETRY = ("seed_arch", "parent", "level")
 
 
 def _unwrap(storage: optuna.storages.BaseStorage) -> optuna.storages.BaseStorage:
@@ -47,12 +48,15 @@ class Keeper:
 
     def __init__(
         self,
-        study: optuna.Study,
+        study: optuna.Study | list[optuna.Study],
         log: Callable[[str], None],
-        on_reaped: Callable[[FrozenTrial, bool], None] | None = None,
+        on_reaped: Callable[[optuna.Study, FrozenTrial, bool], None] | None = None,
+        on_beat: Callable[[], None] | None = None,
     ):
-        self.study, self.log, self.on_reaped = study, log, on_reaped
-        self.backend = _unwrap(study._storage)
+        # Every level of a study (nas.study.levels) is watched by the same keeper.
+        self.studies = study if isinstance(study, list) else [study]
+        self.log, self.on_reaped, self.on_beat = log, on_reaped, on_beat
+        self.backend = _unwrap(self.studies[0]._storage)
         self.trials: set[int] = set()
         self.unbeaten: dict[int, float] = {}  # trial id -> when this keeper first saw it RUNNING with no beat
         self.healthy_since = time.monotonic()
@@ -62,12 +66,19 @@ class Keeper:
 
     def __enter__(self) -> Keeper:
         persist(self.reap, self.log, "reaping stale trials")  # a starting worker fails stale trials first
+        self._beat_hook()
         self._thread.start()
         return self
 
     def __exit__(self, *exc: object) -> None:
         self._stop.set()
         self._thread.join()
+        self._beat_hook()  # the last seconds of this run count too
+
+    def _beat_hook(self) -> None:
+        if self.on_beat is not None:
+            with contextlib.suppress(Exception):  # a missed tick loses seconds of the clock, nothing else
+                self.on_beat()
 
     def track(self, trial_id: int) -> None:
         """Beat for this trial from now on; never raises, so a trial once asked for is never lost."""
@@ -94,6 +105,7 @@ class Keeper:
                         self.beat(trial_id)
                 if time.monotonic() - self.healthy_since >= GRACE_SECONDS:
                     self.reap()
+                self._beat_hook()
                 if down:
                     self.log("storage reachable again")
                     down = False
@@ -105,24 +117,28 @@ class Keeper:
                 down = True
                 self.healthy_since = time.monotonic()
 
-    def stale(self) -> list[int]:
+    def stale(self) -> list[tuple[optuna.Study, int]]:
         now, seen = time.time(), time.monotonic()
         out = []
-        running = self.backend.get_all_trials(self.study._study_id, deepcopy=False, states=(TrialState.RUNNING,))
-        self.unbeaten = {k: v for k, v in self.unbeaten.items() if k in {t._trial_id for t in running}}
-        for t in running:
+        running = [
+            (study, t)
+            for study in self.studies
+            for t in self.backend.get_all_trials(study._study_id, deepcopy=False, states=(TrialState.RUNNING,))
+        ]
+        self.unbeaten = {k: v for k, v in self.unbeaten.items() if k in {t._trial_id for _, t in running}}
+        for study, t in running:
             last = t.system_attrs.get("nas:heartbeat")
             if last is None:
                 if seen - self.unbeaten.setdefault(t._trial_id, seen) > GRACE_SECONDS:
-                    out.append(t._trial_id)
+                    out.append((study, t._trial_id))
             elif now - last > GRACE_SECONDS:
-                out.append(t._trial_id)
+                out.append((study, t._trial_id))
         return out
 
     def reap(self) -> list[int]:
         """Fail the trials whose worker stopped beating, and enqueue a clean retry of each."""
         reaped = []
-        for trial_id in self.stale():
+        for study, trial_id in self.stale():
             if trial_id in self.trials:
                 continue
             try:
@@ -136,7 +152,7 @@ class Keeper:
             except UpdateFinishedTrialError:
                 continue  # another worker reaped it, or its own worker just finished it
             t = self.backend.get_trial(trial_id)
-            retried = retry(self.study, t)
+            retried = retry(study, t)
             self.log(
                 f"[trial {t.number}] FAILED: its worker stopped (no heartbeat for {GRACE_SECONDS} s); "
                 + (
@@ -146,7 +162,7 @@ class Keeper:
                 )
             )
             if self.on_reaped is not None:
-                self.on_reaped(t, retried)
+                self.on_reaped(study, t, retried)
             reaped.append(trial_id)
         return reaped
 

@@ -18,6 +18,7 @@ import plotly.graph_objects as go
 from optuna.trial import TrialState
 
 from nas.arch.summary import summary_table
+from nas.study import levels
 from nas.study.analytics import (
     ConvergenceRule,
     best_trial,
@@ -102,6 +103,10 @@ def _facts_html(study: optuna.Study) -> str:
     rows += [
         ("device", _esc(", ".join(devices) or "none recorded")),
         ("trials", _esc(f"{len(trials)}: {counts_line(study)}")),
+        *(
+            (_esc(head), _esc(rest))
+            for head, rest in (line.split(": ", 1) for line in levels.level_lines(study, settings.ladder))
+        ),
         (
             "time spent",
             _esc(

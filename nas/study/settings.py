@@ -25,6 +25,11 @@ PRUNING_MODES = ("on", "observe", "off")
 SAMPLERS = ("tpe", "nsga2", "gp", "random", "evolution")  # made by nas.search.samplers.make_sampler
 OBJECTIVES = ("pareto", "accuracy")
 DEFAULT_SEED_ARCH = "seed_9274"
+# The screening level below the mission's 20 epochs x 50,000 images: benchmarks/protocol.py's level A
+# ranked 12 networks with Spearman 0.95 against the full protocol, kept its top 3 in its top 5, and
+# costs 35 CPU s a trial against 392 (docs/search.md). It is the default wherever the top level is
+# at least as long and as large and at least 4 times its cost; below that a search has one level.
+DEFAULT_SCREEN = (4, 20_000)
 
 
 class SettingsMismatch(SpecError):
@@ -61,6 +66,13 @@ class StudySettings:
     # chosen one stopped 2 front members (README).
     stop_rungs: tuple[float, ...] = ()
     stop_eta: float = 3.0
+    # Fidelity levels below the top (nas.study.levels): (epochs, training images) each, lowest
+    # first; the top is always (max_epochs, train_images). None: DEFAULT_SCREEN where it fits.
+    # promote_eta: a level promotes the top 1/eta of what trained there. 2: replayed on 12 networks
+    # measured at both levels (benchmarks/promotion.py), the promoted half reached 87 % of the full
+    # front's hypervolume at 59 % of the CPU time of training all 12 fully; eta 3 reached 58 %.
+    levels: tuple[tuple[int, int], ...] | None = None
+    promote_eta: float = 2.0
     train_size: int | None = None
     val_size: int | None = None  # None: the data's default (DatasetSpec.default_val_size, 10,000 for MNIST)
     seeds_per_trial: int = 1
@@ -76,6 +88,8 @@ class StudySettings:
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "stop_rungs", tuple(self.stop_rungs))  # a list when read back from a study
+        if self.levels is not None:  # lists when read back from a study
+            object.__setattr__(self, "levels", tuple((int(e), int(n)) for e, n in self.levels))
         if isinstance(self.dataset, dict):
             object.__setattr__(self, "dataset", DatasetSpec.from_dict(self.dataset))
         if self.val_size is None:
@@ -92,6 +106,7 @@ class StudySettings:
             ("prune_slack", 0 <= self.prune_slack < 1, "must be in [0, 1)"),
             ("stop_rungs", all(0 < f < 1 for f in self.stop_rungs), "are fractions of the epochs in (0, 1)"),
             ("stop_eta", self.stop_eta > 1, "must be above 1"),
+            ("promote_eta", self.promote_eta > 1, "must be above 1"),
             (
                 "val_size",
                 1 <= val_size < images,
@@ -119,11 +134,57 @@ class StudySettings:
         ):
             if not ok:
                 raise SpecError("settings", flag(key), f"{what} (got {getattr(self, key)!r})")
+        if self.levels is None:
+            object.__setattr__(self, "levels", default_levels(self.max_epochs, self.train_images))
+        self._check_levels()
         self.parsed_space  # noqa: B018 - a bad space or seed fails here, before any study exists
         object.__setattr__(
             self, "seed_archs", tuple(self.builtin_seeds() if self.seed_archs is None else self.seed_archs)
         )
         self.seed_configs  # noqa: B018
+
+    def _check_levels(self) -> None:
+        assert self.levels is not None  # filled in on construction
+        previous = 0
+        for epochs, images in self.levels:
+            cost = epochs * images
+            if not (1 <= epochs <= self.max_epochs and 1 <= images <= self.train_images and previous < cost):
+                raise SpecError(
+                    "settings",
+                    "--levels",
+                    f"each level below the top must train at most the top's {self.max_epochs} epochs on at most "
+                    f"its {self.train_images:,} images, each costing more than the one below (got {epochs}x{images})",
+                )
+            previous = cost
+        if self.levels and previous >= self.max_epochs * self.train_images:
+            raise SpecError(
+                "settings",
+                "--levels",
+                f"the highest level below the top must cost less than the top ({self.max_epochs} epochs x "
+                f"{self.train_images:,} images); give cheaper levels or --levels none",
+            )
+
+    @property
+    def ladder(self) -> tuple[tuple[int, int], ...]:
+        """Every level as (epochs, training images), lowest first; the last is the top: the study itself."""
+        assert self.levels is not None  # filled in on construction
+        return (*self.levels, (self.max_epochs, self.train_images))
+
+    def at_level(self, level: int) -> StudySettings:
+        """The settings a level's trials run under: its epochs and images, one seed (the top level
+        alone trains --seeds-per-trial), no Pareto rule, no levels of its own. The top is self."""
+        if level == len(self.ladder) - 1:
+            return self
+        epochs, images = self.ladder[level]
+        return replace(
+            self,
+            max_epochs=epochs,
+            train_size=images,
+            levels=(),
+            seeds_per_trial=1,
+            stop_rungs=(),
+            seed_archs=self.seed_archs,
+        )
 
     def stop_epochs(self) -> tuple[int, ...]:
         """The epochs at which the Pareto rule compares trials."""
@@ -208,7 +269,7 @@ class StudySettings:
                 "settings",
                 f"made by another version of nas (unknown setting {unknown[0]!r}); start a new study with --study-name",
             )
-        return cls(**data)
+        return cls(**{"levels": (), **data})  # a study made before levels had one
 
     def reconcile(self, given: dict[str, Any], study: str) -> None:
         """Refuse flags that disagree with these (stored) settings, naming every one with both values."""
@@ -223,6 +284,9 @@ class StudySettings:
             elif key == "seed_archs":
                 were.append(f"seed architectures {[a.get('name') for a in stored]}")
                 now.append(f"seed architectures {[a.get('name') for a in value]}")
+            elif key == "levels":
+                were.append(f"--levels {_levels_flag(stored)}")
+                now.append(f"--levels {_levels_flag(value)}")
             elif key == "dataset":
                 were.append(f"--dataset {stored.short()}")
                 now.append(f"--dataset {value.short()}")
@@ -240,6 +304,17 @@ class StudySettings:
         )
 
 
+def default_levels(max_epochs: int, train_images: int) -> tuple[tuple[int, int], ...]:
+    """DEFAULT_SCREEN below a top level at least as long and large and at least 4 times its cost; else none."""
+    epochs, images = DEFAULT_SCREEN
+    fits = max_epochs >= epochs and train_images >= images and max_epochs * train_images >= 4 * epochs * images
+    return (DEFAULT_SCREEN,) if fits else ()
+
+
 def rung_epochs(fractions: tuple[float, ...], max_epochs: int) -> tuple[int, ...]:
     """The epochs of rungs given as fractions of the training (none at or after the last epoch)."""
     return tuple(sorted({e for f in fractions if 1 <= (e := max(1, math.ceil(f * max_epochs))) < max_epochs}))
+
+
+def _levels_flag(levels: tuple[tuple[int, int], ...]) -> str:
+    return ",".join(f"{e}x{n}" for e, n in levels) or "none"

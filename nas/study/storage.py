@@ -31,12 +31,14 @@ import optuna
 from nas.errors import SpecError
 
 # The search reaches the keeper and the outage handling through this module (st.Keeper, st.persist).
+from nas.study.keeper import GRACE_SECONDS as GRACE_SECONDS
 from nas.study.keeper import HEARTBEAT_SECONDS as HEARTBEAT_SECONDS
 from nas.study.keeper import MAX_RETRIES as MAX_RETRIES
 from nas.study.keeper import Keeper as Keeper
 from nas.study.keeper import RetriesFirst as RetriesFirst
 from nas.study.keeper import finished as finished
 from nas.study.keeper import retry as retry
+from nas.study.levels import level_name
 from nas.study.outages import StorageUnreachable, cause, transient
 from nas.study.outages import persist as persist
 from nas.study.settings import StudySettings
@@ -291,7 +293,19 @@ def stored_settings(name: str, url: str) -> StudySettings | None:
             study = _load(name, open_storage(loc, create=False), loc)
     if study is None or "settings" not in study.user_attrs:
         return None
+    _not_a_level(study, loc)
     return StudySettings.from_dict(study.user_attrs["settings"], f"study {name!r}")
+
+
+def _not_a_level(study: optuna.Study, loc: Location) -> None:
+    """A lower level's study (nas.study.levels) is searched through its top study only."""
+    if "top" in study.user_attrs:
+        raise SpecError(
+            loc.describe(),
+            study.study_name,
+            f"is a lower level of study {study.user_attrs['top']!r}; search that study (nas best and "
+            "nas report read this one too)",
+        )
 
 
 def _load(name: str, storage: optuna.storages.BaseStorage, loc: Location) -> optuna.Study | None:
@@ -326,10 +340,8 @@ def open_study(
                     name,
                     f"no such study; start it with `nas search --study-name {name}`, or check --storage",
                 )
-            directions: list[Literal["maximize", "minimize"]] = (
-                ["maximize", "minimize"] if settings.objective == "pareto" else ["maximize"]
-            )
-            study = optuna.create_study(study_name=name, storage=storage, directions=directions)
+            study = optuna.create_study(study_name=name, storage=storage, directions=directions(settings))
+        _not_a_level(study, loc)
         if "settings" in study.user_attrs:
             StudySettings.from_dict(study.user_attrs["settings"], f"study {name!r}").reconcile(given or {}, name)
             return study
@@ -339,18 +351,36 @@ def open_study(
                 name,
                 "this study was not made by nas search (it stores no settings); use another --study-name",
             )
-        # A new study, or one whose creation was cut short: finish it. The settings go last, as
-        # the mark that the study is complete.
-        present = {t.user_attrs["seed_arch"] for t in study.get_trials(deepcopy=False)}
-        assert settings.seed_archs is not None  # filled in on construction
-        study.set_metric_names(
-            ["val_accuracy", settings.minimize] if settings.objective == "pareto" else ["val_accuracy"]
-        )
-        for data, params in zip(settings.seed_archs, settings.seed_configs):
-            if data["name"] not in present:
-                study.enqueue_trial(params, user_attrs={"seed_arch": data["name"]}, skip_if_exists=False)
+        # A new study, or one whose creation was cut short: finish it, its lower levels first
+        # (nas.study.levels; the built-ins go to the lowest). The top's settings go last, as the
+        # mark that the whole study is complete.
+        ladder = settings.ladder
+        for level, (epochs, images) in enumerate(ladder[:-1]):
+            lower = _load(level_name(name, epochs, images), storage, loc) or optuna.create_study(
+                study_name=level_name(name, epochs, images), storage=storage, directions=directions(settings)
+            )
+            if "settings" not in lower.user_attrs:
+                _begin(lower, settings.at_level(level), seeds=level == 0)
+                lower.set_user_attr("level", level)
+                lower.set_user_attr("top", name)
+                lower.set_user_attr("settings", settings.at_level(level).to_dict())
+        _begin(study, settings, seeds=len(ladder) == 1)
         study.set_user_attr("settings", settings.to_dict())
         return study
+
+
+def directions(settings: StudySettings) -> list[Literal["maximize", "minimize"]]:
+    return ["maximize", "minimize"] if settings.objective == "pareto" else ["maximize"]
+
+
+def _begin(study: optuna.Study, settings: StudySettings, seeds: bool) -> None:
+    """Name a new study's metrics and enqueue its built-in networks (when `seeds`), once each."""
+    present = {t.user_attrs["seed_arch"] for t in study.get_trials(deepcopy=False)}
+    assert settings.seed_archs is not None  # filled in on construction
+    study.set_metric_names(["val_accuracy", settings.minimize] if settings.objective == "pareto" else ["val_accuracy"])
+    for data, params in zip(settings.seed_archs, settings.seed_configs) if seeds else ():
+        if data["name"] not in present:
+            study.enqueue_trial(params, user_attrs={"seed_arch": data["name"]}, skip_if_exists=False)
 
 
 def worker_name() -> str:

@@ -16,6 +16,7 @@ from optuna.trial import FrozenTrial
 from nas.arch.budgets import RESOURCES
 from nas.space.spaces import architecture_count
 from nas.study.analytics import ConvergenceRule, best_trial, count, counts, duration, pareto_front, study_settings
+from nas.study.levels import describe
 from nas.study.settings import StudySettings
 from nas.study.trial_note import arch_line, pct, table, trial_arch
 
@@ -104,6 +105,16 @@ def settings_rows(settings: StudySettings) -> list[tuple[str, str]]:
             "data",
             f"{'all' if settings.train_size is None else f'{settings.train_size:,}'} training images, "
             f"{settings.val_size:,} held out for validation",
+        ),
+        *(
+            [
+                (
+                    "levels",
+                    f"{describe(settings.ladder)}; each promotes the top 1/{settings.promote_eta:g} by Pareto rank",
+                )
+            ]
+            if len(settings.ladder) > 1
+            else []
         ),
         ("seeds per trial", str(settings.seeds_per_trial)),
         ("sampler seed", str(settings.seed)),

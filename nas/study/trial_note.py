@@ -45,6 +45,8 @@ KNOWN_ATTRS = frozenset(
         "engine",
         "retry_of",
         "retries",
+        "parent",
+        "level",
         "over_budget",
         "config_key",
         "worker",
@@ -250,6 +252,9 @@ def _facts(t: FrozenTrial, settings: StudySettings) -> list[tuple[str, str]]:
         out.append(("seed network", f"`{a['seed_arch']}` (enqueued first: the hand-made starting point)"))
     if "retry_of" in a:
         out.append(("re-run of", f"trial {a['retry_of']} (interrupted or failed)"))
+    if "level" in a:
+        up = f", promoted from trial {a['parent']} of level {a['level'] - 1}" if "parent" in a else ", drawn"
+        out.append(("level", f"{a['level']} ({settings.max_epochs} epochs x {settings.train_images:,} images){up}"))
     resumed = a.get("resumed")
     if isinstance(resumed, dict) and "epoch" in resumed:
         out.append(

@@ -1,0 +1,178 @@
+"""Fidelity levels: screen architectures cheaply, retrain the promising ones at the mission's
+definition. Torch-free.
+
+A level is (epochs, training images); the images of a lower level are the first ones of the same
+training split (nested subsets), and every level is judged on the one validation split. The top
+level is the study the user names (`mnist`), so its answer is the answer: `nas best`, `nas export`,
+`nas report` and the dashboard read it as they read any study. Each lower level is an Optuna study
+of its own in the same storage, named `mnist@4x20000`, so no sampler, Pareto front, best trial,
+trial count, twin or checkpoint ever mixes two fidelities. Level 0's sampler draws architectures;
+a higher level's trials are promoted ones, enqueued with their parent's parameters and a `parent`
+attribute (the parent's trial number one level down).
+
+Promotion is asynchronous successive halving in the Pareto sense (ASHA's rule, ranked by
+non-dominated sorting): whenever a worker asks for a trial, every trial of a level in the top
+ceil(n / eta) of the n trained there, by Pareto rank of (validation accuracy, the minimised
+resource), ties by accuracy, and not promoted yet, is enqueued one level up. It runs under the
+study lock, so each is promoted once however many workers ask. Built-in networks are always
+promoted: they are the bar to beat.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Sequence
+from typing import Any
+
+import optuna
+from optuna.trial import FrozenTrial, TrialState
+
+from nas.arch.budgets import Resource
+from nas.errors import SpecError
+
+SEP = "@"  # between a study's name and a lower level's epochs x images
+CLOCK = "nas:clock"  # study system attribute: seconds searched, summed over runs and machines
+Ladder = tuple[tuple[int, int], ...]  # (epochs, images) per level, lowest first
+
+
+def level_name(top: str, epochs: int, images: int) -> str:
+    """The Optuna study of a lower level: `mnist@4x20000`."""
+    return f"{top}{SEP}{epochs}x{images}"
+
+
+def parse_levels(text: str) -> Ladder:
+    """`--levels 4x20000` (comma-separated, lowest first) or `none` (one level: the top)."""
+    if text.strip().lower() in ("none", "off", ""):
+        return ()
+    out = []
+    for part in text.split(","):
+        epochs, x, images = part.strip().lower().partition("x")
+        if not x or not epochs.isdigit() or not images.replace("_", "").isdigit():
+            raise SpecError(
+                "--levels", text, "give the lower levels as EPOCHSxIMAGES, lowest first (e.g. 4x20000), or none"
+            )
+        out.append((int(epochs), int(images.replace("_", ""))))
+    return tuple(out)
+
+
+def describe(ladder: Ladder) -> str:
+    """`4 epochs x 20,000 images -> 20 epochs x 50,000 images`."""
+    return " -> ".join(f"{e} epochs x {n:,} images" for e, n in ladder)
+
+
+def pareto_ranks(points: Sequence[tuple[float, float]]) -> list[int]:
+    """Non-dominated sorting of (accuracy: more is better, cost: less is better): 0 for the front,
+    1 for the front of what is left, and so on."""
+    ranks = [-1] * len(points)
+    left = set(range(len(points)))
+    rank = 0
+    while left:
+        front = {
+            i
+            for i in left
+            if not any(
+                points[j][0] >= points[i][0] and points[j][1] <= points[i][1] and points[j] != points[i] for j in left
+            )
+        }
+        for i in front:
+            ranks[i] = rank
+        left -= front
+        rank += 1
+    return ranks
+
+
+def trained(trials: Sequence[FrozenTrial]) -> list[FrozenTrial]:
+    """The trials a level's share is taken from: those that trained (complete, or pruned while
+    training); a trial pruned before training (over budget, invalid) never competed."""
+    return [t for t in trials if t.state in (TrialState.COMPLETE, TrialState.PRUNED) and t.user_attrs.get("curve")]
+
+
+def promotable(
+    trials: Sequence[FrozenTrial], eta: float, r: Resource, pareto: bool, promoted: set[int]
+) -> list[FrozenTrial]:
+    """The trials of one level to promote now: complete, in the top ceil(n / eta) of the n trained at
+    this level (by Pareto rank, then accuracy; by accuracy alone with objective accuracy), or built
+    in, and not in `promoted` (the trial numbers already promoted), in the order to run them."""
+    done = [t for t in trials if t.state == TrialState.COMPLETE and "arch" in t.user_attrs]
+    share = math.ceil(len(trained(trials)) / eta)
+    points = [(t.values[0], r.value(t.user_attrs)) for t in done]
+    ranks = pareto_ranks(points) if pareto else [0] * len(done)
+    order = sorted(range(len(done)), key=lambda i: (ranks[i], -points[i][0], points[i][1], done[i].number))
+    top = {done[i].number for i in order[:share]}
+    chosen = [done[i] for i in order if done[i].number in top or "seed_arch" in done[i].user_attrs]
+    return [t for t in chosen if t.number not in promoted]
+
+
+def screen_target(trials: Sequence[FrozenTrial], eta: float, r: Resource, pareto: bool) -> float | None:
+    """A lower level's convergence target, from its own results (never the mission's target, which
+    no screening trial reaches): the lowest final accuracy among the trials its rule would promote
+    now, once 2 x eta trials have trained there (None before: nothing is pruned)."""
+    if len(trained(trials)) < 2 * eta:
+        return None
+    top = [t for t in promotable(trials, eta, r, pareto, set()) if "seed_arch" not in t.user_attrs]
+    return min((t.values[0] for t in top), default=None)
+
+
+def tick(storage: optuna.storages.BaseStorage, study_id: int, gap: float, now: float | None = None) -> float:
+    """Add the time since the last tick of any process to the study's searching clock, unless it
+    is longer than `gap` (nobody was searching meanwhile), and return the total. Call it under the
+    study lock, every few seconds while a worker runs: the clock then counts wall-clock time during
+    which at least one worker searched, summed over resumed runs and machines."""
+    now = time.time() if now is None else now
+    clock = storage.get_study_system_attrs(study_id).get(CLOCK) or {"seconds": 0.0, "last": None}
+    last = clock["last"]
+    seconds = clock["seconds"] + (now - last if last is not None and 0 <= now - last <= gap else 0.0)
+    storage.set_study_system_attr(study_id, CLOCK, {"seconds": seconds, "last": now})
+    return seconds
+
+
+def searched(study: optuna.Study) -> float:
+    """Seconds the study has been searched (tick), over every run and machine."""
+    clock = study._storage.get_study_system_attrs(study._study_id).get(CLOCK)
+    return float(clock["seconds"]) if clock else 0.0
+
+
+def lower_studies(study: optuna.Study, ladder: Ladder) -> list[optuna.Study | None]:
+    """The lower levels' studies of a top-level study, lowest first (None for one not made yet)."""
+    out: list[optuna.Study | None] = []
+    for epochs, images in ladder[:-1]:
+        try:
+            out.append(
+                optuna.load_study(study_name=level_name(study.study_name, epochs, images), storage=study._storage)
+            )
+        except KeyError:
+            out.append(None)
+    return out
+
+
+def level_lines(study: optuna.Study, ladder: Ladder) -> list[str]:
+    """One line per lower level for the summary: its study, what trained there, what went up."""
+    lines = []
+    for i, (lower, (epochs, images)) in enumerate(zip(lower_studies(study, ladder), ladder)):
+        if lower is None:
+            continue
+        trials = lower.get_trials(deepcopy=False)
+        done = sum(t.state == TrialState.COMPLETE for t in trials)
+        name = level_name(study.study_name, epochs, images)
+        lines.append(
+            f"level {i} ({epochs} epochs x {images:,} images, study {name!r}): {len(trained(trials))} trained, "
+            f"{done} complete, {len(promoted_from(study, ladder, i))} promoted"
+        )
+    return lines
+
+
+def promoted_from(study: optuna.Study, ladder: Ladder, level: int) -> set[int]:
+    """Trial numbers of `level` already promoted one level up (the `parent` of a trial there)."""
+    up = study if level + 1 == len(ladder) - 1 else lower_studies(study, ladder)[level + 1]
+    return parents(up.get_trials(deepcopy=False)) if up is not None else set()
+
+
+def parents(trials: Sequence[FrozenTrial]) -> set[int]:
+    return {t.user_attrs["parent"] for t in trials if "parent" in t.user_attrs}
+
+
+def promotion_attrs(parent: FrozenTrial, level: int) -> dict[str, Any]:
+    """What a promoted trial carries: where it came from, and a built-in's name."""
+    kept = {"seed_arch": parent.user_attrs["seed_arch"]} if "seed_arch" in parent.user_attrs else {}
+    return {**kept, "parent": parent.number, "level": level}
