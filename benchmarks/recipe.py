@@ -91,9 +91,11 @@ def confirmations(plan: dict, done: list[dict]) -> list[tuple[dict, int]]:
     """Once every screening run of an architecture is done: its `top` best candidates by
     validation accuracy of seed 0 (the plan's and earlier ones, with the config each ran with)
     get the plan's confirmation seeds, so each is judged on a mean of 1 + len(seeds) runs."""
-    rule = plan.get("confirm", {})
+    table = plan.get("confirm", {})
     out = []
     for arch in dict.fromkeys(c["arch"] for c in plan["run"]):
+        # [confirm] holds the rule; [confirm.<arch>] may change it for one network
+        rule = {**{k: v for k, v in table.items() if not isinstance(v, dict)}, **table.get(arch, {})}
         screened = {r["name"]: r for r in done if r["arch"] == arch and r["seed"] == 0}
         if any(c["name"] not in screened for c in plan["run"] if c["arch"] == arch):
             continue  # still screening: the ranking is not known yet
@@ -107,7 +109,8 @@ def confirmations(plan: dict, done: list[dict]) -> list[tuple[dict, int]]:
 def study(plan_path: Path, shard: str, data_dir: str | None, device: torch.device, results: Path = RESULTS) -> None:
     """Run the plan's pending (candidate, seed) pairs, appending each result as it finishes: the
     screening runs, then the confirmations. A run belongs to one shard by a hash of its name, so
-    shards never run the same one; a shard with nothing to do waits for the screening to end."""
+    shards never run the same one; a shard with nothing to do waits for the screening to end. Pending
+    confirmations run before further screening."""
     plan = tomllib.loads(plan_path.read_text())
     index, count = map(int, shard.split("/"))
     results.mkdir(parents=True, exist_ok=True)
@@ -122,7 +125,8 @@ def study(plan_path: Path, shard: str, data_dir: str | None, device: torch.devic
         screening = [
             (c, s) for c in plan["run"] for s in c.get("seeds", [0]) if (c["arch"], c["name"], s) not in finished
         ]
-        todo = [(c, s) for c, s in screening + confirmations(plan, done) if (c["arch"], c["name"], s) not in finished]
+        # confirmations first: a network whose screening is done is resolved before the next is screened
+        todo = [(c, s) for c, s in confirmations(plan, done) + screening if (c["arch"], c["name"], s) not in finished]
         todo = [(c, s) for c, s in todo if mine((c["arch"], c["name"], s))]
         if not todo:
             if not screening:
