@@ -21,6 +21,7 @@ def test_cpu_splits_the_cores_between_processes():
     alone = plan_workers(0, None, cpus=8)
     assert len(alone) == 1 and alone[0].threads == 8 and alone[0].trials == 1
     assert plan_workers(0, 16, cpus=2)[0].threads == 1  # never fewer than one thread
+    assert plan_workers(0, 1, cpus=8, thread_cap=1)[0].threads == 1  # OMP_NUM_THREADS=1 is kept, as torch keeps it
 
 
 def test_one_gpu_defaults_to_one_process_with_concurrent_trials():

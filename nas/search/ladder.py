@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -163,9 +164,12 @@ class Ladder:
             to_come.append(drawn + pending + (to_come[-1] / self.settings.promote_eta if to_come else 0))
         per = ", ".join(f"level {i} {duration(x)}" for i, x in enumerate(each))
         total = sum(c * x for c, x in zip(to_come, each))
+        running = sum(t.state == TrialState.RUNNING for lv in self.levels for t in lv.study.get_trials(deepcopy=False))
+        ends = time.strftime("%H:%M", time.localtime(time.time() + total / max(1, running)))
         line = (
             f"estimate: a trial takes {per} (mean so far, or scaled by cost); about {to_come[0]:.0f} trials to "
-            f"come at level 0 and {sum(to_come[1:]):.0f} above: {duration(total)} of training for one worker"
+            f"come at level 0 and {sum(to_come[1:]):.0f} above: {duration(total)} of training for one worker, "
+            f"so with the {max(1, running)} trial(s) running now it ends about {ends}"
         )
         hours = self.top.user_attrs.get("hours_goal")
         if hours is not None:

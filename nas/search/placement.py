@@ -85,7 +85,11 @@ def describe(slots: Sequence[Slot]) -> str:
 
 
 def plan_workers(
-    gpus: int | Sequence[str], workers: int | None = None, trials_per_gpu: int | None = None, cpus: int | None = None
+    gpus: int | Sequence[str],
+    workers: int | None = None,
+    trials_per_gpu: int | None = None,
+    cpus: int | None = None,
+    thread_cap: int | None = None,
 ) -> list[Slot]:
     """The worker processes to start.
 
@@ -94,6 +98,7 @@ def plan_workers(
     the GPUs in turn, and the trials_per_gpu concurrent trials of a GPU (default
     DEFAULT_TRIALS_PER_GPU) are shared among the workers on it, at least one each.
     cpus: CPU cores to share (default: the cores this process may run on).
+    thread_cap: at most this many threads a process (the user's OMP_NUM_THREADS, as torch reads it).
     """
     ids = [str(i) for i in range(gpus)] if isinstance(gpus, int) else [str(g) for g in gpus]
     if workers is not None and workers < 1:
@@ -102,6 +107,8 @@ def plan_workers(
         raise ValueError(f"trials per GPU must be at least 1 (got {trials_per_gpu})")
     n = workers or max(1, len(ids))
     threads = max(1, max(1, cpus if cpus is not None else cores()) // n)
+    if thread_cap is not None:
+        threads = max(1, min(threads, thread_cap))
     if not ids:
         # CUDA_VISIBLE_DEVICES="" keeps a CPU worker off any GPU a CPU run was asked for.
         return [
@@ -118,3 +125,9 @@ def plan_workers(
             Slot(w, ids[gpu], trials, threads, {"CUDA_VISIBLE_DEVICES": ids[gpu], "OMP_NUM_THREADS": str(threads)})
         )
     return slots
+
+
+def omp_threads() -> int | None:
+    """OMP_NUM_THREADS when it is a positive whole number (None otherwise)."""
+    value = os.environ.get("OMP_NUM_THREADS", "")
+    return int(value) if value.isdigit() and int(value) > 0 else None

@@ -31,7 +31,7 @@ from nas.search import interrupt, placement, processes
 from nas.search.checkpoints import Checkpoints
 from nas.search.ladder import Ladder, Level, plan_lines
 from nas.search.objective import Log, quietly
-from nas.search.placement import Slot, plan_workers, visible_gpus, worker_cap
+from nas.search.placement import Slot, omp_threads, plan_workers, visible_gpus, worker_cap
 from nas.search.progress import EpochBar
 from nas.study import levels, notes
 from nas.study import storage as st
@@ -393,7 +393,7 @@ def plan(run: Run, log: Log = print) -> list[Slot]:
         if workers > cap:
             log(f"warning: --workers {workers} is more than this machine runs at once ({why}); starting {cap}")
             workers = cap
-    return plan_workers(gpus, workers, run.trials_per_gpu)
+    return plan_workers(gpus, workers, run.trials_per_gpu, thread_cap=omp_threads())
 
 
 def search(
