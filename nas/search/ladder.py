@@ -166,11 +166,13 @@ class Ladder:
         total = sum(c * x for c, x in zip(to_come, each))
         running = sum(t.state == TrialState.RUNNING for lv in self.levels for t in lv.study.get_trials(deepcopy=False))
         ends = time.strftime("%H:%M", time.localtime(time.time() + total / max(1, running)))
-        line = (
-            f"estimate: a trial takes {per} (mean so far, or scaled by cost); about {to_come[0]:.0f} trials to "
-            f"come at level 0 and {sum(to_come[1:]):.0f} above: {duration(total)} of training for one worker, "
-            f"so with the {max(1, running)} trial(s) running now it ends about {ends}"
-        )
+        line = f"estimate: a trial takes {per} (mean so far, or scaled by cost)"
+        if goal:
+            line += (
+                f"; about {to_come[0]:.0f} trials to come at level 0 and {sum(to_come[1:]):.0f} above: "
+                f"{duration(total)} of training for one worker, so with the {max(1, running)} trial(s) "
+                f"running now it ends about {ends}"
+            )
         hours = self.top.user_attrs.get("hours_goal")
         if hours is not None:
             line += f"; the time budget has {duration(max(0.0, hours * 3600 - levels.searched(self.top)))} left"

@@ -92,10 +92,12 @@ def promotable(
     trials: Sequence[FrozenTrial], eta: float, r: Resource, pareto: bool, promoted: set[int]
 ) -> list[FrozenTrial]:
     """The trials of one level to promote now: complete, in the top ceil(n / eta) of the n trained at
-    this level (by Pareto rank, then accuracy; by accuracy alone with objective accuracy), or built
-    in, and not in `promoted` (the trial numbers already promoted), in the order to run them."""
+    this level (by Pareto rank, then accuracy; by accuracy alone with objective accuracy) once n is
+    at least 2 x eta, or built in, and not in `promoted` (the trial numbers already promoted), in
+    the order to run them."""
     done = [t for t in trials if t.state == TrialState.COMPLETE and "arch" in t.user_attrs]
-    share = math.ceil(len(trained(trials)) / eta)
+    n = len(trained(trials))
+    share = math.ceil(n / eta) if n >= 2 * eta else 0  # no share of too few: the first draw is no winner
     points = [(t.values[0], r.value(t.user_attrs)) for t in done]
     ranks = pareto_ranks(points) if pareto else [0] * len(done)
     order = sorted(range(len(done)), key=lambda i: (ranks[i], -points[i][0], points[i][1], done[i].number))
