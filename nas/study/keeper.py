@@ -153,8 +153,9 @@ class Keeper:
                 continue  # another worker reaped it, or its own worker just finished it
             t = self.backend.get_trial(trial_id)
             retried = retry(study, t)
+            of = f" of {study.study_name}" if len(self.studies) > 1 else ""  # which level, in a ladder
             self.log(
-                f"[trial {t.number}] FAILED: its worker stopped (no heartbeat for {GRACE_SECONDS} s); "
+                f"[trial {t.number}{of}] FAILED: its worker stopped (no heartbeat for {GRACE_SECONDS} s); "
                 + (
                     "retried as a new trial"
                     if retried
