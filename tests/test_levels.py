@@ -1,6 +1,8 @@
 """Fidelity levels (nas.study.levels): the ladder as a setting, promotion in the Pareto sense, the
 searching clock, and searches whose levels never mix."""
 
+from types import SimpleNamespace
+
 import optuna
 import pytest
 from optuna.trial import TrialState, create_trial
@@ -11,10 +13,11 @@ from nas.arch.budgets import resource
 from nas.arch.spec import load_arch
 from nas.cli.app import app
 from nas.errors import SpecError
+from nas.search.objective import Objective
 from nas.space.spaces import point_key
 from nas.study import keeper, levels
 from nas.study import storage as st
-from nas.study.analytics import best_trial
+from nas.study.analytics import ConvergenceRule, best_trial
 from nas.study.settings import DEFAULT_SCREEN, StudySettings
 from nas.train.config import TrainConfig
 
@@ -172,3 +175,16 @@ def test_two_workers_promote_each_trial_once(tmp_path, mnist_dir):
     parents = [t.user_attrs["parent"] for t in load(store).trials]
     assert parents and len(parents) == len(set(parents))
     assert sum(t.state.is_finished() for t in load(store, "mnist@1x300").trials) == 8
+
+
+def test_a_built_in_is_never_pruned_below_the_top_so_it_is_always_promoted():
+    screen = Objective.__new__(Objective)
+    screen.screen_eta, screen.minimized, screen.pareto, screen.log = 2.0, PARAMS, True, print
+    screen.rule = mission = ConvergenceRule(0.994, 4)
+    trials = [done(i, 0.9 + i / 100, 100) for i in range(6)]
+    study = SimpleNamespace(get_trials=lambda deepcopy=False: trials)
+    drawn = SimpleNamespace(user_attrs={}, study=study)
+    assert screen.rule_for(drawn).target == pytest.approx(0.93)  # the level's bar: the lowest of its top 3
+    assert screen.rule_for(SimpleNamespace(user_attrs={"seed_arch": "seed_9274"}, study=study)) is None
+    screen.screen_eta = None
+    assert screen.rule_for(drawn) is mission  # the top level: the mission's rule

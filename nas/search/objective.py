@@ -238,9 +238,11 @@ class Objective:
     def rule_for(self, trial: optuna.Trial) -> ConvergenceRule | None:
         """The convergence rule a trial is judged by: the mission's (on course for the target) at the
         top level; below it, the same shape aimed at the level's own bar (nas.study.levels.screen_target),
-        none until enough trials trained there to set one."""
+        none until enough trials trained there to set one, and none for a built-in network."""
         if self.screen_eta is None:
             return self.rule
+        if "seed_arch" in trial.user_attrs:  # a built-in is always promoted, so it always completes its level
+            return None
         trials = st.persist(lambda: trial.study.get_trials(deepcopy=False), self.log, "reading the level's trials")
         target = levels.screen_target(trials, self.screen_eta, self.minimized, self.pareto)
         return None if target is None else replace(self.rule, target=target)
