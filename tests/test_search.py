@@ -451,14 +451,17 @@ def test_the_estimate_hints_when_a_search_takes_hours():
 
     from nas.search.objective import Objective
 
-    fake = SimpleNamespace(device="cpu", goal=50, left=None)
+    fake = SimpleNamespace(device="cpu", goal=50, left=None, level=None)
     slow, quick = Objective.estimate(fake, 60.0, 20), Objective.estimate(fake, 0.3, 20)
     assert "20m00s" in slow and "--train-size" in slow and "--device cuda" in slow
     assert "--train-size" not in quick and "0m06s" in quick
     joining = Objective.estimate(
-        SimpleNamespace(device="cpu", goal=20, left=5), 3.0, 20
+        SimpleNamespace(device="cpu", goal=20, left=5, level=None), 3.0, 20
     )  # a worker joining a study 15 trials in
     assert "the 5 trials left at most 5m00s" in joining
+    # in a ladder the trial's own time only: the search is estimated whole, promotions included
+    screening = Objective.estimate(SimpleNamespace(device="cpu", goal=20, left=5, level=0), 3.0, 4)
+    assert "a 4-epoch trial takes about 0m12s" in screening and "left" not in screening
 
 
 def test_the_pareto_rule_stops_a_live_trial_its_cheaper_peers_beat_unless_it_is_built_in():

@@ -312,7 +312,7 @@ class Objective:
             f"a {epochs}-epoch trial takes about {duration(trial)}"
         )
         left = self.left if self.left is not None else self.goal
-        if left:
+        if left and self.level is None:  # a ladder's search is estimated whole (nas.search.ladder.Ladder.estimate)
             line += (
                 f", the {left} trial{'s' if left != 1 else ''} left at most {duration(trial * left)} "
                 "(pruned trials take less)"
