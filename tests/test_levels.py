@@ -167,6 +167,7 @@ def test_the_hours_budget_is_stored_and_ends_the_search(tmp_path, mnist_dir):
     out = run_cli("search", "--trials", 20, "--storage", store, "--data-dir", mnist_dir)
     assert len(load(store, "mnist@1x300").trials) + len(load(store).trials) == before
     assert "time budget: 1 h of searching, 1h00m" in out
+    assert "a trial has taken level 0 " in out and "level 1 (none yet)" not in out  # measured in the first run
 
 
 def test_two_workers_promote_each_trial_once(tmp_path, mnist_dir):

@@ -118,21 +118,10 @@ class Ladder:
             t.state == TrialState.RUNNING for lv in self.levels[:-1] for t in lv.study.get_trials(deepcopy=False)
         )
 
-    def _took(self) -> list[float | None]:
-        """Mean training seconds of each level's trials so far (None where none trained yet)."""
-        out: list[float | None] = []
-        for level in self.levels:
-            seconds = [
-                t.user_attrs["train_seconds"]
-                for t in level.study.get_trials(deepcopy=False)
-                if t.user_attrs.get("train_seconds")
-            ]
-            out.append(sum(seconds) / len(seconds) if seconds else None)
-        return out
-
     def _each(self) -> list[float] | None:
         """Seconds a trial takes at each level: its mean so far, or level 0's scaled by the level's cost."""
-        took, ladder = self._took(), self.settings.ladder
+        took = [levels.mean_seconds(level.study.get_trials(deepcopy=False)) for level in self.levels]
+        ladder = self.settings.ladder
         first = took[0]
         if first is None:
             return None
@@ -186,6 +175,13 @@ def plan_lines(study: optuna.Study, s: StudySettings) -> list[str]:
         out.append(
             f"levels: {levels.describe(s.ladder)}; each level promotes the top 1/{s.promote_eta:g} of its trials "
             "by Pareto rank (built-ins always); --trials counts architectures drawn at level 0"
+        )
+        studies = [*levels.lower_studies(study, s.ladder), study]
+        took = [levels.mean_seconds(lv.get_trials(deepcopy=False)) if lv is not None else None for lv in studies]
+        out.append(
+            "a trial has taken "
+            + ", ".join(f"level {i} {duration(x) if x is not None else '(none yet)'}" for i, x in enumerate(took))
+            + " on average so far; the whole search is estimated after trials 1, 3 and every 10th"
         )
     hours = study.user_attrs.get("hours_goal")
     if hours is not None:

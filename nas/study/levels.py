@@ -178,3 +178,9 @@ def promotion_attrs(parent: FrozenTrial, level: int) -> dict[str, Any]:
     """What a promoted trial carries: where it came from, and a built-in's name."""
     kept = {"seed_arch": parent.user_attrs["seed_arch"]} if "seed_arch" in parent.user_attrs else {}
     return {**kept, "parent": parent.number, "level": level}
+
+
+def mean_seconds(trials: Sequence[FrozenTrial]) -> float | None:
+    """Mean training seconds of the trials that trained (None before any did)."""
+    seconds = [t.user_attrs["train_seconds"] for t in trials if t.user_attrs.get("train_seconds")]
+    return sum(seconds) / len(seconds) if seconds else None
