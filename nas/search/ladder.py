@@ -84,10 +84,6 @@ class Ladder:
                     objective.screen_eta = settings.promote_eta
             self.levels.append(Level(i, study, objective))
 
-    @property
-    def first(self) -> Level:
-        return self.levels[0]
-
     def promote(self) -> None:
         """Enqueue one level up every trial the rule promotes now (nas.study.levels.promotable). Call
         it under the study lock: each trial is then promoted once, whoever asks."""

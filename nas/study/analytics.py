@@ -214,14 +214,9 @@ def minimized(study: optuna.Study) -> Resource:
 def pareto_front(study: optuna.Study) -> list[FrozenTrial]:
     """Complete trials no other complete trial beats on both accuracy and the minimised resource."""
     r = minimized(study)
-    done = [
-        (t, t.values[0], r.value(t.user_attrs)) for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
-    ]
-    front = [
-        (t, size)
-        for t, acc, size in done
-        if not any(o_acc >= acc and o_size <= size and (o_acc, o_size) != (acc, size) for _, o_acc, o_size in done)
-    ]
+    done = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+    points = [(t.values[0], r.value(t.user_attrs)) for t in done]
+    front = [(done[i], points[i][1]) for i in sorted(levels.non_dominated(points))]  # trial order within a size
     return [t for t, _ in sorted(front, key=lambda pair: pair[1])]
 
 

@@ -11,8 +11,8 @@ a higher level's trials are promoted ones, enqueued with their parent's paramete
 attribute (the parent's trial number one level down).
 
 Promotion is asynchronous successive halving in the Pareto sense (ASHA's rule, ranked by
-non-dominated sorting): whenever a worker asks for a trial, every trial of a level in the top
-ceil(n / eta) of the n trained there, by Pareto rank of (validation accuracy, the minimised
+non-dominated sorting): whenever a worker asks for a trial, once n >= 2 x eta trials trained at a
+level, every trial there in the top ceil(n / eta) of them, by Pareto rank of (validation accuracy, the minimised
 resource), ties by accuracy, and not promoted yet, is enqueued one level up. It runs under the
 study lock, so each is promoted once however many workers ask. Built-in networks are always
 promoted: they are the bar to beat.
@@ -61,20 +61,26 @@ def describe(ladder: Ladder) -> str:
     return " -> ".join(f"{e} epochs x {n:,} images" for e, n in ladder)
 
 
+def non_dominated(points: Sequence[tuple[float, float]], among: set[int] | None = None) -> set[int]:
+    """Indices of the points (accuracy: more is better, cost: less is better) that no other point
+    of `among` (default all) is at least as good as on both and different from: a Pareto front."""
+    left = set(range(len(points))) if among is None else among
+    return {
+        i
+        for i in left
+        if not any(
+            points[j][0] >= points[i][0] and points[j][1] <= points[i][1] and points[j] != points[i] for j in left
+        )
+    }
+
+
 def pareto_ranks(points: Sequence[tuple[float, float]]) -> list[int]:
-    """Non-dominated sorting of (accuracy: more is better, cost: less is better): 0 for the front,
-    1 for the front of what is left, and so on."""
+    """Non-dominated sorting: 0 for the front, 1 for the front of what is left, and so on."""
     ranks = [-1] * len(points)
     left = set(range(len(points)))
     rank = 0
     while left:
-        front = {
-            i
-            for i in left
-            if not any(
-                points[j][0] >= points[i][0] and points[j][1] <= points[i][1] and points[j] != points[i] for j in left
-            )
-        }
+        front = non_dominated(points, left)
         for i in front:
             ranks[i] = rank
         left -= front
