@@ -144,6 +144,7 @@ def export_one(name: str, budget: int | None, data_dir: str | None, threads: int
     return {
         "budget": budget,
         "name": name,
+        "train_config": recipe_of(m["train_config"]),
         "params": m["params"],
         "test_acc_mean": m["test_acc_mean"],
         "test_accs": [s["test_acc"] for s in m["seeds"]],
@@ -169,9 +170,40 @@ def export(args: argparse.Namespace) -> None:
         )
 
 
+def recipe_of(config: dict) -> dict:
+    """A train config without its seed: what makes two exports of one network the same recipe."""
+    return {k: v for k, v in config.items() if k != "seed"}
+
+
+def recipe_label(config: dict) -> str:
+    """The recipe in a few words, peak learning rate stated at the batch that ran."""
+    c = config
+    words = [f"batch {c['batch_size']}", f"{c['optimizer']} peak {c['lr'] * c['batch_size'] / 128:.3g}"]
+    words += [
+        f"wd {c['weight_decay']:g}",
+        f"{c['schedule']}" + (f" warm-up {c['warmup']:g}" if c["schedule"] == "onecycle" else ""),
+    ]
+    if c["augment"]:
+        words.append(f"rot {c['rotate']:g} / tr {c['translate']:g} / sc {c['scale']:g}")
+    words += [
+        w
+        for w, on in (
+            (f"ema {c.get('ema_half_life', 0):g}", c.get("ema_half_life")),
+            ("bn/bias undecayed", not c.get("decay_norm_bias", True)),
+        )
+        if on
+    ]
+    return ", ".join(words)
+
+
 def record(args: argparse.Namespace) -> None:
+    """A built-in network through the export, once per recipe: its train table as it stands."""
+    from nas.arch.spec import load_arch
+    from nas.train.config import TrainConfig
+
     log = RESULTS / "exports.jsonl"
-    if args.arch not in {r["name"] for r in lines(log)}:
+    recipe = recipe_of(TrainConfig.from_dict(load_arch(args.arch).train, args.arch).to_dict())
+    if not any(r["name"] == args.arch and r.get("train_config") == recipe for r in lines(log)):
         append(log, export_one(args.arch, None, args.data_dir, args.threads))
 
 
@@ -181,7 +213,8 @@ def record(args: argparse.Namespace) -> None:
 def table(args: argparse.Namespace) -> None:
     from nas.arch.spec import costs, load_arch
 
-    exports = {r["name"]: r for r in lines(RESULTS / "exports.jsonl")}
+    every = lines(RESULTS / "exports.jsonl")
+    exports = {r["name"]: r for r in every}  # a searched network's latest export
     rows = []
     for budget_file in sorted(RESULTS.glob("front-*.json")):
         budget = int(budget_file.stem.split("-")[1])
@@ -206,12 +239,14 @@ def table(args: argparse.Namespace) -> None:
                     "trained_trials": len(trained),
                     "train_hours": round(hours, 2),
                     "arch_file": f"nas/search_spaces/seeds/{name}.toml" if e else "",
+                    "recipe": recipe_label(e["train_config"]) if e and "train_config" in e else "",
                 }
             )
     for path in sorted(STUDIES.glob("front-*.log")):
         rows += ladder_rows(int(path.stem.split("-")[1]), exports)
-    for name, e in exports.items():
-        if e.get("budget") is None:  # a built-in network exported for comparison
+    for e in every:
+        if e.get("budget") is None:  # a built-in network exported for comparison, once per recipe
+            name = e["name"]
             c = costs(load_arch(name))
             rows.append(
                 {
@@ -228,6 +263,7 @@ def table(args: argparse.Namespace) -> None:
                     "trained_trials": "",
                     "train_hours": "",
                     "arch_file": f"nas/search_spaces/seeds/{name}.toml",
+                    "recipe": recipe_label(e["train_config"]) if "train_config" in e else "",
                 }
             )
     out = ROOT / "benchmarks" / "results" / "front.csv"
@@ -270,6 +306,7 @@ def ladder_rows(budget: int, exports: dict[str, dict]) -> list[dict]:
                 "trained_trials": len(trained),
                 "train_hours": round(sum(t.user_attrs["train_seconds"] for t in trained) / 3600, 2),
                 "arch_file": f"nas/search_spaces/seeds/{e['name']}.toml",
+                "recipe": recipe_label(e["train_config"]) if "train_config" in e else "",
             }
         )
     return rows
