@@ -1,7 +1,7 @@
 """The recipe study: train a network with training recipes and keep each run's curve.
 
     python3 benchmarks/recipe.py batch_size=32 lr=0.4 augment=true [--arch rec_3762] [--seeds 0,1,2] [--test]
-    python3 benchmarks/recipe.py --plan benchmarks/recipe_plan.toml [--shard 0/2]
+    python3 benchmarks/recipe.py --plan benchmarks/recipe_plan.toml   # as many processes as cores
 
 key=value pairs override the architecture's train table (any TrainConfig field). Each seed trains
 separately, 20 epochs on the 50,000 training images, and is judged on the held-out 10,000
@@ -11,14 +11,16 @@ validation accuracy. The last line is one JSON record of the run.
 With --plan, the candidates of a plan file ([[run]] tables: name, arch, seeds, train) are trained
 one (candidate, seed) at a time, and each finished run is appended as one JSON line to
 benchmarks/results/recipe/<arch>.jsonl; a run already there is skipped, so the study can be
-stopped at any moment and resumed from where it stood (--shard i/n: every n-th pending run).
+stopped at any moment and resumed from where it stood. Several processes share a plan: each claims
+the next pending run (a file under <results>/.running naming its process), so none idles while
+another has a queue; a claim whose process has died is taken over.
 """
 
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
+import os
 import statistics
 import subprocess
 import time
@@ -110,18 +112,42 @@ def confirmations(plan: dict, done: list[dict]) -> list[tuple[dict, int]]:
     return out
 
 
-def study(plan_path: Path, shard: str, data_dir: str | None, device: torch.device, results: Path = RESULTS) -> None:
-    """Run the plan's pending (candidate, seed) pairs, appending each result as it finishes: the
-    screening runs, then the confirmations. A run belongs to one shard by a hash of its name, so
-    shards never run the same one; a shard with nothing to do waits for the screening to end. Pending
-    confirmations run before further screening."""
-    plan = tomllib.loads(plan_path.read_text())
-    index, count = map(int, shard.split("/"))
-    results.mkdir(parents=True, exist_ok=True)
-    data = load(data_dir, device)
+def alive(claim_file: Path) -> bool:
+    """Whether the process named in a claim file still runs (on this machine)."""
+    try:
+        os.kill(int(claim_file.read_text()), 0)
+        return True
+    except (ProcessLookupError, ValueError, FileNotFoundError):
+        return False
 
-    def mine(key: tuple) -> bool:
-        return int(hashlib.sha256(repr(key).encode()).hexdigest(), 16) % count == index
+
+def claim(running: Path, key: tuple) -> Path | None:
+    """The run's claim file if this process got it: created exclusively, or taken over from a
+    process that no longer runs (a study stopped and restarted on this machine)."""
+    path = running / "__".join(map(str, key))
+    for _ in range(2):
+        try:
+            fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+        except FileExistsError:
+            if alive(path):
+                return None
+            path.unlink(missing_ok=True)
+            continue
+        with os.fdopen(fd, "w") as f:
+            f.write(str(os.getpid()))
+        return path
+    return None
+
+
+def study(plan_path: Path, data_dir: str | None, device: torch.device, results: Path = RESULTS) -> None:
+    """Run the plan's pending (candidate, seed) pairs, appending each result as it finishes: the
+    screening runs, then the confirmations. Each process claims the next pending run; one with
+    nothing to claim waits while others run what decides the confirmations. Pending confirmations
+    run before further screening."""
+    plan = tomllib.loads(plan_path.read_text())
+    running = results / ".running"
+    running.mkdir(parents=True, exist_ok=True)
+    data = load(data_dir, device)
 
     while True:
         done = results_of(results)
@@ -131,14 +157,14 @@ def study(plan_path: Path, shard: str, data_dir: str | None, device: torch.devic
         ]
         # confirmations first: a network whose screening is done is resolved before the next is screened
         todo = [(c, s) for c, s in confirmations(plan, done) + screening if (c["arch"], c["name"], s) not in finished]
-        todo = [(c, s) for c, s in todo if mine((c["arch"], c["name"], s))]
-        if not todo:
-            if not screening:
-                print(f"plan {plan_path}: nothing left for shard {shard}", flush=True)
+        mine = next(((c, s, path) for c, s in todo if (path := claim(running, (c["arch"], c["name"], s)))), None)
+        if mine is None:
+            if not screening and not any(alive(f) for f in running.iterdir()):
+                print(f"plan {plan_path}: nothing left to run", flush=True)
                 return
-            time.sleep(60)  # the other shard's screening runs decide the confirmations
+            time.sleep(60)  # other processes' runs decide the confirmations
             continue
-        c, seed = todo[0]
+        c, seed, path = mine
         arch = load_arch(c["arch"])
         table = c.get("config") or {**arch.train, **c.get("train", {})}
         cfg = TrainConfig.from_dict({**table, "seed": seed}, f"{plan_path}: {c['name']}")
@@ -155,6 +181,7 @@ def study(plan_path: Path, shard: str, data_dir: str | None, device: torch.devic
         }
         with open(results / f"{arch.name}.jsonl", "a") as f:
             f.write(json.dumps(record) + "\n")
+        path.unlink()
         print(
             f"{arch.name} {c['name']} seed {seed}: val {100 * run['val_acc']:.2f} %  {run['seconds']:.0f} s", flush=True
         )
@@ -196,7 +223,6 @@ def main() -> None:
     p.add_argument(
         "--plan", type=Path, help="a plan file of candidates to run, results appended under benchmarks/results/recipe/"
     )
-    p.add_argument("--shard", default="0/1", help="with --plan: run every n-th pending run from the i-th (i/n)")
     p.add_argument(
         "--results",
         type=Path,
@@ -215,7 +241,7 @@ def main() -> None:
         table(args.results)
         return
     if args.plan:
-        study(args.plan, args.shard, args.data_dir, device, args.results)
+        study(args.plan, args.data_dir, device, args.results)
         return
     arch = load_arch(args.arch)
     overrides = dict(kv.split("=", 1) for kv in args.overrides)
