@@ -21,7 +21,8 @@ from statistics import mean
 from optuna.trial import TrialState, create_trial
 
 from nas.arch.budgets import resource
-from nas.study.levels import pareto_ranks, promotable
+from nas.study import levels
+from nas.study.levels import promotable
 
 RUNS = Path(__file__).resolve().parent / "results" / "protocol" / "runs.jsonl"
 FLOOR, CEILING = 0.96, 5_100  # the hypervolume's reference point: accuracy, parameters
@@ -29,16 +30,7 @@ BUDGETS = (3_000, 4_000, 5_100)
 
 
 def hypervolume(points: list[tuple[float, int]]) -> float:
-    """Area dominated by (accuracy up, parameters down) points above FLOOR and under CEILING."""
-    front = sorted(
-        (p for p, r in zip(points, pareto_ranks(points)) if r == 0 and p[0] > FLOOR and p[1] < CEILING),
-        key=lambda p: p[1],
-    )
-    area = 0.0
-    for i, (acc, params) in enumerate(front):
-        right = front[i + 1][1] if i + 1 < len(front) else CEILING
-        area += (acc - FLOOR) * (right - params)
-    return area
+    return levels.hypervolume(points, FLOOR, CEILING)
 
 
 def best_under(points: dict[str, tuple[float, int]], budget: int) -> str | None:

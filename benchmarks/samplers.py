@@ -99,14 +99,10 @@ def run_search(job: tuple[str, int, argparse.Namespace]) -> dict:
 
 
 def hypervolume(points: list[tuple[float, int]], budget: int) -> float:
-    """Area dominated by (accuracy up, parameters down) points, from (REF_ACC, budget), parameters / budget."""
-    kept = sorted((p / budget, a) for a, p in points if a > REF_ACC and p <= budget)
-    area, best = 0.0, REF_ACC
-    for i, (x, a) in enumerate(kept):  # sweep from the smallest network up
-        best = max(best, a)
-        nxt = kept[i + 1][0] if i + 1 < len(kept) else 1.0
-        area += (nxt - x) * (best - REF_ACC)
-    return area
+    """The front's dominated area from (REF_ACC, budget), parameters as a share of the budget."""
+    from nas.study import levels
+
+    return levels.hypervolume(points, REF_ACC, budget) / budget
 
 
 def checkpoints(trained: int) -> tuple[int, ...]:

@@ -56,6 +56,14 @@ def test_pareto_ranks_sort_fronts():
     assert levels.pareto_ranks(points) == [0, 0, 1, 2, 1]
 
 
+def test_hypervolume_counts_the_dominated_staircase_once():
+    # (0.9, 100) dominates [100, 200) x [0.8, 0.9]; from 200 on (0.95, 200) covers up to 0.95;
+    # (0.85, 150) and (0.96, 500: over the ceiling) add nothing
+    points = [(0.95, 200), (0.9, 100), (0.85, 150), (0.96, 500), (0.7, 50)]
+    assert levels.hypervolume(points, floor=0.8, ceiling=400) == pytest.approx(100 * 0.1 + 200 * 0.15)
+    assert levels.hypervolume([], floor=0.8, ceiling=400) == 0
+
+
 def test_promotion_takes_the_top_share_by_pareto_rank_then_accuracy_and_always_the_built_ins():
     trials = [done(i, acc, p) for i, (acc, p) in enumerate([(0.90, 100), (0.97, 900), (0.95, 300), (0.80, 500)])]
     trials.append(done(4, 0.70, 800, seed_arch="seed_9274"))

@@ -88,6 +88,17 @@ def pareto_ranks(points: Sequence[tuple[float, float]]) -> list[int]:
     return ranks
 
 
+def hypervolume(points: Sequence[tuple[float, float]], floor: float, ceiling: float) -> float:
+    """Area the (accuracy, cost) points dominate, measured from (floor accuracy, ceiling cost): one
+    figure that grows when a front gains accuracy or sheds cost, to compare searches by."""
+    kept = sorted((c, a) for a, c in points if a > floor and c < ceiling)
+    area, best = 0.0, floor
+    for i, (cost, acc) in enumerate(kept):  # from the cheapest up, each step as high as the best so far
+        best = max(best, acc)
+        area += ((kept[i + 1][0] if i + 1 < len(kept) else ceiling) - cost) * (best - floor)
+    return area
+
+
 def trained(trials: Sequence[FrozenTrial]) -> list[FrozenTrial]:
     """The trials a level's share is taken from: those that trained (complete, or pruned while
     training); a trial pruned before training (over budget, invalid) never competed."""
