@@ -57,7 +57,10 @@ def append(path: Path, row: dict) -> None:
 def nas(*args: str, threads: int = 1) -> None:
     cmd = [sys.executable, "-m", "nas", *args]
     print(" ".join(cmd), flush=True)
-    subprocess.run(cmd, check=True, env={**os.environ, "OMP_NUM_THREADS": str(threads)})
+    try:
+        subprocess.run(cmd, check=True, env={**os.environ, "OMP_NUM_THREADS": str(threads)})
+    except KeyboardInterrupt:  # nas has said where it stopped and how to resume
+        sys.exit(130)
 
 
 def search(args: argparse.Namespace) -> None:

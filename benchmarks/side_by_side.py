@@ -1,0 +1,108 @@
+"""The ladder against a single-fidelity search, one run each (issue 25, item 9).
+
+    python3 benchmarks/side_by_side.py run --arm ladder [--hours 2 --workers 2]   # nas search's ladder
+    python3 benchmarks/side_by_side.py run --arm single          # --levels none: every trial at 20 x 50,000
+    python3 benchmarks/side_by_side.py table
+
+Both arms are `nas search` on mnist_tiny at --max-params 5000 with TPE (the default sampler), the
+same seed and `--pruning observe` (no convergence pruning: every curve whole, as a user of Optuna
+alone would get with no pruner), started from the built-in networks of the space and budget but
+the found_* ones (nas's own finds would hand the ladder its answer). The single arm is what a user
+writes with Optuna alone: every trial at the full protocol. Each arm is a journal file under
+benchmarks/results/studies/ (sbs-<arm>-5000.log), committed as it grows; `run` again resumes it,
+its --hours summed over runs. Both arms' answers are top-level trials, so each is already judged at
+the full protocol (20 epochs on 50,000 images, validation). `table` compares the best network, the
+hypervolume of the front and what each spent.
+"""
+
+from __future__ import annotations
+
+import argparse
+
+from front import STUDIES, nas
+
+BUDGET = 5_000
+FLOOR = 0.98  # the hypervolume's reference accuracy: below it a network is no answer at this size
+
+
+def name(arm: str) -> str:
+    return f"sbs-{arm}-{BUDGET}"
+
+
+def storage(arm: str) -> str:
+    return f"journal:///{STUDIES / f'{name(arm)}.log'}"
+
+
+def starting_networks() -> list[str]:
+    """The built-ins a study at this space and budget would start from, nas's finds left out."""
+    from nas.space.spaces import read_space
+    from nas.study.settings import StudySettings
+
+    found = StudySettings(space=read_space("mnist_tiny"), max_params=BUDGET).seed_archs
+    return [a["name"] for a in found if not a["name"].startswith("found_")]
+
+
+def run(args: argparse.Namespace) -> None:
+    seeds = [f"--seed-arch={n}" for n in starting_networks()] or ["--no-seed-arch"]
+    nas(
+        "search",
+        "--space",
+        "mnist_tiny",
+        "--max-params",
+        str(BUDGET),
+        "--pruning",
+        "observe",
+        *seeds,
+        *(["--levels", "none"] if args.arm == "single" else []),
+        "--hours",
+        str(args.hours),
+        "--workers",
+        str(args.workers),
+        "--study-name",
+        name(args.arm),
+        "--storage",
+        storage(args.arm),
+        "--device",
+        "cpu",
+        *(["--data-dir", args.data_dir] if args.data_dir else []),
+    )
+
+
+def table(args: argparse.Namespace) -> None:
+    from optuna.trial import TrialState
+
+    from nas.study import levels
+    from nas.study.analytics import study_settings
+    from nas.study.storage import load_study
+
+    print("| arm | searched | trained at each level | best network (val, full protocol) | hypervolume |")
+    print("|---|--:|---|---|--:|")
+    for arm in ("ladder", "single"):
+        if not (STUDIES / f"{name(arm)}.log").exists():
+            continue
+        top = load_study(name(arm), storage(arm))
+        ladder = study_settings(top).ladder
+        studies = [*[s for s in levels.lower_studies(top, ladder) if s], top]
+        per_level = " / ".join(str(len(levels.trained(s.get_trials(deepcopy=False)))) for s in studies)
+        done = [t for t in top.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))]
+        points = [(t.values[0], t.user_attrs["params"]) for t in done]
+        best = max(done, key=lambda t: t.values[0], default=None)
+        answer = f"{best.user_attrs['params']:,} params, {100 * best.values[0]:.2f} %" if best else "none"
+        hv = levels.hypervolume(points, FLOOR, BUDGET) / BUDGET
+        print(f"| {arm} | {levels.searched(top) / 3600:.2f} h | {per_level} | {answer} | {hv:.5f} |")
+    print(f"\nhypervolume: area dominated above {FLOOR:.0%} validation accuracy, parameters as a share of {BUDGET:,}")
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("stage", choices=["run", "table"])
+    p.add_argument("--arm", choices=["ladder", "single"], default="ladder")
+    p.add_argument("--hours", type=float, default=2.0, help="hours of searching for the arm, over every run")
+    p.add_argument("--workers", type=int, default=2)
+    p.add_argument("--data-dir", default=None)
+    args = p.parse_args()
+    {"run": run, "table": table}[args.stage](args)
+
+
+if __name__ == "__main__":
+    main()
