@@ -92,9 +92,9 @@ def results_of(results: Path) -> list[dict]:
 def confirmations(plan: dict, done: list[dict]) -> list[tuple[dict, int]]:
     """Once every screening run of an architecture is done: its `top` best candidates by
     validation accuracy of seed 0 (the plan's and earlier ones, with the config each ran with)
-    get the plan's confirmation seeds, so each is judged on a mean of 1 + len(seeds) runs. A
-    `baseline` (the network's recipe before the study) is always one of them, so the before and
-    after are means of as many runs."""
+    get the plan's confirmation seeds, so each is judged on a mean of 1 + len(seeds) runs. The
+    candidates named in `always` (the network's recipe before the study, a cheap contender) are
+    among them whatever their rank, so the before and after are means of as many runs."""
     table = plan.get("confirm", {})
     out = []
     for arch in dict.fromkeys(c["arch"] for c in plan["run"]):
@@ -104,8 +104,8 @@ def confirmations(plan: dict, done: list[dict]) -> list[tuple[dict, int]]:
         if any(c["name"] not in screened for c in plan["run"] if c["arch"] == arch):
             continue  # still screening: the ranking is not known yet
         ranked = sorted(screened.values(), key=lambda r: -r["val_acc"])
-        base = [r for r in ranked if r["name"] == rule.get("baseline")]
-        best = (base + [r for r in ranked if r not in base])[: rule.get("top", 0)]
+        named = [r for r in ranked if r["name"] in rule.get("always", [])]
+        best = (named + [r for r in ranked if r not in named])[: max(rule.get("top", 0), len(named))]
         out += [
             ({"arch": arch, "name": r["name"], "config": r["config"]}, s) for r in best for s in rule.get("seeds", [])
         ]
