@@ -197,9 +197,7 @@ def table(results: Path) -> None:
     for (arch, name), runs in by.items():
         accs = [100 * r["val_acc"] for r in runs]
         mean = statistics.mean(accs)
-        half = (
-            T95.get(len(accs) - 1, 2.0) * statistics.stdev(accs) / len(accs) ** 0.5 if len(accs) > 1 else float("nan")
-        )
+        half = t95(len(accs) - 1) * statistics.stdev(accs) / len(accs) ** 0.5 if len(accs) > 1 else float("nan")
         minutes = statistics.mean(r["seconds"] for r in runs) / 60
         rows.append((arch, -mean, name, len(accs), mean, min(accs), max(accs), half, minutes))
     print(f"{'network':>10}  {'candidate':<42} {'n':>2}  {'mean':>6}  {'range':>13}  {'95 % CI':>8}  {'min/run':>7}")
@@ -207,7 +205,44 @@ def table(results: Path) -> None:
         print(f"{arch:>10}  {name:<42} {n:>2}  {mean:6.2f}  {lo:6.2f}-{hi:6.2f}  +-{half:5.2f}  {minutes:7.1f}")
 
 
-T95 = {1: 12.71, 2: 4.30, 3: 3.18, 4: 2.78, 5: 2.57}  # Student's t, two-sided 95 %, by degrees of freedom
+def against_tables(results: Path, plan: dict) -> None:
+    """Each confirmed candidate (3 seeds or more) against its network's table before the study
+    (the first of `always`): the difference of means with a 95 % interval (two-sample t, one
+    spread for both), then each candidate pooled over the networks that ran it (their differences
+    weighted by precision, degrees of freedom summed): if networks share a recipe's effect,
+    together they resolve a smaller one than a single network can."""
+    by: dict[tuple[str, str], list[float]] = {}
+    for r in results_of(results):
+        by.setdefault((r["arch"], r["name"]), []).append(100 * r["val_acc"])
+    print(f"\nagainst each network's table before the study (confirmed candidates, {'val acc points':>14}):")
+    pooled: dict[str, list[tuple[float, float, int]]] = {}
+    for arch, rule in plan.get("confirm", {}).items():
+        if not isinstance(rule, dict) or not rule.get("always") or len(by.get((arch, rule["always"][0]), [])) < 3:
+            continue
+        base = by[(arch, rule["always"][0])]
+        for (a, name), accs in sorted(by.items()):
+            if a != arch or name == rule["always"][0] or len(accs) < 3:
+                continue
+            df = len(accs) + len(base) - 2
+            var = ((len(accs) - 1) * statistics.variance(accs) + (len(base) - 1) * statistics.variance(base)) / df
+            diff, se = statistics.mean(accs) - statistics.mean(base), (var * (1 / len(accs) + 1 / len(base))) ** 0.5
+            pooled.setdefault(name, []).append((diff, se, df))
+            print(f"{arch:>10}  {name:<42} {diff:+6.2f} +-{t95(df) * se:5.2f}  (n {len(accs)} vs {len(base)})")
+    for name, rows in sorted(pooled.items()):
+        if len(rows) < 2:
+            continue
+        weights = [1 / se**2 for _, se, _ in rows]
+        diff = sum(w * d for w, (d, _, _) in zip(weights, rows)) / sum(weights)
+        df = sum(d for _, _, d in rows)
+        print(f"{'pooled':>10}  {name:<42} {diff:+6.2f} +-{t95(df) / sum(weights) ** 0.5:5.2f}  ({len(rows)} networks)")
+
+
+# Student's t, two-sided 95 %, by degrees of freedom (a df between two keys takes the lower: wider)
+T95 = {1: 12.71, 2: 4.30, 3: 3.18, 4: 2.78, 5: 2.57, 6: 2.45, 7: 2.36, 8: 2.31, 10: 2.23, 15: 2.13, 20: 2.09, 30: 2.04}
+
+
+def t95(df: int) -> float:
+    return T95[max(k for k in T95 if k <= df)]
 
 
 def main() -> None:
@@ -239,6 +274,8 @@ def main() -> None:
     device = resolve_device(args.device)
     if args.table:
         table(args.results)
+        if args.plan:
+            against_tables(args.results, tomllib.loads(args.plan.read_text()))
         return
     if args.plan:
         study(args.plan, args.data_dir, device, args.results)
