@@ -33,7 +33,7 @@ from nas.arch.spec import load_arch
 from nas.data.tensors import load, load_test
 from nas.study.settings import DEFAULT_SEED_ARCH
 from nas.train.config import TrainConfig
-from nas.train.engine import evaluate, resolve_device, train
+from nas.train.engine import Diverged, evaluate, resolve_device, train
 
 RESULTS = Path(__file__).parent / "results" / "recipe"
 
@@ -52,23 +52,33 @@ def value(text: str):
 
 
 def run_one(arch, cfg: TrainConfig, data, test=None) -> dict:
-    """Train one seed of one recipe; its curve, time and (with `test`) test accuracy."""
-    start = time.perf_counter()
-    trained = train(
-        arch,
-        data,
-        cfg,
-        on_epoch=lambda e: print(
+    """Train one seed of one recipe; its curve, time and (with `test`) test accuracy. A run whose
+    loss diverges is a result too: its val_acc is None and `diverged` says where."""
+    start, curve = time.perf_counter(), []
+
+    def epoch_done(e) -> None:
+        curve.append(e.val_acc)
+        print(
             f"{arch.name} seed {cfg.seed} epoch {e.epoch:>2}  lr {e.lr:.4f}  train loss {e.train_loss:.4f}  "
             f"val acc {100 * e.val_acc:.2f} %  {e.seconds:.1f} s",
             flush=True,
-        ),
-    )
+        )
+
+    try:
+        trained = train(arch, data, cfg, on_epoch=epoch_done)
+    except Diverged as e:
+        return {
+            "seed": cfg.seed,
+            "val_acc": None,
+            "diverged": str(e),
+            "curve": curve,
+            "seconds": time.perf_counter() - start,
+        }
     run = {
         "seed": cfg.seed,
         "val_acc": trained.history[-1].val_acc,
         "best_val_acc": max(e.val_acc for e in trained.history),
-        "curve": [e.val_acc for e in trained.history],
+        "curve": curve,
         "seconds": time.perf_counter() - start,
         "engine": trained.engine,
     }
@@ -103,7 +113,7 @@ def confirmations(plan: dict, done: list[dict]) -> list[tuple[dict, int]]:
         screened = {r["name"]: r for r in done if r["arch"] == arch and r["seed"] == 0}
         if any(c["name"] not in screened for c in plan["run"] if c["arch"] == arch):
             continue  # still screening: the ranking is not known yet
-        ranked = sorted(screened.values(), key=lambda r: -r["val_acc"])
+        ranked = sorted(screened.values(), key=lambda r: -(r["val_acc"] or 0))  # a diverged run last
         named = [r for r in ranked if r["name"] in rule.get("always", [])]
         best = (named + [r for r in ranked if r not in named])[: max(rule.get("top", 0), len(named))]
         out += [
@@ -183,7 +193,10 @@ def study(plan_path: Path, data_dir: str | None, device: torch.device, results: 
             f.write(json.dumps(record) + "\n")
         path.unlink()
         print(
-            f"{arch.name} {c['name']} seed {seed}: val {100 * run['val_acc']:.2f} %  {run['seconds']:.0f} s", flush=True
+            f"{arch.name} {c['name']} seed {seed}: "
+            + (run.get("diverged") or f"val {100 * run['val_acc']:.2f} %")
+            + f"  {run['seconds']:.0f} s",
+            flush=True,
         )
 
 
@@ -195,7 +208,12 @@ def table(results: Path) -> None:
         by.setdefault((r["arch"], r["name"]), []).append(r)
     rows = []
     for (arch, name), runs in by.items():
-        accs = [100 * r["val_acc"] for r in runs]
+        accs = [100 * r["val_acc"] for r in runs if r["val_acc"] is not None]
+        if len(accs) < len(runs):
+            name += f" [{len(runs) - len(accs)} of {len(runs)} diverged]"
+        if not accs:
+            rows.append((arch, 0.0, name, 0, *[float("nan")] * 4, statistics.mean(r["seconds"] for r in runs) / 60))
+            continue
         mean = statistics.mean(accs)
         half = t95(len(accs) - 1) * statistics.stdev(accs) / len(accs) ** 0.5 if len(accs) > 1 else float("nan")
         minutes = statistics.mean(r["seconds"] for r in runs) / 60
@@ -212,8 +230,9 @@ def against_tables(results: Path, plan: dict) -> None:
     weighted by precision, degrees of freedom summed): if networks share a recipe's effect,
     together they resolve a smaller one than a single network can."""
     by: dict[tuple[str, str], list[float]] = {}
-    for r in results_of(results):
-        by.setdefault((r["arch"], r["name"]), []).append(100 * r["val_acc"])
+    for r in results_of(results):  # diverged runs are left out here: the table above counts them
+        if r["val_acc"] is not None:
+            by.setdefault((r["arch"], r["name"]), []).append(100 * r["val_acc"])
     print(f"\nagainst each network's table before the study (confirmed candidates, {'val acc points':>14}):")
     pooled: dict[str, list[tuple[float, float, int]]] = {}
     for arch, rule in plan.get("confirm", {}).items():
