@@ -98,7 +98,9 @@ def check_exact(url, name, n_trials):
 @pytest.mark.parametrize("kind", ["postgresql", "journal"])
 def test_four_workers_finish_exactly_the_trials_asked(kind, postgres, mnist_dir, tmp_path):  # noqa: F811
     url = postgres.url if kind == "postgresql" else f"journal:///{tmp_path}/study.log"
-    procs = start(url, f"four-{kind}", 12, 3, mnist_dir)
+    # Three epochs a trial: at one (a second a trial) the first process once finished all 12 on a
+    # loaded machine before the workers had imported torch, and nothing was left to share.
+    procs = start(url, f"four-{kind}", 12, 3, mnist_dir, epochs=3)
     results = finish(procs)
     assert all(code == 0 for code, _ in results), results
     # No worker died here, so no trial may have been failed as stale: a live worker's trial reaped
