@@ -200,14 +200,19 @@ def study(plan_path: Path, data_dir: str | None, device: torch.device, results: 
         )
 
 
-def table(results: Path) -> None:
-    """Each candidate's validation accuracy: seeds, mean, range and a 95 % interval of the mean
-    (Student's t), best mean first."""
+def by_candidate(results: Path) -> dict[tuple[str, str], list[dict]]:
+    """The runs of each (network, candidate), diverged ones included."""
     by: dict[tuple[str, str], list[dict]] = {}
     for r in results_of(results):
         by.setdefault((r["arch"], r["name"]), []).append(r)
+    return by
+
+
+def table(results: Path) -> None:
+    """Each candidate's validation accuracy: seeds, mean, range and a 95 % interval of the mean
+    (Student's t), best mean first."""
     rows = []
-    for (arch, name), runs in by.items():
+    for (arch, name), runs in by_candidate(results).items():
         accs = [100 * r["val_acc"] for r in runs if r["val_acc"] is not None]
         if len(accs) < len(runs):
             name += f" [{len(runs) - len(accs)} of {len(runs)} diverged]"
@@ -229,10 +234,11 @@ def against_tables(results: Path, plan: dict) -> None:
     spread for both), then each candidate pooled over the networks that ran it (their differences
     weighted by precision, degrees of freedom summed): if networks share a recipe's effect,
     together they resolve a smaller one than a single network can."""
-    by: dict[tuple[str, str], list[float]] = {}
-    for r in results_of(results):  # diverged runs are left out here: the table above counts them
-        if r["val_acc"] is not None:
-            by.setdefault((r["arch"], r["name"]), []).append(100 * r["val_acc"])
+    # diverged runs are left out here: the table above counts them
+    by = {
+        key: [100 * r["val_acc"] for r in runs if r["val_acc"] is not None]
+        for key, runs in by_candidate(results).items()
+    }
     print(f"\nagainst each network's table before the study (confirmed candidates, {'val acc points':>14}):")
     pooled: dict[str, list[tuple[float, float, int]]] = {}
     for arch, rule in plan.get("confirm", {}).items():
