@@ -131,7 +131,7 @@ def search(
             min=0.01,
             max=0.99,
             metavar="FRACTION",
-            show_default="off, see the README's measurement",
+            show_default="off, see docs/search.md, the Pareto rule",
             help="Pareto rule: at these fractions of the epochs, stop a trial not in the top 1/--stop-eta "
             "of the trials that cost no more (repeatable).",
         ),
