@@ -77,6 +77,37 @@ def test_promotion_takes_the_top_share_by_pareto_rank_then_accuracy_and_always_t
     assert [t.number for t in levels.promotable(trials, 2.5, PARAMS, False, set())] == [1, 2, 4]
 
 
+def above(number, parent, state, reason=None):
+    """A promoted trial one level up, complete or pruned (for `reason`)."""
+    attrs = {"parent": parent, **({"prune_reason": reason} if reason else {})}
+    t = create_trial(state=state, values=[0.99, 1] if state == TrialState.COMPLETE else None, user_attrs=attrs)
+    t.number = number
+    return t
+
+
+def test_a_trial_no_better_than_one_the_level_above_pruned_is_not_promoted():
+    trials = [done(i, acc, p) for i, (acc, p) in enumerate([(0.95, 100), (0.98, 900), (0.97, 300), (0.96, 200)])]
+    assert levels.promotion_floor(trials, []) is None
+    # trial 2 (0.97) was promoted and pruned for convergence up there: 0.97 is the floor
+    up = [above(0, 2, TrialState.PRUNED, "convergence"), above(1, 1, TrialState.COMPLETE)]
+    assert levels.promotion_floor(trials, up) == pytest.approx(0.97)
+    # pruned by budget or the Pareto rule, failed or running: they teach nothing about accuracy
+    for other in (
+        above(2, 3, TrialState.PRUNED, "pareto: behind"),
+        above(3, 3, TrialState.FAIL),
+        above(4, 3, TrialState.RUNNING),
+    ):
+        assert levels.promotion_floor(trials, [other]) is None
+    # a completed promotion that did no better below lowers it again to the pruned ones under it
+    lower = [*up, above(5, 0, TrialState.PRUNED, "convergence"), above(6, 3, TrialState.COMPLETE)]
+    assert levels.promotion_floor(trials, lower) == pytest.approx(0.95)
+    # eta 2, n = 5: trials 0-3 are all on the front, so the top 3 go by accuracy (1, 2, 3); a floor
+    # of 0.96 drops trial 3 (0.96, not above it); the built-in goes up whatever its accuracy
+    trials.append(done(4, 0.90, 950, seed_arch="rec_3762"))
+    assert [t.number for t in levels.promotable(trials, 2, PARAMS, True, set())] == [1, 2, 3, 4]
+    assert [t.number for t in levels.promotable(trials, 2, PARAMS, True, set(), floor=0.96)] == [1, 2, 4]
+
+
 def test_a_level_sets_its_own_pruning_bar_once_enough_trials_trained():
     trials = [done(i, 0.5 + i / 100, 100 * (10 - i)) for i in range(5)]
     assert levels.screen_target(trials, 3, PARAMS, False) is None  # 5 < 2 x eta
@@ -197,3 +228,28 @@ def test_a_built_in_is_never_pruned_below_the_top_so_it_is_always_promoted():
     assert screen.rule_for(SimpleNamespace(user_attrs={"seed_arch": "seed_9274"}, study=study)) is None
     screen.screen_eta = None
     assert screen.rule_for(drawn) is mission  # the top level: the mission's rule
+
+
+def test_the_ladder_promotes_above_the_floor_and_says_once_what_it_held_back():
+    from nas.search.ladder import Ladder, Level
+
+    low, top = (
+        optuna.create_study(directions=["maximize", "minimize"]),
+        optuna.create_study(directions=["maximize", "minimize"]),
+    )
+    for acc, params in [(0.97, 300), (0.98, 900), (0.96, 200), (0.95, 100), (0.94, 50)]:
+        low.add_trial(done(0, acc, params))
+    pruned = create_trial(state=TrialState.PRUNED, user_attrs={"parent": 0, "prune_reason": "convergence"})
+    top.add_trial(pruned)  # trial 0 (0.97) went up and was pruned there: the floor is 0.97
+    said: list[str] = []
+    ladder = Ladder.__new__(Ladder)
+    ladder.settings, ladder.log, ladder.held = SimpleNamespace(promote_eta=2.0), said.append, set()
+    objective = SimpleNamespace(minimized=PARAMS, pareto=True)
+    ladder.levels = [Level(0, low, objective), Level(1, top, objective)]
+    ladder.promote()
+    ladder.promote()
+    # n = 5, eta 2, all on the front: the top 3 by accuracy are 1, 0 (up already) and 2, under the floor
+    assert [t.user_attrs["parent"] for t in top.get_trials(states=(TrialState.WAITING,))] == [1]
+    assert [line for line in said if "not promoted" in line] == [
+        "L0 [trial 2] not promoted: 96.00 % val acc is no better than 97.00 %, a promoted trial's that level 1 pruned"
+    ]

@@ -64,6 +64,7 @@ class Ladder:
         restart: threading.Event | None = None,
     ):
         self.top, self.settings, self.log = top, settings, log
+        self.held: set[tuple[int, int]] = set()  # (level, trial) held back by a promotion floor, told once
         ladder = settings.ladder
         self.levels: list[Level] = []
         for i, (epochs, images) in enumerate(ladder):
@@ -88,11 +89,20 @@ class Ladder:
         """Enqueue one level up every trial the rule promotes now (nas.study.levels.promotable). Call
         it under the study lock: each trial is then promoted once, whoever asks."""
         for lower, upper in zip(self.levels, self.levels[1:]):
-            promoted = levels.parents(upper.study.get_trials(deepcopy=False))
+            trials, above = lower.study.get_trials(deepcopy=False), upper.study.get_trials(deepcopy=False)
             o = lower.objective
-            for t in levels.promotable(
-                lower.study.get_trials(deepcopy=False), self.settings.promote_eta, o.minimized, o.pareto, promoted
-            ):
+            floor, promoted = levels.promotion_floor(trials, above), levels.parents(above)
+            chosen = levels.promotable(trials, self.settings.promote_eta, o.minimized, o.pareto, promoted, floor)
+            if floor is not None:
+                share = levels.promotable(trials, self.settings.promote_eta, o.minimized, o.pareto, promoted)
+                for t in share:
+                    if t not in chosen and (lower.index, t.number) not in self.held:
+                        self.held.add((lower.index, t.number))
+                        self.log(
+                            f"L{lower.index} [trial {t.number}] not promoted: {100 * t.values[0]:.2f} % val acc is no "
+                            f"better than {100 * floor:.2f} %, a promoted trial's that level {upper.index} pruned"
+                        )
+            for t in chosen:
                 upper.study.enqueue_trial(
                     t.params, user_attrs=levels.promotion_attrs(t, upper.index), skip_if_exists=False
                 )

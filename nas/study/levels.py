@@ -15,7 +15,9 @@ non-dominated sorting): whenever a worker asks for a trial, once n >= 2 x eta tr
 level, every trial there in the top ceil(n / eta) of them, by Pareto rank of (validation accuracy, the minimised
 resource), ties by accuracy, and not promoted yet, is enqueued one level up. It runs under the
 study lock, so each is promoted once however many workers ask. Built-in networks are always
-promoted: they are the bar to beat.
+promoted: they are the bar to beat. A level above that prunes for convergence (the mission's
+rule at the top) also teaches a floor: a trial no better at its level than a promoted one the level
+above pruned is not promoted (`promotion_floor`), since it would train there only to be pruned.
 """
 
 from __future__ import annotations
@@ -105,20 +107,38 @@ def trained(trials: Sequence[FrozenTrial]) -> list[FrozenTrial]:
     return [t for t in trials if t.state in (TrialState.COMPLETE, TrialState.PRUNED) and t.user_attrs.get("curve")]
 
 
+def promotion_floor(trials: Sequence[FrozenTrial], above: Sequence[FrozenTrial]) -> float | None:
+    """The accuracy a trial of this level must beat to be promoted, learned from the level above
+    (`above`): the best accuracy here of a trial whose promotion was pruned there for convergence,
+    among those below every promoted trial that completed there (so a completed one that did no
+    better here lowers it again). None while the level above has pruned none: with pruning
+    observed or off it never does, and every promotion can become a result up there."""
+    acc = {t.number: t.values[0] for t in trials if t.state == TrialState.COMPLETE}
+    came = [(t, acc[t.user_attrs["parent"]]) for t in above if acc.get(t.user_attrs.get("parent", -1)) is not None]
+    done = min((a for t, a in came if t.state == TrialState.COMPLETE), default=math.inf)
+    pruned = [a for t, a in came if t.state == TrialState.PRUNED and t.user_attrs.get("prune_reason") == "convergence"]
+    return max((a for a in pruned if a < done), default=None)
+
+
 def promotable(
-    trials: Sequence[FrozenTrial], eta: float, r: Resource, pareto: bool, promoted: set[int]
+    trials: Sequence[FrozenTrial],
+    eta: float,
+    r: Resource,
+    pareto: bool,
+    promoted: set[int],
+    floor: float | None = None,
 ) -> list[FrozenTrial]:
     """The trials of one level to promote now: complete, in the top ceil(n / eta) of the n trained at
     this level (by Pareto rank, then accuracy; by accuracy alone with objective accuracy) once n is
-    at least 2 x eta, or built in, and not in `promoted` (the trial numbers already promoted), in
-    the order to run them."""
+    at least 2 x eta and above `floor` (`promotion_floor`), or built in, and not in `promoted` (the
+    trial numbers already promoted), in the order to run them."""
     done = [t for t in trials if t.state == TrialState.COMPLETE and "arch" in t.user_attrs]
     n = len(trained(trials))
     share = math.ceil(n / eta) if n >= 2 * eta else 0  # no share of too few: the first draw is no winner
     points = [(t.values[0], r.value(t.user_attrs)) for t in done]
     ranks = pareto_ranks(points) if pareto else [0] * len(done)
     order = sorted(range(len(done)), key=lambda i: (ranks[i], -points[i][0], points[i][1], done[i].number))
-    top = {done[i].number for i in order[:share]}
+    top = {done[i].number for i in order[:share] if floor is None or points[i][0] > floor}
     chosen = [done[i] for i in order if done[i].number in top or "seed_arch" in done[i].user_attrs]
     return [t for t in chosen if t.number not in promoted]
 
@@ -174,17 +194,24 @@ def level_lines(study: optuna.Study, ladder: Ladder) -> list[str]:
         trials = lower.get_trials(deepcopy=False)
         done = sum(t.state == TrialState.COMPLETE for t in trials)
         name = level_name(study.study_name, epochs, images)
+        floor = promotion_floor(trials, trials_above(study, ladder, i))
         lines.append(
             f"level {i} ({epochs} epochs x {images:,} images, study {name!r}): {len(trained(trials))} trained, "
             f"{done} complete, {len(promoted_from(study, ladder, i))} promoted"
+            + (f", promoted only above {100 * floor:.2f} % (level {i + 1} pruned one no better)" if floor else "")
         )
     return lines
 
 
+def trials_above(study: optuna.Study, ladder: Ladder, level: int) -> list[FrozenTrial]:
+    """The trials one level above `level` (none while its study is not made)."""
+    up = study if level + 1 == len(ladder) - 1 else lower_studies(study, ladder)[level + 1]
+    return up.get_trials(deepcopy=False) if up is not None else []
+
+
 def promoted_from(study: optuna.Study, ladder: Ladder, level: int) -> set[int]:
     """Trial numbers of `level` already promoted one level up (the `parent` of a trial there)."""
-    up = study if level + 1 == len(ladder) - 1 else lower_studies(study, ladder)[level + 1]
-    return parents(up.get_trials(deepcopy=False)) if up is not None else set()
+    return parents(trials_above(study, ladder, level))
 
 
 def parents(trials: Sequence[FrozenTrial]) -> set[int]:
