@@ -253,3 +253,24 @@ def test_the_ladder_promotes_above_the_floor_and_says_once_what_it_held_back():
     assert [line for line in said if "not promoted" in line] == [
         "L0 [trial 2] not promoted: 96.00 % val acc is no better than 97.00 %, a promoted trial's that level 1 pruned"
     ]
+
+
+def test_a_promotion_that_waited_is_pruned_before_training_once_a_floor_holds_it_back():
+    from nas.study.analytics import counts
+
+    low, top = (optuna.create_study(directions=["maximize", "minimize"]) for _ in range(2))
+    for acc, params in [(0.97, 300), (0.96, 200), (0.98, 900)]:
+        low.add_trial(done(0, acc, params))
+    top.add_trial(create_trial(state=TrialState.PRUNED, user_attrs={"parent": 0, "prune_reason": "convergence"}))
+    screen = Objective.__new__(Objective)
+    screen.level, screen.below = 1, low
+    waited = lambda **attrs: SimpleNamespace(user_attrs=attrs, study=top)  # noqa: E731
+    assert screen.under_floor(waited(parent=1)) == (
+        "96.00 % val acc at level 0 is no better than 97.00 %, a promoted trial's that this level pruned"
+    )
+    assert screen.under_floor(waited(parent=2)) is None  # above the floor
+    assert screen.under_floor(waited(parent=1, seed_arch="rec_3762")) is None  # a built-in always trains
+    screen.below = None  # level 0: nothing is promoted into it
+    assert screen.under_floor(waited(parent=1)) is None
+    top.add_trial(create_trial(state=TrialState.PRUNED, user_attrs={"parent": 1, "prune_reason": "floor: held"}))
+    assert counts(top)["pruned_floor"] == 1 and counts(top)["pruned_convergence"] == 1

@@ -83,6 +83,8 @@ class Ladder:
                 objective.level = i
                 if not is_top:
                     objective.screen_eta = settings.promote_eta
+                if i:
+                    objective.below = self.levels[-1].study
             self.levels.append(Level(i, study, objective))
 
     def promote(self) -> None:

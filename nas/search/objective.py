@@ -67,6 +67,7 @@ class Objective:
         # Below the top level of a ladder: its promotion share 1/eta, which sets its convergence bar.
         self.screen_eta: float | None = None
         self.level: int | None = None  # its level, when the study has several (nas.study.levels)
+        self.below: optuna.Study | None = None  # the level below, whose trials are promoted here
 
     def __call__(self, trial: optuna.Trial) -> Any:
         s = self.settings
@@ -109,12 +110,34 @@ class Objective:
             trial.set_user_attr("over_budget", [v.resource.name for v in over])
             self.log(f"[trial {trial.number}] PRUNED over budget: {'; '.join(map(str, over))} (not trained)")
             raise optuna.TrialPruned(f"over budget: {'; '.join(map(str, over))}")
+        held = self.under_floor(trial)
+        if held:
+            trial.set_user_attr("prune_reason", f"floor: {held}")
+            self.log(f"[trial {trial.number}] PRUNED before training: {held}")
+            raise optuna.TrialPruned(held)
         same = self.finished_twin(trial, key)
         if same is not None:
             return self.reuse(trial, same)
         curve = self.fit(trial, arch, cfg, c, key)
         trial.set_user_attr("converged", curve[-1] >= s.target_accuracy)
         return (curve[-1], self.minimized.read(c)) if self.pareto else curve[-1]
+
+    def under_floor(self, trial: optuna.Trial) -> str | None:
+        """Why a promotion that waited here is no longer worth training, or None: its parent did no
+        better below than a promoted trial this level has pruned since it was enqueued
+        (nas.study.levels.promotion_floor, which holds back new promotions the same way)."""
+        parent = trial.user_attrs.get("parent")
+        if self.below is None or parent is None or "seed_arch" in trial.user_attrs:
+            return None
+        below = self.below.get_trials(deepcopy=False)
+        floor = levels.promotion_floor(below, trial.study.get_trials(deepcopy=False))
+        acc = next((t.values[0] for t in below if t.number == parent and t.state == TrialState.COMPLETE), None)
+        if floor is None or acc is None or acc > floor:
+            return None
+        return (
+            f"{100 * acc:.2f} % val acc at level {self.level - 1 if self.level else 0} is no better than "
+            f"{100 * floor:.2f} %, a promoted trial's that this level pruned"
+        )
 
     @staticmethod
     def constrain(trial: optuna.Trial, values: dict[str, float]) -> None:

@@ -167,6 +167,7 @@ OUTCOMES = (
     "pruned_invalid",
     "pruned_convergence",
     "pruned_pareto",
+    "pruned_floor",
     "failed",
     "running",
 )
@@ -333,6 +334,7 @@ def summary(study: optuna.Study) -> str:
         f"trials: {c['complete']} complete ({c['converged']} reached the target), "
         f"pruned {c['pruned_budget']} by budget{why}, {c['pruned_invalid']} invalid, "
         f"{c['pruned_convergence']} by convergence, {c['pruned_pareto']} by the Pareto rule, {c['failed']} failed"
+        + (f", {c['pruned_floor']} promotions under the floor" if c["pruned_floor"] else "")
         + (f" ({c['rerun']} more stopped and run again)" if c["rerun"] else "")
     ]
     ladder = study_settings(study).ladder

@@ -138,7 +138,9 @@ def counts_line(study: optuna.Study) -> str:
     return (
         f"{c['complete']} complete ({c['converged']} reached the target), pruned {c['pruned_budget']} by budget, "
         f"{c['pruned_invalid']} invalid, {c['pruned_convergence']} by convergence, "
-        f"{c['pruned_pareto']} by the Pareto rule, {c['failed']} failed, {c['rerun']} stopped and run again, "
+        f"{c['pruned_pareto']} by the Pareto rule, "
+        + (f"{c['pruned_floor']} promotions under the floor, " if c["pruned_floor"] else "")
+        + f"{c['failed']} failed, {c['rerun']} stopped and run again, "
         f"{c['running']} running or waiting"
     )
 
