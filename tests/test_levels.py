@@ -91,6 +91,9 @@ def test_a_trial_no_better_than_one_the_level_above_pruned_is_not_promoted():
     # trial 2 (0.97) was promoted and pruned for convergence up there: 0.97 is the floor
     up = [above(0, 2, TrialState.PRUNED, "convergence"), above(1, 1, TrialState.COMPLETE)]
     assert levels.promotion_floor(trials, up) == pytest.approx(0.97)
+    # a pruned trial with no recorded reason (a study from before reasons) was pruned for
+    # convergence, as the outcome counts read it
+    assert levels.promotion_floor(trials, [above(0, 2, TrialState.PRUNED), up[1]]) == pytest.approx(0.97)
     # pruned by budget or the Pareto rule, failed or running: they teach nothing about accuracy
     for other in (
         above(2, 3, TrialState.PRUNED, "pareto: behind"),

@@ -11,7 +11,7 @@ from optuna.trial import TrialState
 from optuna_dashboard._note import get_note_from_system_attrs
 
 from nas.arch.spec import arch_from_dict, arch_to_dict, param_count, read_toml
-from nas.study import notes
+from nas.study import analytics, notes
 from nas.study.analytics import ConvergenceRule, study_settings
 from nas.study.settings import StudySettings
 from nas.study.study_note import study_note
@@ -200,3 +200,13 @@ def test_make_study_is_realistic():
         "failed",
         "failed (stale)",
     }
+
+
+def test_the_note_and_the_summary_count_trials_in_one_phrase(synthetic_study):
+    study = synthetic_study
+    study.ask()  # a trial some worker is running
+    line = analytics.counts_line(study)
+    budget = sum(t.user_attrs.get("over_budget") == ["params"] for t in study.trials)
+    assert f"pruned {budget} by budget (params {budget})" in line and line.endswith(", 1 running or waiting")
+    assert f"**Trials:** {line};" in study_note(study)
+    assert f"trials: {line}" in analytics.summary(study).splitlines()

@@ -194,7 +194,7 @@ class Objective:
             ):
                 trial.set_user_attr("would_prune_epoch", e.epoch)
                 if s.pruning == "on":
-                    trial.set_user_attr("prune_reason", "convergence")
+                    trial.set_user_attr("prune_reason", levels.CONVERGENCE)
                     self.log(
                         f"[trial {trial.number}] PRUNED at epoch {e.epoch}: {100 * e.val_acc:.2f} % < "
                         f"{100 * rule.needed(e.epoch):.2f} % needed to be on course for {100 * rule.target:.2f} %"

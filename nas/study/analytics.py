@@ -178,7 +178,7 @@ def outcome(t: FrozenTrial) -> str:
     if t.state == TrialState.COMPLETE:
         return "complete"
     if t.state == TrialState.PRUNED:
-        return "pruned_" + t.user_attrs.get("prune_reason", "convergence").split(":")[0]
+        return "pruned_" + levels.prune_reason(t).split(":")[0]
     if t.state == TrialState.FAIL:
         return "failed"
     return "running"
@@ -326,17 +326,23 @@ def over_budget(study: optuna.Study) -> dict[str, int]:
     return out
 
 
-def summary(study: optuna.Study) -> str:
-    """Counts, Pareto front and best trial as the lines `nas search`, `nas best` and `nas report` print."""
+def counts_line(study: optuna.Study) -> str:
+    """The trials by outcome, in the one line that the summary, the study's note and the report share."""
     c, over = counts(study), over_budget(study)
     why = f" ({', '.join(f'{k} {v}' for k, v in over.items())})" if over else ""
-    lines = [
-        f"trials: {c['complete']} complete ({c['converged']} reached the target), "
+    return (
+        f"{c['complete']} complete ({c['converged']} reached the target), "
         f"pruned {c['pruned_budget']} by budget{why}, {c['pruned_invalid']} invalid, "
         f"{c['pruned_convergence']} by convergence, {c['pruned_pareto']} by the Pareto rule, {c['failed']} failed"
         + (f", {c['pruned_floor']} promotions under the floor" if c["pruned_floor"] else "")
         + (f" ({c['rerun']} more stopped and run again)" if c["rerun"] else "")
-    ]
+        + (f", {c['running']} running or waiting" if c["running"] else "")
+    )
+
+
+def summary(study: optuna.Study) -> str:
+    """Counts, Pareto front and best trial as the lines `nas search`, `nas best` and `nas report` print."""
+    lines = [f"trials: {counts_line(study)}"]
     ladder = study_settings(study).ladder
     if len(ladder) > 1:
         lines[0] = f"level {len(ladder) - 1} (the top: {ladder[-1][0]} epochs x {ladder[-1][1]:,} images) " + lines[0]

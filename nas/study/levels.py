@@ -107,6 +107,16 @@ def trained(trials: Sequence[FrozenTrial]) -> list[FrozenTrial]:
     return [t for t in trials if t.state in (TrialState.COMPLETE, TrialState.PRUNED) and t.user_attrs.get("curve")]
 
 
+CONVERGENCE = "convergence"
+"""The prune reason of a trial stopped while training because it was not on course for its level's bar."""
+
+
+def prune_reason(t: FrozenTrial) -> str:
+    """Why a pruned trial was pruned: "budget: ...", "invalid: ...", "floor: ...", "pareto: ..." or
+    CONVERGENCE, which studies from before the reasons were recorded get by default."""
+    return str(t.user_attrs.get("prune_reason", CONVERGENCE))
+
+
 def promotion_floor(trials: Sequence[FrozenTrial], above: Sequence[FrozenTrial]) -> float | None:
     """The accuracy a trial of this level must beat to be promoted, learned from the level above
     (`above`): the best accuracy here of a trial whose promotion was pruned there for convergence,
@@ -116,7 +126,7 @@ def promotion_floor(trials: Sequence[FrozenTrial], above: Sequence[FrozenTrial])
     acc = {t.number: t.values[0] for t in trials if t.state == TrialState.COMPLETE}
     came = [(t, acc[t.user_attrs["parent"]]) for t in above if acc.get(t.user_attrs.get("parent", -1)) is not None]
     done = min((a for t, a in came if t.state == TrialState.COMPLETE), default=math.inf)
-    pruned = [a for t, a in came if t.state == TrialState.PRUNED and t.user_attrs.get("prune_reason") == "convergence"]
+    pruned = [a for t, a in came if t.state == TrialState.PRUNED and prune_reason(t) == CONVERGENCE]
     return max((a for a in pruned if a < done), default=None)
 
 

@@ -23,6 +23,7 @@ from nas.study.analytics import (
     ConvergenceRule,
     best_trial,
     count,
+    counts_line,
     duration,
     pareto_replays,
     pruning_savings,
@@ -30,7 +31,7 @@ from nas.study.analytics import (
     study_settings,
 )
 from nas.study.figures import curves_figure, history_figure, importance_figure, pareto_figure
-from nas.study.study_note import counts_line, front_rows, settings_rows, time_spent
+from nas.study.study_note import front_rows, settings_rows, time_spent
 from nas.study.trial_note import arch_line, ending, pct, trial_arch
 from nas.study.trials_csv import write_csv
 

@@ -1,7 +1,7 @@
 """The study's note, in Markdown for optuna-dashboard: what is searched, how far the search
 got, the best trial, the Pareto front, the settings and the search space. Torch-free.
 
-`settings_rows`, `counts_line` and `time_spent` also feed the report's header (nas.study.report),
+`settings_rows` and `time_spent` (and analytics' `counts_line`) also feed the report's header (nas.study.report),
 so the note and the page agree. nas.study.notes writes the note to the study.
 """
 
@@ -15,7 +15,15 @@ from optuna.trial import FrozenTrial
 
 from nas.arch.budgets import RESOURCES
 from nas.space.spaces import architecture_count
-from nas.study.analytics import ConvergenceRule, best_trial, count, counts, duration, pareto_front, study_settings
+from nas.study.analytics import (
+    ConvergenceRule,
+    best_trial,
+    count,
+    counts_line,
+    duration,
+    pareto_front,
+    study_settings,
+)
 from nas.study.levels import describe
 from nas.study.settings import StudySettings
 from nas.study.trial_note import arch_line, pct, table, trial_arch
@@ -130,19 +138,6 @@ def time_spent(study: optuna.Study) -> tuple[float, float]:
     ends = [t.datetime_complete for t in trials if t.datetime_complete]
     wall = (max(ends) - min(starts)).total_seconds() if starts and ends else 0.0
     return train, wall
-
-
-def counts_line(study: optuna.Study) -> str:
-    """The trials by outcome, in one line."""
-    c = counts(study)
-    return (
-        f"{c['complete']} complete ({c['converged']} reached the target), pruned {c['pruned_budget']} by budget, "
-        f"{c['pruned_invalid']} invalid, {c['pruned_convergence']} by convergence, "
-        f"{c['pruned_pareto']} by the Pareto rule, "
-        + (f"{c['pruned_floor']} promotions under the floor, " if c["pruned_floor"] else "")
-        + f"{c['failed']} failed, {c['rerun']} stopped and run again, "
-        f"{c['running']} running or waiting"
-    )
 
 
 def study_note(study: optuna.Study) -> str:

@@ -20,6 +20,7 @@ from nas.arch.spec import CONVS, Arch, Conv, Dropout, Pool, arch_from_dict
 from nas.arch.summary import summary_table
 from nas.errors import SpecError
 from nas.study.analytics import ConvergenceRule, count, duration
+from nas.study.levels import CONVERGENCE, prune_reason
 from nas.study.settings import StudySettings
 
 # Attributes the search sets (nas.search.worker) or that other parts of nas add; anything else a trial
@@ -162,7 +163,7 @@ def ending(t: FrozenTrial, settings: StudySettings) -> tuple[str, str]:
             )
         return label, why
     if t.state == TrialState.PRUNED:
-        reason = str(a.get("prune_reason", "convergence"))
+        reason = prune_reason(t)
         # "budget: parameters 13,000 > 12,000; MACs ..." (nas.arch.budgets.Violation)
         if reason.split(":")[0] == "budget":
             over = reason.partition(":")[2].strip()
@@ -170,7 +171,7 @@ def ending(t: FrozenTrial, settings: StudySettings) -> tuple[str, str]:
         if reason.startswith("invalid"):
             why = reason.removeprefix("invalid").lstrip(": ") or "no reason recorded"
             return "invalid", f"invalid architecture, not trained: {why}"
-        if reason == "convergence":
+        if reason == CONVERGENCE:
             rule = ConvergenceRule.of(settings)
             epoch = int(a.get("would_prune_epoch", len(curve)))
             if not 1 <= epoch <= len(curve):
