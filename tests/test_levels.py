@@ -185,6 +185,8 @@ def test_a_search_with_levels_draws_at_the_bottom_and_answers_from_the_top(tmp_p
     assert "level 0 (1 epochs x 300 images, study 'mnist@1x300')" in out and "level 1 (the top" in out
     assert "levels: 1 epochs x 300 images -> 2 epochs x 600 images" in out and "L0 [trial 0]" in out
     assert "estimate: a trial takes level 0 " in out and "it ends about" in out  # and again as it learns
+    # said once the trial that ended is promoted, so it counts that promotion
+    assert out.index("L0 [trial 0] promoted to level 1") < out.index("estimate: ")
     answer = best_trial(load(store))
     assert answer is not None and f"best: trial {answer.number}: {100 * answer.values[0]:.2f} %" in run_cli(
         "best", "--storage", store

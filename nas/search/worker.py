@@ -93,6 +93,7 @@ class Worker:
         self.ladder = Ladder(self.top, self.settings, number, data, device, log, artifacts, checkpoints, self.restart)
         self.levels = self.ladder.levels
         self.current: tuple[Level, optuna.Trial] | None = None
+        self.estimate_due = False  # a trial ended at a count the search is estimated at: said after its promotion
 
     def run(self, goal: int | None, deadline: float | None) -> None:
         first, low = self.levels[0].objective, self.levels[0].study
@@ -123,6 +124,13 @@ class Worker:
         with st.study_lock(self.loc, self.top.study_name):
             goal = goal if goal is not None else self.top.user_attrs.get("trials_goal")
             self.ladder.promote()
+            if self.estimate_due:
+                self.estimate_due = False
+                quietly(
+                    lambda: self.log(self.ladder.estimate(self.levels[0].objective.goal) or ""),
+                    self.log,
+                    "estimating the search",
+                )
             if (above := self.ladder.waiting_above()) is not None:
                 return self.ask(above)
             trials = self.levels[0].study.get_trials(deepcopy=False)
@@ -225,12 +233,8 @@ class Worker:
             )
         if len(self.levels) > 1 and state != TrialState.FAIL:
             n = st.finished(study.get_trials(deepcopy=False))
-            if n in (1, 3) or n % 10 == 0:  # the estimate again as the search learns what trials take
-                quietly(
-                    lambda: self.log(self.ladder.estimate(self.levels[0].objective.goal) or ""),
-                    self.log,
-                    "estimating the search",
-                )
+            # the estimate again as the search learns what trials take, once the trial's promotion is made
+            self.estimate_due = self.estimate_due or n in (1, 3) or n % 10 == 0
         return t
 
     def review(self, t: FrozenTrial, level: Level) -> None:
