@@ -5,6 +5,7 @@ every stage recorded in benchmarks/results/front.csv.
     python3 benchmarks/front.py search  --budget 3000 --hours 3 [--sampler evolution] [--workers 2]
     # nas export --seeds 3 of the best top-level trials: all 60,000 images, tested once
     python3 benchmarks/front.py export  --budget 3000 [--best 2 | --trials 12,23]
+    python3 benchmarks/front.py export  --study default-20000     # any ladder study there
     # a built-in network through the same export
     python3 benchmarks/front.py record  --arch rec_3762
     # front.csv and the README's table
@@ -40,8 +41,9 @@ def study_name(budget: int) -> str:
     return f"front-{budget}"
 
 
-def storage(budget: int) -> str:
-    return f"journal:///{STUDIES / f'{study_name(budget)}.log'}"
+def storage(name: str) -> str:
+    """A study's journal file under benchmarks/results/studies/, where every study here lives."""
+    return f"journal:///{STUDIES / f'{name}.log'}"
 
 
 def lines(path: Path) -> list[dict]:
@@ -82,7 +84,7 @@ def search(args: argparse.Namespace) -> None:
         "--study-name",
         study_name(args.budget),
         "--storage",
-        storage(args.budget),
+        storage(study_name(args.budget)),
         "--workers",
         str(args.workers),
         "--device",
@@ -91,22 +93,27 @@ def search(args: argparse.Namespace) -> None:
     )
 
 
-def best_trials(budget: int, n: int, numbers: list[int]) -> list:
-    """The n most accurate complete top-level trials within the budget (or the trials named)."""
-    import optuna
+def best_trials(study, n: int, numbers: list[int]) -> list:
+    """The trials named, or the n best drawn top-level trials: by Pareto rank of (validation
+    accuracy, parameters) among the complete draws, then accuracy. Built-ins are left out: they are
+    no find, and `record` exports them."""
     from optuna.trial import TrialState
 
-    from nas.study.storage import load_study
+    from nas.study.levels import pareto_ranks
 
-    study: optuna.Study = load_study(study_name(budget), storage(budget))
-    done = sorted(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)), key=lambda t: -t.values[0])
-    return [t for t in done if t.number in numbers] if numbers else done[:n]
+    done = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+    if numbers:
+        return [t for t in done if t.number in numbers]
+    drawn = [t for t in done if "seed_arch" not in t.user_attrs]
+    ranks = pareto_ranks([(t.values[0], t.user_attrs["params"]) for t in drawn])
+    order = sorted(range(len(drawn)), key=lambda i: (ranks[i], -drawn[i].values[0]))
+    return [drawn[i] for i in order[:n]]
 
 
 # --- export -------------------------------------------------------------------------------------
 
 
-def keep_as_builtin(budget: int, t) -> str:
+def keep_as_builtin(study: str, budget: int, t) -> str:
     """A top-level trial as a built-in architecture file, the recipe it trained with as its train table."""
     from nas.arch.spec import arch_from_dict, arch_to_toml
 
@@ -114,7 +121,7 @@ def keep_as_builtin(budget: int, t) -> str:
     arch.name = f"found_{t.user_attrs['params']}"
     arch.train = {k: v for k, v in t.user_attrs["train_config"].items() if k != "seed"}
     header = (
-        f"# Found by nas: study {study_name(budget)} (benchmarks/front.py, --max-params {budget:,}), top-level "
+        f"# Found by nas: study {study} (benchmarks/results/studies/, --max-params {budget:,}), top-level "
         f"trial {t.number};\n# {100 * t.values[0]:.2f} % validation accuracy after 20 epochs on 50,000 images "
         "(benchmarks/results/front.csv holds\n# its test accuracy over 3 seeds).\n"
     )
@@ -158,14 +165,29 @@ def export_one(name: str, budget: int | None, data_dir: str | None, threads: int
 
 
 def export(args: argparse.Namespace) -> None:
+    from nas.study.analytics import study_settings
+    from nas.study.storage import load_study
+
     log = RESULTS / "exports.jsonl"
     done = {r["name"] for r in lines(log)}
-    for t in best_trials(args.budget, args.best, args.trials):
-        name = keep_as_builtin(args.budget, t)
+    study = args.study or study_name(args.budget)
+    top = load_study(study, storage(study))
+    budget = study_settings(top).max_params
+    for t in best_trials(top, args.best, args.trials):
+        name = keep_as_builtin(study, budget, t)
         if name in done:
             continue
-        row = export_one(name, args.budget, args.data_dir, args.threads)
-        append(log, {**row, "trial": t.number, "full_val_acc": t.values[0], "parent": t.user_attrs.get("parent")})
+        row = export_one(name, budget, args.data_dir, args.threads)
+        append(
+            log,
+            {
+                **row,
+                "study": study,
+                "trial": t.number,
+                "full_val_acc": t.values[0],
+                "parent": t.user_attrs.get("parent"),
+            },
+        )
         print(
             f"{name}: test {100 * row['test_acc_mean']:.2f} % mean of 3 seeds "
             f"({', '.join(f'{100 * a:.2f}' for a in row['test_accs'])})",
@@ -245,8 +267,8 @@ def table(args: argparse.Namespace) -> None:
                     "recipe": recipe_label(e["train_config"]) if e and "train_config" in e else "",
                 }
             )
-    for path in sorted(STUDIES.glob("front-*.log")):
-        rows += ladder_rows(int(path.stem.split("-")[1]), exports)
+    for name in sorted({e["study"] for e in exports.values() if "parent" in e}):
+        rows += ladder_rows(name, exports)
     for e in every:
         if e.get("budget") is None:  # a built-in network exported for comparison, once per recipe
             name = e["name"]
@@ -279,19 +301,20 @@ def table(args: argparse.Namespace) -> None:
         print(r)
 
 
-def ladder_rows(budget: int, exports: dict[str, dict]) -> list[dict]:
+def ladder_rows(name: str, exports: dict[str, dict]) -> list[dict]:
     """The exported winners of a ladder study, with what the search spent (both levels, every run)."""
     from nas.study import levels
     from nas.study.analytics import study_settings
     from nas.study.storage import load_study
 
-    top = load_study(study_name(budget), storage(budget))
+    top = load_study(name, storage(name))
+    budget = study_settings(top).max_params
     studies = [s for s in levels.lower_studies(top, study_settings(top).ladder) if s]
     trials = [t for s in (*studies, top) for t in s.get_trials(deepcopy=False)]
     trained = [t for t in trials if t.user_attrs.get("train_seconds")]
     rows = []
     for e in exports.values():
-        if e.get("budget") != budget or "parent" not in e:
+        if e.get("study") != name or "parent" not in e:
             continue
         t = top.trials[e["trial"]]
         rows.append(
@@ -329,6 +352,11 @@ def main() -> None:
         type=lambda v: [int(x) for x in v.split(",")],
         default=[],
         help="export these top-level trials instead of the --best",
+    )
+    p.add_argument(
+        "--study",
+        default=None,
+        help="export: the study under benchmarks/results/studies/ (default front-<budget>; its budget is its own)",
     )
     p.add_argument("--arch", default="rec_3762")
     p.add_argument("--data-dir", default=None)
