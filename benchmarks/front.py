@@ -308,8 +308,9 @@ def ladder_rows(name: str, exports: dict[str, dict]) -> list[dict]:
     from nas.study.storage import load_study
 
     top = load_study(name, storage(name))
-    budget = study_settings(top).max_params
-    studies = [s for s in levels.lower_studies(top, study_settings(top).ladder) if s]
+    settings = study_settings(top)
+    budget = settings.max_params
+    studies = [s for s in levels.lower_studies(top, settings.ladder) if s]
     trials = [t for s in (*studies, top) for t in s.get_trials(deepcopy=False)]
     trained = [t for t in trials if t.user_attrs.get("train_seconds")]
     rows = []

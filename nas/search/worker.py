@@ -104,6 +104,13 @@ class Worker:
         while (deadline is None or time.time() < deadline) and not self.restart.is_set():
             interrupt.check()
             picked = st.persist(lambda: self.next_trial(goal), self.log, "starting a trial")
+            if self.estimate_due:  # after next_trial's promotions, outside its study lock
+                self.estimate_due = False
+                quietly(
+                    lambda: self.log(self.ladder.estimate(first.goal) or ""),
+                    self.log,
+                    "estimating the search",
+                )
             if picked is None:
                 return
             if picked is False:  # the last trials are running elsewhere; one may yet need a retry or promotion
@@ -124,13 +131,6 @@ class Worker:
         with st.study_lock(self.loc, self.top.study_name):
             goal = goal if goal is not None else self.top.user_attrs.get("trials_goal")
             self.ladder.promote()
-            if self.estimate_due:
-                self.estimate_due = False
-                quietly(
-                    lambda: self.log(self.ladder.estimate(self.levels[0].objective.goal) or ""),
-                    self.log,
-                    "estimating the search",
-                )
             if (above := self.ladder.waiting_above()) is not None:
                 return self.ask(above)
             trials = self.levels[0].study.get_trials(deepcopy=False)
