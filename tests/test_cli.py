@@ -119,6 +119,26 @@ def test_report_to_a_place_it_cannot_write(tmp_path):
     refused(nas("train", "seed_9274", "--out", "/proc/nas-train"), "--out /proc/nas-train: cannot write there")
 
 
+def test_out_folders_made_by_another_command_at_the_same_moment(tmp_path, monkeypatch):
+    """Two exports started side by side into runs/front/<name>: the second was refused with
+    "cannot write there (File exists)", since the first made runs/front between its look and its mkdir."""
+    from pathlib import Path
+
+    from nas.cli.options import check_writable
+
+    shared, mkdir = tmp_path / "runs" / "front", Path.mkdir
+
+    def raced(self: Path, *args, **kwargs) -> None:
+        if self == shared and not self.exists():  # the other command wins, and writes its folder there
+            mkdir(self)
+            mkdir(self / "theirs")
+        mkdir(self, *args, **kwargs)
+
+    monkeypatch.setattr(Path, "mkdir", raced)
+    check_writable(shared / "mine")
+    assert (shared / "theirs").is_dir() and not (shared / "mine").exists()
+
+
 def test_a_second_dashboard_on_a_port_in_use(tmp_path):
     """It printed "Listening on", then a 60-line OSError."""
     import socket

@@ -6,6 +6,7 @@ Nothing here imports torch: the options are built whenever `nas` starts, `--help
 
 from __future__ import annotations
 
+import contextlib
 from enum import StrEnum
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
@@ -149,21 +150,25 @@ def refuse_overwrite(out: Path, names: tuple[str, ...], force: bool) -> None:
 
 def check_writable(out: Path) -> None:
     """Refuse an --out folder that cannot be made or written, before any work is done; a folder
-    made to find out is removed again (the command makes it when it writes)."""
+    made to find out is removed again (the command makes it when it writes). Another command may
+    make the same parent folders at the same moment (two exports side by side): a folder that
+    appears meanwhile is theirs, and one they have written into is left."""
     import tempfile
 
     made: list[Path] = []
     try:
         for folder in reversed((out, *out.parents)):
             if not folder.exists():
-                folder.mkdir()
-                made.append(folder)
+                with contextlib.suppress(FileExistsError):
+                    folder.mkdir()
+                    made.append(folder)
         tempfile.TemporaryFile(dir=out).close()
     except OSError as e:
         raise UsageError(f"--out {out}: cannot write there ({e.strerror or e}); choose a writable folder") from None
     finally:
         for folder in reversed(made):
-            folder.rmdir()
+            with contextlib.suppress(OSError):  # not empty: another command is using it
+                folder.rmdir()
 
 
 def torch_device(device: Device) -> torch.device:
