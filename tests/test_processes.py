@@ -36,6 +36,8 @@ SCRIPT = textwrap.dedent(
         Path(out).write_text(str(len(got)))
 
     if __name__ == "__main__":
+        # as a terminal starts it: a suite started in the background (`pytest &`) passes SIGINT on ignored
+        signal.signal(signal.SIGINT, signal.default_int_handler)
         folder = sys.argv[1]
         try:
             run_all(count_interrupts, [(Slot(i, None, 1, 1), (f"{folder}/w{i}",)) for i in range(2)])
