@@ -30,6 +30,11 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:  # hints only: each stage imports what it uses when it runs
+    import optuna
+    from optuna.trial import FrozenTrial
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results" / "front"
@@ -93,7 +98,7 @@ def search(args: argparse.Namespace) -> None:
     )
 
 
-def best_trials(study, n: int, numbers: list[int]) -> list:
+def best_trials(study: optuna.Study, n: int, numbers: list[int]) -> list[FrozenTrial]:
     """The trials named, or the n best drawn top-level trials: by Pareto rank of (validation
     accuracy, parameters) among the complete draws, then accuracy. Built-ins are left out: they are
     no find, and `record` exports them."""
@@ -113,7 +118,7 @@ def best_trials(study, n: int, numbers: list[int]) -> list:
 # --- export -------------------------------------------------------------------------------------
 
 
-def keep_as_builtin(study: str, budget: int, t) -> str:
+def keep_as_builtin(study: str, budget: int, t: FrozenTrial) -> str:
     """A top-level trial as a built-in architecture file, the recipe it trained with as its train table."""
     from nas.arch.spec import arch_from_dict, arch_to_toml
 

@@ -166,6 +166,7 @@ def make_study(storage: str | None = None, name: str = "synthetic", n: int = 24,
     from nas.arch.spec import arch_to_json, costs, param_count, receptive_field
     from nas.errors import SpecError
     from nas.space.spaces import sample
+    from nas.study import levels
     from nas.study.analytics import ConvergenceRule
     from nas.study.settings import StudySettings
 
@@ -186,7 +187,7 @@ def make_study(storage: str | None = None, name: str = "synthetic", n: int = 24,
         try:
             params = param_count(arch)
         except SpecError as e:
-            trial.set_user_attr("prune_reason", f"invalid: {e.problem}")
+            trial.set_user_attr("prune_reason", levels.pruned_for(levels.INVALID, e.problem))
             study.tell(trial, state=optuna.trial.TrialState.PRUNED)
             continue
         for key, value in dict(
@@ -198,7 +199,9 @@ def make_study(storage: str | None = None, name: str = "synthetic", n: int = 24,
         ).items():
             trial.set_user_attr(key, value)
         if params > settings.max_params:
-            trial.set_user_attr("prune_reason", f"budget: parameters {params:,} > {settings.max_params:,}")
+            trial.set_user_attr(
+                "prune_reason", levels.pruned_for(levels.BUDGET, f"parameters {params:,} > {settings.max_params:,}")
+            )
             trial.set_user_attr("over_budget", ["params"])
             study.tell(trial, state=optuna.trial.TrialState.PRUNED)
             continue
@@ -230,7 +233,7 @@ def make_study(storage: str | None = None, name: str = "synthetic", n: int = 24,
         trial.set_user_attr("engine", "eager")
         if stop:
             trial.set_user_attr("would_prune_epoch", stop)
-            trial.set_user_attr("prune_reason", "convergence")
+            trial.set_user_attr("prune_reason", levels.CONVERGENCE)
             study.tell(trial, state=optuna.trial.TrialState.PRUNED)
             continue
         trial.set_user_attr("converged", curve[-1] >= settings.target_accuracy)

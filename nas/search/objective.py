@@ -85,7 +85,7 @@ class Objective:
             c = costs(arch)
         except SpecError as e:
             self.constrain(trial, constraints(None, s))
-            trial.set_user_attr("prune_reason", f"invalid: {e.problem}")
+            trial.set_user_attr("prune_reason", levels.pruned_for(levels.INVALID, e.problem))
             self.log(f"[trial {trial.number}] PRUNED invalid architecture ({e.problem})")
             raise optuna.TrialPruned("invalid architecture") from None
         self.constrain(trial, constraints(c, s))
@@ -106,13 +106,13 @@ class Objective:
             )
         over = violations(c, s)
         if over:
-            trial.set_user_attr("prune_reason", "budget: " + "; ".join(map(str, over)))
+            trial.set_user_attr("prune_reason", levels.pruned_for(levels.BUDGET, "; ".join(map(str, over))))
             trial.set_user_attr("over_budget", [v.resource.name for v in over])
             self.log(f"[trial {trial.number}] PRUNED over budget: {'; '.join(map(str, over))} (not trained)")
             raise optuna.TrialPruned(f"over budget: {'; '.join(map(str, over))}")
         held = self.under_floor(trial)
         if held:
-            trial.set_user_attr("prune_reason", f"floor: {held}")
+            trial.set_user_attr("prune_reason", levels.pruned_for(levels.FLOOR, held))
             self.log(f"[trial {trial.number}] PRUNED before training: {held}")
             raise optuna.TrialPruned(held)
         same = self.finished_twin(trial, key)
@@ -287,7 +287,7 @@ class Objective:
         )
         trial.set_user_attr("would_stop_epoch", e.epoch)
         if self.settings.pruning == "on":
-            trial.set_user_attr("prune_reason", f"pareto: {why}")
+            trial.set_user_attr("prune_reason", levels.pruned_for(levels.PARETO, why))
             self.log(f"[trial {trial.number}] STOPPED {why}")
             raise optuna.TrialPruned(f"Pareto rule at epoch {e.epoch}")
 

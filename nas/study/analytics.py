@@ -178,7 +178,7 @@ def outcome(t: FrozenTrial) -> str:
     if t.state == TrialState.COMPLETE:
         return "complete"
     if t.state == TrialState.PRUNED:
-        return "pruned_" + levels.prune_reason(t).split(":")[0]
+        return "pruned_" + levels.prune_reason(t)[0]
     if t.state == TrialState.FAIL:
         return "failed"
     return "running"

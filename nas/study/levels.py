@@ -107,14 +107,22 @@ def trained(trials: Sequence[FrozenTrial]) -> list[FrozenTrial]:
     return [t for t in trials if t.state in (TrialState.COMPLETE, TrialState.PRUNED) and t.user_attrs.get("curve")]
 
 
-CONVERGENCE = "convergence"
-"""The prune reason of a trial stopped while training because it was not on course for its level's bar."""
+# Why a trial was pruned, as its "prune_reason" says it: the kind, then what it was ("budget: parameters
+# 13,000 > 12,000"). Over a budget and invalid: before training; held under the floor: before training at
+# a level above the first; convergence: not on course for its level's bar; pareto: the Pareto rule.
+BUDGET, INVALID, FLOOR, CONVERGENCE, PARETO = "budget", "invalid", "floor", "convergence", "pareto"
 
 
-def prune_reason(t: FrozenTrial) -> str:
-    """Why a pruned trial was pruned: "budget: ...", "invalid: ...", "floor: ...", "pareto: ..." or
-    CONVERGENCE, which studies from before the reasons were recorded get by default."""
-    return str(t.user_attrs.get("prune_reason", CONVERGENCE))
+def pruned_for(kind: str, detail: str = "") -> str:
+    """A prune reason as a trial stores it."""
+    return f"{kind}: {detail}" if detail else kind
+
+
+def prune_reason(t: FrozenTrial) -> tuple[str, str]:
+    """Why a pruned trial was pruned, (kind, detail): CONVERGENCE for studies from before the
+    reasons were recorded."""
+    kind, _, detail = str(t.user_attrs.get("prune_reason", CONVERGENCE)).partition(":")
+    return kind, detail.strip()
 
 
 def promotion_floor(trials: Sequence[FrozenTrial], above: Sequence[FrozenTrial]) -> float | None:
@@ -126,7 +134,7 @@ def promotion_floor(trials: Sequence[FrozenTrial], above: Sequence[FrozenTrial])
     acc = {t.number: t.values[0] for t in trials if t.state == TrialState.COMPLETE}
     came = [(t, acc[t.user_attrs["parent"]]) for t in above if acc.get(t.user_attrs.get("parent", -1)) is not None]
     done = min((a for t, a in came if t.state == TrialState.COMPLETE), default=math.inf)
-    pruned = [a for t, a in came if t.state == TrialState.PRUNED and prune_reason(t) == CONVERGENCE]
+    pruned = [a for t, a in came if t.state == TrialState.PRUNED and prune_reason(t)[0] == CONVERGENCE]
     return max((a for a in pruned if a < done), default=None)
 
 

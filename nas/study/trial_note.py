@@ -20,7 +20,7 @@ from nas.arch.spec import CONVS, Arch, Conv, Dropout, Pool, arch_from_dict
 from nas.arch.summary import summary_table
 from nas.errors import SpecError
 from nas.study.analytics import ConvergenceRule, count, duration
-from nas.study.levels import CONVERGENCE, prune_reason
+from nas.study.levels import BUDGET, CONVERGENCE, INVALID, PARETO, prune_reason
 from nas.study.settings import StudySettings
 
 # Attributes the search sets (nas.search.worker) or that other parts of nas add; anything else a trial
@@ -163,15 +163,12 @@ def ending(t: FrozenTrial, settings: StudySettings) -> tuple[str, str]:
             )
         return label, why
     if t.state == TrialState.PRUNED:
-        reason = prune_reason(t)
-        # "budget: parameters 13,000 > 12,000; MACs ..." (nas.arch.budgets.Violation)
-        if reason.split(":")[0] == "budget":
-            over = reason.partition(":")[2].strip()
-            return "pruned (budget)", f"pruned by budget before training: {over or 'over a limit of the study'}"
-        if reason.startswith("invalid"):
-            why = reason.removeprefix("invalid").lstrip(": ") or "no reason recorded"
-            return "invalid", f"invalid architecture, not trained: {why}"
-        if reason == CONVERGENCE:
+        kind, detail = prune_reason(t)
+        if kind == BUDGET:  # "parameters 13,000 > 12,000; MACs ..." (nas.arch.budgets.Violation)
+            return "pruned (budget)", f"pruned by budget before training: {detail or 'over a limit of the study'}"
+        if kind == INVALID:
+            return "invalid", f"invalid architecture, not trained: {detail or 'no reason recorded'}"
+        if kind == CONVERGENCE:
             rule = ConvergenceRule.of(settings)
             epoch = int(a.get("would_prune_epoch", len(curve)))
             if not 1 <= epoch <= len(curve):
@@ -181,9 +178,9 @@ def ending(t: FrozenTrial, settings: StudySettings) -> tuple[str, str]:
                 f"< the {pct(rule.needed(epoch))} needed to be on course for {pct(settings.target_accuracy)} "
                 f"(the rule judges from epoch {rule.first_epoch()} on, slack {rule.slack:g})"
             )
-        if reason.startswith("pareto"):
-            return "pruned (Pareto)", f"stopped early by the Pareto rule: {reason.removeprefix('pareto').lstrip(': ')}"
-        return "pruned", f"pruned: {reason}"
+        if kind == PARETO:
+            return "pruned (Pareto)", f"stopped early by the Pareto rule: {detail}"
+        return "pruned", f"pruned: {kind}: {detail}" if detail else f"pruned: {kind}"
     if t.state == TrialState.FAIL:
         failure = a.get("fail_reason")
         if not failure:
