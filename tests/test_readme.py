@@ -204,7 +204,7 @@ def test_every_runnable_block_is_one_the_test_can_run():
     one this test knows how to run, every EXPECT names a marked line, and a `nas` block left
     unmarked is on a page of UNMARKED."""
     readme = [[c[1] for c in commands] for page, _, commands in RUNNABLE if page.name == "README.md"]
-    assert ["search", "dashboard", "best", "export", "predict"] in readme  # the 10-minute path
+    assert ["search", "dashboard", "best", "export", "predict"] in readme  # the few-minute path
     user = ["summary", "train", "space", "search", "worker", "dashboard", "report", "best", "export", "predict"]
     assert user in readme  # the user's path
     lines = {" ".join(c) for _, _, commands in RUNNABLE for c in commands}
