@@ -1,6 +1,7 @@
 """Which promotion share (1/eta) a ladder should use: replayed on networks measured at both levels.
 
     python3 benchmarks/promotion.py
+    python3 benchmarks/promotion.py --study sbs-ladder-5000 --floor 0.98   # replayed on a ladder search
 
 benchmarks/protocol.py trained 12 networks of 1,688-5,086 parameters at level A (4 epochs x 20,000
 images) and at the full protocol (20 x 50,000), one thread each (benchmarks/results/protocol/). For
@@ -10,10 +11,16 @@ promoted networks' full-protocol front as a share of the front of all 12 (accura
 parameters under 5,100), whether the best network under 3,000 / 4,000 / 5,100 parameters was
 promoted, and the CPU time of the ladder (12 screening trials and the promotions) against training
 all 12 at the full protocol.
+
+With --study, the same replay runs on a committed ladder search (benchmarks/results/studies/): its
+level-0 trials as screened, each rule's promotions judged by what they scored at the top level in
+that search. A rule that promotes a network the search did not promote has no top-level figure for
+it: the table counts those ("unknown") and leaves them out, so its hypervolume is a lower bound.
 """
 
 from __future__ import annotations
 
+import argparse
 import json
 from pathlib import Path
 from statistics import mean
@@ -38,7 +45,56 @@ def best_under(points: dict[str, tuple[float, int]], budget: int) -> str | None:
     return max(inside)[1] if inside else None
 
 
+def replay(study_name: str, floor: float) -> None:
+    """Each rule replayed on a ladder search's level-0 trials, judged by the top level's results."""
+    from front import STUDIES
+
+    from nas.study.analytics import study_settings
+    from nas.study.storage import load_study
+
+    top = load_study(study_name, f"journal:///{STUDIES / f'{study_name}.log'}")
+    settings = study_settings(top)
+    low = (levels.lower_studies(top, settings.ladder) or [None])[-1]  # the level that promotes to the top
+    if low is None:
+        raise SystemExit(f"error: {study_name} has no level below the top to replay")
+    screened = low.get_trials(deepcopy=False)
+    above = {}  # level-0 trial number -> (final validation accuracy at the top, params, CPU s)
+    for t in top.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED)):
+        if "parent" in t.user_attrs and t.user_attrs.get("curve"):
+            above[t.user_attrs["parent"]] = (
+                t.user_attrs["curve"][-1],
+                t.user_attrs["params"],
+                sum(t.user_attrs["epoch_seconds"]),
+            )
+    ceiling = settings.max_params
+    print(
+        f"{study_name}: {len(levels.trained(screened))} screened, {len(above)} with a top-level result; "
+        f"hypervolume above {floor:.0%}, parameters under {ceiling:,}; the search's own: "
+        f"{levels.hypervolume([(a, p) for a, p, _ in above.values()], floor, ceiling) / ceiling:.5f}"
+    )
+    print("| rule | promoted | unknown | top-level CPU h (known) | hypervolume (known) | best (known) |")
+    print("|---|--:|--:|--:|--:|---|")
+    for eta in (2, 3, 4):
+        for pareto in (True, False):
+            up = [t.number for t in promotable(screened, eta, resource(settings.minimize), pareto, set())]
+            known = [above[n] for n in up if n in above]
+            best = max(known, default=None)
+            print(
+                f"| eta {eta}, {'Pareto rank' if pareto else 'accuracy'} | {len(up)} | {len(up) - len(known)} "
+                f"| {sum(c for _, _, c in known) / 3600:.2f} "
+                f"| {levels.hypervolume([(a, p) for a, p, _ in known], floor, ceiling) / ceiling:.5f} "
+                f"| {f'{best[1]:,} params, {100 * best[0]:.2f} %' if best else 'none'} |"
+            )
+
+
 def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--study", help="replay on this committed ladder search instead of the protocol's 12 networks")
+    p.add_argument("--floor", type=float, default=0.98, help="the hypervolume's reference accuracy (with --study)")
+    args = p.parse_args()
+    if args.study:
+        replay(args.study, args.floor)
+        return
     rows = [json.loads(line) for line in RUNS.read_text().splitlines()]
     screen = {r["name"]: r for r in rows if r["fidelity"] == "A" and r["seed"] == 0}
     full = {r["name"]: r for r in rows if r["fidelity"] == "full" and r["seed"] == 0}
