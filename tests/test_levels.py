@@ -13,6 +13,7 @@ from nas.arch.budgets import resource
 from nas.arch.spec import load_arch
 from nas.cli.app import app
 from nas.errors import SpecError
+from nas.search.ladder import plan_lines
 from nas.search.objective import Objective
 from nas.space.spaces import point_key
 from nas.study import keeper, levels
@@ -212,6 +213,17 @@ def test_the_hours_budget_is_stored_and_ends_the_search(tmp_path, mnist_dir):
     assert len(load(store, "mnist@1x300").trials) + len(load(store).trials) == before
     assert "time budget: 1 h of searching, 1h00m" in out
     assert "a trial has taken level 0 " in out and "level 1 (none yet)" not in out  # measured in the first run
+
+
+@pytest.mark.parametrize(
+    "ladder, says", [(None, "what the waiting promotions need"), ((), "new draws stop when it is spent")]
+)
+def test_the_plan_says_when_the_time_budget_stops_new_draws(ladder, says):
+    study = optuna.create_study()
+    study.set_user_attr("hours_goal", 2.0)
+    lines = plan_lines(study, StudySettings(levels=ladder))
+    assert ("levels: " in lines[0]) == (ladder is None) and says in lines[-1]
+    assert ladder is None or "promotions" not in lines[-1]  # a search of one level promotes nothing
 
 
 def test_two_workers_promote_each_trial_once(tmp_path, mnist_dir):

@@ -194,8 +194,8 @@ def plan_lines(study: optuna.Study, s: StudySettings) -> list[str]:
     hours = study.user_attrs.get("hours_goal")
     if hours is not None:
         spent = levels.searched(study)
+        stop = "when what is left is what the waiting promotions need" if len(s.ladder) > 1 else "when it is spent"
         out.append(
-            f"time budget: {hours:g} h of searching, {duration(spent)} spent in earlier runs; new draws stop "
-            "when what is left is what the waiting promotions need"
+            f"time budget: {hours:g} h of searching, {duration(spent)} spent in earlier runs; new draws stop {stop}"
         )
     return out
