@@ -18,8 +18,12 @@ hypervolume of the front and what each spent.
 from __future__ import annotations
 
 import argparse
+from typing import TYPE_CHECKING
 
 from front import STUDIES, nas
+
+if TYPE_CHECKING:
+    from optuna.trial import FrozenTrial
 
 BUDGET = 5_000
 FLOOR = 0.98  # the hypervolume's reference accuracy: below it a network is no answer at this size
@@ -68,29 +72,52 @@ def run(args: argparse.Namespace) -> None:
     )
 
 
+def front_figures(done: list[FrozenTrial]) -> tuple[str, float]:
+    """The best network of complete top-level trials, and the hypervolume of their front."""
+    from nas.study import levels
+
+    best = max(done, key=lambda t: t.values[0], default=None)
+    answer = f"{best.user_attrs['params']:,} params, {100 * best.values[0]:.2f} %" if best else "none"
+    return answer, levels.hypervolume([(t.values[0], t.user_attrs["params"]) for t in done], FLOOR, BUDGET) / BUDGET
+
+
 def table(args: argparse.Namespace) -> None:
+    """Each arm's answer, then both again at the training CPU time the shorter arm spent: the
+    top-level trials complete by then, every level's training counted in the order trials ended."""
     from optuna.trial import TrialState
 
     from nas.study import levels
     from nas.study.analytics import study_settings
     from nas.study.storage import load_study
 
-    print("| arm | searched | trained at each level | best network (val, full protocol) | hypervolume |")
-    print("|---|--:|---|---|--:|")
+    print(
+        "| arm | searched | trained at each level | training CPU h | best network (val, full protocol) | hypervolume |"
+    )
+    print("|---|--:|---|--:|---|--:|")
+    timelines = {}
     for arm in ("ladder", "single"):
         if not (STUDIES / f"{name(arm)}.log").exists():
             continue
         top = load_study(name(arm), storage(arm))
-        ladder = study_settings(top).ladder
-        studies = [*[s for s in levels.lower_studies(top, ladder) if s], top]
-        per_level = " / ".join(str(len(levels.trained(s.get_trials(deepcopy=False)))) for s in studies)
-        done = [t for t in top.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))]
-        points = [(t.values[0], t.user_attrs["params"]) for t in done]
-        best = max(done, key=lambda t: t.values[0], default=None)
-        answer = f"{best.user_attrs['params']:,} params, {100 * best.values[0]:.2f} %" if best else "none"
-        hv = levels.hypervolume(points, FLOOR, BUDGET) / BUDGET
-        print(f"| {arm} | {levels.searched(top) / 3600:.2f} h | {per_level} | {answer} | {hv:.5f} |")
+        studies = [*[s for s in levels.lower_studies(top, study_settings(top).ladder) if s], top]
+        trials = [s.get_trials(deepcopy=False) for s in studies]
+        per_level = " / ".join(str(len(levels.trained(ts))) for ts in trials)
+        ended = sorted((t for ts in trials for t in ts if t.datetime_complete), key=lambda t: t.datetime_complete)
+        cpu, timeline = 0.0, []  # (training CPU seconds when it ended, a complete top-level trial or None)
+        for t in ended:
+            cpu += sum(t.user_attrs.get("epoch_seconds", []))
+            timeline.append((cpu, t if t.state == TrialState.COMPLETE and t in trials[-1] else None))
+        timelines[arm] = timeline
+        answer, hv = front_figures([t for _, t in timeline if t])
+        print(f"| {arm} | {levels.searched(top) / 3600:.2f} h | {per_level} | {cpu / 3600:.2f} | {answer} | {hv:.5f} |")
     print(f"\nhypervolume: area dominated above {FLOOR:.0%} validation accuracy, parameters as a share of {BUDGET:,}")
+    if len(timelines) == 2:
+        spent = min(tl[-1][0] for tl in timelines.values() if tl)
+        print(f"\nat the same training CPU time, {spent / 3600:.2f} h (the shorter arm's):\n")
+        print("| arm | best network | hypervolume |\n|---|---|--:|")
+        for arm, tl in timelines.items():
+            answer, hv = front_figures([t for c, t in tl if t and c <= spent])
+            print(f"| {arm} | {answer} | {hv:.5f} |")
 
 
 def main() -> None:
