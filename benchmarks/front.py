@@ -65,9 +65,11 @@ def nas(*args: str, threads: int = 1) -> None:
     cmd = [sys.executable, "-m", "nas", *args]
     print(" ".join(cmd), flush=True)
     try:
-        subprocess.run(cmd, check=True, env={**os.environ, "OMP_NUM_THREADS": str(threads)})
-    except KeyboardInterrupt:  # nas has said where it stopped and how to resume
-        sys.exit(130)
+        code = subprocess.run(cmd, env={**os.environ, "OMP_NUM_THREADS": str(threads)}).returncode
+    except KeyboardInterrupt:  # a terminal's Ctrl-C reaches both: nas has said where it stopped
+        code = 130
+    if code:  # nas has said why in its own words (an error, or where it stopped and how to resume)
+        sys.exit(code)
 
 
 def search(args: argparse.Namespace) -> None:
