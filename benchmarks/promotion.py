@@ -47,12 +47,12 @@ def best_under(points: dict[str, tuple[float, int]], budget: int) -> str | None:
 
 def replay(study_name: str, floor: float) -> None:
     """Each rule replayed on a ladder search's level-0 trials, judged by the top level's results."""
-    from front import STUDIES
+    from front import storage
 
     from nas.study.analytics import study_settings
     from nas.study.storage import load_study
 
-    top = load_study(study_name, f"journal:///{STUDIES / f'{study_name}.log'}")
+    top = load_study(study_name, storage(study_name))
     settings = study_settings(top)
     low = (levels.lower_studies(top, settings.ladder) or [None])[-1]  # the level that promotes to the top
     if low is None:

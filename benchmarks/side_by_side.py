@@ -20,7 +20,7 @@ from __future__ import annotations
 import argparse
 from typing import TYPE_CHECKING
 
-from front import STUDIES, nas
+from front import STUDIES, nas, storage
 
 if TYPE_CHECKING:
     from optuna.trial import FrozenTrial
@@ -31,10 +31,6 @@ FLOOR = 0.98  # the hypervolume's reference accuracy: below it a network is no a
 
 def name(arm: str) -> str:
     return f"sbs-{arm}-{BUDGET}"
-
-
-def storage(arm: str) -> str:
-    return f"journal:///{STUDIES / f'{name(arm)}.log'}"
 
 
 def starting_networks() -> list[str]:
@@ -65,7 +61,7 @@ def run(args: argparse.Namespace) -> None:
         "--study-name",
         name(args.arm),
         "--storage",
-        storage(args.arm),
+        storage(name(args.arm)),
         "--device",
         "cpu",
         *(["--data-dir", args.data_dir] if args.data_dir else []),
@@ -98,15 +94,18 @@ def table(args: argparse.Namespace) -> None:
     for arm in ("ladder", "single"):
         if not (STUDIES / f"{name(arm)}.log").exists():
             continue
-        top = load_study(name(arm), storage(arm))
+        top = load_study(name(arm), storage(name(arm)))
         studies = [*[s for s in levels.lower_studies(top, study_settings(top).ladder) if s], top]
         trials = [s.get_trials(deepcopy=False) for s in studies]
         per_level = " / ".join(str(len(levels.trained(ts))) for ts in trials)
-        ended = sorted((t for ts in trials for t in ts if t.datetime_complete), key=lambda t: t.datetime_complete)
+        ended = sorted(
+            ((t, ts is trials[-1]) for ts in trials for t in ts if t.datetime_complete),
+            key=lambda pair: pair[0].datetime_complete,
+        )
         cpu, timeline = 0.0, []  # (training CPU seconds when it ended, a complete top-level trial or None)
-        for t in ended:
+        for t, at_top in ended:
             cpu += sum(t.user_attrs.get("epoch_seconds", []))
-            timeline.append((cpu, t if t.state == TrialState.COMPLETE and t in trials[-1] else None))
+            timeline.append((cpu, t if at_top and t.state == TrialState.COMPLETE else None))
         timelines[arm] = timeline
         answer, hv = front_figures([t for _, t in timeline if t])
         print(f"| {arm} | {levels.searched(top) / 3600:.2f} h | {per_level} | {cpu / 3600:.2f} | {answer} | {hv:.5f} |")

@@ -106,10 +106,11 @@ class Objective:
             )
         over = violations(c, s)
         if over:
-            trial.set_user_attr("prune_reason", levels.pruned_for(levels.BUDGET, "; ".join(map(str, over))))
+            said = "; ".join(map(str, over))
+            trial.set_user_attr("prune_reason", levels.pruned_for(levels.BUDGET, said))
             trial.set_user_attr("over_budget", [v.resource.name for v in over])
-            self.log(f"[trial {trial.number}] PRUNED over budget: {'; '.join(map(str, over))} (not trained)")
-            raise optuna.TrialPruned(f"over budget: {'; '.join(map(str, over))}")
+            self.log(f"[trial {trial.number}] PRUNED over budget: {said} (not trained)")
+            raise optuna.TrialPruned(f"over budget: {said}")
         held = self.under_floor(trial)
         if held:
             trial.set_user_attr("prune_reason", levels.pruned_for(levels.FLOOR, held))

@@ -20,7 +20,7 @@ from nas.arch.spec import CONVS, Arch, Conv, Dropout, Pool, arch_from_dict
 from nas.arch.summary import summary_table
 from nas.errors import SpecError
 from nas.study.analytics import ConvergenceRule, count, duration
-from nas.study.levels import BUDGET, CONVERGENCE, INVALID, PARETO, prune_reason
+from nas.study.levels import BUDGET, CONVERGENCE, INVALID, PARETO, prune_reason, pruned_for
 from nas.study.settings import StudySettings
 
 # Attributes the search sets (nas.search.worker) or that other parts of nas add; anything else a trial
@@ -180,7 +180,7 @@ def ending(t: FrozenTrial, settings: StudySettings) -> tuple[str, str]:
             )
         if kind == PARETO:
             return "pruned (Pareto)", f"stopped early by the Pareto rule: {detail}"
-        return "pruned", f"pruned: {kind}: {detail}" if detail else f"pruned: {kind}"
+        return "pruned", f"pruned: {pruned_for(kind, detail)}"
     if t.state == TrialState.FAIL:
         failure = a.get("fail_reason")
         if not failure:
