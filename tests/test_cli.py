@@ -618,3 +618,16 @@ def test_a_study_that_is_not_there_is_one_line(tmp_path, command):
     r = nas(*command, "--study", "nope", "--storage", f"sqlite:///{tmp_path}/none/s.db", cwd=tmp_path)
     refused(r, "no study storage there yet")
     assert r.stdout == "" and sorted(p.name for p in tmp_path.iterdir()) == ["s.db"], r.stdout
+
+
+def test_best_without_an_answer_says_so_once(tmp_path):
+    """`nas best` on a study where no trial reached its target printed "best: no trial reached ..." and
+    then an error saying the same: now the summary, then the one error line with its fix."""
+    from conftest import make_study
+
+    store = f"sqlite:///{tmp_path}/s.db"
+    make_study(store, name="mnist", n=0)  # the seed alone, not trained: nothing reached the target
+    r = nas("best", "--study", "mnist", "--storage", store, cwd=tmp_path)
+    refused(r, "has no trial that reaches its target")
+    assert "search longer (nas search --study-name mnist)" in r.stderr
+    assert "trials:" in r.stdout and "no trial reached" not in r.stdout, r.stdout

@@ -24,8 +24,8 @@ def best(study_name: StudyName = "mnist", storage: Storage = DEFAULT_STORAGE) ->
     from nas.study.storage import load_study
 
     study = load_study(study_name, storage)
-    say(analytics.summary(study))
     t = analytics.best_trial(study)
+    say(analytics.summary(study, best_line=t is not None))
     if t is None:
         raise UsageError(
             f"study {study_name!r} has no trial that reaches its target of "

@@ -340,8 +340,9 @@ def counts_line(study: optuna.Study) -> str:
     )
 
 
-def summary(study: optuna.Study) -> str:
-    """Counts, Pareto front and best trial as the lines `nas search`, `nas best` and `nas report` print."""
+def summary(study: optuna.Study, best_line: bool = True) -> str:
+    """Counts, Pareto front and best trial as the lines `nas search`, `nas best` and `nas report` print
+    (`nas best` leaves the best line out when there is none: its error says so, once)."""
     lines = [f"trials: {counts_line(study)}"]
     ladder = study_settings(study).ladder
     if len(ladder) > 1:
@@ -372,9 +373,8 @@ def summary(study: optuna.Study) -> str:
                 f"{t.user_attrs['receptive_field']:>4}  {note}"
             )
     best = best_trial(study)
-    lines.append(
-        f"best: {describe_trial(best, r)}"
-        if best
-        else f"best: no trial reached {100 * study_settings(study).target_accuracy:.2f} % yet"
-    )
+    if best:
+        lines.append(f"best: {describe_trial(best, r)}")
+    elif best_line:
+        lines.append(f"best: no trial reached {100 * study_settings(study).target_accuracy:.2f} % yet")
     return "\n".join(lines)
