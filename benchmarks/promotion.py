@@ -16,6 +16,8 @@ With --study, the same replay runs on a committed ladder search (benchmarks/resu
 level-0 trials as screened, each rule's promotions judged by what they scored at the top level in
 that search. A rule that promotes a network the search did not promote has no top-level figure for
 it: the table counts those ("unknown") and leaves them out, so its hypervolume is a lower bound.
+Two more rows apply the Pareto-rank rule to the level's upper half only (at or above its median
+accuracy): a candidate against sending small, poorly screened networks up for being small.
 """
 
 from __future__ import annotations
@@ -74,17 +76,24 @@ def replay(study_name: str, floor: float) -> None:
     )
     print("| rule | promoted | unknown | top-level CPU h (known) | hypervolume (known) | best (known) |")
     print("|---|--:|--:|--:|--:|---|")
-    for eta in (2, 3, 4):
-        for pareto in (True, False):
-            up = [t.number for t in promotable(screened, eta, resource(settings.minimize), pareto, set())]
-            known = [above[n] for n in up if n in above]
-            best = max(known, default=None)
-            print(
-                f"| eta {eta}, {'Pareto rank' if pareto else 'accuracy'} | {len(up)} | {len(up) - len(known)} "
-                f"| {sum(c for _, _, c in known) / 3600:.2f} "
-                f"| {levels.hypervolume([(a, p) for a, p, _ in known], floor, ceiling) / ceiling:.5f} "
-                f"| {f'{best[1]:,} params, {100 * best[0]:.2f} %' if best else 'none'} |"
-            )
+    done = [t.values[0] for t in screened if t.state == TrialState.COMPLETE]
+    median = sorted(done)[len(done) // 2] if done else 0.0
+    upper = [t for t in screened if t.state != TrialState.COMPLETE or t.values[0] >= median]
+    rules = [(eta, pareto, False) for eta in (2, 3, 4) for pareto in (True, False)] + [(2, True, True), (3, True, True)]
+    for eta, pareto, above_median in rules:
+        # above_median: the rule among the level's upper half only (a network below the level's median
+        # accuracy is never promoted, however small)
+        pool = upper if above_median else screened
+        up = [t.number for t in promotable(pool, eta, resource(settings.minimize), pareto, set())]
+        known = [above[n] for n in up if n in above]
+        best = max(known, default=None)
+        print(
+            f"| eta {eta}, {'Pareto rank' if pareto else 'accuracy'}{' above the median' if above_median else ''} "
+            f"| {len(up)} | {len(up) - len(known)} "
+            f"| {sum(c for _, _, c in known) / 3600:.2f} "
+            f"| {levels.hypervolume([(a, p) for a, p, _ in known], floor, ceiling) / ceiling:.5f} "
+            f"| {f'{best[1]:,} params, {100 * best[0]:.2f} %' if best else 'none'} |"
+        )
 
 
 def main() -> None:
