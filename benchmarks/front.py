@@ -339,7 +339,11 @@ def ladder_rows(name: str, exports: dict[str, dict]) -> list[dict]:
                 "trials": len(trials),
                 "trained_trials": len(trained),
                 "train_hours": round(sum(t.user_attrs["train_seconds"] for t in trained) / 3600, 2),
-                "arch_file": f"nas/search_spaces/seeds/{e['name']}.toml",
+                # a find equal to a smaller built-in within the noise is not kept as one (every study
+                # within its size would retrain it): its architecture stays in the study's journal
+                "arch_file": f"nas/search_spaces/seeds/{e['name']}.toml"
+                if (SEEDS_DIR / f"{e['name']}.toml").exists()
+                else f"not kept; {STUDIES.name}/{name}.log, trial {t.number}",
                 "recipe": recipe_label(e["train_config"]) if "train_config" in e else "",
             }
         )
