@@ -120,12 +120,16 @@ def best_trials(study: optuna.Study, n: int, numbers: list[int]) -> list[FrozenT
 # --- export -------------------------------------------------------------------------------------
 
 
+def found_name(t: FrozenTrial) -> str:
+    return f"found_{t.user_attrs['params']}"
+
+
 def keep_as_builtin(study: str, budget: int, t: FrozenTrial) -> str:
     """A top-level trial as a built-in architecture file, the recipe it trained with as its train table."""
     from nas.arch.spec import arch_from_dict, arch_to_toml
 
     arch = arch_from_dict(json.loads(t.user_attrs["arch"]), "found")
-    arch.name = f"found_{t.user_attrs['params']}"
+    arch.name = found_name(t)
     arch.train = {k: v for k, v in t.user_attrs["train_config"].items() if k != "seed"}
     header = (
         f"# Found by nas: study {study} (benchmarks/results/studies/, --max-params {budget:,}), top-level "
@@ -181,9 +185,9 @@ def export(args: argparse.Namespace) -> None:
     top = load_study(study, storage(study))
     budget = study_settings(top).max_params
     for t in best_trials(top, args.best, args.trials):
-        name = keep_as_builtin(study, budget, t)
-        if name in done:
+        if found_name(t) in done:  # exported already: its file is kept or was removed, not made again
             continue
+        name = keep_as_builtin(study, budget, t)
         row = export_one(name, budget, args.data_dir, args.threads)
         append(
             log,
