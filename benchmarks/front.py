@@ -46,9 +46,13 @@ def study_name(budget: int) -> str:
     return f"front-{budget}"
 
 
-def storage(name: str) -> str:
+def journal(name: str) -> Path:
     """A study's journal file under benchmarks/results/studies/, where every study here lives."""
-    return f"journal:///{STUDIES / f'{name}.log'}"
+    return STUDIES / f"{name}.log"
+
+
+def storage(name: str) -> str:
+    return f"journal:///{journal(name)}"
 
 
 def lines(path: Path) -> list[dict]:
@@ -120,8 +124,8 @@ def best_trials(study: optuna.Study, n: int, numbers: list[int]) -> list[FrozenT
 # --- export -------------------------------------------------------------------------------------
 
 
-def found_name(t: FrozenTrial) -> str:
-    return f"found_{t.user_attrs['params']}"
+def found_name(params: int) -> str:
+    return f"found_{params}"
 
 
 def keep_as_builtin(study: str, budget: int, t: FrozenTrial) -> str:
@@ -129,7 +133,7 @@ def keep_as_builtin(study: str, budget: int, t: FrozenTrial) -> str:
     from nas.arch.spec import arch_from_dict, arch_to_toml
 
     arch = arch_from_dict(json.loads(t.user_attrs["arch"]), "found")
-    arch.name = found_name(t)
+    arch.name = found_name(t.user_attrs["params"])
     arch.train = {k: v for k, v in t.user_attrs["train_config"].items() if k != "seed"}
     header = (
         f"# Found by nas: study {study} (benchmarks/results/studies/, --max-params {budget:,}), top-level "
@@ -185,7 +189,8 @@ def export(args: argparse.Namespace) -> None:
     top = load_study(study, storage(study))
     budget = study_settings(top).max_params
     for t in best_trials(top, args.best, args.trials):
-        if found_name(t) in done:  # exported already: its file is kept or was removed, not made again
+        # exported already: its file is kept or was removed, not made again
+        if found_name(t.user_attrs["params"]) in done:
             continue
         name = keep_as_builtin(study, budget, t)
         row = export_one(name, budget, args.data_dir, args.threads)
@@ -258,7 +263,7 @@ def table(args: argparse.Namespace) -> None:
         trained = [t for t in study["trials"] if t["user_attrs"].get("train_seconds")]
         hours = sum(t["user_attrs"]["train_seconds"] for t in trained) / 3600
         for r in lines(RESULTS / f"front-{budget}-confirm.jsonl"):
-            name = f"found_{r['params']}"
+            name = found_name(r["params"])
             e = exports.get(name)
             rows.append(
                 {

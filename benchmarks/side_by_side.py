@@ -20,7 +20,7 @@ from __future__ import annotations
 import argparse
 from typing import TYPE_CHECKING
 
-from front import STUDIES, nas, storage
+from front import journal, nas, storage
 
 if TYPE_CHECKING:
     from optuna.trial import FrozenTrial
@@ -92,7 +92,7 @@ def table(args: argparse.Namespace) -> None:
     print("|---|--:|---|--:|---|--:|")
     timelines = {}
     for arm in ("ladder", "single"):
-        if not (STUDIES / f"{name(arm)}.log").exists():
+        if not journal(name(arm)).exists():
             continue
         top = load_study(name(arm), storage(name(arm)))
         studies = [*[s for s in levels.lower_studies(top, study_settings(top).ladder) if s], top]
