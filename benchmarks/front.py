@@ -3,6 +3,7 @@ images, the best promoted to 20 x 50,000), the best two exported with three seed
 every stage recorded in benchmarks/results/front.csv.
 
     python3 benchmarks/front.py search  --budget 3000 --hours 3 [--sampler evolution] [--workers 2]
+    python3 benchmarks/front.py search  --budget 3000 --objective accuracy   # front-3000-accuracy
     # nas export --seeds 3 of the best top-level trials: all 60,000 images, tested once
     python3 benchmarks/front.py export  --budget 3000 [--best 2 | --trials 12,23]
     python3 benchmarks/front.py export  --study default-20000     # any ladder study there
@@ -42,8 +43,9 @@ STUDIES = ROOT / "benchmarks" / "results" / "studies"
 SEEDS_DIR = ROOT / "nas" / "search_spaces" / "seeds"
 
 
-def study_name(budget: int) -> str:
-    return f"front-{budget}"
+def study_name(budget: int, objective: str = "pareto") -> str:
+    """front-<budget>, and front-<budget>-accuracy for a search of accuracy alone under the budget."""
+    return f"front-{budget}" + ("" if objective == "pareto" else f"-{objective}")
 
 
 def journal(name: str) -> Path:
@@ -90,12 +92,14 @@ def search(args: argparse.Namespace) -> None:
         # every top-level trial near its end (found_2576 at epoch 19 of 20), leaving no front to export
         "--pruning",
         "observe",
+        "--objective",
+        args.objective,
         "--hours",
         str(args.hours),
         "--study-name",
-        study_name(args.budget),
+        study_name(args.budget, args.objective),
         "--storage",
-        storage(study_name(args.budget)),
+        storage(study_name(args.budget, args.objective)),
         "--workers",
         str(args.workers),
         "--device",
@@ -106,17 +110,19 @@ def search(args: argparse.Namespace) -> None:
 
 def best_trials(study: optuna.Study, n: int, numbers: list[int]) -> list[FrozenTrial]:
     """The trials named, or the n best drawn top-level trials: by Pareto rank of (validation
-    accuracy, parameters) among the complete draws, then accuracy. Built-ins are left out: they are
-    no find, and `record` exports them."""
+    accuracy, parameters) among the complete draws, then accuracy (by accuracy alone in a study of
+    objective accuracy). Built-ins are left out: they are no find, and `record` exports them."""
     from optuna.trial import TrialState
 
+    from nas.study.analytics import study_settings
     from nas.study.levels import pareto_ranks
 
     done = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
     if numbers:
         return [t for t in done if t.number in numbers]
     drawn = [t for t in done if "seed_arch" not in t.user_attrs]
-    ranks = pareto_ranks([(t.values[0], t.user_attrs["params"]) for t in drawn])
+    pareto = study_settings(study).objective == "pareto"
+    ranks = pareto_ranks([(t.values[0], t.user_attrs["params"]) for t in drawn]) if pareto else [0] * len(drawn)
     order = sorted(range(len(drawn)), key=lambda i: (ranks[i], -drawn[i].values[0]))
     return [drawn[i] for i in order[:n]]
 
@@ -185,7 +191,7 @@ def export(args: argparse.Namespace) -> None:
 
     log = RESULTS / "exports.jsonl"
     done = {r["name"] for r in lines(log)}
-    study = args.study or study_name(args.budget)
+    study = args.study or study_name(args.budget, args.objective)
     top = load_study(study, storage(study))
     budget = study_settings(top).max_params
     for t in best_trials(top, args.best, args.trials):
@@ -365,6 +371,12 @@ def main() -> None:
     p.add_argument("--budget", type=int, default=3000)
     p.add_argument("--hours", type=float, default=3.0, help="hours of searching for the study, over every run")
     p.add_argument("--sampler", default="evolution")
+    p.add_argument(
+        "--objective",
+        choices=["pareto", "accuracy"],
+        default="pareto",
+        help="search: nas search --objective (accuracy: the study front-<budget>-accuracy)",
+    )
     p.add_argument("--workers", type=int, default=1)
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--best", type=int, default=2)
