@@ -226,6 +226,11 @@ def test_the_plan_says_when_the_time_budget_stops_new_draws(ladder, says):
     assert ladder is None or "promotions" not in lines[-1]  # a search of one level promotes nothing
 
 
+@pytest.mark.parametrize("objective, rank", [("pareto", "by Pareto rank"), ("accuracy", "by accuracy")])
+def test_the_plan_names_the_rank_that_promotes(objective, rank):
+    assert rank in plan_lines(optuna.create_study(), StudySettings(objective=objective))[0]
+
+
 def test_two_workers_promote_each_trial_once(tmp_path, mnist_dir):
     store = f"journal:///{tmp_path}/w.log"  # the file a long search is committed and resumed in
     run_cli("search", "--trials", 8, "--workers", 2, "--storage", store, "--data-dir", mnist_dir, *LADDER)

@@ -182,7 +182,8 @@ def plan_lines(study: optuna.Study, s: StudySettings) -> list[str]:
     if len(s.ladder) > 1:
         out.append(
             f"levels: {levels.describe(s.ladder)}; each level promotes the top 1/{s.promote_eta:g} of its trials "
-            "by Pareto rank (built-ins always); --trials counts architectures drawn at level 0"
+            f"by {'Pareto rank' if s.objective == 'pareto' else 'accuracy'} (built-ins always); "
+            "--trials counts architectures drawn at level 0"
         )
         studies = [*levels.lower_studies(study, s.ladder), study]
         took = [levels.mean_seconds(lv.get_trials(deepcopy=False)) if lv is not None else None for lv in studies]
