@@ -3,6 +3,7 @@
     python3 benchmarks/side_by_side.py run --arm ladder [--hours 2 --workers 2]   # nas search's ladder
     python3 benchmarks/side_by_side.py run --arm single          # --levels none: every trial at 20 x 50,000
     python3 benchmarks/side_by_side.py table
+    python3 benchmarks/side_by_side.py table --studies front-3000,front-3000-accuracy --budget 3000   # any two
 
 Both arms are `nas search` on mnist_tiny at --max-params 5000 with TPE (the default sampler), the
 same seed and `--pruning observe` (no convergence pruning: every curve whole, as a user of Optuna
@@ -68,18 +69,19 @@ def run(args: argparse.Namespace) -> None:
     )
 
 
-def front_figures(done: list[FrozenTrial]) -> tuple[str, float]:
+def front_figures(done: list[FrozenTrial], budget: int) -> tuple[str, float]:
     """The best network of complete top-level trials, and the hypervolume of their front."""
     from nas.study import levels
 
     best = max(done, key=lambda t: t.values[0], default=None)
     answer = f"{best.user_attrs['params']:,} params, {100 * best.values[0]:.2f} %" if best else "none"
-    return answer, levels.hypervolume([(t.values[0], t.user_attrs["params"]) for t in done], FLOOR, BUDGET) / BUDGET
+    return answer, levels.hypervolume([(t.values[0], t.user_attrs["params"]) for t in done], FLOOR, budget) / budget
 
 
 def table(args: argparse.Namespace) -> None:
     """Each arm's answer, then both again at the training CPU time the shorter arm spent: the
-    top-level trials complete by then, every level's training counted in the order trials ended."""
+    top-level trials complete by then, every level's training counted in the order trials ended.
+    With --studies, the same for any committed studies (their budget: --budget)."""
     from optuna.trial import TrialState
 
     from nas.study import levels
@@ -91,10 +93,11 @@ def table(args: argparse.Namespace) -> None:
     )
     print("|---|--:|---|--:|---|--:|")
     timelines = {}
-    for arm in ("ladder", "single"):
-        if not journal(name(arm)).exists():
+    budget = args.budget if args.studies else BUDGET
+    for arm in args.studies or [name(a) for a in ("ladder", "single")]:
+        if not journal(arm).exists():
             continue
-        top = load_study(name(arm), storage(name(arm)))
+        top = load_study(arm, storage(arm))
         studies = [*[s for s in levels.lower_studies(top, study_settings(top).ladder) if s], top]
         trials = [s.get_trials(deepcopy=False) for s in studies]
         per_level = " / ".join(str(len(levels.trained(ts))) for ts in trials)
@@ -107,15 +110,15 @@ def table(args: argparse.Namespace) -> None:
             cpu += sum(t.user_attrs.get("epoch_seconds", []))
             timeline.append((cpu, t if at_top and t.state == TrialState.COMPLETE else None))
         timelines[arm] = timeline
-        answer, hv = front_figures([t for _, t in timeline if t])
+        answer, hv = front_figures([t for _, t in timeline if t], budget)
         print(f"| {arm} | {levels.searched(top) / 3600:.2f} h | {per_level} | {cpu / 3600:.2f} | {answer} | {hv:.5f} |")
-    print(f"\nhypervolume: area dominated above {FLOOR:.0%} validation accuracy, parameters as a share of {BUDGET:,}")
+    print(f"\nhypervolume: area dominated above {FLOOR:.0%} validation accuracy, parameters as a share of {budget:,}")
     if len(timelines) == 2:
         spent = min(tl[-1][0] for tl in timelines.values() if tl)
         print(f"\nat the same training CPU time, {spent / 3600:.2f} h (the shorter arm's):\n")
         print("| arm | best network | hypervolume |\n|---|---|--:|")
         for arm, tl in timelines.items():
-            answer, hv = front_figures([t for c, t in tl if t and c <= spent])
+            answer, hv = front_figures([t for c, t in tl if t and c <= spent], budget)
             print(f"| {arm} | {answer} | {hv:.5f} |")
 
 
@@ -126,6 +129,13 @@ def main() -> None:
     p.add_argument("--hours", type=float, default=2.0, help="hours of searching for the arm, over every run")
     p.add_argument("--workers", type=int, default=2)
     p.add_argument("--data-dir", default=None)
+    p.add_argument(
+        "--studies",
+        type=lambda v: v.split(","),
+        default=None,
+        help="table: these studies under benchmarks/results/studies/ instead of the two arms",
+    )
+    p.add_argument("--budget", type=int, default=BUDGET, help="table with --studies: their parameter budget")
     args = p.parse_args()
     {"run": run, "table": table}[args.stage](args)
 
