@@ -139,6 +139,29 @@ def test_out_folders_made_by_another_command_at_the_same_moment(tmp_path, monkey
     assert (shared / "theirs").is_dir() and not (shared / "mine").exists()
 
 
+def test_out_parent_removed_by_another_command_at_the_same_moment(tmp_path, monkeypatch):
+    """Two exports started side by side into a fresh runs/front: the second was refused with
+    "cannot write there (No such file or directory)", since the first removed the runs/front it had
+    made to look between the second's look and its mkdir."""
+    from pathlib import Path
+
+    from nas.cli.options import check_writable
+
+    shared, mkdir = tmp_path / "runs" / "front", Path.mkdir
+    shared.mkdir(parents=True)
+    undone = []
+
+    def raced(self: Path, *args, **kwargs) -> None:
+        if self == shared / "mine" and not undone:  # the other command's look ends: its folder goes
+            shared.rmdir()
+            undone.append(shared)
+        mkdir(self, *args, **kwargs)
+
+    monkeypatch.setattr(Path, "mkdir", raced)
+    check_writable(shared / "mine")
+    assert undone and not (shared / "mine").exists()
+
+
 def test_a_second_dashboard_on_a_port_in_use(tmp_path):
     """It printed "Listening on", then a 60-line OSError."""
     import socket

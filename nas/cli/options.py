@@ -152,16 +152,23 @@ def check_writable(out: Path) -> None:
     """Refuse an --out folder that cannot be made or written, before any work is done; a folder
     made to find out is removed again (the command makes it when it writes). Another command may
     make the same parent folders at the same moment (two exports side by side): a folder that
-    appears meanwhile is theirs, and one they have written into is left."""
+    appears meanwhile is theirs, one they have written into is left, and one that vanishes
+    meanwhile (their look, undone) is made again."""
     import tempfile
 
     made: list[Path] = []
     try:
-        for folder in reversed((out, *out.parents)):
-            if not folder.exists():
-                with contextlib.suppress(FileExistsError):
-                    folder.mkdir()
-                    made.append(folder)
+        for attempt in range(3):
+            try:
+                for folder in reversed((out, *out.parents)):
+                    if not folder.exists():
+                        with contextlib.suppress(FileExistsError):
+                            folder.mkdir()
+                            made.append(folder)
+                break
+            except FileNotFoundError:  # the other command removed a parent it had made to look: again
+                if attempt == 2:
+                    raise
         tempfile.TemporaryFile(dir=out).close()
     except OSError as e:
         raise UsageError(f"--out {out}: cannot write there ({e.strerror or e}); choose a writable folder") from None
