@@ -3,7 +3,7 @@
     python3 benchmarks/side_by_side.py run --arm ladder [--hours 2 --workers 2]   # nas search's ladder
     python3 benchmarks/side_by_side.py run --arm single          # --levels none: every trial at 20 x 50,000
     python3 benchmarks/side_by_side.py table
-    python3 benchmarks/side_by_side.py table --studies front-3000,front-3000-accuracy --budget 3000   # any two
+    python3 benchmarks/side_by_side.py table --studies front-3000,front-3000-accuracy   # any of one budget
 
 Both arms are `nas search` on mnist_tiny at --max-params 5000 with TPE (the default sampler), the
 same seed and `--pruning observe` (no convergence pruning: every curve whole, as a user of Optuna
@@ -81,7 +81,7 @@ def front_figures(done: list[FrozenTrial], budget: int) -> tuple[str, float]:
 def table(args: argparse.Namespace) -> None:
     """Each arm's answer, then both again at the training CPU time the shorter arm spent: the
     top-level trials complete by then, every level's training counted in the order trials ended.
-    With --studies, the same for any committed studies (their budget: --budget)."""
+    With --studies, the same for any committed studies of one budget (the hypervolume's reference)."""
     from optuna.trial import TrialState
 
     from nas.study import levels
@@ -92,12 +92,14 @@ def table(args: argparse.Namespace) -> None:
         "| arm | searched | trained at each level | training CPU h | best network (val, full protocol) | hypervolume |"
     )
     print("|---|--:|---|--:|---|--:|")
+    names = [n for n in args.studies or [name(a) for a in ("ladder", "single")] if journal(n).exists()]
+    tops = {n: load_study(n, storage(n)) for n in names}
+    budgets = {study_settings(top).max_params for top in tops.values()}
+    if len(budgets) > 1:
+        raise SystemExit(f"error: {', '.join(names)} searched different budgets; compare studies of one budget")
+    budget = budgets.pop() if budgets else BUDGET
     timelines = {}
-    budget = args.budget if args.studies else BUDGET
-    for arm in args.studies or [name(a) for a in ("ladder", "single")]:
-        if not journal(arm).exists():
-            continue
-        top = load_study(arm, storage(arm))
+    for arm, top in tops.items():
         studies = [*[s for s in levels.lower_studies(top, study_settings(top).ladder) if s], top]
         trials = [s.get_trials(deepcopy=False) for s in studies]
         per_level = " / ".join(str(len(levels.trained(ts))) for ts in trials)
@@ -133,9 +135,8 @@ def main() -> None:
         "--studies",
         type=lambda v: v.split(","),
         default=None,
-        help="table: these studies under benchmarks/results/studies/ instead of the two arms",
+        help="table: these studies under benchmarks/results/studies/ instead of the two arms (one budget)",
     )
-    p.add_argument("--budget", type=int, default=BUDGET, help="table with --studies: their parameter budget")
     args = p.parse_args()
     {"run": run, "table": table}[args.stage](args)
 
