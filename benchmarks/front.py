@@ -195,10 +195,12 @@ def export(args: argparse.Namespace) -> None:
     top = load_study(study, storage(study))
     budget = study_settings(top).max_params
     for t in best_trials(top, args.best, args.trials):
-        # exported already: its file is kept or was removed, not made again
+        # exported already, or a trial of the same size before it in this run: its file is not made again
         if found_name(t.user_attrs["params"]) in done:
+            print(f"trial {t.number}: {found_name(t.user_attrs['params'])} exported already; skipped", flush=True)
             continue
         name = keep_as_builtin(study, budget, t)
+        done.add(name)
         row = export_one(name, budget, args.data_dir, args.threads)
         append(
             log,
