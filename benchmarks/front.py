@@ -134,7 +134,7 @@ def found_name(params: int) -> str:
     return f"found_{params}"
 
 
-def keep_as_builtin(study: str, budget: int, t: FrozenTrial) -> str:
+def keep_as_builtin(study: str, budget: int, t: FrozenTrial) -> None:
     """A top-level trial as a built-in architecture file, the recipe it trained with as its train table."""
     from nas.arch.spec import arch_from_dict, arch_to_toml
 
@@ -147,7 +147,6 @@ def keep_as_builtin(study: str, budget: int, t: FrozenTrial) -> str:
         "(benchmarks/results/front.csv holds\n# its test accuracy over 3 seeds).\n"
     )
     (SEEDS_DIR / f"{arch.name}.toml").write_text(header + arch_to_toml(arch))
-    return arch.name
 
 
 def export_one(name: str, budget: int | None, data_dir: str | None, threads: int) -> dict:
@@ -195,12 +194,13 @@ def export(args: argparse.Namespace) -> None:
     top = load_study(study, storage(study))
     budget = study_settings(top).max_params
     for t in best_trials(top, args.best, args.trials):
+        name = found_name(t.user_attrs["params"])
         # exported already, or a trial of the same size before it in this run: its file is not made again
-        if found_name(t.user_attrs["params"]) in done:
-            print(f"trial {t.number}: {found_name(t.user_attrs['params'])} exported already; skipped", flush=True)
+        if name in done:
+            print(f"trial {t.number}: {name} exported already; skipped", flush=True)
             continue
-        name = keep_as_builtin(study, budget, t)
         done.add(name)
+        keep_as_builtin(study, budget, t)
         row = export_one(name, budget, args.data_dir, args.threads)
         append(
             log,
